@@ -1,0 +1,3 @@
+from lnexp.cli import app
+
+app(prog_name="lnexp")

@@ -1,0 +1,270 @@
+"""The config schema, YAML loading, `--set` overrides and one-line validation errors.
+
+YAML's own typing is never trusted: PyYAML reads `1e-3` as a string and `on` as true, so every value
+is coerced and checked against the schema below (pydantic), and a bool is never accepted as a number.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """Bad user input: printed as one line, exit code 2, nothing written."""
+
+
+def _no_bool(value: Any) -> Any:
+    # pydantic's lax mode turns true into 1.0; a YAML `on` must never become a learning rate.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    n_layers: Int = Field(6, ge=1, le=1000)
+    d_model: Int = Field(128, ge=1, le=65536)
+    n_heads: Int = Field(4, ge=1)
+    d_ff: Int = Field(512, ge=1)
+    activation: Literal["relu", "gelu"] = "relu"
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    norm: Literal["post", "pre"] = "post"
+    residual_scaling: Literal["none", "gpt2"] = "none"
+    norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
+    positional: Literal["learned", "sinusoidal"] = "learned"
+    tie_embeddings: bool = True
+    bias: bool = True
+    max_seq_len: Int = Field(256, ge=1, le=1_000_000)
+    init: Literal["xavier", "gpt2"] = "xavier"
+
+
+class DataConfig(Section):
+    source: Literal["stdlib", "text", "synthetic"] = "stdlib"
+    path: str | None = None
+    max_bytes: Int = Field(4_000_000, ge=1024)
+    val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
+    task: Literal["random", "copy", "reverse"] = "copy"
+    vocab_size: Int = Field(256, ge=2, le=1_000_000)
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw", "radam", "sgd"] = "adam"
+    lr: Float = Field(1e-3, gt=0.0, le=100.0)
+    betas: tuple[Float, Float] = (0.9, 0.98)
+    eps: Float = Field(1e-8, gt=0.0)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)
+    clip_grad_norm: Float | None = Field(None, gt=0.0)
+
+
+class ScheduleConfig(Section):
+    warmup_steps: Int = Field(0, ge=0)
+    decay: Literal["constant", "inverse_sqrt", "cosine", "linear"] = "constant"
+    min_lr: Float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Section):
+    steps: Int = Field(1000, ge=1)
+    batch_size: Int = Field(32, ge=1)
+    seq_len: Int = Field(128, ge=1)
+    seed: Int = Field(0, ge=0, lt=2**63)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Int | None = Field(None, ge=1, le=1024)
+    eval_every: Int = Field(100, ge=1)
+    eval_batches: Int = Field(10, ge=1)
+    diverge_loss: Float | None = Field(None, gt=0.0)
+
+
+class LogConfig(Section):
+    grad_every: Int = Field(10, ge=1)
+    probes: list[Literal["grad", "act"]] = ["grad", "act"]
+    loss_every: Int = Field(10, ge=1)
+
+
+class RunConfig(Section):
+    name: str | None = None
+    dir: str = "runs"
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    log: LogConfig = LogConfig()
+    run: RunConfig = RunConfig()
+
+    def diverge_threshold(self, vocab_size: int) -> float:
+        """Loss above which a run counts as exploded: twice a uniform guess unless configured."""
+        return self.train.diverge_loss or 2.0 * math.log(vocab_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply `key.path=value` overrides, validate; raise ConfigError on any fault."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    set_paths = [_apply_override(raw, item) for item in overrides]
+    return validate(raw, source=str(path), set_paths=set_paths)
+
+
+def validate(raw: dict[str, Any], source: str = "config", set_paths: list[str] = ()) -> Config:
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        from_set = any(key == p or key.startswith(p + ".") for p in set_paths)
+        raise ConfigError(f"{'--set' if from_set else source + ':'} {key}: {_describe(error)}") from None
+    problem = _check_consistency(config)
+    if problem:
+        key, message = problem
+        raise ConfigError(f"{'--set' if key in set_paths else source + ':'} {key}: {message}")
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: bad YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: bad YAML: nested too deeply") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {_kind(raw)}")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> str:
+    """Set `a.b=value` in raw (value read as YAML, then validated like the file); return the key path."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. optim.lr=3e-3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parents[: depth + 1])} is not a section")
+        node = child
+    node[leaf] = value
+    return key
+
+
+def _check_consistency(config: Config) -> tuple[str, str] | None:
+    """Constraints between keys: caught before anything is built or written."""
+    m, t, d = config.model, config.train, config.data
+    if m.d_model % m.n_heads:
+        return "model.n_heads", f"must divide model.d_model ({m.d_model}), got {m.n_heads}"
+    if t.seq_len > m.max_seq_len:
+        return "train.seq_len", f"must be <= model.max_seq_len ({m.max_seq_len}), got {t.seq_len}"
+    if d.source == "text" and not d.path:
+        return "data.path", "required when data.source is text"
+    if m.positional == "sinusoidal" and m.d_model % 2:
+        return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
+    name = config.run.name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
+                             or name.startswith("~") or "\0" in name):
+        return "run.name", f"must be a plain folder name, got {name!r}"
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    got = f"got {_show(value)}"
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggest(error["loc"])
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        hint = " (YAML reads on/off/yes/no as booleans: quote it)" if isinstance(value, bool) else ""
+        return f"must be one of {ctx['expected'].replace(' or ', ', ')}, {got}{hint}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}, {got}"
+    if kind.startswith("int_"):
+        return f"must be an integer, {got}"
+    if kind.startswith("float_") or kind == "finite_number":
+        return f"must be a finite number, {got}"
+    if kind.startswith("bool_"):
+        return f"must be true or false, {got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of keys, {got}"
+    if kind in ("list_type", "tuple_type", "too_short", "too_long"):
+        return f"must be a list of the right length, {got}"
+    if kind == "string_type":
+        return f"must be a string, {got}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, {got}"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    *parents, name = loc
+    section: type[BaseModel] = Config
+    for part in parents:
+        annotation = section.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    close = difflib.get_close_matches(str(name), list(section.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,75 @@
+"""Terminal output: progress on stderr (silent when quiet or not a terminal), tables on stdout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lnexp.runs import layer_profile, load_run, logged_steps
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+@contextmanager
+def training_progress(name: str, quiet: bool) -> Iterator[Callable[[int, int, dict], None] | None]:
+    """Yields a callback (done, total, last metrics row) that moves a progress bar, or None."""
+    if quiet or not stderr.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        task = bar.add_task(name, total=None, loss="-", lr="-", speed="-")
+
+        def update(done: int, total: int, row: dict) -> None:
+            bar.update(task, completed=done, total=total, loss=fmt(row.get("loss")),
+                       lr=fmt(row.get("lr"), 3), speed=fmt(row.get("tokens_per_s"), 3))
+
+        yield update
+
+
+def profile_table(title: str, columns: dict[str, list[float]]) -> Table:
+    """Layers as rows, one column per profile, and the last/first-layer ratio underneath."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", justify="right")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for layer in range(max(map(len, columns.values()), default=0)):
+        table.add_row(str(layer), *(fmt(v[layer]) if layer < len(v) else "-" for v in columns.values()))
+    table.add_section()
+    table.add_row("last/first", *(fmt(v[-1] / v[0]) if v and v[0] else "-" for v in columns.values()))
+    return table
+
+
+def summary_table(title: str, summary: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in summary.items():
+        table.add_row(key, fmt(value))
+    return table
+
+
+def training_profile(path: Path) -> Table | str:
+    """The gradient norm of each layer's FFN output weight at initialisation and at the last log."""
+    run = load_run(path)
+    steps = logged_steps(run.probes, "grad")
+    if not steps:
+        return ""
+    columns = {f"step {s}": layer_profile(run.probes, "grad", "ffn.fc2", s)
+               for s in sorted({steps[0], steps[-1]})}
+    return profile_table("gradient norm of ffn.fc2.weight by layer", columns)

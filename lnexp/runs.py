@@ -1,0 +1,180 @@
+"""The run folder: writing it as a run goes, and reading it back (also from runs killed mid-way).
+
+    runs/<name>/config.yaml    the fully resolved config, after overrides
+    runs/<name>/meta.json      status, command, seed, versions, device, times, git commit
+    runs/<name>/metrics.jsonl  one line per step: step, lr, loss, val_loss, tokens_per_s, grad_norm_total
+    runs/<name>/probes.jsonl   one line per measurement: step, probe, layer, param, value
+    runs/<name>/summary.json   final and best values, divergence step
+    runs/<name>/model.pt       final weights (a plain state dict: torch.load(weights_only=True))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+
+
+class RunError(Exception):
+    """A run folder that cannot be created or read: printed as one line, exit code 2."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_dir_for(run_dir: str, name: str) -> Path:
+    return Path(run_dir) / name
+
+
+def check_target(path: Path, force: bool) -> None:
+    """Fail before anything is built if the folder exists (and --force may not replace it)."""
+    if not path.exists():
+        return
+    if not force:
+        raise RunError(f"{path}: run folder exists (choose another run.name, or --force to replace it)")
+    if not path.is_dir() or any(path.iterdir()) and not (path / "meta.json").exists():
+        raise RunError(f"{path}: exists and is not a run folder; refusing to replace it")
+
+
+class RunWriter:
+    """Creates the folder exclusively, then appends and flushes lines as the run goes."""
+
+    def __init__(self, path: Path, config_yaml: str, meta: dict[str, Any], force: bool = False) -> None:
+        check_target(path, force)
+        if force and path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()  # exclusive: of two runs started with one name, exactly one gets it
+        except FileExistsError:
+            raise RunError(f"{path}: run folder exists (another run took this name)") from None
+        self.path = path
+        (path / "config.yaml").write_text(config_yaml)
+        self.meta = {"status": "running", **meta}
+        write_json(path / "meta.json", self.meta)
+        self._metrics: TextIO = open(path / "metrics.jsonl", "a")
+        self._probes: TextIO = open(path / "probes.jsonl", "a")
+
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        _append(self._metrics, rows)
+
+    def probes(self, rows: list[dict[str, Any]]) -> None:
+        _append(self._probes, rows)
+
+    def update_meta(self, **fields: Any) -> None:
+        self.meta.update(fields)
+        write_json(self.path / "meta.json", self.meta)
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._probes.close()
+
+
+def _append(stream: TextIO, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        stream.write("".join(json.dumps(row) + "\n" for row in rows))
+        stream.flush()
+
+
+@dataclass
+class Run:
+    """A run folder read back. `notes` says what was missing or truncated."""
+
+    path: Path
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status") or self.meta.get("status", "unknown")
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").exists()
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run folder")
+    if not is_run(path):
+        raise RunError(f"{path}: not a run folder (no meta.json)")
+    notes: list[str] = []
+    meta = _read_json(path / "meta.json", notes)
+    summary = _read_json(path / "summary.json", notes, missing_ok=meta.get("status") == "running")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config, _ = {}, notes.append("config.yaml unreadable")
+    return Run(path, config, meta, summary, read_jsonl(path / "metrics.jsonl", notes),
+               read_jsonl(path / "probes.jsonl", notes), notes)
+
+
+def _read_json(path: Path, notes: list[str], missing_ok: bool = False) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if not missing_ok:
+            notes.append(f"{path.name} missing")
+    except (OSError, json.JSONDecodeError):
+        notes.append(f"{path.name} unreadable")
+    return {}
+
+
+def read_jsonl(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every complete line; a truncated last line (a killed run) is skipped and noted."""
+    rows: list[dict[str, Any]] = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if notes is not None:
+                notes.append(f"{path.name}: skipped a truncated line")
+    return rows
+
+
+def logged_steps(rows: list[dict[str, Any]], probe: str) -> list[int]:
+    return sorted({r["step"] for r in rows if r["probe"] == probe})
+
+
+def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int) -> list[float]:
+    """Values by layer index at `step`. For grad, `param` is a role (`ffn.fc2` means its weight) or
+    `all`: the layer's combined norm, sqrt of the sum of its squared parameter norms."""
+    if probe == "act":
+        chosen = {r["layer"]: r["value"] for r in rows if r["probe"] == "act" and r["step"] == step}
+        return [chosen[i] for i in sorted(chosen)]
+    name = param if param == "all" or param.endswith((".weight", ".bias")) else param + ".weight"
+    squares: dict[int, float] = {}
+    for r in rows:
+        if r["probe"] == probe and r["step"] == step and r["layer"] is not None \
+                and (name == "all" or r["param"] == name):
+            squares[r["layer"]] = squares.get(r["layer"], 0.0) + r["value"] ** 2
+    return [squares[i] ** 0.5 for i in sorted(squares)]

@@ -1,0 +1,115 @@
+import json
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lnexp.cli import app
+from lnexp.config import ModelConfig
+from lnexp.model import TransformerLM
+from lnexp.runs import load_run
+
+runner = CliRunner()
+
+
+def train(path: Path, *extra: str):
+    return runner.invoke(app, ["train", str(path), "--quiet", *extra])
+
+
+def test_smoke_train_writes_a_complete_run_folder(tmp_path, write_config):
+    path = write_config(run={"name": "r"})
+    result = train(path, "--set", "model.norm=pre")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "r"
+    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "meta.json", "metrics.jsonl",
+                                                   "probes.jsonl", "summary.json", "model.pt"}
+    run = load_run(run_dir)
+    assert run.notes == []
+    assert run.config["model"]["norm"] == "pre" and run.config["run"]["name"] == "r"
+    assert run.meta["status"] == "completed" and run.meta["seed"] == 0
+    assert run.meta["command"] == ["lnexp", "train", str(path), "--set", "model.norm=pre", "--quiet"]
+    assert {"lnexp", "torch", "python"} <= run.meta["versions"].keys() and run.meta["wall_time_s"] > 0
+    # one line per step, then the final model's validation line at step = train.steps
+    assert [m["step"] for m in run.metrics] == list(range(13))
+    assert [m["step"] for m in run.metrics if m["val_loss"] is not None] == [0, 5, 10, 12]
+    assert all(math.isfinite(m["loss"]) and m["lr"] == 3e-3 for m in run.metrics[:12])
+    grad_steps = sorted({p["step"] for p in run.probes if p["probe"] == "grad"})
+    assert grad_steps == [0, 5, 10]
+    assert [m["step"] for m in run.metrics if m["grad_norm_total"] is not None] == [0, 5, 10]
+    acts = [p for p in run.probes if p["probe"] == "act" and p["step"] == 0]
+    assert [a["layer"] for a in acts] == [0, 1, 2]  # entering each of 2 layers, leaving the last
+    assert run.summary["status"] == "completed" and run.summary["steps_done"] == 12
+    assert run.summary["final_val_loss"] == run.metrics[-1]["val_loss"]
+    assert run.summary["best_val_loss"] == min(m["val_loss"] for m in run.metrics if m["val_loss"])
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    model = TransformerLM(ModelConfig(**run.config["model"]), vocab_size=16)
+    model.load_state_dict(state)
+    assert "Summary" in result.stdout or "completed" in result.stdout
+
+
+def test_grad_total_in_metrics_matches_the_probe_rows(tmp_path, write_config):
+    assert train(write_config(run={"name": "r"})).exit_code == 0
+    run = load_run(tmp_path / "runs" / "r")
+    rows = [p["value"] for p in run.probes if p["probe"] == "grad" and p["step"] == 5]
+    total = math.sqrt(sum(v * v for v in rows))
+    assert abs(run.metrics[5]["grad_norm_total"] - total) < 1e-5 * total
+
+
+def test_loss_decreases_on_the_copy_task(tmp_path, write_config):
+    path = write_config(train={"steps": 60, "eval_every": 30}, optim={"lr": 1e-2}, run={"name": "r"})
+    assert train(path).exit_code == 0
+    metrics = load_run(tmp_path / "runs" / "r").metrics
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3
+
+
+def test_same_seed_same_numbers(tmp_path, write_config):
+    for name in ("a", "b"):
+        assert train(write_config(run={"name": name})).exit_code == 0
+    a, b = (load_run(tmp_path / "runs" / n) for n in "ab")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert strip(a.metrics) == strip(b.metrics) and a.probes == b.probes
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path, write_config):
+    path = write_config(run={"name": "r"})
+    assert train(path).exit_code == 0
+    before = (tmp_path / "runs" / "r" / "metrics.jsonl").read_text()
+    again = train(path, "--set", "optim.lr=0.1")
+    assert again.exit_code == 2 and "run folder exists" in again.stderr
+    assert (tmp_path / "runs" / "r" / "metrics.jsonl").read_text() == before
+    assert train(path, "--set", "optim.lr=0.1", "--force").exit_code == 0
+    assert yaml.safe_load((tmp_path / "runs" / "r" / "config.yaml").read_text())["optim"]["lr"] == 0.1
+
+
+def test_default_name_is_config_stem_and_timestamp(tmp_path, write_config):
+    assert train(write_config("mycfg")).exit_code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("mycfg-")
+
+
+def test_divergence_is_a_recorded_result_not_a_crash(tmp_path, write_config):
+    # A loss threshold below the initial loss: the run must stop at step 0 as diverged.
+    path = write_config(train={"diverge_loss": 0.5}, run={"name": "d"})
+    result = train(path)
+    assert result.exit_code == 0 and "diverged at step 0" in result.stdout
+    run_dir = tmp_path / "runs" / "d"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 0
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "diverged"
+
+
+def test_nan_loss_is_recorded_as_divergence(tmp_path, write_config):
+    path = write_config(optim={"name": "sgd", "lr": 100.0, "momentum": 0.0}, run={"name": "n"},
+                        train={"steps": 40, "diverge_loss": 1e30})
+    assert train(path).exit_code == 0
+    summary = load_run(tmp_path / "runs" / "n").summary
+    assert summary["status"] == "diverged" and summary["diverged_step"] < 40
+
+
+def test_clipping_logs_pre_clip_norm_and_whether_it_clipped(tmp_path, write_config):
+    path = write_config(optim={"clip_grad_norm": 1e-3}, run={"name": "c"})
+    assert train(path).exit_code == 0
+    metrics = load_run(tmp_path / "runs" / "c").metrics[:12]
+    assert all(m["clipped"] and m["grad_norm_total"] > 1e-3 for m in metrics)
