@@ -28,6 +28,7 @@ def _no_bool(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
+Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, lt=1.0)]
 
 
 class Section(BaseModel):
@@ -37,8 +38,8 @@ class Section(BaseModel):
 class ModelConfig(Section):
     n_layers: Int = Field(6, ge=1, le=1000)
     d_model: Int = Field(128, ge=1, le=65536)
-    n_heads: Int = Field(4, ge=1)
-    d_ff: Int = Field(512, ge=1)
+    n_heads: Int = Field(4, ge=1, le=65536)
+    d_ff: Int = Field(512, ge=1, le=1_048_576)
     activation: Literal["relu", "gelu"] = "relu"
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["post", "pre"] = "post"
@@ -54,7 +55,7 @@ class ModelConfig(Section):
 class DataConfig(Section):
     source: Literal["stdlib", "text", "synthetic"] = "stdlib"
     path: str | None = None
-    max_bytes: Int = Field(4_000_000, ge=1024)
+    max_bytes: Int = Field(4_000_000, ge=1024, le=2**40)
     val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
     task: Literal["random", "copy", "reverse"] = "copy"
     vocab_size: Int = Field(256, ge=2, le=1_000_000)
@@ -63,7 +64,7 @@ class DataConfig(Section):
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "radam", "sgd"] = "adam"
     lr: Float = Field(1e-3, gt=0.0, le=100.0)
-    betas: tuple[Float, Float] = (0.9, 0.98)
+    betas: tuple[Beta, Beta] = (0.9, 0.98)
     eps: Float = Field(1e-8, gt=0.0)
     weight_decay: Float = Field(0.0, ge=0.0)
     momentum: Float = Field(0.9, ge=0.0, lt=1.0)
@@ -77,15 +78,20 @@ class ScheduleConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: Int = Field(1000, ge=1)
-    batch_size: Int = Field(32, ge=1)
-    seq_len: Int = Field(128, ge=1)
+    steps: Int = Field(1000, ge=1, le=1_000_000_000)
+    batch_size: Int = Field(32, ge=1, le=1_048_576)
+    seq_len: Int = Field(128, ge=1, le=1_000_000)
     seed: Int = Field(0, ge=0, lt=2**63)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Int | None = Field(None, ge=1, le=1024)
     eval_every: Int = Field(100, ge=1)
-    eval_batches: Int = Field(10, ge=1)
+    eval_batches: Int = Field(10, ge=1, le=100_000)
     diverge_loss: Float | None = Field(None, gt=0.0)
+    checkpoint_every: Int | None = Field(None, ge=1)
+    deterministic: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    peak_tflops: Float | None = Field(None, gt=0.0)
 
 
 class LogConfig(Section):

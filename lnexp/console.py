@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lnexp.runs import layer_profile, load_run, logged_steps
+from lnexp.runs import layer_profile, load_run, logged_steps, profile_ratios
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -44,16 +44,29 @@ def training_progress(name: str, quiet: bool) -> Iterator[Callable[[int, int, di
         yield update
 
 
-def profile_table(title: str, columns: dict[str, list[float]]) -> Table:
-    """Layers as rows, one column per profile, and the last/first-layer ratio underneath."""
+def profile_rows(columns: dict[str, list[float]], spread: bool = False
+                 ) -> tuple[list[list[str]], list[list[str]]]:
+    """The cells of a profile table: a row per layer, then the footer (last/first-layer ratio and,
+    with `spread`, max/min over the layers). Profiles of different depth leave "-" cells."""
+    body = [[str(layer), *(fmt(v[layer]) if layer < len(v) else "-" for v in columns.values())]
+            for layer in range(max(map(len, columns.values()), default=0))]
+    ratios = [profile_ratios(v) for v in columns.values()]
+    names = ("last/first", "max/min") if spread else ("last/first",)
+    return body, [[name, *(fmt(r[name]) for r in ratios)] for name in names]
+
+
+def profile_table(title: str, columns: dict[str, list[float]], spread: bool = False) -> Table:
+    """Layers as rows, one column per profile, the last/first-layer ratio (and max/min) underneath."""
     table = Table(title=title, title_justify="left")
     table.add_column("layer", justify="right")
     for name in columns:
         table.add_column(name, justify="right")
-    for layer in range(max(map(len, columns.values()), default=0)):
-        table.add_row(str(layer), *(fmt(v[layer]) if layer < len(v) else "-" for v in columns.values()))
+    body, footer = profile_rows(columns, spread)
+    for row in body:
+        table.add_row(*row)
     table.add_section()
-    table.add_row("last/first", *(fmt(v[-1] / v[0]) if v and v[0] else "-" for v in columns.values()))
+    for row in footer:
+        table.add_row(*row)
     return table
 
 

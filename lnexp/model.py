@@ -7,6 +7,10 @@ As in fairseq's `normalize_before`, the same LayerNorm modules serve both orders
 parameter names and shapes are identical in both layouts; only Pre-LN owns `final_norm`.
 GPT-2 residual scaling multiplies the init of every residual branch's output projection
 (`attn.out`, `ffn.fc2`) by 1/sqrt(N), N = 2 * n_layers.
+
+For decoding, `forward(idx, cache=KVCache(n_layers))` keeps every layer's keys and values, so the
+next call feeds only the new tokens (positions continue from the cached length). Without a cache
+(training) nothing of this runs.
 """
 
 from __future__ import annotations
@@ -30,13 +34,53 @@ class Attention(nn.Module):
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         self.q, self.k, self.v, self.out = (nn.Linear(d, d, bias=cfg.bias) for _ in range(4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (proj(x).view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
                    for proj in (self.q, self.k, self.v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            # Queries sit at the last T of S positions. SDPA's is_causal aligns the mask top-left,
+            # which is wrong once S > T, so the mask is explicit (and unneeded for one query).
+            k, v = cache.append(k, v)
+            S = k.shape[2]
+            mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class LayerCache:
+    """One layer's keys and values, (batch, heads, positions, head_dim), grown as tokens are fed."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """Every layer's keys and values of the tokens fed so far, for incremental decoding."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerCache() for _ in range(n_layers)]
+
+    def __len__(self) -> int:
+        """The number of positions cached."""
+        k = self.layers[0].k
+        return 0 if k is None else k.shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (repeats allowed): beam search's survivors and their copies."""
+        for layer in self.layers:
+            if layer.k is not None:
+                layer.k, layer.v = layer.k.index_select(0, index), layer.v.index_select(0, index)
 
 
 class FeedForward(nn.Module):
@@ -60,14 +104,14 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.residual(x, self.attn, self.attn_norm)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = self.residual(x, self.attn, self.attn_norm, cache)
         return self.residual(x, self.ffn, self.ffn_norm)
 
-    def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.LayerNorm, *args) -> torch.Tensor:
         if self.pre_norm:
-            return x + self.drop(branch(norm(x)))
-        return norm(x + self.drop(branch(x)))
+            return x + self.drop(branch(norm(x), *args))
+        return norm(x + self.drop(branch(x, *args)))
 
 
 class TransformerLM(nn.Module):
@@ -110,13 +154,17 @@ class TransformerLM(nn.Module):
                 if name.endswith(RESIDUAL_OUTPUTS):
                     param.mul_(scale)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        T = idx.shape[1]
-        positions = self.pos_emb.weight[:T] if self.cfg.positional == "learned" else self.sinusoid[:T]
-        x = self.drop(self.tok_emb(idx) * self.embed_scale + positions)
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position of idx (and the loss if targets are given). With a cache, idx
+        continues the cached tokens: its keys and values are appended to it."""
+        start, end = (0, idx.shape[1]) if cache is None else (len(cache), len(cache) + idx.shape[1])
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"{end} positions exceed model.max_seq_len ({self.cfg.max_seq_len})")
+        table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
+        x = self.drop(self.tok_emb(idx) * self.embed_scale + table[start:end])
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layers[i])
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)

@@ -40,6 +40,9 @@ class Reading:
     rows: list[dict]
     grad_norm_total: float | None
     total_on_device: torch.Tensor | None
+    # Under torchrun, every rank's [total gradient norm, local loss]: the norms agree (all-reduced
+    # gradients), the losses do not (each rank draws its own batches).
+    ranks: list[list[float]] | None = None
 
 
 class Probes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,8 +20,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
 class RunError(Exception):
@@ -36,10 +35,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def run_dir_for(run_dir: str, name: str) -> Path:
-    return Path(run_dir) / name
 
 
 def check_target(path: Path, force: bool) -> None:
@@ -59,17 +54,35 @@ class RunWriter:
         check_target(path, force)
         if force and path.exists():
             shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.mkdir()  # exclusive: of two runs started with one name, exactly one gets it
         except FileExistsError:
             raise RunError(f"{path}: run folder exists (another run took this name)") from None
+        except OSError as exc:
+            raise RunError(f"{path}: cannot create the run folder ({exc.strerror})") from None
         self.path = path
         (path / "config.yaml").write_text(config_yaml)
         self.meta = {"status": "running", **meta}
         write_json(path / "meta.json", self.meta)
         self._metrics: TextIO = open(path / "metrics.jsonl", "a")
         self._probes: TextIO = open(path / "probes.jsonl", "a")
+
+    @classmethod
+    def reopen(cls, path: Path, keep_before: int) -> RunWriter:
+        """Continue writing a run: lines of steps >= keep_before are dropped (they will be redone)."""
+        writer = cls.__new__(cls)
+        writer.path = path
+        writer.meta = json.loads((path / "meta.json").read_text())
+        for name in ("metrics.jsonl", "probes.jsonl"):
+            kept = [row for row in read_jsonl(path / name) if row["step"] < keep_before]
+            tmp = path / f".{name}.tmp"
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            os.replace(tmp, path / name)
+        (path / "summary.json").unlink(missing_ok=True)
+        writer._metrics = open(path / "metrics.jsonl", "a")
+        writer._probes = open(path / "probes.jsonl", "a")
+        return writer
 
     def metrics(self, rows: list[dict[str, Any]]) -> None:
         _append(self._metrics, rows)
@@ -112,12 +125,33 @@ class Run:
     def status(self) -> str:
         return self.summary.get("status") or self.meta.get("status", "unknown")
 
+    @property
+    def state(self) -> str:
+        """`status`, except that a run still marked running whose process is gone (killed, machine
+        rebooted) is "stale". Only decidable on the host that ran it."""
+        if self.status != "running" or self.meta.get("host") != platform.node():
+            return self.status
+        return "running" if _alive(self.meta.get("pid")) else "stale"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: do not call a run stale without evidence
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        pass
+    return True
+
 
 def is_run(path: Path) -> bool:
     return path.is_dir() and (path / "meta.json").exists()
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, probes: bool = True) -> Run:
+    """`probes=False` skips probes.jsonl, by far the largest file, for listings."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: no such run folder")
@@ -131,7 +165,7 @@ def load_run(path: str | Path) -> Run:
     except (OSError, yaml.YAMLError):
         config, _ = {}, notes.append("config.yaml unreadable")
     return Run(path, config, meta, summary, read_jsonl(path / "metrics.jsonl", notes),
-               read_jsonl(path / "probes.jsonl", notes), notes)
+               read_jsonl(path / "probes.jsonl", notes) if probes else [], notes)
 
 
 def _read_json(path: Path, notes: list[str], missing_ok: bool = False) -> dict[str, Any]:
@@ -165,6 +199,17 @@ def logged_steps(rows: list[dict[str, Any]], probe: str) -> list[int]:
     return sorted({r["step"] for r in rows if r["probe"] == probe})
 
 
+def nearest_step(steps: list[int], at: int) -> int | None:
+    """The logged step closest to `at` (the earlier one on a tie); None when nothing was logged."""
+    return min(steps, key=lambda s: (abs(s - at), s)) if steps else None
+
+
+def weight_roles(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-layer weight roles the grad probe logged (`attn.q`, ..., `ffn.fc2`), in model order."""
+    return list(dict.fromkeys(r["param"].removesuffix(".weight") for r in rows if r["probe"] == "grad"
+                              and r["layer"] is not None and r["param"].endswith(".weight")))
+
+
 def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int) -> list[float]:
     """Values by layer index at `step`. For grad, `param` is a role (`ffn.fc2` means its weight) or
     `all`: the layer's combined norm, sqrt of the sum of its squared parameter norms."""
@@ -178,3 +223,10 @@ def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int)
                 and (name == "all" or r["param"] == name):
             squares[r["layer"]] = squares.get(r["layer"], 0.0) + r["value"] ** 2
     return [squares[i] ** 0.5 for i in sorted(squares)]
+
+
+def profile_ratios(values: list[float]) -> dict[str, float | None]:
+    """A profile in two numbers: the last/first-layer ratio (Xiong et al.'s Figure 3 at a glance) and
+    the spread, max/min over the layers. None where undefined (no layers, a zero)."""
+    return {"last/first": values[-1] / values[0] if values and values[0] else None,
+            "max/min": max(values) / min(values) if values and min(values) > 0 else None}

@@ -4,6 +4,9 @@ Step s's metrics describe the model before update s: its training loss, the lear
 uses and, on logging steps, the gradients of that loss (so step 0 is the initialisation profile).
 Validation runs before update s every `eval_every` steps, and once more on the final model (step =
 train.steps). Losses stay on the device and are read every `log.loss_every` steps in one transfer.
+
+The batch of step s is a pure function of (seed, rank, s), so "where the data was" is the step
+number: a run resumed from a checkpoint sees exactly the batches the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -11,21 +14,38 @@ from __future__ import annotations
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from lnexp import __version__
-from lnexp.config import Config, ConfigError, dump_yaml
+from lnexp.config import Config, ConfigError, dump_yaml, validate
 from lnexp.data import Data, load_data
+from lnexp.hardware import (
+    Dist,
+    any_rank,
+    flops_per_token,
+    gather,
+    init_distributed,
+    memory_bytes,
+    peak_tflops,
+)
 from lnexp.model import TransformerLM
 from lnexp.probes import Probes, Reading
-from lnexp.runs import RunWriter, check_target, now, write_json
+from lnexp.runs import RunError, RunWriter, check_target, load_run, now, write_json
+
+CHECKPOINT = "checkpoint.pt"
+Progress = Callable[[int, int, dict], None]
 
 
 def lr_factor(config: Config, step: int) -> float:
@@ -44,13 +64,14 @@ def lr_factor(config: Config, step: int) -> float:
     return floor + (1 - floor) * shape
 
 
-def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) -> torch.optim.Optimizer:
     o = config.optim
     params = model.parameters()
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[o.name]
-    return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    extra = {"fused": True} if fused and o.name != "radam" else {}  # torch has no fused RAdam
+    return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, **extra)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LambdaLR:
@@ -58,25 +79,29 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.o
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 class Trainer:
     """The model, optimiser, schedule, data and probes of one run; `step()` is one update."""
 
-    def __init__(self, config: Config, data: Data, device: torch.device) -> None:
-        self.config, self.data, self.device = config, data, device
+    def __init__(self, config: Config, data: Data, device: torch.device, dist: Dist = Dist()) -> None:
+        self.config, self.data, self.device, self.dist = config, data, device, dist
         t = config.train
         torch.manual_seed(t.seed)
-        self.model = TransformerLM(config.model, data.vocab_size).to(device)
-        self.optimizer = build_optimizer(self.model, config)
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda)
+        self.model = TransformerLM(config.model, data.vocab_size).to(device)  # probes, checkpoints
+        wrapped = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None) \
+            if dist.world_size > 1 else self.model
+        self.forward = torch.compile(wrapped) if t.compile else wrapped
+        self.optimizer = build_optimizer(self.model, config, fused=cuda)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.probes = Probes(self.model, config.log.probes)
         self.params = list(self.model.parameters())
-        self.batches = torch.Generator().manual_seed(t.seed)
+        self.batches = torch.Generator()
         val_gen = torch.Generator().manual_seed(t.seed + 1)  # the same val batches at every eval
         self.val_batches = [self._to_device(data.batch("val", t.batch_size, t.seq_len, val_gen))
                             for _ in range(t.eval_batches)]
@@ -84,17 +109,24 @@ class Trainer:
     def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(x.to(self.device, non_blocking=True) for x in batch)
 
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
     def step(self, step: int) -> tuple[torch.Tensor, Reading | None, torch.Tensor | None]:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
         t, clip = self.config.train, self.config.optim.clip_grad_norm
         probing = self.probes.enabled and step % self.config.log.grad_every == 0
+        self.batches.manual_seed(hash((t.seed, self.dist.rank, step)) & (2**63 - 1))
         x, y = self._to_device(self.data.batch("train", t.batch_size, t.seq_len, self.batches))
         if probing:
             self.probes.arm()
-        _, loss = self.model(x, y)
+        with self._autocast():
+            _, loss = self.forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are all-reduced here, so every rank probes the same
         reading = self.probes.read(step) if probing else None
+        if reading and reading.total_on_device is not None and self.dist.world_size > 1:
+            reading.ranks = gather(torch.stack([reading.total_on_device, loss.detach().float()]))
         total = None
         if clip is not None:
             total = reading.total_on_device if reading and reading.total_on_device is not None else \
@@ -108,9 +140,41 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
-        losses = torch.stack([self.model(x, y)[1] for x, y in self.val_batches])
+        with self._autocast():
+            losses = torch.stack([self.model(x, y)[1] for x, y in self.val_batches])
         self.model.train()
         return losses.mean().item()
+
+    def checkpoint(self, step: int) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit (weights_only-loadable)."""
+        return {
+            "step": step,
+            "model": self.model.state_dict(),  # the uncompiled, unwrapped module's names
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "data_position": step,
+            "config": self.config.to_dict(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Temp file + rename: a failed write (disk full) leaves the previous checkpoint in place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -118,10 +182,46 @@ class Outcome:
     status: str
     summary: dict[str, Any]
     path: Path
+    main: bool = True  # False on torchrun ranks other than 0, which write and print nothing
 
 
-def run_meta(config: Config, source: str, command: list[str], device: torch.device, data: Data
-             ) -> dict[str, Any]:
+@dataclass
+class History:
+    """What the run has logged so far (read back from the folder when resuming)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)
+    wall_before: float = 0.0
+
+
+def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
+    """Everything that can fail on the user's input, before anything is built or written."""
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    try:
+        data = load_data(config.data)
+        data.check(t.seq_len)
+        dist, device = init_distributed(t.device)
+        _check_fits(config, data.vocab_size, device)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return data, dist, device
+
+
+def _check_fits(config: Config, vocab_size: int, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and Adam moments alone exceed the device's memory."""
+    m = config.model
+    n_params = m.n_layers * (4 * m.d_model**2 + 2 * m.d_model * m.d_ff) \
+        + (vocab_size + m.max_seq_len) * m.d_model
+    needed, available = 16 * n_params, memory_bytes(device)
+    if available and needed > available:
+        raise ConfigError(f"model: {n_params:,} parameters need at least {needed / 2**30:.1f} GiB, "
+                          f"more than the {available / 2**30:.1f} GiB of {device}")
+
+
+def run_meta(config: Config, source: str, command: list[str], device: torch.device, data: Data,
+             dist: Dist) -> dict[str, Any]:
     return {
         "command": command,
         "config_file": source,
@@ -130,6 +230,9 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
                      "python": platform.python_version()},
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
+        "world_size": dist.world_size,
+        "backend": dist.backend,
+        "deterministic": config.train.deterministic,
         "host": platform.node(),
         "platform": platform.platform(),
         "git_commit": _git_commit(),
@@ -151,130 +254,218 @@ def _git_commit() -> str | None:
 
 
 def train(config: Config, source: str, command: list[str] | None = None, force: bool = False,
-          progress: Any = None) -> Outcome:
-    """Train one run and write its folder. Input faults raise before anything is written."""
-    t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    try:
-        data = load_data(config.data)
-        data.check(t.seq_len)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    device = resolve_device(t.device)
+          progress: Progress | None = None) -> Outcome:
+    """Train a new run and write its folder. Input faults raise before anything is written."""
+    data, dist, device = prepare(config, source)
     name = config.run.name or f"{Path(source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.run.dir) / name
-    check_target(path, force)
+    if dist.main:
+        check_target(path, force)
     config = config.model_copy(deep=True)
     config.run.name = name
-    trainer = Trainer(config, data, device)
-    meta = run_meta(config, source, command or sys.argv, device, data)
-    meta.update(started=now(), n_params=trainer.model.num_params(non_embedding=False))
-    writer = RunWriter(path, dump_yaml(config), meta, force)
+    trainer = Trainer(config, data, device, dist)
+    writer = None
+    if dist.main:
+        meta = run_meta(config, source, command or sys.argv, device, data, dist)
+        meta.update(started=now(), n_params=trainer.model.num_params(non_embedding=False))
+        writer = RunWriter(path, dump_yaml(config), meta, force)
+    return _run(trainer, writer, path, progress, start=0, history=History())
+
+
+def resume(path: Path, command: list[str] | None = None, progress: Progress | None = None) -> Outcome:
+    """Continue an interrupted or failed run from its checkpoint; later lines are rewritten."""
+    run = load_run(path)
+    if run.status in ("completed", "diverged"):
+        raise RunError(f"{path}: the run is {run.status}; nothing to resume")
+    if not (path / CHECKPOINT).exists():
+        raise RunError(f"{path}: no {CHECKPOINT} to resume from (set train.checkpoint_every)")
+    try:
+        state = torch.load(path / CHECKPOINT, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise RunError(f"{path / CHECKPOINT}: unreadable checkpoint ({type(exc).__name__})") from None
+    config = validate(state["config"], source=str(path / CHECKPOINT))
+    data, dist, device = prepare(config, str(path / "config.yaml"))
+    trainer = Trainer(config, data, device, dist)
+    trainer.restore(state)
+    step = state["step"]
+    writer = None
+    if dist.main:
+        writer = RunWriter.reopen(path, keep_before=step)
+        resumes = writer.meta.get("resumes", []) + [{"from_step": step, "at": now(),
+                                                     "command": command or sys.argv}]
+        writer.update_meta(status="running", resumes=resumes, pid=os.getpid(), host=platform.node())
+    kept = [r for r in run.metrics if r["step"] < step]
+    history = History(kept, {r["step"]: r["val_loss"] for r in kept if r.get("val_loss") is not None},
+                      float(run.meta.get("wall_time_s") or 0.0))
+    return _run(trainer, writer, path, progress, start=step, history=history)
+
+
+def _run(trainer: Trainer, writer: RunWriter | None, path: Path, progress: Progress | None, start: int,
+         history: History) -> Outcome:
     status, summary = "failed", {}
     try:
-        status, summary = _loop(trainer, writer, progress)
+        with _stop_on_signals() as stop:
+            status, summary = _loop(trainer, writer, progress, start, history, stop)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     except Exception as exc:
-        writer.update_meta(error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        if writer:
+            _try(lambda: writer.update_meta(error=error))
         raise
     finally:
-        summary = {"status": status, **summary}
-        if status != "failed":
-            torch.save(trainer.model.state_dict(), path / "model.pt")
-        write_json(path / "summary.json", summary)
-        writer.update_meta(status=status, ended=now(), wall_time_s=summary.get("wall_time_s"))
-        writer.close()
-    return Outcome(status, summary, path)
+        if writer:
+            summary = {"status": status, **summary}
+            if status in ("completed", "diverged"):
+                _try(lambda: torch.save(trainer.model.state_dict(), path / "model.pt"))
+            _try(lambda: write_json(path / "summary.json", summary))
+            _try(lambda: writer.update_meta(status=status, ended=now(),
+                                            wall_time_s=summary.get("wall_time_s")))
+            writer.close()
+    return Outcome(status, summary, path, main=writer is not None)
 
 
-def _loop(trainer: Trainer, writer: RunWriter, progress: Any) -> tuple[str, dict[str, Any]]:
-    config = trainer.config
+def _try(action: Callable[[], Any]) -> None:
+    """Best effort while failing (a full disk): the original error is the one to report."""
+    try:
+        action()
+    except OSError:
+        pass
+
+
+class _Stop:
+    requested = False
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_Stop]:
+    """Ctrl-C or SIGTERM: finish the current step, checkpoint, stop. A second one stops at once."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None, start: int,
+          history: History, stop: _Stop) -> tuple[str, dict[str, Any]]:
+    config, dist, device = trainer.config, trainer.dist, trainer.device
     t, log = config.train, config.log
     threshold = config.diverge_threshold(trainer.data.vocab_size)
-    tokens_per_step = t.batch_size * t.seq_len
+    tokens_per_step = t.batch_size * t.seq_len * dist.world_size
+    flops = flops_per_token(trainer.model.num_params(), config.model.n_layers, config.model.d_model,
+                            t.seq_len)
+    peak = peak_tflops(device, t.peak_tflops)
     pending: list[tuple[int, torch.Tensor, Reading | None, torch.Tensor | None]] = []
-    history: list[dict[str, Any]] = []
-    val_losses: dict[int, float] = {}
     diverged_step: int | None = None
-    start = last_flush = time.perf_counter()
-    steps_done = 0
+    began = last_flush = time.perf_counter()
+    steps_done = start
 
-    def flush(through: int) -> None:
-        """Read the pending losses in one transfer, write their lines, check for divergence."""
+    def flush(through: int) -> bool:
+        """Read pending losses in one transfer, write their lines; True if the run must stop."""
         nonlocal last_flush, diverged_step
-        if not pending:
-            return
-        tensors = [loss for _, loss, _, _ in pending] + [n for *_, n in pending if n is not None]
-        host = torch.stack(tensors).float().tolist()  # the one transfer for these steps
-        losses, clip_norms = host[: len(pending)], iter(host[len(pending):])
-        elapsed = time.perf_counter() - last_flush
-        last_flush = time.perf_counter()
-        speed = len(pending) * tokens_per_step / max(elapsed, 1e-9)
-        rows = []
-        for (step, _, reading, norm), loss in zip(pending, losses):
-            row = {"step": step, "lr": config.optim.lr * lr_factor(config, step), "loss": loss,
-                   "val_loss": val_losses.get(step), "tokens_per_s": speed,
-                   "grad_norm_total": reading.grad_norm_total if reading else None}
-            if norm is not None:
-                clip_norm = next(clip_norms)
-                row.update(grad_norm_total=clip_norm, clipped=clip_norm > config.optim.clip_grad_norm)
-            rows.append(row)
-            if reading:
-                writer.probes(reading.rows)
-            if not math.isfinite(loss) or loss > threshold:
-                diverged_step = step
-                break
-        writer.metrics(rows)
-        history.extend(rows)
-        pending.clear()
-        if progress is not None:
-            progress(through + 1, t.steps, rows[-1])
+        if pending:
+            tensors = [loss for _, loss, _, _ in pending] + [n for *_, n in pending if n is not None]
+            host = torch.stack(tensors).float().tolist()  # the one transfer for these steps
+            losses, clip_norms = host[: len(pending)], iter(host[len(pending):])
+            elapsed = time.perf_counter() - last_flush
+            last_flush = time.perf_counter()
+            speed = len(pending) * tokens_per_step / max(elapsed, 1e-9)
+            rows = []
+            for (step, _, reading, norm), loss in zip(pending, losses):
+                row = {"step": step, "lr": config.optim.lr * lr_factor(config, step), "loss": loss,
+                       "val_loss": history.val_losses.get(step), "tokens_per_s": speed,
+                       "grad_norm_total": reading.grad_norm_total if reading else None}
+                if reading and reading.ranks:
+                    row["ranks"] = {"grad_norm_total": [r[0] for r in reading.ranks],
+                                    "loss": [r[1] for r in reading.ranks]}
+                if peak:
+                    row["mfu"] = speed / dist.world_size * flops / (peak * 1e12)
+                if norm is not None:
+                    clip_norm = next(clip_norms)
+                    row.update(grad_norm_total=clip_norm, clipped=clip_norm > config.optim.clip_grad_norm)
+                rows.append(row)
+                if writer and reading:
+                    writer.probes(reading.rows)
+                if not math.isfinite(loss) or loss > threshold:
+                    diverged_step = step
+                    break
+            if writer:
+                writer.metrics(rows)
+            history.rows.extend(rows)
+            pending.clear()
+            if progress is not None:
+                progress(through + 1, t.steps, rows[-1])
+        return any_rank(diverged_step is not None or stop.requested, dist, device)
 
-    for step in range(t.steps):
-        if step % t.eval_every == 0:
-            flush(step - 1)
-            if diverged_step is not None:
+    halted = False
+    for step in range(start, t.steps):
+        if step > start and t.checkpoint_every and step % t.checkpoint_every == 0:
+            if halted := flush(step - 1):
                 break
-            val_losses[step] = trainer.evaluate()
+            if writer:
+                save_checkpoint(trainer.checkpoint(step), writer.path / CHECKPOINT)
+        if step % t.eval_every == 0:
+            if halted := flush(step - 1):
+                break
+            if dist.main:
+                history.val_losses[step] = trainer.evaluate()
         loss, reading, norm = trainer.step(step)
         pending.append((step, loss, reading, norm))
         steps_done = step + 1
-        if len(pending) >= log.loss_every:
-            flush(step)
-        if diverged_step is not None:
+        # Under torchrun every rank must reach the same flushes (they agree there on stopping).
+        due = len(pending) >= log.loss_every or (stop.requested and dist.world_size == 1)
+        if due and (halted := flush(step)):
             break
-    flush(steps_done - 1)
-    if diverged_step is None:
-        final_val = trainer.evaluate()
-        val_losses[t.steps] = final_val
-        row = {"step": t.steps, "lr": None, "loss": None, "val_loss": final_val,
-               "tokens_per_s": None, "grad_norm_total": None}
-        writer.metrics([row])
-        history.append(row)
-    wall = time.perf_counter() - start
-    status = "diverged" if diverged_step is not None else "completed"
-    return status, _summarise(history, val_losses, diverged_step, steps_done, tokens_per_step, wall)
+    if not halted:
+        halted = flush(steps_done - 1)
+    if diverged_step is None and halted:  # interrupted (here or on another rank): keep the state
+        if writer:
+            save_checkpoint(trainer.checkpoint(steps_done), writer.path / CHECKPOINT)
+        status = "interrupted"
+    elif diverged_step is None:
+        status = "completed"
+        if dist.main:
+            final_val = history.val_losses[t.steps] = trainer.evaluate()
+            row = {"step": t.steps, "lr": None, "loss": None, "val_loss": final_val,
+                   "tokens_per_s": None, "grad_norm_total": None}
+            if writer:
+                writer.metrics([row])
+            history.rows.append(row)
+    else:
+        status = "diverged"
+    segment = time.perf_counter() - began
+    summary = _summarise(history, diverged_step, steps_done, (steps_done - start) * tokens_per_step / segment)
+    summary["wall_time_s"] = round(history.wall_before + segment, 3)
+    return status, summary
 
 
-def _summarise(history: list[dict[str, Any]], val_losses: dict[int, float], diverged_step: int | None,
-               steps_done: int, tokens_per_step: int, wall: float) -> dict[str, Any]:
-    train_losses = [r["loss"] for r in history if r["loss"] is not None and math.isfinite(r["loss"])]
-    finite_val = {s: v for s, v in val_losses.items() if math.isfinite(v)}
+def _summarise(history: History, diverged_step: int | None, steps_done: int, speed: float) -> dict[str, Any]:
+    rows = history.rows
+    train_losses = [r["loss"] for r in rows if r["loss"] is not None and math.isfinite(r["loss"])]
+    finite_val = {s: v for s, v in history.val_losses.items() if math.isfinite(v)}
     best_val_step = min(finite_val, key=finite_val.get) if finite_val else None
     tail = train_losses[-10:]
-    init_norm = next((r["grad_norm_total"] for r in history if r["step"] == 0), None)
     return {
         "steps_done": steps_done,
         "diverged_step": diverged_step,
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "best_train_loss": min(train_losses) if train_losses else None,
-        "final_val_loss": val_losses[max(val_losses)] if val_losses else None,
+        "final_val_loss": history.val_losses[max(history.val_losses)] if history.val_losses else None,
         "best_val_loss": finite_val.get(best_val_step),
         "best_val_step": best_val_step,
-        "grad_norm_total_init": init_norm,
-        "tokens_per_s": steps_done * tokens_per_step / max(wall, 1e-9),
-        "wall_time_s": round(wall, 3),
+        "grad_norm_total_init": next((r["grad_norm_total"] for r in rows if r["step"] == 0), None),
+        "tokens_per_s": speed,
     }

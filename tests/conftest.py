@@ -2,7 +2,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+torch.set_num_threads(1)  # tiny models: one thread is fastest, and tests may share the cores
 
 # Tables are compared as text: pin the width so rich does not wrap by terminal size.
 os.environ.setdefault("COLUMNS", "200")
@@ -29,7 +32,7 @@ def write_config(tmp_path: Path):
         raw = {key: dict(value) for key, value in TINY.items()}
         for section, values in sections.items():
             raw.setdefault(section, {}).update(values)
-        raw.setdefault("run", {})["dir"] = str(tmp_path / "runs")
+        raw.setdefault("run", {}).setdefault("dir", str(tmp_path / "runs"))
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         return path

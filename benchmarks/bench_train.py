@@ -1,0 +1,133 @@
+"""bench_train: what lnexp's measurement costs, measured side by side in one process.
+
+Tokens/s of lnexp's real training loop (`lnexp.train.train`, run folder and all) with probes every
+step, every 10 steps and off, and of a minimal loop over the same model, data and optimiser with
+none of lnexp's machinery. Variants are interleaved and repeated; medians are compared, because
+this machine is noisy. Targets: every-10 >= 0.98x off, every-step >= 0.95x off, off >= 0.98x minimal.
+
+    python benchmarks/bench_train.py                       # CPU shape, 2 cores
+    python benchmarks/bench_train.py --shape gpt2-small    # on a GPU: bf16, compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from lnexp.config import Config, validate
+from lnexp.data import load_data
+from lnexp.model import TransformerLM
+from lnexp.train import build_optimizer, train
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "cpu": {"model": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 128},
+            "data": {"source": "synthetic", "task": "random", "vocab_size": 256},
+            "train": {"batch_size": 16, "seq_len": 128, "device": "cpu"}},
+    "gpt2-small": {"model": {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072,
+                             "max_seq_len": 1024, "norm": "pre", "init": "gpt2",
+                             "residual_scaling": "gpt2", "dropout": 0.0},
+                   "data": {"source": "synthetic", "task": "random", "vocab_size": 50304},
+                   "train": {"batch_size": 12, "seq_len": 1024, "device": "cuda", "precision": "bf16",
+                             "compile": True}},
+}
+TARGETS = {"probes every 10 / off": 0.98, "probes every step / off": 0.95, "probes off / minimal": 0.98}
+
+
+def make_config(shape: str, steps: int, grad_every: int | None, run_dir: str, name: str) -> Config:
+    raw = {section: dict(values) for section, values in SHAPES[shape].items()}
+    raw["train"].update(steps=steps, eval_every=10**9, eval_batches=1)
+    raw["log"] = {"grad_every": grad_every or 1, "probes": ["grad", "act"] if grad_every else [],
+                  "loss_every": 10}
+    raw["run"] = {"dir": run_dir, "name": name}
+    return validate(raw, source="bench")
+
+
+def lnexp_speed(config: Config, warmup: int) -> float:
+    """Steady-state tokens/s of the real loop: between the flush at `warmup` steps and the last one."""
+    marks: list[tuple[int, float]] = []
+    train(config, "bench", ["bench"], progress=lambda done, total, row: marks.append(
+        (done, time.perf_counter())))
+    (d0, t0), (d1, t1) = next(m for m in marks if m[0] >= warmup), marks[-1]
+    return (d1 - d0) * config.train.batch_size * config.train.seq_len / (t1 - t0)
+
+
+def minimal_speed(config: Config, warmup: int) -> float:
+    """The same model, data and optimiser in the shortest loop that trains it."""
+    t = config.train
+    device = torch.device(t.device)
+    data = load_data(config.data)
+    torch.manual_seed(t.seed)
+    model = TransformerLM(config.model, data.vocab_size).to(device)
+    optimizer = build_optimizer(model, config, fused=device.type == "cuda")
+    forward = torch.compile(model) if t.compile else model
+    generator = torch.Generator().manual_seed(t.seed)
+    bf16 = t.precision == "bf16"
+    for step in range(t.steps):
+        if step == warmup:
+            sync(device)
+            start = time.perf_counter()
+        x, y = (b.to(device, non_blocking=True)
+                for b in data.batch("train", t.batch_size, t.seq_len, generator))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            _, loss = forward(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    loss.item()  # the loop's one read of the loss, and the wait for the device
+    return (t.steps - warmup) * t.batch_size * t.seq_len / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(shape: str, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
+    variants = {"minimal": None, "probes off": None, "probes every 10": 10, "probes every step": 1}
+    speeds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats):
+            names = list(variants)
+            for name in names[rep % 4:] + names[: rep % 4]:  # rotate the order: no variant always first
+                run_name = f"{name}-{rep}".replace(" ", "-")
+                config = make_config(shape, warmup + steps, variants[name], tmp, run_name)
+                measure_one = minimal_speed if name == "minimal" else lnexp_speed
+                speeds[name].append(measure_one(config, warmup))
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    ratios = {"probes every 10 / off": median["probes every 10"] / median["probes off"],
+              "probes every step / off": median["probes every step"] / median["probes off"],
+              "probes off / minimal": median["probes off"] / median["minimal"]}
+    return {"shape": shape, "steps": steps, "warmup": warmup, "repeats": repeats,
+            "threads": torch.get_num_threads(), "tokens_per_s": median, "all": speeds, "ratios": ratios}
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"shape {result['shape']}, {result['steps']} timed steps after {result['warmup']} warm-up, "
+             f"median of {result['repeats']} interleaved repeats, {result['threads']} threads", "",
+             "| variant | tokens/s (median) | all repeats |", "| --- | --- | --- |"]
+    for name, value in result["tokens_per_s"].items():
+        lines.append(f"| {name} | {value:,.0f} | {', '.join(f'{v:,.0f}' for v in result['all'][name])} |")
+    lines += ["", "| ratio | measured | target | met |", "| --- | --- | --- | --- |"]
+    for name, value in result["ratios"].items():
+        met = "yes" if value >= TARGETS[name] else "no"
+        lines.append(f"| {name} | {value:.3f} | >= {TARGETS[name]} | {met} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=SHAPES, default="cpu")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(report(measure(args.shape, args.steps, args.warmup, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()

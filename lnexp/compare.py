@@ -1,0 +1,358 @@
+"""Runs side by side: which config keys differ, how each run ended, and a per-layer profile.
+
+`build` reads runs into a `Comparison` (plain data); `tables`, `markdown` and `to_json` render it
+(the figure is lnexp.plots'). `runs_table` lists the runs of a folder. No torch, no matplotlib here:
+`lnexp compare` starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from glob import glob
+from pathlib import Path
+from typing import Any, Literal
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from lnexp.console import fmt, profile_rows, profile_table
+from lnexp.runs import (
+    Run,
+    RunError,
+    layer_profile,
+    load_run,
+    logged_steps,
+    nearest_step,
+    profile_ratios,
+    weight_roles,
+)
+
+Step = int | Literal["last"]
+
+# Outcome rows: summary key, label, which value is best (None: not ranked).
+OUTCOME: tuple[tuple[str, str, Callable[..., Any] | None], ...] = (
+    ("status", "status", None),
+    ("steps_done", "steps done", max),
+    ("final_train_loss", "final train loss", min),
+    ("best_train_loss", "best train loss", min),
+    ("final_val_loss", "final val loss", min),
+    ("best_val_loss", "best val loss", min),
+    ("tokens_per_s", "tokens/s", max),
+    ("wall_time_s", "wall time (s)", min),
+)
+BEST_STYLE = "bold green"
+
+
+def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
+    """Every run the paths or globs name, once each, in the order given. What cannot be read becomes a
+    note (one line each), so the runs that can be read are still shown."""
+    runs: list[Run] = []
+    notes: list[str] = []
+    seen: set[Path] = set()
+    for pattern in patterns:
+        # The shell expands unquoted globs; a quoted one is expanded here.
+        matches = sorted(glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            notes.append(f"{pattern}: matches nothing")
+        for match in matches:
+            path = Path(match)
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            try:
+                run = load_run(path)
+            except RunError as exc:
+                notes.append(str(exc))
+                continue
+            runs.append(run)
+            notes.extend(f"{path}: {note}" for note in run.notes)
+    return runs, notes
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"norm": "pre"}} -> {"model.norm": "pre"}: the keys `--set` takes."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_diff(runs: list[Run], all_keys: bool = False) -> dict[str, list[Any]]:
+    """Dotted key -> one value per run (None where a run lacks the key), only the keys that differ.
+    run.name and run.dir are left out unless `all_keys`: the column headers already say them."""
+    flat = [flatten(run.config) for run in runs]
+    keys = dict.fromkeys(key for f in flat for key in f)  # config order, not alphabetical
+    rows = {key: [f.get(key) for f in flat] for key in keys}
+    if all_keys:
+        return rows
+    return {key: values for key, values in rows.items()
+            if not key.startswith("run.") and len({json.dumps(v, default=str) for v in values}) > 1}
+
+
+def layout(config: dict[str, Any]) -> str:
+    model = config.get("model", {})
+    return model.get("norm", "?") + ("+gpt2" if model.get("residual_scaling") == "gpt2" else "")
+
+
+def outcome(run: Run) -> dict[str, Any]:
+    """How a run ended: its summary.json, or for a run without one (running, killed) the same
+    quantities from its metrics so far. Status is `Run.state` (a dead "running" run is "stale")."""
+    summary = run.summary or partial_summary(run.metrics)
+    return {"status": run.state, "diverged_step": summary.get("diverged_step"),
+            **{key: summary.get(key) for key, _, _ in OUTCOME[1:]}}
+
+
+def partial_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    steps = [m["step"] for m in metrics if m.get("lr") is not None]  # the final val line has no lr
+    losses = [m["loss"] for m in metrics if _finite(m.get("loss"))]
+    vals = [m["val_loss"] for m in metrics if _finite(m.get("val_loss"))]
+    speeds = [m["tokens_per_s"] for m in metrics if _finite(m.get("tokens_per_s")) and m["tokens_per_s"] > 0]
+    tail = losses[-10:]  # as train's summary: the mean of the last 10 train losses
+    return {"steps_done": max(steps) + 1 if steps else 0,
+            "final_train_loss": sum(tail) / len(tail) if tail else None,
+            "best_train_loss": min(losses, default=None),
+            "final_val_loss": vals[-1] if vals else None,
+            "best_val_loss": min(vals, default=None),
+            # harmonic mean over steps = all tokens / all time, as in the summary
+            "tokens_per_s": len(speeds) / sum(1 / s for s in speeds) if speeds else None}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass
+class Profile:
+    """One run's per-layer values at `step`, the logged step nearest the one asked for (None: the
+    probe was never logged)."""
+
+    step: int | None
+    values: list[float]
+
+
+def run_profile(run: Run, probe: str, param: str, at: Step, notes: list[str], who: str) -> Profile:
+    steps = logged_steps(run.probes, probe)
+    if not steps:
+        notes.append(f"{who}: no {probe} probe logged")
+        return Profile(None, [])
+    step = steps[-1] if at == "last" else nearest_step(steps, at)
+    if at != "last" and step != at:
+        notes.append(f"{who}: step {at} not logged, using the nearest logged step, {step}")
+    values = layer_profile(run.probes, probe, param, step)
+    depth = run.config.get("model", {}).get("n_layers", 0) + (probe == "act")  # act: also leaving the last
+    if not values:
+        notes.append(f"{who}: no {probe} values for {param} at step {step} "
+                     f"(roles: {', '.join(weight_roles(run.probes))}, all)")
+    elif len(values) < depth:  # a run killed while writing that step's lines
+        notes.append(f"{who}: step {step} has {len(values)} of {depth} layers (truncated probes.jsonl?)")
+    return Profile(step, values)
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]
+    headers: list[str]  # a column header per run: its name, or its path where names repeat
+    legends: list[str]  # a label per run for figures: the header and the config keys that differ
+    diff: dict[str, list[Any]]
+    all_keys: bool  # diff holds every key, not only those that differ
+    outcomes: list[dict[str, Any]]
+    probe: str
+    param: str
+    at: Step
+    profiles: list[Profile]
+    notes: list[str]
+
+    @property
+    def profile_title(self) -> str:
+        what = "residual-stream RMS" if self.probe == "act" else \
+            f"gradient norm of {'all weights' if self.param == 'all' else self.param}"
+        steps = {p.step for p in self.profiles if p.step is not None}
+        when = f"step {steps.pop()}" if len(steps) == 1 else \
+            "each run's last logged step" if self.at == "last" else f"the logged step nearest {self.at}"
+        return f"{what} by layer at {when}"
+
+    @property
+    def profile_columns(self) -> dict[str, list[float]]:
+        """Header -> values; the header names the step where the runs' steps differ."""
+        differ = len({p.step for p in self.profiles if p.step is not None}) > 1
+        return {h + (f" @ {p.step}" if differ and p.step is not None else ""): p.values
+                for h, p in zip(self.headers, self.profiles)}
+
+
+def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step = 0,
+          all_keys: bool = False, notes: list[str] | None = None) -> Comparison:
+    notes = list(notes or [])
+    names = [run.name for run in runs]
+    headers = [run.name if names.count(run.name) == 1 else str(run.path) for run in runs]
+    if len(runs) == 1:
+        notes.append("only one run: nothing to compare it with")
+    differing = config_diff(runs)  # the legends name only these, even with all_keys
+    legends = [_legend(h, {k: v[i] for k, v in differing.items()}) for i, h in enumerate(headers)]
+    outcomes = [outcome(run) for run in runs]
+    for header, o in zip(headers, outcomes):
+        if o["status"] in ("running", "stale"):
+            notes.append(f"{header}: {o['status']}; outcome so far, from metrics.jsonl")
+    profiles = [run_profile(run, probe, param, at, notes, h) for run, h in zip(runs, headers)]
+    return Comparison(runs, headers, legends, config_diff(runs, all_keys), all_keys, outcomes, probe, param,
+                      at, profiles, notes)
+
+
+def _legend(header: str, keys: dict[str, Any], most: int = 3) -> str:
+    shown = [f"{key}={fmt(value)}" for key, value in list(keys.items())[:most]]
+    more = ", …" if len(keys) > most else ""
+    return f"{header}: {', '.join(shown)}{more}" if shown else header
+
+
+def _status(o: dict[str, Any]) -> str:
+    return f"{o['status']} @ {o['diverged_step']}" if o["diverged_step"] is not None else o["status"]
+
+
+def best_runs(values: list[Any], better: Callable[..., Any] | None) -> set[int]:
+    """Indices of the best value in a row; none when the row is not ranked or all values are equal."""
+    finite = [v for v in values if _finite(v)]
+    if better is None or len(set(finite)) < 2:
+        return set()
+    best = better(finite)
+    return {i for i, v in enumerate(values) if v == best}
+
+
+@dataclass
+class Section:
+    """A table as text cells, for both renderers; `best` holds the (row, column) cells to highlight."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    best: set[tuple[int, int]]
+
+
+def sections(c: Comparison) -> list[Section]:
+    """The config diff and the outcome (the profile table is console.profile_table's)."""
+    title = "config: " + ("every key" if c.all_keys else "keys that differ" if c.diff else
+                          "no key differs (besides run.name, run.dir)")
+    diff = Section(title, ["key", *c.headers], [[key, *map(fmt, values)] for key, values in c.diff.items()],
+                   set())
+    rows, best = [], set()
+    for r, (key, label, better) in enumerate(OUTCOME):
+        values = [o[key] for o in c.outcomes]
+        rows.append([label, *(_status(o) if key == "status" else fmt(v) for o, v in zip(c.outcomes, values))])
+        best |= {(r, col) for col in best_runs(values, better)}
+    return [diff, Section("outcome (best in each row highlighted)", ["", *c.headers], rows, best)]
+
+
+def tables(c: Comparison) -> list[Table | Text]:
+    """Rich tables for the terminal (a section without rows is its title alone). Cells are Text,
+    never markup: a value like [grad, act] stays as it is."""
+    out: list[Table | Text] = []
+    for s in sections(c):
+        if not s.rows:
+            out.append(Text(s.title))
+            continue
+        table = Table(title=Text(s.title), title_justify="left")
+        for i, name in enumerate(s.header):
+            table.add_column(Text(name), justify="left" if i == 0 else "right")
+        for r, row in enumerate(s.rows):
+            table.add_row(*(Text(cell, style=BEST_STYLE if (r, col - 1) in s.best else "")
+                            for col, cell in enumerate(row)))
+        out.append(table)
+    if any(p.values for p in c.profiles):
+        columns = {escape(h): v for h, v in c.profile_columns.items()}
+        out.append(profile_table(escape(c.profile_title), columns, spread=True))
+    for table in out:
+        if isinstance(table, Table):
+            table.min_width = len(str(table.title))  # rich wraps a title to the table's width otherwise
+    return out
+
+
+def markdown(c: Comparison) -> str:
+    parts = [_markdown_table(s.title, s.header, s.rows, s.best) for s in sections(c)]
+    if any(p.values for p in c.profiles):
+        columns = c.profile_columns
+        body, footer = profile_rows(columns, spread=True)
+        parts.append(_markdown_table(c.profile_title, ["layer", *columns], body + footer, set()))
+    return "\n\n".join(parts) + "\n"
+
+
+def _markdown_table(title: str, header: list[str], rows: list[list[str]], best: set[tuple[int, int]]) -> str:
+    def cell(text: str, bold: bool = False) -> str:
+        text = text.replace("|", "\\|")
+        return f"**{text}**" if bold else text
+
+    if not rows:
+        return f"**{title}**"
+    lines = [f"**{title}**", "", "| " + " | ".join(map(cell, header)) + " |",
+             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(cell(text, (r, col - 1) in best) for col, text in enumerate(row)) + " |"
+              for r, row in enumerate(rows)]
+    return "\n".join(lines)
+
+
+def to_json(c: Comparison) -> str:
+    """The same data for scripts: raw numbers, lists aligned with `runs`; NaN/inf become null."""
+    data = {
+        "runs": [{"name": run.name, "path": str(run.path), "header": header, "label": legend,
+                  "layout": layout(run.config), "outcome": o,
+                  "profile": {"step": p.step, "values": p.values, **profile_ratios(p.values)}}
+                 for run, header, legend, o, p in zip(c.runs, c.headers, c.legends, c.outcomes, c.profiles)],
+        "config_diff": c.diff,
+        "best": {key: [c.headers[i] for i in sorted(best_runs([o[key] for o in c.outcomes], better))]
+                 for key, _, better in OUTCOME if better},
+        "profile": {"probe": c.probe, "param": c.param, "at": c.at},
+        "notes": c.notes,
+    }
+    return json.dumps(_json_safe(data), indent=2)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN (jq and browsers refuse it)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def find_runs(root: Path) -> list[Run]:
+    """The runs in `root` and one level below (a sweep's folder), newest first. Probes are not read."""
+    paths = sorted({p.parent for pattern in ("*/meta.json", "*/*/meta.json") for p in root.glob(pattern)})
+    runs = []
+    for path in paths:
+        try:
+            runs.append(load_run(path, probes=False))
+        except RunError:
+            continue  # vanished between the glob and the read
+    return sorted(runs, key=_started, reverse=True)
+
+
+def _started(run: Run) -> float:
+    try:
+        return datetime.fromisoformat(run.meta["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return (run.path / "meta.json").stat().st_mtime
+
+
+def runs_table(runs: list[Run], root: Path) -> Table:
+    # no rules between columns, no edge padding: the eight columns fit an 80-column terminal
+    table = Table(title=Text(f"runs in {root}, newest first"), title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    for name in ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date"):
+        table.add_column(name, justify="right" if name in ("warm-up", "steps", "val loss") else "left",
+                         no_wrap=name in ("name", "status", "date"))
+    for run in runs:
+        o, cfg = outcome(run), run.config
+        total = cfg.get("train", {}).get("steps")
+        table.add_row(*map(Text, (
+            str(run.path.relative_to(root)), _status(o), layout(cfg), fmt(cfg.get("optim", {}).get("name")),
+            fmt(cfg.get("schedule", {}).get("warmup_steps")), f"{fmt(o['steps_done'])}/{fmt(total)}",
+            fmt(o["final_val_loss"]), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M"))))
+    return table
