@@ -242,6 +242,8 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed of the sampling generator.")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="Per output: text, token ids and joint "
                                         "log-probability, as JSON.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads. A token a step makes small matrix products: "
+                                         "more threads rarely pay, and spin on a busy machine.")] = 1,
 ) -> None:
     """Continue --prompt with the model of RUN and print the generated text.
 
@@ -250,8 +252,13 @@ def generate(
     """
     import json
 
+    import torch
+
     from lnexp import decode as dec
 
+    if threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     try:
         dec.check_settings(strategy, n=n, max_new_tokens=max_new_tokens, temperature=temperature, k=k,
                            p=p, beams=beams, alpha=length_penalty)
@@ -299,17 +306,24 @@ def decode_stats(
     json_: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Figure file, .png, .svg or .pdf (default: "
                                               "RUN/plots/decode-stats.png).", show_default=False)] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads. A token a step makes small matrix products: "
+                                         "more threads rarely pay, and spin on a busy machine.")] = 1,
 ) -> None:
     """Compare greedy, sample, top-k, top-p and beam on the same prompts: log-probability per token and
     joint, distinct-1/2, repetition, next-token entropy; a table and a figure."""
     import json
     from contextlib import nullcontext
 
+    import torch
+
     from lnexp import console
     from lnexp import decode as dec
 
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
+    if threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     try:
         for strategy in dec.STRATEGIES:
             dec.check_settings(strategy, n=1, max_new_tokens=max_new_tokens, temperature=temperature,

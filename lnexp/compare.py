@@ -45,6 +45,10 @@ OUTCOME: tuple[tuple[str, str, Callable[..., Any] | None], ...] = (
     ("best_val_loss", "best val loss", min),
     ("tokens_per_s", "tokens/s", max),
     ("wall_time_s", "wall time (s)", min),
+    # the collapse detector: a val loss at the unigram entropy means context is ignored
+    ("unigram_entropy", "unigram entropy", None),
+    ("collapsed", "collapsed", None),
+    ("dead_layers", "dead layers", min),
 )
 BEST_STYLE = "bold green"
 

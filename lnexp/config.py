@@ -42,7 +42,7 @@ class ModelConfig(Section):
     d_ff: Int = Field(512, ge=1, le=1_048_576)
     activation: Literal["relu", "gelu"] = "relu"
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
-    norm: Literal["post", "pre"] = "post"
+    norm: Literal["post", "pre", "sandwich", "deepnorm", "admin"] = "post"
     residual_scaling: Literal["none", "gpt2"] = "none"
     norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
     positional: Literal["learned", "sinusoidal"] = "learned"
@@ -50,6 +50,8 @@ class ModelConfig(Section):
     bias: bool = True
     max_seq_len: Int = Field(256, ge=1, le=1_000_000)
     init: Literal["xavier", "gpt2"] = "xavier"
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
+    admin_init: Literal["closed_form", "profile"] = "closed_form"
 
 
 class DataConfig(Section):
@@ -96,7 +98,8 @@ class TrainConfig(Section):
 
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
-    probes: list[Literal["grad", "act"]] = ["grad", "act"]
+    probes: list[Literal["grad", "act", "update", "adam", "output_change"]] = ["grad", "act", "update"]
+    output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     loss_every: Int = Field(10, ge=1)
 
 
@@ -204,6 +207,11 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "data.path", "required when data.source is text"
     if m.positional == "sinusoidal" and m.d_model % 2:
         return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
+    # DeepNet and Admin prescribe their own initialisation: GPT-2's branch scaling would confound it.
+    if m.residual_scaling == "gpt2" and m.norm in ("deepnorm", "admin"):
+        return "model.residual_scaling", f"must be none with model.norm {m.norm} (it sets its own init)"
+    if m.admin_init != "closed_form" and m.norm != "admin":
+        return "model.admin_init", f"applies only to model.norm admin, got model.norm {m.norm}"
     name = config.run.name
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
                              or name.startswith("~") or "\0" in name):

@@ -20,6 +20,8 @@ stderr = Console(stderr=True, highlight=False)
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)

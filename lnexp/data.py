@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import sysconfig
@@ -27,6 +28,12 @@ class Corpus:
     def __init__(self, train: torch.Tensor, val: torch.Tensor, description: str) -> None:
         self.train, self.val, self.description = train, val, description
         self.vocab_size = 256
+
+    def unigram_entropy(self) -> float:
+        """Entropy (nats) of the training split's byte frequencies: the loss of a context-blind model."""
+        p = torch.bincount(self.train.long(), minlength=256).double()
+        p = p[p > 0] / p.sum()
+        return float(-(p * p.log()).sum())
 
     def check(self, seq_len: int) -> None:
         shortest = min(len(self.train), len(self.val))
@@ -49,6 +56,10 @@ class SyntheticTask:
     def __init__(self, task: str, vocab_size: int) -> None:
         self.task, self.vocab_size = task, vocab_size
         self.description = f"synthetic {task} task, vocab {vocab_size}"
+
+    def unigram_entropy(self) -> float:
+        """Every task draws its tokens uniformly, so the unigram entropy is ln(vocab_size) exactly."""
+        return math.log(self.vocab_size)
 
     def check(self, seq_len: int) -> None:
         pass

@@ -1,12 +1,28 @@
-"""A decoder-only Transformer LM in which one flag moves the LayerNorm.
+"""A decoder-only Transformer LM in which one key (`model.norm`) moves the LayerNorm.
 
-    Post-LN (Vaswani et al. 2017):  x = LN(x + F(x))          -- the block output is normalised
-    Pre-LN  (Xiong et al. 2020):    x = x + F(LN(x))          -- plus one final LN before the head
+Each block has two residual sub-layers, F = attention then FFN; `model.norm` picks how they meet
+the skip path and the norm:
 
-As in fairseq's `normalize_before`, the same LayerNorm modules serve both orders, so a block's
-parameter names and shapes are identical in both layouts; only Pre-LN owns `final_norm`.
-GPT-2 residual scaling multiplies the init of every residual branch's output projection
-(`attn.out`, `ffn.fc2`) by 1/sqrt(N), N = 2 * n_layers.
+    post      (Vaswani et al. 2017):  x = LN(x + F(x))             -- the block output is normalised
+    pre       (Xiong et al. 2020):    x = x + F(LN(x))             -- plus one final LN before the head
+    sandwich  (CogView, Ding 2021):   x = x + LN_out(F(LN(x)))     -- plus one final LN before the head
+    deepnorm  (DeepNet, Wang 2022):   x = LN(alpha * x + F(x))     -- alpha = (2M)^(1/4), a constant
+    admin     (Liu et al. 2020):      x = LN(omega * x + F(x))     -- omega: a trainable scalar
+
+As in fairseq's `normalize_before`, the same norm modules (`attn_norm`, `ffn_norm`) serve every
+order, so a block's parameter names and shapes are identical in post, pre and deepnorm; sandwich adds
+`attn_out_norm`/`ffn_out_norm`, admin adds the scalar parameters `attn_skip`/`ffn_skip`, and only
+pre and sandwich own `final_norm`. `model.norm_type` makes every norm an `nn.LayerNorm` or an
+`nn.RMSNorm`. The layout is decided once, in `Block.__init__`: the forward pass only tests which of
+the optional pieces exist.
+
+Initialisation on top of `model.init`:
+- GPT-2 residual scaling multiplies the init of every residual branch's output projection
+  (`attn.out`, `ffn.fc2`) by 1/sqrt(N), N = 2 * n_layers.
+- deepnorm multiplies the init of `attn.v`, `attn.out`, `ffn.fc1`, `ffn.fc2` by beta = (8M)^(-1/4)
+  (q and k keep theirs), M = n_layers: DeepNet's decoder-only constants.
+- admin sets every omega to sqrt((N+1)/ln(N+1) - 1), N = 2 * n_layers (`admin_init: closed_form`),
+  or to 1 until `TransformerLM.admin_profile_(idx)` measures them (`admin_init: profile`).
 
 For decoding, `forward(idx, cache=KVCache(n_layers))` keeps every layer's keys and values, so the
 next call feeds only the new tokens (positions continue from the cached length). Without a cache
@@ -25,6 +41,31 @@ from lnexp.config import ModelConfig
 
 # The weight matrices that end a residual branch: the ones GPT-2 scales by 1/sqrt(N).
 RESIDUAL_OUTPUTS = ("attn.out.weight", "ffn.fc2.weight")
+# The weight matrices whose init DeepNet scales by beta (q and k keep the plain init).
+DEEPNORM_SCALED = ("attn.v.weight", "attn.out.weight", "ffn.fc1.weight", "ffn.fc2.weight")
+NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def deepnorm_alpha(n_layers: int) -> float:
+    """DeepNet's skip-path multiplier for a decoder-only stack of M = n_layers: (2M)^(1/4)."""
+    return (2 * n_layers) ** 0.25
+
+
+def deepnorm_beta(n_layers: int) -> float:
+    """DeepNet's init scale of the FFN, value and output projections, decoder-only: (8M)^(-1/4)."""
+    return (8 * n_layers) ** -0.25
+
+
+def admin_omega(n_layers: int) -> float:
+    """Admin's closed-form shortcut scale sqrt((N+1)/ln(N+1) - 1) for N = 2 * n_layers sub-layers."""
+    n = 2 * n_layers
+    return math.sqrt((n + 1) / math.log(n + 1) - 1)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """One norm over d_model as `model.norm_type` says: LayerNorm or RMSNorm (eps = model.norm_eps)."""
+    cls = nn.RMSNorm if cfg.norm_type == "rmsnorm" else nn.LayerNorm
+    return cls(cfg.d_model, eps=cfg.norm_eps)
 
 
 class Attention(nn.Module):
@@ -95,23 +136,46 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
+    """Two residual sub-layers (attention, FFN) wired as `cfg.norm` says (see the module docstring).
+
+    Per sub-layer (`attn_*` and `ffn_*`): `*_norm` is the input norm (pre, sandwich) or the norm of
+    the sum (post, deepnorm, admin); `*_out_norm` is sandwich's norm of the branch output (None
+    otherwise); `*_skip` multiplies the skip path: None (post, pre, sandwich), the constant float
+    alpha (deepnorm: not a parameter), or admin's trainable scalar nn.Parameter omega.
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm == "pre"
+        self.layout = cfg.norm
+        self.pre_norm = cfg.norm in ("pre", "sandwich")  # the branch reads LN(x); else LN of the sum
         self.attn = Attention(cfg)
-        self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = make_norm(cfg)
         self.ffn = FeedForward(cfg)
-        self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn_norm = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        self.attn_out_norm = self.ffn_out_norm = None
+        self.attn_skip = self.ffn_skip = None
+        if cfg.norm == "sandwich":
+            self.attn_out_norm, self.ffn_out_norm = make_norm(cfg), make_norm(cfg)
+        elif cfg.norm == "deepnorm":
+            self.attn_skip = self.ffn_skip = deepnorm_alpha(cfg.n_layers)
+        elif cfg.norm == "admin":  # values set by TransformerLM.reset_parameters / admin_profile_
+            self.attn_skip, self.ffn_skip = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        x = self.residual(x, self.attn, self.attn_norm, cache)
-        return self.residual(x, self.ffn, self.ffn_norm)
+        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, cache)
+        return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
 
-    def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.LayerNorm, *args) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.Module, out_norm: nn.Module | None,
+                 skip: float | torch.Tensor | None, *args) -> torch.Tensor:
         if self.pre_norm:
-            return x + self.drop(branch(norm(x), *args))
-        return norm(x + self.drop(branch(x, *args)))
+            y = branch(norm(x), *args)
+            if out_norm is not None:  # sandwich; under autocast y is bf16: norm it in the stream's dtype
+                y = out_norm(y.to(x.dtype))
+            return x + self.drop(y)
+        if skip is None:
+            return norm(x + self.drop(branch(x, *args)))
+        return norm(skip * x + self.drop(branch(x, *args)))
 
 
 class TransformerLM(nn.Module):
@@ -128,13 +192,14 @@ class TransformerLM(nn.Module):
         self.embed_scale = math.sqrt(d) if cfg.init == "xavier" else 1.0
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.norm == "pre" else None
+        self.final_norm = make_norm(cfg) if cfg.norm in ("pre", "sandwich") else None
         self.head = None if cfg.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Xavier-uniform linears (original Transformer, Xiong et al.) or GPT-2's N(0, 0.02)."""
+        """Xavier-uniform linears (original Transformer, Xiong et al.) or GPT-2's N(0, 0.02), then
+        the layout's own scaling: GPT-2's 1/sqrt(2 n_layers), DeepNet's beta, Admin's omega."""
         xavier = self.cfg.init == "xavier"
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -146,13 +211,71 @@ class TransformerLM(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=self.cfg.d_model ** -0.5 if xavier else 0.02)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, NORMS):
                 module.reset_parameters()
         if self.cfg.residual_scaling == "gpt2":
             scale = 1.0 / math.sqrt(2 * self.cfg.n_layers)
             for name, param in self.named_parameters():
                 if name.endswith(RESIDUAL_OUTPUTS):
                     param.mul_(scale)
+        if self.cfg.norm == "deepnorm":
+            beta = deepnorm_beta(self.cfg.n_layers)
+            for name, param in self.named_parameters():
+                if name.endswith(DEEPNORM_SCALED):
+                    param.mul_(beta)
+        if self.cfg.norm == "admin":
+            omega = admin_omega(self.cfg.n_layers) if self.cfg.admin_init == "closed_form" else 1.0
+            for block in self.blocks:
+                block.attn_skip.fill_(omega)
+                block.ffn_skip.fill_(omega)
+
+    @torch.no_grad()
+    def admin_profile_(self, idx: torch.Tensor) -> list[float]:
+        """Admin's profiling init (`model.admin_init: profile`): set every omega from one batch.
+
+        Sub-layers are numbered i = 0 .. 2*n_layers - 1 in the order they run (block 0's attention,
+        block 0's FFN, block 1's attention, ...). One forward pass of `idx` (token ids, shape (B, T),
+        on the model's device) runs with every omega = 1 (i.e. plain Post-LN), in eval mode (no
+        dropout), in float32 and without gradients; it records Var[f_j], the variance over all
+        elements (batch, positions, features; population variance) of sub-layer j's branch output
+        f_j (the attention's or FFN's output, before the residual sum). Then
+
+            omega_i = sqrt(1 + sum_{j < i} Var[f_j])
+
+        where the 1 stands for the embedding, taken as unit-variance (true for `model.init: xavier`,
+        whose embeddings are N(0, 1/d) scaled by sqrt(d); under `init: gpt2` they are far smaller).
+        So omega_0 = 1, and omega_i^2 is the variance a Pre-LN stream would have accumulated before
+        sub-layer i. The model's train/eval mode is restored; omega stays a trainable parameter.
+        Call it once, at initialisation, before training (and before wrapping the model in DDP, so
+        that rank 0's values are the ones broadcast). Returns the omegas, in sub-layer order.
+        """
+        if self.cfg.norm != "admin":
+            raise ValueError(f"admin_profile_ needs model.norm admin, got {self.cfg.norm}")
+        skips = [skip for block in self.blocks for skip in (block.attn_skip, block.ffn_skip)]
+        branches = [branch for block in self.blocks for branch in (block.attn, block.ffn)]
+        variances: list[torch.Tensor] = []
+
+        def record(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            variances.append(out.detach().float().var(unbiased=False))
+
+        hooks = [branch.register_forward_hook(record) for branch in branches]
+        training = self.training
+        for skip in skips:
+            skip.fill_(1.0)
+        try:
+            self.eval()
+            with torch.autocast(idx.device.type, enabled=False):
+                self(idx)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(training)
+        omegas, total = [], 1.0
+        for skip, var in zip(skips, torch.stack(variances).tolist(), strict=True):
+            omegas.append(math.sqrt(total))
+            skip.fill_(omegas[-1])
+            total += var
+        return omegas
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

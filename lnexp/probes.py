@@ -1,19 +1,29 @@
-"""What a run measures inside the model: per-layer gradient norms and residual-stream norms.
+"""What a run measures inside the model, on logging steps only.
 
-A reading is one device-to-host transfer: every gradient's norm (`torch._foreach_norm`, one stack),
-the total norm and the activation norms are concatenated on the device and read with one `tolist()`.
-Activation hooks exist only while a logging step's forward pass runs, so other steps pay nothing.
+- `grad`: the norm of every parameter's gradient (named by layer and role), before clipping.
+- `act`: the RMS of the residual stream entering every block and leaving the last one.
+- `update`: the update-to-weight ratio ||Δθ|| / ||θ|| of every parameter after the optimiser step.
+- `adam`: quantiles (10/50/90%) of Adam's second moment v_t per parameter (`adam_v_q10` ...).
+- `output_change` (at `log.output_change_steps`): Admin's amplification measure, per layer: the
+  relative change of the logits, ||f(x; θ + δ) − f(x; θ)|| / ||f(x; θ)||, when only that layer's
+  weights get a random-sign perturbation δ = ε·|θ|·s.
+
+Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
+reads every pending reading together with the pending losses in one transfer. Activation hooks exist
+only during a logging step's forward pass, so other steps pay nothing.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.(.+)$")
+QUANTILES = (0.1, 0.5, 0.9)
+QUANTILE_SAMPLE = 1 << 20  # torch.quantile sorts: larger tensors are subsampled evenly
 
 
 def split_name(name: str) -> tuple[int | None, str]:
@@ -35,34 +45,52 @@ def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class Reading:
-    """One logging step's measurements, already on the host, plus the total norm on the device."""
+    """One logging step's measurements, still on the device: `keys[i]` names `values()[i]`."""
 
-    rows: list[dict]
-    grad_norm_total: float | None
-    total_on_device: torch.Tensor | None
+    step: int
+    keys: list[tuple[str, int | None, str]] = field(default_factory=list)  # (probe, layer, param)
+    parts: list[torch.Tensor] = field(default_factory=list)
+    total_on_device: torch.Tensor | None = None  # the total gradient norm, for clipping
     # Under torchrun, every rank's [total gradient norm, local loss]: the norms agree (all-reduced
     # gradients), the losses do not (each rank draws its own batches).
     ranks: list[list[float]] | None = None
 
+    def add(self, probe: str, names: list[tuple[int | None, str]], values: torch.Tensor) -> None:
+        self.keys += [(probe, layer, param) for layer, param in names]
+        self.parts.append(values.detach().float().flatten())
+
+    def values(self) -> torch.Tensor:
+        return torch.cat(self.parts) if self.parts else torch.zeros(0)
+
+    def rows(self, host: list[float]) -> list[dict]:
+        return [{"step": self.step, "probe": probe, "layer": layer, "param": param, "value": value}
+                for (probe, layer, param), value in zip(self.keys, host)]
+
+    def grad_norm_total(self, host: list[float]) -> float | None:
+        """The total from the host values (the total is read with them, last of the grad section)."""
+        return None if self.total_on_device is None else host[self.keys.index(("grad", None, "total"))]
+
 
 class Probes:
-    def __init__(self, model: nn.Module, kinds: list[str]) -> None:
-        self.model = model
-        self.grad = "grad" in kinds
-        self.act = "act" in kinds
-        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, model: nn.Module, kinds: list[str], optimizer: torch.optim.Optimizer | None = None
+                 ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.kinds = set(kinds)
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.names = [split_name(name) for name, _ in named]
+        self.params = [p for _, p in named]
         self.blocks = list(model.blocks)
         self._acts: list[torch.Tensor] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._before: list[torch.Tensor] = []
 
     @property
     def enabled(self) -> bool:
-        return self.grad or self.act
+        return bool(self.kinds & {"grad", "act", "update", "adam"})
 
     def arm(self) -> None:
-        """Record the RMS of the residual stream entering every block and leaving the last one."""
-        if not self.act:
+        """Before a logging step's forward pass: hook the residual stream."""
+        if "act" not in self.kinds:
             return
         self._acts = []
 
@@ -76,32 +104,79 @@ class Probes:
         self._hooks.append(self.blocks[-1].register_forward_hook(leave))
 
     def read(self, step: int) -> Reading:
-        """Gradient and activation norms for this step (call after backward, before the update)."""
+        """After backward, before the optimiser step: gradient and activation norms (on the device)."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-        parts, total = [], None
-        if self.grad:
+        reading = Reading(step)
+        if "grad" in self.kinds:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
             norms = tensor_norms(grads)
-            total = torch.linalg.vector_norm(norms)
-            parts += [norms, total[None]]
-        if self.act and self._acts:
-            parts.append(torch.stack(self._acts).to(parts[0].device if parts else self._acts[0].device))
-        values = torch.cat([p.float() for p in parts]).tolist() if parts else []  # the one transfer
-        rows = []
-        if self.grad:
-            for name, value in zip(self.names, values):
-                layer, param = split_name(name)
-                rows.append({"step": step, "probe": "grad", "layer": layer, "param": param, "value": value})
-            values = values[len(self.names):]
-            grad_total, values = values[0], values[1:]
-        else:
-            grad_total = None
-        for layer, value in enumerate(values):
-            rows.append({"step": step, "probe": "act", "layer": layer, "param": "resid", "value": value})
-        self._acts = []
-        return Reading(rows, grad_total, total)
+            reading.total_on_device = torch.linalg.vector_norm(norms)
+            reading.add("grad", [*self.names, (None, "total")],
+                        torch.cat([norms, reading.total_on_device[None]]))
+        if self._acts:
+            layers = [(layer, "resid") for layer in range(len(self._acts))]
+            reading.add("act", layers, torch.stack(self._acts))
+            self._acts = []
+        if "update" in self.kinds:
+            self._before = [p.detach().clone() for p in self.params]
+        return reading
+
+    @torch.no_grad()
+    def after_update(self, reading: Reading) -> None:
+        """After the optimiser step: update-to-weight ratios and Adam's second-moment quantiles."""
+        if self._before:
+            change = tensor_norms(torch._foreach_sub([p.detach() for p in self.params], self._before))
+            reading.add("update", self.names, change / tensor_norms(self._before).clamp_min(1e-30))
+            self._before = []
+        if "adam" in self.kinds and self.optimizer is not None:
+            names, stats = [], []
+            for name, p in zip(self.names, self.params):
+                v = self.optimizer.state.get(p, {}).get("exp_avg_sq")
+                if v is not None:
+                    names.append(name)
+                    stats.append(torch.quantile(_sample(v), torch.tensor(QUANTILES, device=v.device)))
+            if stats:
+                table = torch.stack(stats)
+                for column, q in enumerate(QUANTILES):
+                    reading.add(f"adam_v_q{round(q * 100)}", names, table[:, column])
+
+    @torch.no_grad()
+    def output_change(self, x: torch.Tensor, step: int, eps: float = 1e-2, seed: int = 0) -> Reading:
+        """Per layer: relative change of the logits when only that layer's weights are perturbed."""
+        was_training = self.model.training
+        self.model.eval()
+        base = self.model(x)[0].float()
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        changes = []
+        for block in self.blocks:
+            params = list(block.parameters())
+            signs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device) * 2 - 1
+                     for p in params]
+            saved = [p.clone() for p in params]
+            torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
+            changes.append(torch.linalg.vector_norm(self.model(x)[0].float() - base))
+            for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
+                p.copy_(original)
+        self.model.train(was_training)
+        reading = Reading(step)
+        reading.add("output_change", [(layer, "logits") for layer in range(len(changes))],
+                    torch.stack(changes) / torch.linalg.vector_norm(base))
+        return reading
+
+
+def radam_rho(step: int, beta2: float) -> float:
+    """RAdam's ρ_t (Liu et al. 2019) at update `step` (0-based): the adaptive step starts once ρ_t > 5
+    in torch.optim.RAdam (4 in the paper); before that it takes SGD-with-momentum steps."""
+    t = step + 1
+    rho_inf = 2 / (1 - beta2) - 1
+    return rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+
+
+def _sample(v: torch.Tensor) -> torch.Tensor:
+    flat = v.detach().float().flatten()
+    return flat[:: -(-flat.numel() // QUANTILE_SAMPLE)] if flat.numel() > QUANTILE_SAMPLE else flat
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:

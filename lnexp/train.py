@@ -41,8 +41,18 @@ from lnexp.hardware import (
     peak_tflops,
 )
 from lnexp.model import TransformerLM
-from lnexp.probes import Probes, Reading
-from lnexp.runs import RunError, RunWriter, check_target, load_run, now, write_json
+from lnexp.probes import Probes, Reading, radam_rho
+from lnexp.runs import (
+    RunError,
+    RunWriter,
+    check_target,
+    layer_profile,
+    load_run,
+    logged_steps,
+    now,
+    read_jsonl,
+    write_json,
+)
 
 CHECKPOINT = "checkpoint.pt"
 Progress = Callable[[int, int, dict], None]
@@ -66,7 +76,11 @@ def lr_factor(config: Config, step: int) -> float:
 
 def build_optimizer(model: torch.nn.Module, config: Config, fused: bool = False) -> torch.optim.Optimizer:
     o = config.optim
-    params = model.parameters()
+    named = list(model.named_parameters())
+    # Admin's shortcut scales are not weights: decaying them would undo the layout.
+    skips = [p for n, p in named if n.endswith("_skip")]
+    params = [{"params": [p for n, p in named if not n.endswith("_skip")]}]
+    params += [{"params": skips, "weight_decay": 0.0}] if skips else []
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[o.name]
@@ -94,14 +108,17 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda)
         self.model = TransformerLM(config.model, data.vocab_size).to(device)  # probes, checkpoints
+        self.batches = torch.Generator()
+        if config.model.norm == "admin" and config.model.admin_init == "profile":
+            # Admin's profiled init, on this rank's step-0 batch; DDP then broadcasts rank 0's ω.
+            self.model.admin_profile_(self._batch(0)[0])
         wrapped = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None) \
             if dist.world_size > 1 else self.model
         self.forward = torch.compile(wrapped) if t.compile else wrapped
         self.optimizer = build_optimizer(self.model, config, fused=cuda)
         self.scheduler = build_scheduler(self.optimizer, config)
-        self.probes = Probes(self.model, config.log.probes)
+        self.probes = Probes(self.model, config.log.probes, self.optimizer)
         self.params = list(self.model.parameters())
-        self.batches = torch.Generator()
         val_gen = torch.Generator().manual_seed(t.seed + 1)  # the same val batches at every eval
         self.val_batches = [self._to_device(data.batch("val", t.batch_size, t.seq_len, val_gen))
                             for _ in range(t.eval_batches)]
@@ -109,15 +126,20 @@ class Trainer:
     def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(x.to(self.device, non_blocking=True) for x in batch)
 
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of `step` on this rank: a pure function of (seed, rank, step)."""
+        t = self.config.train
+        self.batches.manual_seed(hash((t.seed, self.dist.rank, step)) & (2**63 - 1))
+        return self._to_device(self.data.batch("train", t.batch_size, t.seq_len, self.batches))
+
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def step(self, step: int) -> tuple[torch.Tensor, Reading | None, torch.Tensor | None]:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
-        t, clip = self.config.train, self.config.optim.clip_grad_norm
+        clip = self.config.optim.clip_grad_norm
         probing = self.probes.enabled and step % self.config.log.grad_every == 0
-        self.batches.manual_seed(hash((t.seed, self.dist.rank, step)) & (2**63 - 1))
-        x, y = self._to_device(self.data.batch("train", t.batch_size, t.seq_len, self.batches))
+        x, y = self._batch(step)
         if probing:
             self.probes.arm()
         with self._autocast():
@@ -135,6 +157,8 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(self.params, clip, total, foreach=True)
         self.optimizer.step()
         self.scheduler.step()
+        if reading:
+            self.probes.after_update(reading)
         return loss.detach(), reading, total
 
     @torch.no_grad()
@@ -369,25 +393,36 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                             t.seq_len)
     peak = peak_tflops(device, t.peak_tflops)
     pending: list[tuple[int, torch.Tensor, Reading | None, torch.Tensor | None]] = []
+    extra: list[Reading] = []  # readings taken outside a training step (output change)
     diverged_step: int | None = None
     began = last_flush = time.perf_counter()
     steps_done = start
 
     def flush(through: int) -> bool:
-        """Read pending losses in one transfer, write their lines; True if the run must stop."""
+        """Read pending losses and readings in one transfer, write their lines; True to stop."""
         nonlocal last_flush, diverged_step
-        if pending:
-            tensors = [loss for _, loss, _, _ in pending] + [n for *_, n in pending if n is not None]
-            host = torch.stack(tensors).float().tolist()  # the one transfer for these steps
-            losses, clip_norms = host[: len(pending)], iter(host[len(pending):])
+        if pending or extra:
+            readings = [r for _, _, r, _ in pending if r] + extra
+            clips = [n for *_, n in pending if n is not None]
+            tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings]
+            host = torch.cat([x.float().flatten() for x in tensors]).tolist()  # the one transfer
+            losses, clip_norms = host[: len(pending)], iter(host[len(pending): len(pending) + len(clips)])
+            offset, values = len(pending) + len(clips), {}
+            for r in readings:
+                values[id(r)], offset = host[offset: offset + len(r.keys)], offset + len(r.keys)
             elapsed = time.perf_counter() - last_flush
             last_flush = time.perf_counter()
             speed = len(pending) * tokens_per_step / max(elapsed, 1e-9)
             rows = []
+            for r in extra:
+                if writer:
+                    writer.probes(r.rows(values[id(r)]))
             for (step, _, reading, norm), loss in zip(pending, losses):
                 row = {"step": step, "lr": config.optim.lr * lr_factor(config, step), "loss": loss,
                        "val_loss": history.val_losses.get(step), "tokens_per_s": speed,
-                       "grad_norm_total": reading.grad_norm_total if reading else None}
+                       "grad_norm_total": reading.grad_norm_total(values[id(reading)]) if reading else None}
+                if config.optim.name == "radam":
+                    row["radam_rho"] = radam_rho(step, config.optim.betas[1])
                 if reading and reading.ranks:
                     row["ranks"] = {"grad_norm_total": [r[0] for r in reading.ranks],
                                     "loss": [r[1] for r in reading.ranks]}
@@ -398,7 +433,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                     row.update(grad_norm_total=clip_norm, clipped=clip_norm > config.optim.clip_grad_norm)
                 rows.append(row)
                 if writer and reading:
-                    writer.probes(reading.rows)
+                    writer.probes(reading.rows(values[id(reading)]))
                 if not math.isfinite(loss) or loss > threshold:
                     diverged_step = step
                     break
@@ -406,7 +441,8 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                 writer.metrics(rows)
             history.rows.extend(rows)
             pending.clear()
-            if progress is not None:
+            extra.clear()
+            if progress is not None and rows:
                 progress(through + 1, t.steps, rows[-1])
         return any_rank(diverged_step is not None or stop.requested, dist, device)
 
@@ -422,6 +458,8 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                 break
             if dist.main:
                 history.val_losses[step] = trainer.evaluate()
+        if "output_change" in log.probes and step in log.output_change_steps and dist.main:
+            extra.append(trainer.probes.output_change(trainer.val_batches[0][0], step, seed=t.seed))
         loss, reading, norm = trainer.step(step)
         pending.append((step, loss, reading, norm))
         steps_done = step + 1
@@ -449,7 +487,26 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
     segment = time.perf_counter() - began
     summary = _summarise(history, diverged_step, steps_done, (steps_done - start) * tokens_per_step / segment)
     summary["wall_time_s"] = round(history.wall_before + segment, 3)
+    if writer:
+        probes = read_jsonl(writer.path / "probes.jsonl")
+        summary.update(collapse_report(probes, trainer.data.unigram_entropy(), summary["final_val_loss"]))
     return status, summary
+
+
+COLLAPSE_MARGIN = 0.05  # nats: a model within this of the unigram entropy has learnt no context
+DEAD_LAYER_RATIO = 1e-3  # a layer whose gradient fell below this fraction of its initial value
+
+
+def collapse_report(probes: list[dict[str, Any]], unigram_entropy: float, final_val_loss: float | None
+                    ) -> dict[str, Any]:
+    """The collapse detector: validation loss against the corpus's unigram entropy, and the layers
+    whose gradient norm (all their weights) has fallen below 1e-3 of its value at the first log."""
+    steps = logged_steps(probes, "grad")
+    first, last = (layer_profile(probes, "grad", "all", s) for s in (steps[0], steps[-1])) if steps \
+        else ([], [])
+    return {"unigram_entropy": unigram_entropy,
+            "collapsed": final_val_loss is not None and final_val_loss > unigram_entropy - COLLAPSE_MARGIN,
+            "dead_layers": sum(b < DEAD_LAYER_RATIO * a for a, b in zip(first, last))}
 
 
 def _summarise(history: History, diverged_step: int | None, steps_done: int, speed: float) -> dict[str, Any]:

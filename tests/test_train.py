@@ -2,14 +2,17 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import ModelConfig
+from lnexp.config import DataConfig, ModelConfig, load_config
+from lnexp.data import load_data
 from lnexp.model import TransformerLM
 from lnexp.runs import load_run
+from lnexp.train import Trainer, collapse_report
 
 runner = CliRunner()
 
@@ -52,9 +55,12 @@ def test_smoke_train_writes_a_complete_run_folder(tmp_path, write_config):
 def test_grad_total_in_metrics_matches_the_probe_rows(tmp_path, write_config):
     assert train(write_config(run={"name": "r"})).exit_code == 0
     run = load_run(tmp_path / "runs" / "r")
-    rows = [p["value"] for p in run.probes if p["probe"] == "grad" and p["step"] == 5]
-    total = math.sqrt(sum(v * v for v in rows))
+    rows = {p["param"] if p["layer"] is None else (p["layer"], p["param"]): p["value"]
+            for p in run.probes if p["probe"] == "grad" and p["step"] == 5}
+    recorded = rows.pop("total")
+    total = math.sqrt(sum(v * v for v in rows.values()))
     assert abs(run.metrics[5]["grad_norm_total"] - total) < 1e-5 * total
+    assert recorded == run.metrics[5]["grad_norm_total"]
 
 
 def test_loss_decreases_on_the_copy_task(tmp_path, write_config):
@@ -113,3 +119,41 @@ def test_clipping_logs_pre_clip_norm_and_whether_it_clipped(tmp_path, write_conf
     assert train(path).exit_code == 0
     metrics = load_run(tmp_path / "runs" / "c").metrics[:12]
     assert all(m["clipped"] and m["grad_norm_total"] > 1e-3 for m in metrics)
+
+
+def test_collapse_report_flips_with_the_data():
+    def grads(step, values):
+        return [{"step": step, "probe": "grad", "layer": i, "param": "ffn.fc2.weight", "value": v}
+                for i, v in enumerate(values)]
+
+    probes = grads(0, [1.0, 1.0, 1.0]) + grads(10, [1.0, 1e-4, 0.5])
+    assert collapse_report(probes, 2.0, 1.97) == {"unigram_entropy": 2.0, "collapsed": True, "dead_layers": 1}
+    assert collapse_report(probes, 2.0, 1.5)["collapsed"] is False
+    assert collapse_report(grads(0, [1.0]) + grads(10, [0.5]), 2.0, 1.5)["dead_layers"] == 0
+
+
+def test_unigram_entropy_is_computed_from_the_corpus(tmp_path):
+    (tmp_path / "t.txt").write_bytes(b"aab" * 100)
+    data = load_data(DataConfig(source="text", path=str(tmp_path / "t.txt"), val_fraction=0.1))
+    p = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)
+    assert data.unigram_entropy() == pytest.approx(float(-(p * p.log()).sum()), rel=1e-3)
+
+
+def test_summary_carries_the_collapse_detector(tmp_path, write_config):
+    assert train(write_config(run={"name": "c"})).exit_code == 0
+    summary = load_run(tmp_path / "runs" / "c").summary
+    assert summary["unigram_entropy"] == pytest.approx(math.log(16))
+    assert summary["collapsed"] == (summary["final_val_loss"] > math.log(16) - 0.05)
+    assert summary["dead_layers"] == 0
+
+
+def test_admin_profile_init_runs_on_the_first_batch_and_skips_weight_decay(tmp_path, write_config):
+    path = write_config(model={"norm": "admin", "admin_init": "profile"}, optim={"name": "adamw",
+                        "weight_decay": 0.1}, run={"name": "a"})
+    cfg = load_config(path)
+    trainer = Trainer(cfg, load_data(cfg.data), torch.device("cpu"))
+    omegas = [b.attn_skip.item() for b in trainer.model.blocks]
+    assert omegas[0] == pytest.approx(1.0) and all(w > 1.0 for w in omegas[1:])
+    decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert decay[id(trainer.model.blocks[0].ffn_skip)] == 0.0
+    assert decay[id(trainer.model.blocks[0].ffn.fc1.weight)] == 0.1

@@ -1,0 +1,255 @@
+"""The five layouts of `model.norm`, `model.norm_type` and their init constants.
+
+Each wiring is checked by recomputing a block's output from its own modules, so a test says exactly
+which tensor is normalised where.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from lnexp import decode as dec
+from lnexp.cli import app
+from lnexp.config import ConfigError, ModelConfig, validate
+from lnexp.model import KVCache, TransformerLM
+from lnexp.probes import split_name
+from lnexp.runs import load_run
+
+LAYOUTS = ["post", "pre", "sandwich", "deepnorm", "admin"]
+V = 50
+
+
+def make(**kw) -> TransformerLM:
+    torch.manual_seed(0)
+    base = dict(n_layers=4, d_model=32, n_heads=4, d_ff=64, max_seq_len=16)
+    return TransformerLM(ModelConfig(**{**base, **kw}), vocab_size=V)
+
+
+def wild(seed: int = 1) -> torch.Tensor:
+    """A block input far from normalised, so a norm's effect is visible."""
+    return torch.randn(3, 8, 32, generator=torch.Generator().manual_seed(seed)) * 5 + 2
+
+
+def is_normalised(y: torch.Tensor) -> bool:
+    return (torch.allclose(y.mean(-1), torch.zeros(y.shape[:-1]), atol=1e-4)
+            and torch.allclose(y.var(-1, unbiased=False), torch.ones(y.shape[:-1]), atol=1e-3))
+
+
+def block_names(model: TransformerLM) -> set[str]:
+    return {n.split(".", 2)[2] for n, _ in model.named_parameters() if n.startswith("blocks.0.")}
+
+
+# --- wiring ---------------------------------------------------------------------------------------
+
+def test_parameter_names_post_pre_deepnorm_shared_and_extras_named():
+    post = block_names(make(norm="post"))
+    assert block_names(make(norm="pre")) == post == block_names(make(norm="deepnorm"))
+    assert block_names(make(norm="sandwich")) - post == {"attn_out_norm.weight", "attn_out_norm.bias",
+                                                         "ffn_out_norm.weight", "ffn_out_norm.bias"}
+    assert block_names(make(norm="admin")) - post == {"attn_skip", "ffn_skip"}
+    for norm in LAYOUTS:
+        assert (make(norm=norm).final_norm is not None) == (norm in ("pre", "sandwich")), norm
+
+
+@pytest.mark.parametrize("norm", ["deepnorm", "admin"])
+def test_deepnorm_and_admin_normalise_the_scaled_skip_plus_branch(norm):
+    block = make(norm=norm).blocks[0]
+    x = wild()
+    y = block(x)
+    assert is_normalised(y)
+    skip_a, skip_f = (s if isinstance(s, float) else s.item() for s in (block.attn_skip, block.ffn_skip))
+    assert skip_a > 1 and skip_f > 1
+    h = block.attn_norm(skip_a * x + block.attn(x))
+    assert torch.allclose(y, block.ffn_norm(skip_f * h + block.ffn(h)), atol=1e-5)
+
+
+def test_deepnorm_with_alpha_one_is_post_ln():
+    deep, post = make(norm="deepnorm"), make(norm="post")
+    post.load_state_dict(deep.state_dict())  # same names and shapes: only the init and alpha differ
+    x, idx = wild(), torch.randint(V, (2, 12))
+    assert not torch.allclose(deep(idx)[0], post(idx)[0], atol=1e-3)
+    for block in deep.blocks:
+        block.attn_skip = block.ffn_skip = 1.0
+    block = deep.blocks[0]
+    h = block.attn_norm(x + block.attn(x))
+    assert torch.allclose(block(x), block.ffn_norm(h + block.ffn(h)), atol=1e-5)
+    assert torch.allclose(deep(idx)[0], post(idx)[0], atol=1e-5)
+
+
+def test_deepnorm_alpha_is_a_constant_not_a_parameter():
+    model = make(norm="deepnorm", n_layers=6)
+    assert all(b.attn_skip == b.ffn_skip == pytest.approx(12 ** 0.25) for b in model.blocks)
+    assert not any("skip" in n for n, _ in model.named_parameters())
+
+
+def test_sandwich_normalises_each_branch_output_not_the_block_output():
+    block = make(norm="sandwich").blocks[0]
+    x = wild()
+    seen = []
+    for out_norm in (block.attn_out_norm, block.ffn_out_norm):
+        out_norm.register_forward_hook(lambda m, a, out: seen.append(out))
+    y = block(x)
+    assert len(seen) == 2 and all(is_normalised(s) for s in seen)
+    assert y.var(-1, unbiased=False).mean() > 5  # the stream's scale passes through
+    h = x + block.attn_out_norm(block.attn(block.attn_norm(x)))
+    assert torch.allclose(y, h + block.ffn_out_norm(block.ffn(block.ffn_norm(h))), atol=1e-5)
+
+
+def test_sandwich_without_its_out_norms_is_pre_ln():
+    sandwich, pre = make(norm="sandwich"), make(norm="pre")
+    state = {k: v for k, v in sandwich.state_dict().items() if "out_norm" not in k}
+    pre.load_state_dict(state)  # strict: every pre parameter comes from the sandwich model
+    for block in sandwich.blocks:
+        block.attn_out_norm = block.ffn_out_norm = None
+    x, idx = wild(), torch.randint(V, (2, 12))
+    block = sandwich.blocks[0]
+    h = x + block.attn(block.attn_norm(x))
+    assert torch.allclose(block(x), h + block.ffn(block.ffn_norm(h)), atol=1e-5)
+    assert torch.allclose(sandwich(idx)[0], pre(idx)[0], atol=1e-5)
+
+
+def test_admin_skip_is_a_trainable_scalar_per_sublayer_and_probes_see_it():
+    model = make(norm="admin", n_layers=3)
+    _, loss = model(torch.randint(V, (2, 8)), torch.randint(V, (2, 8)))
+    loss.backward()
+    grads = {split_name(n): p.grad for n, p in model.named_parameters()}  # the probes' naming
+    for layer, block in enumerate(model.blocks):
+        for name in ("attn_skip", "ffn_skip"):
+            param = getattr(block, name)
+            assert isinstance(param, nn.Parameter) and param.shape == () and param.requires_grad
+            assert grads[layer, name].abs() > 0
+
+
+# --- init constants -------------------------------------------------------------------------------
+
+def test_deepnorm_init_scales_v_out_fc1_fc2_by_beta_and_keeps_q_k():
+    n_layers = 6
+    beta = 48 ** -0.25  # (8M)^(-1/4)
+    deep, post = make(norm="deepnorm", n_layers=n_layers), make(norm="post", n_layers=n_layers)
+    post_state = post.state_dict()
+    for name, value in deep.state_dict().items():  # same seed, same draws: the ratio is exact
+        scaled = name.endswith(("attn.v.weight", "attn.out.weight", "ffn.fc1.weight", "ffn.fc2.weight"))
+        assert torch.allclose(value, post_state[name] * (beta if scaled else 1.0)), name
+    # and the stds themselves, under GPT-2's N(0, 0.02)
+    deep = make(norm="deepnorm", n_layers=n_layers, init="gpt2", d_model=64, d_ff=256)
+
+    def std(suffix: str) -> float:
+        return torch.cat([p.flatten() for n, p in deep.named_parameters() if n.endswith(suffix)]).std().item()
+
+    for suffix in ("attn.v.weight", "attn.out.weight", "ffn.fc1.weight", "ffn.fc2.weight"):
+        assert std(suffix) == pytest.approx(0.02 * beta, rel=0.05), suffix
+    for suffix in ("attn.q.weight", "attn.k.weight"):
+        assert std(suffix) == pytest.approx(0.02, rel=0.05), suffix
+
+
+def test_admin_closed_form_omega():
+    model = make(norm="admin", n_layers=6)
+    # N = 2 * 6 = 12 residual sub-layers: sqrt(13 / ln 13 - 1)
+    assert math.sqrt(13 / math.log(13) - 1) == pytest.approx(2.0170092, abs=1e-6)
+    for block in model.blocks:
+        assert block.attn_skip.item() == pytest.approx(2.0170092, abs=1e-6)
+        assert block.ffn_skip.item() == pytest.approx(2.0170092, abs=1e-6)
+
+
+def test_admin_profile_follows_the_documented_rule():
+    model = make(norm="admin", admin_init="profile", dropout=0.1)
+    assert all(b.attn_skip.item() == 1.0 for b in model.blocks)  # plain Post-LN until profiled
+    idx = torch.randint(V, (4, 16), generator=torch.Generator().manual_seed(3))
+    # the rule by hand: one omega = 1, no-dropout pass; omega_i = sqrt(1 + sum_{j<i} Var[f_j])
+    expected, total = [], 1.0
+    model.eval()  # no dropout (attention's included)
+    with torch.no_grad():
+        x = model.tok_emb(idx) * model.embed_scale + model.pos_emb.weight[:16]
+        for block in model.blocks:
+            for branch, norm in ((block.attn, block.attn_norm), (block.ffn, block.ffn_norm)):
+                f = branch(x)
+                expected.append(math.sqrt(total))
+                total += f.var(unbiased=False).item()
+                x = norm(x + f)
+    model.train()
+    omegas = model.admin_profile_(idx)
+    assert omegas == pytest.approx(expected, rel=1e-5) and omegas[0] == 1.0
+    assert omegas == sorted(omegas) and omegas[-1] > 1.2
+    got = [s.item() for b in model.blocks for s in (b.attn_skip, b.ffn_skip)]
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert model.training and all(not b.attn._forward_hooks and not b.ffn._forward_hooks
+                                  for b in model.blocks)
+    with pytest.raises(ValueError, match="admin"):
+        make(norm="post").admin_profile_(idx)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre", "sandwich"])
+def test_gpt2_residual_scaling_still_applies(norm):
+    model = make(norm=norm, init="gpt2", residual_scaling="gpt2", n_layers=8, d_model=64, d_ff=256)
+    fc2 = torch.cat([b.ffn.fc2.weight.flatten() for b in model.blocks]).std().item()
+    fc1 = torch.cat([b.ffn.fc1.weight.flatten() for b in model.blocks]).std().item()
+    assert fc2 == pytest.approx(0.02 / 4, rel=0.05) and fc1 == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("changes,key", [
+    ({"norm": "deepnorm", "residual_scaling": "gpt2"}, "model.residual_scaling"),
+    ({"norm": "admin", "residual_scaling": "gpt2"}, "model.residual_scaling"),
+    ({"norm": "post", "admin_init": "profile"}, "model.admin_init"),
+])
+def test_refused_combinations_name_the_key(changes, key):
+    with pytest.raises(ConfigError, match=f"^c.yaml: {key}: "):
+        validate({"model": changes}, source="c.yaml")
+
+
+def test_accepted_combinations():
+    for model in ({"norm": "sandwich", "residual_scaling": "gpt2"},
+                  {"norm": "admin", "admin_init": "profile"}, {"norm": "deepnorm", "norm_type": "rmsnorm"}):
+        assert validate({"model": model}).model.norm == model["norm"]
+
+
+# --- norm_type ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", LAYOUTS)
+def test_rmsnorm_is_used_for_every_norm(norm):
+    model = make(norm=norm, norm_type="rmsnorm")
+    kinds = [type(m) for m in model.modules()]
+    assert nn.LayerNorm not in kinds
+    per_block = 4 if norm == "sandwich" else 2
+    assert kinds.count(nn.RMSNorm) == 4 * per_block + (norm in ("pre", "sandwich"))
+    assert not any(n.endswith("norm.bias") for n, _ in model.named_parameters())
+    layernorm = make(norm=norm)
+    assert [type(m) for m in layernorm.modules()].count(nn.LayerNorm) == kinds.count(nn.RMSNorm)
+
+
+def test_rmsnorm_block_output_has_unit_rms_not_zero_mean():
+    y = make(norm="post", norm_type="rmsnorm").blocks[0](wild())
+    assert torch.allclose(y.pow(2).mean(-1), torch.ones(3, 8), atol=1e-3)
+    assert y.mean(-1).abs().max() > 1e-3  # RMSNorm does not centre
+
+
+# --- decoding and training ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("norm", LAYOUTS)
+def test_cached_decoding_equals_uncached(norm, norm_type):
+    model = make(norm=norm, norm_type=norm_type, n_layers=2).eval()
+    x = torch.randint(V, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)[0]
+        cache = KVCache(len(model.blocks))
+        parts = [model(x[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 6), (6, 10), (10, 12))]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    if norm_type == "layernorm":
+        cached = dec.decode(model, [4, 8, 15], "greedy", max_new_tokens=8)
+        plain = dec.decode(model, [4, 8, 15], "greedy", max_new_tokens=8, use_cache=False)
+        assert [o.ids for o in cached] == [o.ids for o in plain]
+
+
+@pytest.mark.parametrize("norm,extra", [("post", []), ("pre", []), ("sandwich", ["model.norm_type=rmsnorm"]),
+                                        ("deepnorm", []), ("admin", ["model.admin_init=profile"])])
+def test_one_training_step_via_the_cli(tmp_path, write_config, norm, extra):
+    path = write_config(train={"steps": 1, "eval_every": 1, "eval_batches": 1}, run={"name": "r"})
+    args = ["--set", f"model.norm={norm}"] + [a for item in extra for a in ("--set", item)]
+    result = CliRunner().invoke(app, ["train", str(path), "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "r")
+    assert run.meta["status"] == "completed" and run.config["model"]["norm"] == norm
+    assert all(math.isfinite(m["loss"]) for m in run.metrics if m["loss"] is not None)
