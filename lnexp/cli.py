@@ -76,8 +76,9 @@ def train(
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Run folders, or globs (quoted: lnexp expands them).")],
     all_: Annotated[bool, typer.Option("--all", help="Every config key, not only the differing.")] = False,
-    probe: Annotated[str, typer.Option(help="Per-layer profile of: grad (gradient norm) or act "
-                                       "(residual-stream RMS).")] = "grad",
+    probe: Annotated[str, typer.Option(help="Per-layer profile of: grad (gradient norm), act "
+                                       "(residual-stream RMS), update (update/weight ratio), "
+                                       "adam_v_q10|q50|q90, output_change.")] = "grad",
     param: Annotated[str, typer.Option(help="Weight role of the grad profile (attn.q, ..., ffn.fc2), or "
                                        "all: a layer's combined norm.")] = "ffn.fc2",
     at: Annotated[str, typer.Option(help="Step of the profile: a number (0 = initialisation; else the "
@@ -90,9 +91,10 @@ def compare(
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
     from lnexp import console
+    from lnexp.runs import PROBES
 
-    if probe not in ("grad", "act"):
-        raise fail(f"--probe: must be grad or act, got {probe!r}")
+    if probe not in PROBES:
+        raise fail(f"--probe: must be one of {', '.join(PROBES)}, got {probe!r}")
     if at != "last" and not at.isdigit():
         raise fail(f"--at: must be a step number or 'last', got {at!r}")
     if json_ and markdown:

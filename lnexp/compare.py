@@ -23,6 +23,8 @@ from rich.text import Text
 
 from lnexp.console import fmt, profile_rows, profile_table
 from lnexp.runs import (
+    PER_LAYER,
+    PROBES,
     Run,
     RunError,
     layer_profile,
@@ -152,7 +154,7 @@ def run_profile(run: Run, probe: str, param: str, at: Step, notes: list[str], wh
     if at != "last" and step != at:
         notes.append(f"{who}: step {at} not logged, using the nearest logged step, {step}")
     values = layer_profile(run.probes, probe, param, step)
-    depth = run.config.get("model", {}).get("n_layers", 0) + (probe == "act")  # act: also leaving the last
+    depth = run.config.get("model", {}).get("n_layers", 0) + (probe == "act")  # also leaving the last
     if not values:
         notes.append(f"{who}: no {probe} values for {param} at step {step} "
                      f"(roles: {', '.join(weight_roles(run.probes))}, all)")
@@ -177,8 +179,8 @@ class Comparison:
 
     @property
     def profile_title(self) -> str:
-        what = "residual-stream RMS" if self.probe == "act" else \
-            f"gradient norm of {'all weights' if self.param == 'all' else self.param}"
+        what = PROBES[self.probe] if self.probe in PER_LAYER else \
+            f"{PROBES[self.probe]} of {'all weights' if self.param == 'all' else self.param}"
         steps = {p.step for p in self.profiles if p.step is not None}
         when = f"step {steps.pop()}" if len(steps) == 1 else \
             "each run's last logged step" if self.at == "last" else f"the logged step nearest {self.at}"

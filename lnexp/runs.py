@@ -210,11 +210,18 @@ def weight_roles(rows: list[dict[str, Any]]) -> list[str]:
                               and r["layer"] is not None and r["param"].endswith(".weight")))
 
 
+# What each probe measures, for titles; the first two have one value per layer, the rest one per weight.
+PROBES = {"act": "residual-stream RMS", "output_change": "output change under perturbation",
+          "grad": "gradient norm", "update": "update/weight ratio", "adam_v_q10": "Adam v_t 10% quantile",
+          "adam_v_q50": "Adam v_t median", "adam_v_q90": "Adam v_t 90% quantile"}
+PER_LAYER = ("act", "output_change")
+
+
 def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int) -> list[float]:
-    """Values by layer index at `step`. For grad, `param` is a role (`ffn.fc2` means its weight) or
-    `all`: the layer's combined norm, sqrt of the sum of its squared parameter norms."""
-    if probe == "act":
-        chosen = {r["layer"]: r["value"] for r in rows if r["probe"] == "act" and r["step"] == step}
+    """Values by layer index at `step`. For per-weight probes, `param` is a role (`ffn.fc2` means its
+    weight) or `all`: the layer's combined value, sqrt of the sum of its squared values."""
+    if probe in PER_LAYER:
+        chosen = {r["layer"]: r["value"] for r in rows if r["probe"] == probe and r["step"] == step}
         return [chosen[i] for i in sorted(chosen)]
     name = param if param == "all" or param.endswith((".weight", ".bias")) else param + ".weight"
     squares: dict[int, float] = {}

@@ -213,7 +213,7 @@ def test_bad_input_is_one_line_and_exit_2_only_when_nothing_can_be_shown(pair, t
     assert nothing.exit_code == 2 and len(nothing.stderr.strip().splitlines()) == 1
     assert nothing.stderr.startswith("error: nothing to compare:")
     for args, message in (([post, post, "--at", "soon"], "--at: must be a step number or 'last'"),
-                          ([post, post, "--probe", "weights"], "--probe: must be grad or act"),
+                          ([post, post, "--probe", "weights"], "--probe: must be one of"),
                           ([post, post, "--json", "--markdown"], "choose one")):
         bad = invoke("compare", *args)
         assert bad.exit_code == 2 and message in bad.stderr and bad.stdout == ""

@@ -11,6 +11,7 @@ from lnexp.cli import app
 from lnexp.config import DataConfig, ModelConfig, load_config
 from lnexp.data import load_data
 from lnexp.model import TransformerLM
+from lnexp.probes import radam_rho
 from lnexp.runs import load_run
 from lnexp.train import Trainer, collapse_report
 
@@ -157,3 +158,20 @@ def test_admin_profile_init_runs_on_the_first_batch_and_skips_weight_decay(tmp_p
     decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert decay[id(trainer.model.blocks[0].ffn_skip)] == 0.0
     assert decay[id(trainer.model.blocks[0].ffn.fc1.weight)] == 0.1
+
+
+def test_diagnostic_probes_are_logged_and_compared(tmp_path, write_config):
+    path = write_config(log={"probes": ["grad", "act", "update", "adam", "output_change"],
+                             "output_change_steps": [0, 10], "grad_every": 5}, optim={"name": "radam"},
+                        run={"name": "p"})
+    assert train(path).exit_code == 0
+    run = load_run(tmp_path / "runs" / "p")
+    kinds = {(p["probe"], p["step"]) for p in run.probes}
+    assert {("update", 0), ("adam_v_q50", 5), ("output_change", 0), ("output_change", 10)} <= kinds
+    assert all(m["radam_rho"] == pytest.approx(radam_rho(m["step"], 0.98)) for m in run.metrics[:12])
+    result = runner.invoke(app, ["compare", str(run.path), str(run.path), "--probe", "output_change",
+                                 "--at", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["runs"][0]["profile"]
+    expected = [p["value"] for p in run.probes if p["probe"] == "output_change" and p["step"] == 10]
+    assert shown["step"] == 10 and shown["values"] == expected and len(expected) == 2
