@@ -384,10 +384,11 @@ def reproduce(
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(help="No line per run on stderr.")] = False,
 ) -> None:
-    """Test a paper's claims: train (or reuse) the SUITE's runs, then write OUT/SUITE/report.md with
-    figures and a verdict table computed from the runs (reproduced / not reproduced / inconclusive).
+    """Test the papers' claims: run a SUITE and write a report with verdicts computed from its runs.
 
-    Finished runs are reused, so an interrupted reproduction resumes where it stopped.
+    Trains (or reuses) the suite's runs under OUT/runs/, then writes OUT/SUITE/report.md: figures and a
+    verdict table (reproduced / not reproduced / inconclusive, each claim tested on every seed against a
+    stated threshold). Finished runs are reused, so an interrupted reproduction resumes where it stopped.
     """
     from lnexp import console
     from lnexp import reproduce as reproduction

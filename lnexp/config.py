@@ -52,15 +52,22 @@ class ModelConfig(Section):
     init: Literal["xavier", "gpt2"] = "xavier"
     norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
     admin_init: Literal["closed_form", "profile"] = "closed_form"
+    arch: Literal["decoder", "encoder_decoder"] = "decoder"
 
 
 class DataConfig(Section):
-    source: Literal["stdlib", "text", "synthetic"] = "stdlib"
+    source: Literal["stdlib", "text", "synthetic", "seq2seq", "pairs"] = "stdlib"
     path: str | None = None
     max_bytes: Int = Field(4_000_000, ge=1024, le=2**40)
     val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
-    task: Literal["random", "copy", "reverse"] = "copy"
+    task: Literal["random", "copy", "reverse", "sort", "copy_noise", "translate"] = "copy"
     vocab_size: Int = Field(256, ge=2, le=1_000_000)
+    seed: Int = Field(0, ge=0, lt=2**63)  # seq2seq translate: the seed of its two made-up languages
+
+
+LM_TASKS = ("random", "copy", "reverse")
+SEQ2SEQ_TASKS = ("reverse", "sort", "copy_noise", "translate")
+SEQ2SEQ_SOURCES = ("seq2seq", "pairs")
 
 
 class OptimConfig(Section):
@@ -203,8 +210,19 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "model.n_heads", f"must divide model.d_model ({m.d_model}), got {m.n_heads}"
     if t.seq_len > m.max_seq_len:
         return "train.seq_len", f"must be <= model.max_seq_len ({m.max_seq_len}), got {t.seq_len}"
-    if d.source == "text" and not d.path:
-        return "data.path", "required when data.source is text"
+    if d.source in ("text", "pairs") and not d.path:
+        return "data.path", f"required when data.source is {d.source}"
+    if m.arch == "encoder_decoder" and d.source not in SEQ2SEQ_SOURCES:
+        return "data.source", f"must be seq2seq or pairs with model.arch encoder_decoder, got {d.source}"
+    if m.arch == "decoder" and d.source in SEQ2SEQ_SOURCES:
+        return "data.source", f"{d.source} needs model.arch encoder_decoder, got model.arch decoder"
+    tasks = {"synthetic": LM_TASKS, "seq2seq": SEQ2SEQ_TASKS}.get(d.source)
+    if tasks and d.task not in tasks:
+        return "data.task", f"must be one of {', '.join(tasks)} with data.source {d.source}, got {d.task}"
+    if d.source == "seq2seq" and d.task == "translate" and d.vocab_size < 16:
+        return "data.vocab_size", f"must be >= 16 for the translate task, got {d.vocab_size}"
+    if m.arch == "encoder_decoder" and t.seq_len < 2:
+        return "train.seq_len", f"must be >= 2 with model.arch encoder_decoder, got {t.seq_len}"
     if m.positional == "sinusoidal" and m.d_model % 2:
         return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
     # DeepNet and Admin prescribe their own initialisation: GPT-2's branch scaling would confound it.

@@ -85,6 +85,6 @@ def training_profile(path: Path) -> Table | str:
     steps = logged_steps(run.probes, "grad")
     if not steps:
         return ""
-    columns = {f"step {s}": layer_profile(run.probes, "grad", "ffn.fc2", s)
-               for s in sorted({steps[0], steps[-1]})}
-    return profile_table("gradient norm of ffn.fc2.weight by layer", columns)
+    role = "dec.ffn.fc2" if run.config.get("model", {}).get("arch") == "encoder_decoder" else "ffn.fc2"
+    columns = {f"step {s}": layer_profile(run.probes, "grad", role, s) for s in sorted({steps[0], steps[-1]})}
+    return profile_table(f"gradient norm of {role}.weight by layer", columns)

@@ -6,6 +6,19 @@
 - `text`: a user's file, byte-level; the last `val_fraction` of it is validation.
 - `synthetic`: sequences made on the fly: `random` tokens, `copy` (a random half, then the same half
   again) or `reverse` (a random half, then reversed), over `vocab_size` tokens.
+
+Sequence-to-sequence data (`model.arch: encoder_decoder`) batches as (source, target input, target
+output), each (batch, train.seq_len): the source is its tokens then EOS, the target input BOS then the
+target, the target output the target then EOS; truncated to seq_len, padded with PAD (id 0, ignored
+in the loss and masked as a key). Ids 0-2 are PAD, BOS, EOS; content symbol c is token c + 3.
+
+- `seq2seq`: `data.task` over `data.vocab_size` symbols, generated on the fly, source lengths uniform
+  in 1..seq_len-1: `reverse` (target = source reversed), `sort` (target = source sorted ascending),
+  `copy_noise` (target = a random sequence, source = that sequence with each symbol replaced, with
+  probability 0.1, by a uniform random symbol: the corrupted positions set a floor on the loss) or
+  `translate` (between two made-up languages; see `make_languages`).
+- `pairs`: a user's UTF-8 or binary file of `source<TAB>target` lines, byte-level (vocab 256 + 3);
+  blank lines are skipped, the last `val_fraction` of the lines is validation.
 """
 
 from __future__ import annotations
@@ -20,6 +33,12 @@ from pathlib import Path
 import torch
 
 from lnexp.config import ConfigError, DataConfig
+from lnexp.model import PAD
+
+BOS, EOS = 1, 2
+SPECIALS = 3  # PAD, BOS, EOS: content symbol c is token c + SPECIALS
+NOISE = 0.1  # copy_noise: the probability that a source symbol is replaced
+LEXICON = 64  # translate: words per language
 
 
 class Corpus:
@@ -75,25 +94,169 @@ class SyntheticTask:
         return seq[:, :-1], seq[:, 1:]
 
 
-Data = Corpus | SyntheticTask
+def seq2seq_batch(pairs: list[tuple[list[int], list[int]]], seq_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source, target input, target output) token ids, each (len(pairs), seq_len), from pairs of
+    token-id lists (content already offset by SPECIALS); see the module docstring."""
+    src, tgt_in, tgt_out = (torch.full((len(pairs), seq_len), PAD, dtype=torch.long) for _ in range(3))
+    for row, (source, target) in enumerate(pairs):
+        s = (source + [EOS])[:seq_len]
+        t = ([BOS] + target + [EOS])[: seq_len + 1]
+        src[row, : len(s)] = torch.tensor(s)
+        tgt_in[row, : len(t) - 1] = torch.tensor(t[:-1])
+        tgt_out[row, : len(t) - 1] = torch.tensor(t[1:])
+    return src, tgt_in, tgt_out
+
+
+def _target_entropy(batches: list[tuple[torch.Tensor, ...]]) -> float:
+    """Entropy (nats) of the non-PAD target-output token frequencies."""
+    targets = torch.cat([b[-1].flatten() for b in batches])
+    p = torch.bincount(targets[targets != PAD]).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+def _randint(low: int, high: int, generator: torch.Generator) -> int:
+    """A uniform integer in low..high (inclusive)."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+def make_languages(symbols: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The translate task's two made-up languages, fixed by `data.seed`: LEXICON word pairs.
+
+    Symbol 0 is the space between words. The source language spells its words with symbols
+    1..A, the target language with A+1..2A (A = (symbols - 1) // 2): source words are 2-4 letters,
+    target words 1-5, all drawn uniformly and all distinct, and source word i translates to target
+    word i. A sentence of k words (k uniform in 1..max(1, (seq_len - 1) // 6), each word uniform over
+    the lexicon) translates word by word, then each adjacent pair of words swaps places (word 0 with
+    word 1, 2 with 3, ...; an odd last word stays), like adjective-noun order between languages.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    letters = (symbols - 1) // 2
+    source: list[list[int]] = []
+    target: list[list[int]] = []
+    while len(source) < LEXICON:
+        s = (1 + torch.randint(letters, (_randint(2, 4, generator),), generator=generator)).tolist()
+        t = (1 + letters + torch.randint(letters, (_randint(1, 5, generator),), generator=generator)).tolist()
+        if s not in source and t not in target:
+            source.append(s)
+            target.append(t)
+    return source, target
+
+
+class Seq2SeqTask:
+    """`data.source: seq2seq`: source/target pairs generated per batch (see the module docstring)."""
+
+    def __init__(self, task: str, symbols: int, seed: int = 0) -> None:
+        self.task, self.symbols, self.seq_len = task, symbols, 64
+        self.vocab_size = symbols + SPECIALS
+        self.languages = make_languages(symbols, seed) if task == "translate" else None
+        self.description = f"synthetic seq2seq {task} task, {symbols} symbols" + \
+            (f", languages of seed {seed}" if task == "translate" else "")
+
+    def check(self, seq_len: int) -> None:
+        self.seq_len = seq_len  # the length unigram_entropy samples at
+
+    def unigram_entropy(self) -> float:
+        """Entropy of the target tokens' frequencies (EOS included), over 64 fixed batches of 32."""
+        generator = torch.Generator().manual_seed(0)
+        return _target_entropy([self.batch("val", 32, self.seq_len, generator) for _ in range(64)])
+
+    def example(self, seq_len: int, generator: torch.Generator) -> tuple[list[int], list[int]]:
+        """One (source, target) pair of symbols (not yet offset by SPECIALS)."""
+        if self.task == "translate":
+            source_words, target_words = self.languages
+            k = _randint(1, max(1, (seq_len - 1) // 6), generator)
+            words = torch.randint(LEXICON, (k,), generator=generator).tolist()
+            order = [j ^ 1 if (j ^ 1) < k else j for j in range(k)]  # swap each adjacent pair
+            join = lambda ws: [c for i, w in enumerate(ws) for c in ([0] if i else []) + w]  # noqa: E731
+            return join([source_words[w] for w in words]), join([target_words[words[j]] for j in order])
+        n = _randint(1, max(1, seq_len - 1), generator)
+        seq = torch.randint(self.symbols, (n,), generator=generator)
+        if self.task == "reverse":
+            return seq.tolist(), seq.flip(0).tolist()
+        if self.task == "sort":
+            return seq.tolist(), seq.sort().values.tolist()
+        noisy = torch.rand(n, generator=generator) < NOISE
+        source = torch.where(noisy, torch.randint(self.symbols, (n,), generator=generator), seq)
+        return source.tolist(), seq.tolist()
+
+    def batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pairs = [self.example(seq_len, generator) for _ in range(batch_size)]
+        return seq2seq_batch([([c + SPECIALS for c in s], [c + SPECIALS for c in t]) for s, t in pairs],
+                             seq_len)
+
+
+class PairsCorpus:
+    """`data.source: pairs`: a user's source/target lines, byte-level; batches draw lines at random."""
+
+    def __init__(self, train: list[tuple[list[int], list[int]]], val: list[tuple[list[int], list[int]]],
+                 description: str) -> None:
+        self.train, self.val, self.description = train, val, description
+        self.vocab_size = 256 + SPECIALS
+
+    def check(self, seq_len: int) -> None:
+        pass
+
+    def unigram_entropy(self) -> float:
+        """Entropy of the training targets' token frequencies (their bytes and one EOS per line)."""
+        targets = torch.tensor([tok for _, t in self.train for tok in t + [EOS]], dtype=torch.long)
+        return _target_entropy([(targets,)])
+
+    def batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pairs = self.train if split == "train" else self.val
+        rows = torch.randint(len(pairs), (batch_size,), generator=generator).tolist()
+        return seq2seq_batch([pairs[r] for r in rows], seq_len)
+
+
+Data = Corpus | SyntheticTask | Seq2SeqTask | PairsCorpus
 
 
 def load_data(cfg: DataConfig) -> Data:
     """Build the configured data source; raises ConfigError (naming the key) if it cannot."""
     if cfg.source == "synthetic":
         return SyntheticTask(cfg.task, cfg.vocab_size)
+    if cfg.source == "seq2seq":
+        return Seq2SeqTask(cfg.task, cfg.vocab_size, cfg.seed)
+    if cfg.source == "pairs":
+        return _pairs_corpus(Path(cfg.path), cfg.val_fraction)
     if cfg.source == "text":
         return _text_corpus(Path(cfg.path), cfg.val_fraction)
     return _stdlib_corpus(cfg.max_bytes, cfg.val_fraction)
 
 
-def _text_corpus(path: Path, val_fraction: float) -> Corpus:
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"data.path: no such file: {path}") from None
     except OSError as exc:
         raise ConfigError(f"data.path: cannot read {path} ({exc.strerror})") from None
+
+
+def _pairs_corpus(path: Path, val_fraction: float) -> PairsCorpus:
+    pairs = []
+    for number, line in enumerate(_read(path).split(b"\n"), 1):
+        line = line.removesuffix(b"\r")
+        if not line.strip():
+            continue
+        tabs = line.count(b"\t")
+        if tabs != 1:
+            raise ConfigError(f"data.path: {path} line {number}: expected source<TAB>target, found "
+                              f"{tabs} tabs")
+        source, target = line.split(b"\t")
+        pairs.append(([b + SPECIALS for b in source], [b + SPECIALS for b in target]))
+    n_val = max(1, int(len(pairs) * val_fraction))
+    if len(pairs) - n_val < 1:
+        raise ConfigError(f"data.path: {path} has {len(pairs)} source<TAB>target lines, fewer than one "
+                          "for training and one for validation")
+    return PairsCorpus(pairs[:-n_val], pairs[-n_val:], f"source/target pairs {path}")
+
+
+def _text_corpus(path: Path, val_fraction: float) -> Corpus:
+    raw = _read(path)
     tokens = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
     n_val = int(len(tokens) * val_fraction)
     return Corpus(tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:], f"text file {path}")

@@ -67,6 +67,8 @@ def load_model(path: str | Path) -> tuple[TransformerLM, Any]:
         config = validate(run.config, source=str(path / "config.yaml"))
     except ConfigError as exc:
         raise DecodeError(str(exc)) from None
+    if config.model.arch != "decoder":
+        raise DecodeError(f"{path}: decoding works on decoder-only runs; this one is {config.model.arch}")
     weights = path / "model.pt"
     if not weights.is_file():
         raise DecodeError(f"{path}: no model.pt (run status: {run.status}; a run writes it when it ends)")

@@ -27,6 +27,12 @@ Initialisation on top of `model.init`:
 For decoding, `forward(idx, cache=KVCache(n_layers))` keeps every layer's keys and values, so the
 next call feeds only the new tokens (positions continue from the cached length). Without a cache
 (training) nothing of this runs.
+
+`model.arch: encoder_decoder` builds `EncoderDecoder` instead (`build_model` picks): an encoder of
+`n_layers` blocks (non-causal self-attention, FFN) and a decoder of `n_layers` blocks (causal
+self-attention, cross-attention over the encoder output, FFN), every sub-layer wired by the same
+`Block.residual` rule, so every `model.norm` and `model.norm_type` applies to both stacks. Each stack
+counts its own sub-layers for the constants: the encoder has 2 per layer, the decoder 3.
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ from torch import nn
 from lnexp.config import ModelConfig
 
 # The weight matrices that end a residual branch: the ones GPT-2 scales by 1/sqrt(N).
-RESIDUAL_OUTPUTS = ("attn.out.weight", "ffn.fc2.weight")
+RESIDUAL_OUTPUTS = ("attn.out.weight", "cross.out.weight", "ffn.fc2.weight")
 # The weight matrices whose init DeepNet scales by beta (q and k keep the plain init).
-DEEPNORM_SCALED = ("attn.v.weight", "attn.out.weight", "ffn.fc1.weight", "ffn.fc2.weight")
+DEEPNORM_SCALED = ("attn.v.weight", "attn.out.weight", "cross.v.weight", "cross.out.weight",
+                   "ffn.fc1.weight", "ffn.fc2.weight")
 NORMS = (nn.LayerNorm, nn.RMSNorm)
+# The padding id of sequence-to-sequence batches: masked out as a key, ignored as a target.
+PAD = 0
 
 
 def deepnorm_alpha(n_layers: int) -> float:
@@ -56,9 +65,10 @@ def deepnorm_beta(n_layers: int) -> float:
     return (8 * n_layers) ** -0.25
 
 
-def admin_omega(n_layers: int) -> float:
-    """Admin's closed-form shortcut scale sqrt((N+1)/ln(N+1) - 1) for N = 2 * n_layers sub-layers."""
-    n = 2 * n_layers
+def admin_omega(n_layers: int, sublayers_per_layer: int = 2) -> float:
+    """Admin's closed-form shortcut scale sqrt((N+1)/ln(N+1) - 1) for N = 2 * n_layers sub-layers
+    (3 * n_layers in an encoder-decoder's decoder: self-attention, cross-attention, FFN)."""
+    n = sublayers_per_layer * n_layers
     return math.sqrt((n + 1) / math.log(n + 1) - 1)
 
 
@@ -69,14 +79,26 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Multi-head attention: causal self-attention (the LM, the decoder), or non-causal over `memory`
+    (the encoder's self-attention: memory is None; the decoder's cross-attention: the encoder output).
+    `mask`, (batch, 1, 1, keys) bool, True where a key may be attended: the source's non-PAD tokens."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         d = cfg.d_model
-        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.n_heads, self.dropout, self.causal = cfg.n_heads, cfg.dropout, causal
         self.q, self.k, self.v, self.out = (nn.Linear(d, d, bias=cfg.bias) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, memory: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
+        if memory is not None or not self.causal:
+            source = x if memory is None else memory
+            q, k, v = (proj(inp).view(B, inp.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)
+                       for proj, inp in ((self.q, x), (self.k, source), (self.v, source)))
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            return self.out(y.transpose(1, 2).reshape(B, T, C))
         q, k, v = (proj(x).view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
                    for proj in (self.q, self.k, self.v))
         if cache is None:
@@ -142,13 +164,15 @@ class Block(nn.Module):
     the sum (post, deepnorm, admin); `*_out_norm` is sandwich's norm of the branch output (None
     otherwise); `*_skip` multiplies the skip path: None (post, pre, sandwich), the constant float
     alpha (deepnorm: not a parameter), or admin's trainable scalar nn.Parameter omega.
+
+    `causal=False` makes it an encoder block; `alpha` replaces DeepNorm's decoder-only constant.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True, alpha: float | None = None) -> None:
         super().__init__()
         self.layout = cfg.norm
         self.pre_norm = cfg.norm in ("pre", "sandwich")  # the branch reads LN(x); else LN of the sum
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, causal)
         self.attn_norm = make_norm(cfg)
         self.ffn = FeedForward(cfg)
         self.ffn_norm = make_norm(cfg)
@@ -158,24 +182,47 @@ class Block(nn.Module):
         if cfg.norm == "sandwich":
             self.attn_out_norm, self.ffn_out_norm = make_norm(cfg), make_norm(cfg)
         elif cfg.norm == "deepnorm":
-            self.attn_skip = self.ffn_skip = deepnorm_alpha(cfg.n_layers)
+            self.attn_skip = self.ffn_skip = deepnorm_alpha(cfg.n_layers) if alpha is None else alpha
         elif cfg.norm == "admin":  # values set by TransformerLM.reset_parameters / admin_profile_
             self.attn_skip, self.ffn_skip = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, cache)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        if mask is None:
+            x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, cache)
+        else:  # an encoder block: the source's PAD keys are masked
+            x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, mask=mask)
         return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
 
     def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.Module, out_norm: nn.Module | None,
-                 skip: float | torch.Tensor | None, *args) -> torch.Tensor:
+                 skip: float | torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
         if self.pre_norm:
-            y = branch(norm(x), *args)
+            y = branch(norm(x), *args, **kwargs)
             if out_norm is not None:  # sandwich; under autocast y is bf16: norm it in the stream's dtype
                 y = out_norm(y.to(x.dtype))
             return x + self.drop(y)
         if skip is None:
-            return norm(x + self.drop(branch(x, *args)))
-        return norm(skip * x + self.drop(branch(x, *args)))
+            return norm(x + self.drop(branch(x, *args, **kwargs)))
+        return norm(skip * x + self.drop(branch(x, *args, **kwargs)))
+
+
+class DecoderBlock(Block):
+    """An encoder-decoder's decoder block: causal self-attention, then cross-attention over the
+    encoder output (`cross`, `cross_norm`, and as the layout needs `cross_out_norm`, `cross_skip`),
+    then the FFN; three sub-layers, each through `Block.residual`."""
+
+    def __init__(self, cfg: ModelConfig, alpha: float | None = None) -> None:
+        super().__init__(cfg, causal=True, alpha=alpha)
+        self.cross = Attention(cfg, causal=False)
+        self.cross_norm = make_norm(cfg)
+        self.cross_out_norm = make_norm(cfg) if cfg.norm == "sandwich" else None
+        self.cross_skip = nn.Parameter(torch.ones(())) if cfg.norm == "admin" else self.attn_skip
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip)
+        x = self.residual(x, self.cross, self.cross_norm, self.cross_out_norm, self.cross_skip,
+                          memory=memory, mask=mask)
+        return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
 
 
 class TransformerLM(nn.Module):
@@ -200,19 +247,7 @@ class TransformerLM(nn.Module):
     def reset_parameters(self) -> None:
         """Xavier-uniform linears (original Transformer, Xiong et al.) or GPT-2's N(0, 0.02), then
         the layout's own scaling: GPT-2's 1/sqrt(2 n_layers), DeepNet's beta, Admin's omega."""
-        xavier = self.cfg.init == "xavier"
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                if xavier:
-                    nn.init.xavier_uniform_(module.weight)
-                else:
-                    nn.init.normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=self.cfg.d_model ** -0.5 if xavier else 0.02)
-            elif isinstance(module, NORMS):
-                module.reset_parameters()
+        init_weights(self, self.cfg)
         if self.cfg.residual_scaling == "gpt2":
             scale = 1.0 / math.sqrt(2 * self.cfg.n_layers)
             for name, param in self.named_parameters():
@@ -251,31 +286,9 @@ class TransformerLM(nn.Module):
         """
         if self.cfg.norm != "admin":
             raise ValueError(f"admin_profile_ needs model.norm admin, got {self.cfg.norm}")
-        skips = [skip for block in self.blocks for skip in (block.attn_skip, block.ffn_skip)]
-        branches = [branch for block in self.blocks for branch in (block.attn, block.ffn)]
-        variances: list[torch.Tensor] = []
-
-        def record(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            variances.append(out.detach().float().var(unbiased=False))
-
-        hooks = [branch.register_forward_hook(record) for branch in branches]
-        training = self.training
-        for skip in skips:
-            skip.fill_(1.0)
-        try:
-            self.eval()
-            with torch.autocast(idx.device.type, enabled=False):
-                self(idx)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            self.train(training)
-        omegas, total = [], 1.0
-        for skip, var in zip(skips, torch.stack(variances).tolist(), strict=True):
-            omegas.append(math.sqrt(total))
-            skip.fill_(omegas[-1])
-            total += var
-        return omegas
+        stack = [pair for block in self.blocks
+                 for pair in ((block.attn_skip, block.attn), (block.ffn_skip, block.ffn))]
+        return profile_admin_skips(self, [stack], idx)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -298,6 +311,173 @@ class TransformerLM(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_emb.weight.numel() if non_embedding else n
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """`model.init` on every linear, embedding and norm of `model`, in module order."""
+    xavier = cfg.init == "xavier"
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            if xavier:
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=cfg.d_model ** -0.5 if xavier else 0.02)
+        elif isinstance(module, NORMS):
+            module.reset_parameters()
+
+
+@torch.no_grad()
+def profile_admin_skips(model: nn.Module, stacks: list[list[tuple[nn.Parameter, nn.Module]]],
+                        *inputs: torch.Tensor) -> list[float]:
+    """Admin's profiling rule (see `TransformerLM.admin_profile_`) for one residual stream per stack,
+    given as its (omega, branch) pairs in the order they run: each stack's sum starts at 1."""
+    variances: list[list[torch.Tensor]] = [[] for _ in stacks]
+    hooks = []
+    for into, stack in zip(variances, stacks):
+        def record(_module: nn.Module, _args: tuple, out: torch.Tensor, into: list = into) -> None:
+            into.append(out.detach().float().var(unbiased=False))
+
+        hooks += [branch.register_forward_hook(record) for _, branch in stack]
+    training = model.training
+    for stack in stacks:
+        for skip, _ in stack:
+            skip.fill_(1.0)
+    try:
+        model.eval()
+        with torch.autocast(inputs[0].device.type, enabled=False):
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(training)
+    omegas = []
+    for stack, stack_vars in zip(stacks, variances):
+        total = 1.0
+        for (skip, _), var in zip(stack, torch.stack(stack_vars).tolist(), strict=True):
+            omegas.append(math.sqrt(total))
+            skip.fill_(omegas[-1])
+            total += var
+    return omegas
+
+
+def deepnorm_encdec(n_enc: int, n_dec: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """DeepNet's encoder-decoder constants ((alpha, beta) of the encoder, of the decoder) for N
+    encoder and M decoder layers: encoder 0.81 (N^4 M)^(1/16) and 0.87 (N^4 M)^(-1/16), decoder
+    (3M)^(1/4) and (12M)^(-1/4)."""
+    base = (n_enc**4 * n_dec) ** (1 / 16)
+    return (0.81 * base, 0.87 / base), ((3 * n_dec) ** 0.25, (12 * n_dec) ** -0.25)
+
+
+class EncoderDecoder(nn.Module):
+    """`model.arch: encoder_decoder`: `n_layers` encoder blocks (`enc.{i}`: non-causal self-attention
+    `attn`, FFN `ffn`) and `n_layers` decoder blocks (`dec.{i}`: causal self-attention `attn`,
+    cross-attention `cross` over the encoder output, FFN `ffn`), all wired by `model.norm`.
+
+    Source and target share one token embedding (and the tied output projection) and one position
+    table. Pre and sandwich end each stack with a norm (`enc_final_norm`, `dec_final_norm`). Source
+    PAD tokens are masked as keys in the encoder and in cross-attention; PAD targets are ignored in
+    the loss. Constants count each stack's sub-layers: GPT-2 scaling 1/sqrt(2L) in the encoder and
+    1/sqrt(3L) in the decoder; Admin's closed-form omega with N = 2L and N = 3L; DeepNorm uses
+    DeepNet's encoder-decoder alpha and beta (`deepnorm_encdec`), L = n_layers in each.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        d, n = cfg.d_model, cfg.n_layers
+        self.tok_emb = nn.Embedding(vocab_size, d)
+        if cfg.positional == "learned":
+            self.pos_emb = nn.Embedding(cfg.max_seq_len, d)
+        else:
+            self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, d), persistent=False)
+        self.embed_scale = math.sqrt(d) if cfg.init == "xavier" else 1.0
+        self.drop = nn.Dropout(cfg.dropout)
+        (enc_alpha, _), (dec_alpha, _) = deepnorm_encdec(n, n)
+        self.enc = nn.ModuleList(Block(cfg, causal=False, alpha=enc_alpha) for _ in range(n))
+        self.dec = nn.ModuleList(DecoderBlock(cfg, alpha=dec_alpha) for _ in range(n))
+        pre = cfg.norm in ("pre", "sandwich")
+        self.enc_final_norm = make_norm(cfg) if pre else None
+        self.dec_final_norm = make_norm(cfg) if pre else None
+        self.head = None if cfg.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
+        self.reset_parameters()
+
+    def admin_stacks(self) -> list[list[tuple[nn.Parameter, nn.Module]]]:
+        """Admin's (omega, branch) pairs, per stack, in the order they run."""
+        return [[pair for b in self.enc for pair in ((b.attn_skip, b.attn), (b.ffn_skip, b.ffn))],
+                [pair for b in self.dec
+                 for pair in ((b.attn_skip, b.attn), (b.cross_skip, b.cross), (b.ffn_skip, b.ffn))]]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        init_weights(self, self.cfg)
+        n = self.cfg.n_layers
+        if self.cfg.residual_scaling == "gpt2":
+            scale = {"enc.": 1.0 / math.sqrt(2 * n), "dec.": 1.0 / math.sqrt(3 * n)}
+            for name, param in self.named_parameters():
+                if name.endswith(RESIDUAL_OUTPUTS):
+                    param.mul_(scale[name[:4]])
+        if self.cfg.norm == "deepnorm":
+            (_, enc_beta), (_, dec_beta) = deepnorm_encdec(n, n)
+            for name, param in self.named_parameters():
+                if name.endswith(DEEPNORM_SCALED):
+                    param.mul_(enc_beta if name.startswith("enc.") else dec_beta)
+        if self.cfg.norm == "admin":
+            closed = self.cfg.admin_init == "closed_form"
+            for stack, per_layer in zip(self.admin_stacks(), (2, 3)):
+                for skip, _ in stack:
+                    skip.fill_(admin_omega(n, per_layer) if closed else 1.0)
+
+    @torch.no_grad()
+    def admin_profile_(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[float]:
+        """`TransformerLM.admin_profile_`'s rule on one batch, each stack's stream on its own (both
+        start from the unit-variance embedding). Returns the encoder's omegas, then the decoder's."""
+        if self.cfg.norm != "admin":
+            raise ValueError(f"admin_profile_ needs model.norm admin, got {self.cfg.norm}")
+        return profile_admin_skips(self, self.admin_stacks(), src, tgt_in)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"{idx.shape[1]} positions exceed model.max_seq_len ({self.cfg.max_seq_len})")
+        table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
+        return self.drop(self.tok_emb(idx) * self.embed_scale + table[: idx.shape[1]])
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder output and the source key mask, (batch, 1, 1, source length), True = not PAD."""
+        mask = (src != PAD)[:, None, None, :]
+        x = self.embed(src)
+        for block in self.enc:
+            x = block(x, mask=mask)
+        return (x if self.enc_final_norm is None else self.enc_final_norm(x)), mask
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every target position (and the loss over the non-PAD targets if given)."""
+        memory, mask = self.encode(src)
+        x = self.embed(tgt_in)
+        for block in self.dec:
+            x = block(x, memory, mask)
+        if self.dec_final_norm is not None:
+            x = self.dec_final_norm(x)
+        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if non_embedding else n
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> TransformerLM | EncoderDecoder:
+    """The model `model.arch` names."""
+    if cfg.arch == "encoder_decoder":
+        return EncoderDecoder(cfg, vocab_size)
+    return TransformerLM(cfg, vocab_size)
 
 
 def sinusoidal_positions(length: int, d: int) -> torch.Tensor:

@@ -8,6 +8,13 @@
   relative change of the logits, ||f(x; θ + δ) − f(x; θ)|| / ||f(x; θ)||, when only that layer's
   weights get a random-sign perturbation δ = ε·|θ|·s.
 
+In an encoder-decoder (`model.arch: encoder_decoder`) a parameter's layer is its index in its stack
+and its role carries the stack (`enc.3.ffn.fc2.weight` -> layer 3, `enc.ffn.fc2.weight`). `act` and
+`output_change` follow the decoder's blocks (`dec.{i}`), the stream the logits are read from: `act` is
+the RMS entering each decoder block and leaving the last, and `output_change` perturbs one decoder
+block at a time (its self-attention, cross-attention and FFN). The encoder's layers are not in these
+two per-layer probes (their rows are keyed by layer index alone).
+
 Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
 reads every pending reading together with the pending losses in one transfer. Activation hooks exist
 only during a logging step's forward pass, so other steps pay nothing.
@@ -21,15 +28,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-_LAYER = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_SAMPLE = 1 << 20  # torch.quantile sorts: larger tensors are subsampled evenly
 
 
 def split_name(name: str) -> tuple[int | None, str]:
-    """`blocks.3.ffn.fc2.weight` -> (3, 'ffn.fc2.weight'); `tok_emb.weight` -> (None, 'tok_emb.weight')."""
+    """`blocks.3.ffn.fc2.weight` -> (3, 'ffn.fc2.weight'), `dec.3.cross.v.weight` -> (3,
+    'dec.cross.v.weight'); `tok_emb.weight` -> (None, 'tok_emb.weight')."""
     match = _LAYER.match(name)
-    return (int(match[1]), match[2]) if match else (None, name)
+    if not match:
+        return None, name
+    stack, layer, role = match.groups()
+    return int(layer), f"{stack}.{role}" if stack else role
 
 
 def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -79,7 +90,7 @@ class Probes:
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.names = [split_name(name) for name, _ in named]
         self.params = [p for _, p in named]
-        self.blocks = list(model.blocks)
+        self.blocks = list(model.dec if hasattr(model, "dec") else model.blocks)  # see the docstring
         self._acts: list[torch.Tensor] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._before: list[torch.Tensor] = []
@@ -143,12 +154,15 @@ class Probes:
                     reading.add(f"adam_v_q{round(q * 100)}", names, table[:, column])
 
     @torch.no_grad()
-    def output_change(self, x: torch.Tensor, step: int, eps: float = 1e-2, seed: int = 0) -> Reading:
-        """Per layer: relative change of the logits when only that layer's weights are perturbed."""
+    def output_change(self, x: torch.Tensor | tuple[torch.Tensor, ...], step: int, eps: float = 1e-2,
+                      seed: int = 0) -> Reading:
+        """Per layer: relative change of the logits when only that layer's weights are perturbed.
+        `x`: the model's input, or the tuple of its inputs (an encoder-decoder's src, tgt_in)."""
+        inputs = x if isinstance(x, tuple) else (x,)
         was_training = self.model.training
         self.model.eval()
-        base = self.model(x)[0].float()
-        generator = torch.Generator(device=x.device).manual_seed(seed)
+        base = self.model(*inputs)[0].float()
+        generator = torch.Generator(device=inputs[0].device).manual_seed(seed)
         changes = []
         for block in self.blocks:
             params = list(block.parameters())
@@ -156,7 +170,7 @@ class Probes:
                      for p in params]
             saved = [p.clone() for p in params]
             torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
-            changes.append(torch.linalg.vector_norm(self.model(x)[0].float() - base))
+            changes.append(torch.linalg.vector_norm(self.model(*inputs)[0].float() - base))
             for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
                 p.copy_(original)
         self.model.train(was_training)

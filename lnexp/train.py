@@ -40,7 +40,7 @@ from lnexp.hardware import (
     memory_bytes,
     peak_tflops,
 )
-from lnexp.model import TransformerLM
+from lnexp.model import build_model
 from lnexp.probes import Probes, Reading, radam_rho
 from lnexp.runs import (
     RunError,
@@ -107,11 +107,11 @@ class Trainer:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda)
-        self.model = TransformerLM(config.model, data.vocab_size).to(device)  # probes, checkpoints
+        self.model = build_model(config.model, data.vocab_size).to(device)  # probes, checkpoints
         self.batches = torch.Generator()
         if config.model.norm == "admin" and config.model.admin_init == "profile":
             # Admin's profiled init, on this rank's step-0 batch; DDP then broadcasts rank 0's ω.
-            self.model.admin_profile_(self._batch(0)[0])
+            self.model.admin_profile_(*self._batch(0)[:-1])
         wrapped = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None) \
             if dist.world_size > 1 else self.model
         self.forward = torch.compile(wrapped) if t.compile else wrapped
@@ -123,11 +123,12 @@ class Trainer:
         self.val_batches = [self._to_device(data.batch("val", t.batch_size, t.seq_len, val_gen))
                             for _ in range(t.eval_batches)]
 
-    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(x.to(self.device, non_blocking=True) for x in batch)
 
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of `step` on this rank: a pure function of (seed, rank, step)."""
+    def _batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The batch of `step` on this rank: a pure function of (seed, rank, step). It is the model's
+        arguments, the targets last: (x, y) for the LM, (src, tgt_in, tgt_out) for seq2seq."""
         t = self.config.train
         self.batches.manual_seed(hash((t.seed, self.dist.rank, step)) & (2**63 - 1))
         return self._to_device(self.data.batch("train", t.batch_size, t.seq_len, self.batches))
@@ -139,11 +140,11 @@ class Trainer:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
         clip = self.config.optim.clip_grad_norm
         probing = self.probes.enabled and step % self.config.log.grad_every == 0
-        x, y = self._batch(step)
+        batch = self._batch(step)
         if probing:
             self.probes.arm()
         with self._autocast():
-            _, loss = self.forward(x, y)
+            _, loss = self.forward(*batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are all-reduced here, so every rank probes the same
         reading = self.probes.read(step) if probing else None
@@ -165,7 +166,7 @@ class Trainer:
     def evaluate(self) -> float:
         self.model.eval()
         with self._autocast():
-            losses = torch.stack([self.model(x, y)[1] for x, y in self.val_batches])
+            losses = torch.stack([self.model(*batch)[1] for batch in self.val_batches])
         self.model.train()
         return losses.mean().item()
 
@@ -459,7 +460,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
             if dist.main:
                 history.val_losses[step] = trainer.evaluate()
         if "output_change" in log.probes and step in log.output_change_steps and dist.main:
-            extra.append(trainer.probes.output_change(trainer.val_batches[0][0], step, seed=t.seed))
+            extra.append(trainer.probes.output_change(trainer.val_batches[0][:-1], step, seed=t.seed))
         loss, reading, norm = trainer.step(step)
         pending.append((step, loss, reading, norm))
         steps_done = step + 1
