@@ -1,0 +1,665 @@
+"""The suites: the cells each one needs, and how its claims are measured from their runs.
+
+Every number in a verdict comes from the run folders (metrics.jsonl, probes.jsonl, summary.json);
+the thresholds are constants stated in each report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lnexp.reproduce.engine import Context, Scale, Spec, final_loss, layouts, loss_curve
+from lnexp.reproduce.report import Analysis, Figure, md_table, mean_curve, mean_pm, num, smooth
+from lnexp.reproduce.verdicts import (
+    Threshold,
+    above,
+    below,
+    check,
+    deepest,
+    difference,
+    largest_index,
+    power_exponent,
+    trend_ratio,
+    usable,
+    within,
+)
+from lnexp.runs import Run, layer_profile, logged_steps
+
+POST, PRE = {"model.norm": "post"}, {"model.norm": "pre"}
+MARGIN_LOSS = 0.1  # nats: "worse" means more than this much higher final validation loss
+
+
+def _lr(value: float) -> dict[str, Any]:
+    return {"optim.lr": value}
+
+
+def _depth(n: int) -> dict[str, Any]:
+    return {"model.n_layers": n}
+
+
+def _warm(scale: Scale) -> dict[str, Any]:
+    return {"schedule.warmup_steps": scale.warmup}
+
+
+def _equals(value: float) -> Threshold:
+    return Threshold(f"= {value:g}", lambda v: v == value)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str
+    source: str
+    specs: Callable[[Scale], list[Spec]]
+    analyse: Callable[[Context], Analysis]
+
+
+def _converge_definition(ctx: Context) -> str:
+    seeds = ctx.seeds()
+    per_seed = ", ".join(f"seed {s}: {ctx.baseline(s):.3f} − {ctx.scale.margin:g} = "
+                         f"**{ctx.threshold(s):.3f}**" for s in seeds)
+    return (f"**converges**: the run completed (no NaN, no loss above 2·ln 256) and its final "
+            f"validation loss is below the unigram baseline minus {ctx.scale.margin:g} nats ({per_seed}). "
+            "The unigram baseline is the cross-entropy of the run's own validation windows (they "
+            "depend on the seed) under the training bytes' unigram frequencies: the loss of a model that "
+            "has collapsed to ignoring context. Differences between settings are taken per seed, on "
+            "the same validation windows.")
+
+
+def _loss_definition() -> str:
+    return ("**final loss**: validation loss of the final model (`summary.json` final_val_loss); a "
+            f"diverged run counts as +∞. A difference in final loss is called \"worse\" above "
+            f"+{MARGIN_LOSS:g} nats.")
+
+
+# --- plotting helpers ------------------------------------------------------------------------------
+
+def _curves_figure(ctx: Context, panels: list[tuple[str, list[tuple[str, list[Run | None]]]]]):
+    """One panel per entry: training loss (running mean, averaged over seeds) per setting, validation
+    loss as dots, the unigram baseline and the convergence threshold dashed."""
+
+    def draw(plt: Any):
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False,
+                                 sharey=True)
+        for ax, (title, settings) in zip(axes[0], panels):
+            for i, (label, runs) in enumerate(settings):
+                color = f"C{i}"
+                curves = [loss_curve(r) for r in runs if r is not None]
+                steps, mean = mean_curve([list(zip([s for s, _ in c], smooth([v for _, v in c], 10)))
+                                          for c in curves if c])
+                if steps:
+                    ax.plot(steps, mean, color=color, label=label)
+                vsteps, vmean = mean_curve([loss_curve(r, "val_loss") for r in runs if r is not None])
+                if vsteps:
+                    ax.plot(vsteps, vmean, "o", color=color, markersize=4)
+                for r in runs:
+                    if r is not None and r.status == "diverged":
+                        ax.axvline(r.summary.get("diverged_step") or 0, color=color, linestyle=":")
+            ax.axhline(ctx.baseline(), color="grey", linestyle="--", linewidth=0.8,
+                       label="unigram baseline (seed mean)")
+            ax.axhline(ctx.threshold(), color="grey", linestyle=":", linewidth=0.8,
+                       label="converges below (seed mean)")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        axes[0][0].set_ylabel("loss (nats/byte); dots: validation")
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    return draw
+
+
+def _settings_table(ctx: Context, rows: list[tuple[list[str], list[Run | None]]], header: list[str]) -> str:
+    out = []
+    for labels, runs in rows:
+        losses = [final_loss(r) for r in runs]
+        conv = [ctx.converged(r) for r in runs]
+        out.append([*labels, mean_pm(losses), f"{sum(c is True for c in conv)}/{len(runs)}",
+                    f"{sum(r is not None and r.status == 'diverged' for r in runs)}/{len(runs)}",
+                    ", ".join(r.name if r else "missing" for r in runs)])
+    return md_table([*header, "final val loss (mean ± std, n)", "converged", "diverged", "runs"], out)
+
+
+# --- xiong2020-init --------------------------------------------------------------------------------
+
+def _init_depths(scale: Scale) -> list[int]:
+    return sorted({*scale.init_depths, scale.figure3_depth})
+
+
+def init_specs(scale: Scale) -> list[Spec]:
+    return [Spec.of("init", seed, norm, _depth(n)) for norm in (POST, PRE) for n in _init_depths(scale)
+            for seed in range(scale.init_seeds)]
+
+
+def init_analyse(ctx: Context) -> Analysis:
+    scale, seeds = ctx.scale, ctx.seeds("init")
+    depths = sorted(scale.init_depths)
+    deepest_l = max(depths)
+    grad: dict[tuple[str, int, int], list[float]] = {}
+    act: dict[tuple[str, int, int], list[float]] = {}
+    for norm in ("post", "pre"):
+        for n in _init_depths(scale):
+            for seed in seeds:
+                run = ctx.run("init", seed, {"model.norm": norm}, _depth(n))
+                grad[norm, n, seed] = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
+                act[norm, n, seed] = layer_profile(run.probes, "act", "resid", 0) if run else []
+
+    def last(norm: str, n: int, seed: int) -> float | None:
+        profile = grad[norm, n, seed]
+        return profile[-1] if len(profile) == n else None
+
+    exponent = {norm: [power_exponent(depths, [last(norm, n, s) for n in depths]) for s in seeds]
+                for norm in ("post", "pre")}
+    f3 = scale.figure3_depth
+    ratio = {(norm, n): [trend_ratio(grad[norm, n, s]) for s in seeds]
+             for norm in ("post", "pre") for n in {f3, deepest_l}}
+
+    def growth(norm: str, seed: int) -> float | None:
+        a = act[norm, deepest_l, seed]
+        return (a[-1] / a[0]) ** 2 if len(a) == deepest_l + 1 and a[0] > 0 else None
+
+    lemma = {norm: [growth(norm, s) for s in seeds] for norm in ("post", "pre")}
+    depth_text = ", ".join(map(str, depths))
+    quantity_b = f"exponent b of ‖∇W_FC2‖ ∝ L^b in the last layer, fitted over L ∈ {{{depth_text}}}"
+    quantity_r = "last/first-layer ratio of the log-linear trend of ‖∇W_FC2‖ by layer, L = {}"
+    quantity_g = f"RMS² of the residual stream leaving layer {deepest_l} / entering layer 1, L = {deepest_l}"
+    low, high = 1 + deepest_l / 2, 1 + 3 * deepest_l / 2
+    verdicts = [
+        check("Theorem 1: Post-LN's last-layer FFN gradient at initialisation does not shrink with depth",
+              quantity_b, above(-0.25, "b "), exponent["post"], seeds),
+        check("Theorem 1: Pre-LN's shrinks like 1/√L", quantity_b, within(-0.75, -0.25, "b "),
+              exponent["pre"], seeds),
+        *(v for n in sorted({f3, deepest_l}) for v in (
+            check(f"Figure 3: Post-LN's ∇W_FC2 at initialisation grows with the layer index (L = {n})",
+                  quantity_r.format(n), above(1.25, "ratio "), ratio["post", n], seeds),
+            check(f"Figure 3: Pre-LN's stays about the same across layers (L = {n})", quantity_r.format(n),
+                  within(0.8, 1.25, "ratio "), ratio["pre", n], seeds))),
+        check("Lemma: Pre-LN's residual stream grows linearly with depth, (1 + L/2) ≤ E‖x_L‖²/E‖x_0‖² ≤ "
+              "(1 + 3L/2)", quantity_g, within(low, high, "ratio "), lemma["pre"], seeds),
+        check("Lemma: Post-LN's stays constant (each LayerNorm resets it)", quantity_g,
+              within(0.8, 1.25, "ratio "), lemma["post"], seeds),
+    ]
+    definitions = [
+        "All numbers are measured at step 0 of one-step runs (`log.grad_every: 1`): the gradient of the "
+        f"loss of one batch of {scale.init['train']['batch_size']} × {scale.init['train']['seq_len']} "
+        "bytes at the initial weights (Xavier init, as in Xiong et al.), seeds " + ", ".join(map(str, seeds))
+        + " (each seed a different initialisation and batch).",
+        "Theorem 1 thresholds: the two hypotheses are b = 0 (Post-LN) and b = −0.5 (Pre-LN); a seed "
+        "passes when its b is on the hypothesis' side of the midpoint −0.25 (and, for Pre-LN, not "
+        "steeper than −0.75).",
+        "Figure 3 thresholds: \"grows\" is a fitted last/first ratio above 1.25; \"about the same\" "
+        "is a ratio in [0.8, 1.25]. The trend is fitted by least squares to log ‖∇W_FC2‖ against the "
+        "layer index (less noisy than the raw last/first ratio, which the table also shows). Tested at "
+        f"L = {f3} (the paper's depth) and at L = {deepest_l}.",
+        f"Lemma thresholds: the paper's bounds for L = {deepest_l} layers, [{low:g}, {high:g}]; for "
+        "Post-LN, constant means within [0.8, 1.25]. The residual stream is the `act` probe (RMS of "
+        "the input of each layer and the output of the last).",
+    ]
+
+    def profiles(plt: Any):
+        shown = _init_depths(scale)
+        fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
+        for ax, n in zip(axes[0], shown):
+            for i, norm in enumerate(("post", "pre")):
+                for k, seed in enumerate(seeds):
+                    p = grad[norm, n, seed]
+                    if p:
+                        ax.plot(range(1, len(p) + 1), p, color=f"C{i}", alpha=0.8, marker=".",
+                                label=f"{norm}-LN" if k == 0 else None)
+            ax.set_yscale("log")
+            ax.set_title(f"L = {n}")
+            ax.set_xlabel("layer")
+        axes[0][0].set_ylabel("‖∇W_FC2‖ at initialisation")
+        axes[0][0].legend()
+        fig.tight_layout()
+        return fig
+
+    def depth_plot(plt: Any):
+        fig, ax = plt.subplots(figsize=(5, 3.8))
+        for i, norm in enumerate(("post", "pre")):
+            for k, seed in enumerate(seeds):
+                ys = [last(norm, n, seed) for n in depths]
+                if all(usable(y) for y in ys):
+                    b = exponent[norm][k]
+                    ax.plot(depths, ys, color=f"C{i}", marker="o", alpha=0.8,
+                            label=f"{norm}-LN, seed {seed}: b = {num(b, 2)}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(depths, [str(n) for n in depths])
+        ax.set_xlabel("depth L")
+        ax.set_ylabel("last layer ‖∇W_FC2‖ at initialisation")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    def lemma_plot(plt: Any):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for i, norm in enumerate(("post", "pre")):
+            for k, seed in enumerate(seeds):
+                a = act[norm, deepest_l, seed]
+                if a:
+                    ax.plot(range(len(a)), [(v / a[0]) ** 2 for v in a], color=f"C{i}",
+                            label=f"{norm}-LN" if k == 0 else None)
+        xs = list(range(deepest_l + 1))
+        ax.fill_between(xs, [1 + x / 2 for x in xs], [1 + 1.5 * x for x in xs], color="grey", alpha=0.2,
+                        label="lemma: [1 + l/2, 1 + 3l/2]")
+        ax.set_xlabel("layer boundary l")
+        ax.set_ylabel("RMS² / RMS² of the input")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    rows = []
+    for norm in ("post", "pre"):
+        for n in _init_depths(scale):
+            lasts = [last(norm, n, s) for s in seeds]
+            raw = [grad[norm, n, s][-1] / grad[norm, n, s][0] if grad[norm, n, s] else None for s in seeds]
+            fitted = [trend_ratio(grad[norm, n, s]) for s in seeds]
+            rows.append([f"{norm}-LN", n, mean_pm(lasts), mean_pm(raw), mean_pm(fitted)])
+    table = md_table(["layout", "L", "last layer ‖∇W_FC2‖", "raw last/first", "fitted last/first"], rows)
+    return Analysis(verdicts, definitions, [
+        Figure("grad_by_layer.png", "Figure 3 analogue: ‖∇W_FC2‖ by layer at initialisation, one line "
+               "per seed", profiles),
+        Figure("grad_vs_depth.png", "Theorem 1: the last layer's ‖∇W_FC2‖ against depth (log-log), with "
+               "the fitted exponent b per seed", depth_plot),
+        Figure("residual_growth.png", f"Lemma: residual-stream RMS² by layer at initialisation, L = "
+               f"{deepest_l}, against the paper's bounds", lemma_plot),
+    ], [table])
+
+
+# --- xiong2020-warmup ------------------------------------------------------------------------------
+
+def warmup_specs(scale: Scale) -> list[Spec]:
+    return [Spec.of("train", seed, setting, _lr(lr)) for lr in scale.lrs
+            for setting in (POST, {**POST, **_warm(scale)}, PRE) for seed in range(scale.seeds)]
+
+
+def _val_at(run: Run | None, step: int) -> float | None:
+    if run is None:
+        return None
+    for m in run.metrics:
+        if m["step"] == step and m.get("val_loss") is not None:
+            return float(m["val_loss"])
+    return math.inf if run.status == "diverged" else None
+
+
+def warmup_analyse(ctx: Context) -> Analysis:
+    scale, seeds = ctx.scale, ctx.seeds()
+    early = scale.train["train"]["eval_every"]
+    verdicts, panels, rows = [], [], []
+    for lr in scale.lrs:
+        post = [ctx.run("train", s, POST, _lr(lr)) for s in seeds]
+        warm = [ctx.run("train", s, POST, _warm(scale), _lr(lr)) for s in seeds]
+        pre = [ctx.run("train", s, PRE, _lr(lr)) for s in seeds]
+        loss = {k: [final_loss(r) for r in v] for k, v in (("post", post), ("warm", warm), ("pre", pre))}
+        verdicts += [
+            check(f"Post-LN without warm-up ends worse than with warm-up (lr {lr:g})",
+                  "final val loss: Post-LN no warm-up − Post-LN warm-up (nats)", above(MARGIN_LOSS),
+                  [difference(a, b) for a, b in zip(loss["post"], loss["warm"])], seeds),
+            check(f"Pre-LN without warm-up does as well as Post-LN with warm-up (lr {lr:g})",
+                  "final val loss: Pre-LN no warm-up − Post-LN warm-up (nats)", below(MARGIN_LOSS),
+                  [difference(a, b) for a, b in zip(loss["pre"], loss["warm"])], seeds),
+            check(f"Pre-LN without warm-up is ahead early (lr {lr:g})",
+                  f"val loss at step {early}: Pre-LN no warm-up − Post-LN warm-up (nats)", below(0),
+                  [difference(_val_at(a, early), _val_at(b, early)) for a, b in zip(pre, warm)], seeds),
+        ]
+        settings = [("Post-LN, no warm-up", post), (f"Post-LN, warm-up {scale.warmup}", warm),
+                    ("Pre-LN, no warm-up", pre)]
+        panels.append((f"lr {lr:g}", settings))
+        rows += [([label, f"{lr:g}"], runs) for label, runs in settings]
+    definitions = [
+        _loss_definition(), _converge_definition(ctx),
+        f"Settings: Adam β = (0.9, 0.98), {scale.train['train']['steps']} steps, linear decay to 0 "
+        f"after a linear warm-up of {scale.warmup} steps (or none), learning rates "
+        + ", ".join(f"{lr:g}" for lr in scale.lrs) + " (the paper used 5e-4 and 1e-3 with 4000 warm-up "
+        "steps on a 6-6 encoder-decoder; the tiny model tolerates larger learning rates, so the grid is "
+        "shifted up to where the failure can appear).",
+        f"\"Ahead early\": validation loss at step {early} (the end of the warm-up), lower for Pre-LN.",
+    ]
+    return Analysis(verdicts, definitions, [
+        Figure("loss_curves.png", "Figure 2 analogue: training loss (running mean over 10 steps, averaged "
+               "over seeds) and validation loss (dots)", _curves_figure(ctx, panels))],
+        [_settings_table(ctx, rows, ["setting", "lr"])])
+
+
+# --- radam -----------------------------------------------------------------------------------------
+
+def radam_specs(scale: Scale) -> list[Spec]:
+    radam = {"optim.name": "radam"}
+    return [Spec.of("train", seed, setting, _lr(lr)) for lr in scale.lrs
+            for setting in (POST, {**POST, **radam}, {**POST, **_warm(scale)}) for seed in range(scale.seeds)]
+
+
+def radam_analyse(ctx: Context) -> Analysis:
+    scale, seeds = ctx.scale, ctx.seeds()
+    radam = {"optim.name": "radam"}
+    verdicts, panels, rows = [], [], []
+    for lr in scale.lrs:
+        adam = [ctx.run("train", s, POST, _lr(lr)) for s in seeds]
+        rad = [ctx.run("train", s, POST, radam, _lr(lr)) for s in seeds]
+        warm = [ctx.run("train", s, POST, _warm(scale), _lr(lr)) for s in seeds]
+        la, lr_, lw = ([final_loss(r) for r in runs] for runs in (adam, rad, warm))
+        verdicts += [
+            check(f"Post-LN without warm-up: RAdam ends better than Adam (lr {lr:g})",
+                  "final val loss: Adam − RAdam (nats)", above(MARGIN_LOSS),
+                  [difference(a, b) for a, b in zip(la, lr_)], seeds),
+            check(f"RAdam without warm-up does as well as Adam with warm-up (lr {lr:g})",
+                  "final val loss: RAdam no warm-up − Adam warm-up (nats)", below(MARGIN_LOSS),
+                  [difference(a, b) for a, b in zip(lr_, lw)], seeds),
+        ]
+        settings = [("Adam, no warm-up", adam), ("RAdam, no warm-up", rad),
+                    (f"Adam, warm-up {scale.warmup}", warm)]
+        panels.append((f"Post-LN, lr {lr:g}", settings))
+        rows += [([label, f"{lr:g}"], runs) for label, runs in settings]
+    beta2 = scale.train["optim"]["betas"][1]
+    definitions = [
+        _loss_definition(), _converge_definition(ctx),
+        f"All runs Post-LN, β = (0.9, {beta2:g}), {scale.train['train']['steps']} steps, linear decay. "
+        f"`torch.optim.RAdam` takes SGD-with-momentum steps while ρ_t ≤ 5; its implicit warm-up is about "
+        f"2/(1 − β2) = {2 / (1 - beta2):.0f} steps (Ma & Yarats 2019), to compare with the explicit "
+        f"{scale.warmup}-step warm-up.",
+    ]
+    return Analysis(verdicts, definitions, [
+        Figure("loss_curves.png", "Post-LN without warm-up: Adam against RAdam, and Adam with warm-up",
+               _curves_figure(ctx, panels))],
+        [_settings_table(ctx, rows, ["optimiser", "lr"])])
+
+
+# --- depth -----------------------------------------------------------------------------------------
+
+def depth_specs(scale: Scale) -> list[Spec]:
+    return [Spec.of("train", seed, norm, _warm(scale), _depth(n), _lr(scale.depth_lr))
+            for n in scale.depths for norm in (POST, PRE) for seed in range(scale.seeds)]
+
+
+def depth_analyse(ctx: Context) -> Analysis:
+    scale, seeds, depths = ctx.scale, ctx.seeds(), list(ctx.scale.depths)
+    runs = {(norm, n, s): ctx.run("train", s, {"model.norm": norm}, _warm(scale), _depth(n),
+                                  _lr(scale.depth_lr))
+            for norm in ("post", "pre") for n in depths for s in seeds}
+    conv = {k: ctx.converged(r) for k, r in runs.items()}
+
+    def fraction(norm: str, seed: int) -> float | None:
+        flags = [conv[norm, n, seed] for n in depths]
+        return None if any(f is None for f in flags) else sum(flags) / len(flags)
+
+    def gap(seed: int) -> float | None:
+        a = deepest(depths, [conv["pre", n, seed] for n in depths])
+        b = deepest(depths, [conv["post", n, seed] for n in depths])
+        return None if a is None or b is None else float(a - b)
+
+    shallow = min(depths)
+    depth_text = ", ".join(map(str, depths))
+    verdicts = [
+        check("Pre-LN trains at every depth", f"fraction of depths {{{depth_text}}} that converge, Pre-LN",
+              _equals(1), [fraction("pre", s) for s in seeds], seeds),
+        check("Post-LN stops training beyond some depth at which Pre-LN still trains",
+              "deepest depth that converges: Pre-LN − Post-LN", above(0), [gap(s) for s in seeds], seeds),
+        check(f"(control) Post-LN trains at the shallowest depth, L = {shallow}",
+              f"converges at L = {shallow} (1 yes, 0 no), Post-LN", _equals(1),
+              [None if conv["post", shallow, s] is None else float(conv["post", shallow, s]) for s in seeds],
+              seeds),
+    ]
+    definitions = [
+        _loss_definition(), _converge_definition(ctx),
+        f"Both layouts with the same recipe, as in Wang et al.: Adam, lr {scale.depth_lr:g}, warm-up "
+        f"{scale.warmup} steps, {scale.train['train']['steps']} steps; depths {depth_text}. The control "
+        "row checks that Post-LN's failures come with depth, not at every depth.",
+    ]
+
+    def draw(plt: Any):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for i, norm in enumerate(("post", "pre")):
+            for k, s in enumerate(seeds):
+                ys = [final_loss(runs[norm, n, s]) for n in depths]
+                shown = [(n, y if y is not None and math.isfinite(y) else ctx.baseline() + 0.5)
+                         for n, y in zip(depths, ys) if y is not None]
+                if shown:
+                    ax.plot(*zip(*shown), color=f"C{i}", marker="o", alpha=0.8,
+                            label=f"{norm}-LN" if k == 0 else None)
+        ax.axhline(ctx.baseline(), color="grey", linestyle="--", linewidth=0.8,
+                   label="unigram baseline (seed mean)")
+        ax.axhline(ctx.threshold(), color="grey", linestyle=":", linewidth=0.8,
+                   label="converges below (seed mean)")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(depths, [str(n) for n in depths])
+        ax.set_xlabel("depth (layers)")
+        ax.set_ylabel("final validation loss (diverged: top)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    rows = [([f"{norm}-LN", str(n)], [runs[norm, n, s] for s in seeds])
+            for n in depths for norm in ("post", "pre")]
+    return Analysis(verdicts, definitions, [
+        Figure("loss_vs_depth.png", "Final validation loss against depth, one line per seed", draw)],
+        [_settings_table(ctx, rows, ["layout", "depth"])])
+
+
+# --- stability-map ---------------------------------------------------------------------------------
+
+def map_specs(scale: Scale) -> list[Spec]:
+    return [Spec.of("train", seed, layout, _depth(n), _lr(lr)) for layout in layouts(scale).values()
+            for n in scale.map_depths for lr in scale.map_lrs for seed in range(scale.seeds)]
+
+
+def map_analyse(ctx: Context) -> Analysis:
+    scale, seeds = ctx.scale, ctx.seeds()
+    lrs, depths, named = list(scale.map_lrs), list(scale.map_depths), layouts(scale)
+    runs = {(name, n, lr, s): ctx.run("train", s, layout, _depth(n), _lr(lr))
+            for name, layout in named.items() for n in depths for lr in lrs for s in seeds}
+    conv = {k: ctx.converged(r) for k, r in runs.items()}
+    index = {(name, n, s): largest_index([conv[name, n, lr, s] for lr in lrs])
+             for name in named for n in depths for s in seeds}
+
+    def widening(a: str, b: str, seed: int) -> float | None:
+        diffs = [difference(index[a, n, seed], index[b, n, seed]) for n in depths]
+        return None if any(d is None for d in diffs) else sum(diffs) / len(diffs)
+
+    def depth_cost(name: str, seed: int) -> float | None:
+        return difference(index[name, max(depths), seed], index[name, min(depths), seed])
+
+    def depth_gap(seed: int) -> float | None:
+        return difference(depth_cost("pre", seed), depth_cost("post+warm-up", seed))
+
+    quantity = "largest stable lr, {a} minus {b}, in grid steps, averaged over depths"
+    verdicts = [
+        check("Warm-up widens Post-LN's stable learning-rate range",
+              quantity.format(a="post+warm-up", b="post"), above(0),
+              [widening("post+warm-up", "post", s) for s in seeds], seeds),
+        check("RAdam (no warm-up) widens Post-LN's stable range",
+              quantity.format(a="post+RAdam", b="post"), above(0),
+              [widening("post+RAdam", "post", s) for s in seeds], seeds),
+        check("Pre-LN (no warm-up) is stable at larger learning rates than Post-LN (no warm-up)",
+              quantity.format(a="pre", b="post"), above(0), [widening("pre", "post", s) for s in seeds],
+              seeds),
+        check("Depth narrows Post-LN's stable range more than Pre-LN's",
+              f"change of the largest stable lr from L = {min(depths)} to L = {max(depths)} (grid steps): "
+              "Pre-LN minus Post-LN with warm-up", above(0), [depth_gap(s) for s in seeds], seeds),
+    ]
+    ratio = lrs[1] / lrs[0] if len(lrs) > 1 else 1
+    definitions = [
+        _converge_definition(ctx),
+        "**largest stable lr**: the largest learning rate of the grid " + ", ".join(f"{lr:g}" for lr in lrs)
+        + f" (one grid step = ×{ratio:.3g}) at which the run converges; \"none\" (one step below the "
+        "grid) if none does. Measured per layout, depth and seed.",
+        "Layouts: post = Post-LN, Adam, no warm-up; post+warm-up = the same with a "
+        f"{scale.warmup}-step linear warm-up; post+RAdam = RAdam, no warm-up; pre = Pre-LN, Adam, no "
+        "warm-up; pre+gpt2 = Pre-LN with GPT-2's init and 1/√N residual scaling, no warm-up (shown for "
+        f"comparison; no claim is tested on it). Depths {', '.join(map(str, depths))}, "
+        f"{scale.train['train']['steps']} steps, linear decay.",
+        "Thresholds: a layout is \"wider\" when its largest stable lr is higher by more than 0 grid "
+        "steps on average over the depths, for that seed.",
+    ]
+
+    def heatmaps(plt: Any):
+        fig, axes = plt.subplots(1, len(named), figsize=(3.3 * len(named), 3.2), squeeze=False, sharey=True)
+        image = None
+        for ax, name in zip(axes[0], named):
+            grid = []
+            for n in depths:
+                row = []
+                for lr in lrs:
+                    losses = [final_loss(runs[name, n, lr, s]) for s in seeds]
+                    finite = [v for v in losses if v is not None and math.isfinite(v)]
+                    row.append(min(sum(finite) / len(finite), ctx.baseline()) if finite else ctx.baseline())
+                grid.append(row)
+            image = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto",
+                              vmin=ctx.baseline() - 1.0, vmax=ctx.baseline())
+            for y, n in enumerate(depths):
+                for x, lr in enumerate(lrs):
+                    flags = [conv[name, n, lr, s] for s in seeds]
+                    ax.text(x, y, f"{sum(f is True for f in flags)}/{len(flags)}", ha="center", va="center",
+                            color="white" if sum(f is True for f in flags) else "black", fontsize=8)
+            ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], rotation=45)
+            ax.set_yticks(range(len(depths)), [str(n) for n in depths])
+            ax.set_title(name)
+            ax.set_xlabel("learning rate")
+        axes[0][0].set_ylabel("depth")
+        if image is not None:
+            fig.colorbar(image, ax=axes[0].tolist(), label="mean final val loss (clipped at baseline)")
+        return fig
+
+    def lines(plt: Any):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for i, name in enumerate(named):
+            for k, s in enumerate(seeds):
+                ys = [index[name, n, s] for n in depths]
+                if all(y is not None for y in ys):
+                    jitter = (i - len(named) / 2) * 0.03 + k * 0.01
+                    ax.plot([n * (1 + jitter) for n in depths], ys, marker="o", color=f"C{i}", alpha=0.8,
+                            label=name if k == 0 else None)
+        ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(depths, [str(n) for n in depths])
+        ax.set_xlabel("depth (layers)")
+        ax.set_ylabel("largest learning rate that converges")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    rows = []
+    for name in named:
+        for n in depths:
+            per_seed = [index[name, n, s] for s in seeds]
+            rows.append([name, n, ", ".join("–" if i is None else ("none" if i < 0 else f"{lrs[i]:g}")
+                                            for i in per_seed),
+                         " ".join(f"{lr:g}: {mean_pm([final_loss(runs[name, n, lr, s]) for s in seeds])}"
+                                  for lr in lrs)])
+    table = md_table(["layout", "depth", "largest stable lr (per seed)", "final val loss by lr"], rows)
+    return Analysis(verdicts, definitions, [
+        Figure("stability_map.png", "Phase diagram: mean final validation loss by learning rate and depth "
+               "for each layout; the numbers are the fraction of seeds that converge", heatmaps),
+        Figure("largest_stable_lr.png", "Largest learning rate that converges, by depth, one line per "
+               "layout and seed", lines),
+    ], [table])
+
+
+# --- gpt2-scaling ----------------------------------------------------------------------------------
+
+def _gpt2(scaled: bool) -> dict[str, Any]:
+    return {"model.norm": "pre", "model.init": "gpt2", "model.residual_scaling": "gpt2" if scaled else "none"}
+
+
+def gpt2_specs(scale: Scale) -> list[Spec]:
+    return [Spec.of("train", seed, _gpt2(scaled), _depth(scale.gpt2_depth), _lr(scale.gpt2_lr))
+            for scaled in (False, True) for seed in range(scale.seeds)]
+
+
+def gpt2_analyse(ctx: Context) -> Analysis:
+    scale, seeds, n = ctx.scale, ctx.seeds(), ctx.scale.gpt2_depth
+    runs = {(scaled, s): ctx.run("train", s, _gpt2(scaled), _depth(n), _lr(scale.gpt2_lr))
+            for scaled in (False, True) for s in seeds}
+
+    def profile(scaled: bool, seed: int, which: str) -> list[float]:
+        run = runs[scaled, seed]
+        if run is None:
+            return []
+        steps = logged_steps(run.probes, "act")
+        if not steps:
+            return []
+        return layer_profile(run.probes, "act", "resid", steps[0] if which == "init" else steps[-1])
+
+    def growth(scaled: bool, seed: int, which: str) -> float | None:
+        p = profile(scaled, seed, which)
+        return p[-1] / p[0] if len(p) == n + 1 and p[0] > 0 else None
+
+    last_step = {s: (logged_steps(runs[False, s].probes, "act") or [None])[-1] if runs[False, s] else None
+                 for s in seeds}
+    step_text = ", ".join(str(v) for v in sorted({v for v in last_step.values() if v is not None})) or "–"
+    quantity = "RMS leaving the last layer / entering the first: with scaling ÷ without"
+    verdicts = [
+        check("Without scaling, the Pre-LN residual stream grows with depth (initialisation)",
+              "RMS leaving the last layer / entering the first, unscaled, step 0", above(1.25),
+              [growth(False, s, "init") for s in seeds], seeds),
+        check("1/√N scaling keeps that growth in check at initialisation", quantity + ", step 0", below(0.8),
+              [_ratio(growth(True, s, "init"), growth(False, s, "init")) for s in seeds], seeds),
+        check("…and after training", quantity + f", last probe step ({step_text})", below(0.8),
+              [_ratio(growth(True, s, "end"), growth(False, s, "end")) for s in seeds], seeds),
+    ]
+    definitions = [
+        f"Both Pre-LN with GPT-2's init (all weights N(0, 0.02)), L = {n}, Adam lr {scale.gpt2_lr:g}, no "
+        f"warm-up, {scale.train['train']['steps']} steps; \"scaled\" multiplies the output projections of "
+        f"every residual branch (attn.out, ffn.fc2) by 1/√N, N = 2·L = {2 * n}.",
+        "The residual stream is the `act` probe: the RMS of each layer's input and of the last layer's "
+        "output, on a training batch.",
+        "Thresholds: \"grows\" is a last/first RMS ratio above 1.25; \"in check\" is a growth with scaling "
+        "below 0.8 × the growth without.",
+    ]
+
+    def draw(plt: Any):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+        for ax, which in zip(axes, ("init", "end")):
+            for i, scaled in enumerate((False, True)):
+                for k, s in enumerate(seeds):
+                    p = profile(scaled, s, which)
+                    if p:
+                        ax.plot(range(len(p)), p, color=f"C{i}", marker=".",
+                                label=("1/√N scaling" if scaled else "no scaling") if k == 0 else None)
+            ax.set_yscale("log")
+            ax.set_title("initialisation" if which == "init" else f"step {step_text}")
+            ax.set_xlabel("layer boundary")
+        axes[0].set_ylabel("residual-stream RMS")
+        axes[0].legend()
+        fig.tight_layout()
+        return fig
+
+    rows = [[("scaled" if scaled else "unscaled"), mean_pm([growth(scaled, s, "init") for s in seeds]),
+             mean_pm([growth(scaled, s, "end") for s in seeds]),
+             mean_pm([final_loss(runs[scaled, s]) for s in seeds])] for scaled in (False, True)]
+    table = md_table(["residual scaling", "RMS growth at init", "RMS growth at the last probe",
+                      "final val loss"], rows)
+    return Analysis(verdicts, definitions, [
+        Figure("residual_norms.png", "Residual-stream RMS by layer, with and without 1/√N scaling, one "
+               "line per seed", draw)], [table])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if usable(a) and usable(b) and b else None
+
+
+SUITES: dict[str, Suite] = {s.name: s for s in (
+    Suite("xiong2020-init", "Gradients at initialisation: Post-LN against Pre-LN",
+          "Xiong et al. 2020, On Layer Normalization in the Transformer Architecture — Theorem 1, "
+          "Figure 3 and the hidden-state lemma", init_specs, init_analyse),
+    Suite("xiong2020-warmup", "Post-LN needs warm-up; Pre-LN does not",
+          "Xiong et al. 2020, Figure 2 / Section 3", warmup_specs, warmup_analyse),
+    Suite("radam", "RAdam removes Post-LN's need for warm-up",
+          "Liu et al. 2019, On the Variance of the Adaptive Learning Rate and Beyond; Xiong et al. 2020 §4.2",
+          radam_specs, radam_analyse),
+    Suite("depth", "Pre-LN trains deeper stacks than Post-LN",
+          "Wang et al. 2019, Learning Deep Transformer Models for Machine Translation", depth_specs,
+          depth_analyse),
+    Suite("stability-map", "The largest stable learning rate by layout and depth",
+          "A phase diagram generalising Xiong et al. 2020, Liu et al. 2019 and Wang et al. 2019",
+          map_specs, map_analyse),
+    Suite("gpt2-scaling", "GPT-2's 1/√N residual scaling and the residual stream's growth",
+          "Radford et al. 2019 (GPT-2), Language Models are Unsupervised Multitask Learners", gpt2_specs,
+          gpt2_analyse),
+)}

@@ -1,0 +1,504 @@
+"""Sweeps: the cartesian product of `--grid` values × seeds, each cell a normal run folder.
+
+    runs/<sweep>/sweep.json    the sweep: config, grids, seeds, and one entry per cell
+    runs/<sweep>/<cell>/       a run folder (lnexp.runs), named from the cell's overrides
+
+Every cell's config is built with `config.load_config` and validated before any cell runs, so a bad
+grid value is one line, exit code 2, and nothing written. A cell whose folder already holds a
+finished run (summary status completed or diverged) is skipped: re-running a sweep resumes it. Cells
+run in this process (`jobs=1`) or in a pool of worker processes that share the CPU threads.
+
+This module imports no torch at import time (`lnexp --help` stays fast); `preflight` and the runners do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lnexp.config import Config, ConfigError, load_config
+from lnexp.runs import now, write_json
+
+FINISHED = ("completed", "diverged")
+MAX_NAME = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
+_PLAIN = re.compile(r"[A-Za-z0-9._+\-=,]+")
+_PER_CELL = {"run.name": "set per cell (name the sweep with --name)", "run.dir": "use --set run.dir",
+             "train.threads": "use --set train.threads"}
+
+
+@dataclass
+class Cell:
+    """One run of a sweep: its folder name, the seed-less group it is averaged in, and its config."""
+
+    name: str
+    group: str
+    overrides: list[str]
+    config: Config
+    labels: dict[str, str] = field(default_factory=dict)  # grid label -> value text, for tables
+
+    @property
+    def path(self) -> Path:
+        return Path(self.config.run.dir) / self.name
+
+    @property
+    def seed(self) -> int:
+        return self.config.train.seed
+
+
+@dataclass
+class Sweep:
+    name: str
+    root: Path
+    config_file: str
+    grids: list[tuple[str, list[str]]]
+    seeds: int
+    sets: list[str]
+    cells: list[Cell]
+
+
+# --- grid parsing and cell expansion ---------------------------------------------------------------
+
+def split_values(text: str) -> list[str]:
+    """`0.001,0.003` -> ['0.001', '0.003']; commas inside [..], {..} or quotes do not split."""
+    values, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    values.append("".join(current).strip())
+    return values
+
+
+def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """`KEY=V1,V2,...` items -> [(key, [value text, ...])]; raises ConfigError on a malformed item."""
+    grids: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ConfigError(f"--grid {item}: expected KEY=V1,V2,..., e.g. optim.lr=1e-3,3e-3")
+        if key in _PER_CELL:
+            raise ConfigError(f"--grid {key}: cannot be swept ({_PER_CELL[key]})")
+        values = split_values(text)
+        if any(not v for v in values):
+            raise ConfigError(f"--grid {item}: empty value")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {key}: a value is repeated")
+        if key in (k for k, _ in grids):
+            raise ConfigError(f"--grid {key}: given twice (list all its values in one --grid)")
+        grids.append((key, values))
+    return grids
+
+
+def labels_for(keys: list[str]) -> dict[str, str]:
+    """Short labels for cell names: the key's last part (`optim.lr` -> `lr`) unless two keys share it."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: leaf if leaves.count(leaf) == 1 and leaf != "seed" else k for k, leaf in zip(keys, leaves)}
+
+
+def safe_name(parts: list[str]) -> str:
+    """A filesystem-safe folder name from `label=value` parts; long names keep a hash of the full one."""
+    full = ",".join(parts)
+    name = ",".join("=".join(_UNSAFE.sub("_", s) for s in part.split("=", 1)) for part in parts)
+    if len(name) > MAX_NAME:
+        name = name[: MAX_NAME - 9].rstrip(",") + "-" + hashlib.sha1(full.encode()).hexdigest()[:8]
+    return name
+
+
+def value_text(value: Any) -> str:
+    """A Python value as a `--set` value: YAML flow style for lists, `g` format for floats."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def threads_per_job(jobs: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
+
+
+def expand(config_file: str | Path, grid_items: list[str], seeds: int = 1, sets: list[str] = (),
+           name: str | None = None, jobs: int = 1) -> Sweep:
+    """Every cell of the sweep, validated; raises ConfigError (one line) before anything is written."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key == "run.name":
+            raise ConfigError(f"--set {key}: {_PER_CELL[key]}")
+    grids = parse_grid(grid_items)
+    base = load_config(config_file, list(sets))
+    keys = [k for k, _ in grids]
+    if "train.seed" in keys and seeds > 1:
+        raise ConfigError("--grid train.seed: cannot be combined with --seeds (give seeds in one of them)")
+    sweep_name = name if name is not None else _UNSAFE.sub("_", Path(config_file).stem)
+    if sweep_name in ("", ".", "..") or not _PLAIN.fullmatch(sweep_name):
+        raise ConfigError(f"--name: must be a plain folder name (letters, digits, . _ + - = ,), "
+                          f"got {sweep_name!r}")
+    root = Path(base.run.dir) / sweep_name
+    labels = labels_for(keys)
+    seed_values = [None] if "train.seed" in keys else [base.train.seed + i for i in range(seeds)]
+    threads = None if base.train.threads or jobs <= 1 else threads_per_job(jobs)
+    cells: list[Cell] = []
+    seen: dict[str, str] = {}
+    for combo in itertools.product(*(values for _, values in grids)):
+        overrides = [f"{k}={v}" for k, v in zip(keys, combo)]
+        parts = [f"{labels[k]}={v}" for k, v in zip(keys, combo) if k != "train.seed"]
+        for seed in seed_values:
+            seed_text = combo[keys.index("train.seed")] if seed is None else str(seed)
+            cell_name = safe_name([*parts, f"seed={seed_text}"])
+            group = safe_name(parts) if parts else "all"
+            extra = [] if seed is None else [f"train.seed={seed}"]
+            try:
+                config = load_config(config_file, [*sets, *overrides, *extra])
+            except ConfigError as exc:
+                raise ConfigError(_grid_message(str(exc), keys, sets)) from None
+            config.run.name, config.run.dir = cell_name, str(root)  # set, not parsed: any path works
+            if threads is not None:
+                config.train.threads = threads
+            full = ", ".join(overrides + extra)
+            if cell_name in seen:
+                raise ConfigError(f"--grid: cells '{seen[cell_name]}' and '{full}' get the same folder "
+                                  f"name {cell_name!r}; use distinct values")
+            seen[cell_name] = full
+            cell_overrides = [*overrides, *([f"train.seed={seed}"] if seed is not None else [])]
+            cells.append(Cell(cell_name, group, cell_overrides, config,
+                              {labels[k]: v for k, v in zip(keys, combo) if k != "train.seed"}))
+    return Sweep(sweep_name, root, str(config_file), grids, seeds, list(sets), cells)
+
+
+def _grid_message(message: str, keys: list[str], sets: list[str]) -> str:
+    set_keys = {s.partition("=")[0].strip() for s in sets}
+    for key in keys:
+        if message.startswith(f"--set {key}") and key not in set_keys:
+            return "--grid" + message[len("--set"):]
+    return message
+
+
+# --- the state of a cell's folder ------------------------------------------------------------------
+
+def folder_status(path: Path) -> str | None:
+    """The status of the run in `path` (summary first, then meta), or None when there is no run."""
+    for name in ("summary.json", "meta.json"):
+        try:
+            status = json.loads((path / name).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if status:
+            return status
+    return "unknown" if path.exists() else None
+
+
+def is_finished(path: Path) -> bool:
+    return folder_status(path) in FINISHED
+
+
+def config_differences(path: Path, config: Config) -> list[str]:
+    """Keys where the finished run in `path` used another value than `config` (threads ignored).
+
+    A key the stored config lacks (the run predates it) counts as its default value."""
+    try:
+        stored = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ["config.yaml unreadable"]
+    wanted, defaults = config.to_dict(), Config().to_dict()
+    diffs = []
+    for section, values in wanted.items():
+        kept = stored.get(section) if isinstance(stored.get(section), dict) else {}
+        for key, value in values.items():
+            if (section, key) in (("train", "threads"), ("run", "name"), ("run", "dir")):
+                continue
+            old = kept.get(key, defaults.get(section, {}).get(key))
+            if _norm(old) != _norm(value):
+                diffs.append(f"{section}.{key}: {old!r} there, {value!r} here")
+    return diffs
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+def preflight(cells: list[Cell]) -> None:
+    """Checks that need the data or the device (after validation, before anything is written)."""
+    from lnexp.data import load_data
+
+    seen = set()
+    for cell in cells:
+        c = cell.config
+        key = (json.dumps(c.data.model_dump(mode="json"), sort_keys=True), c.train.seq_len)
+        if key not in seen:
+            seen.add(key)
+            data = load_data(c.data)
+            data.check(c.train.seq_len)
+    if any(cell.config.train.device == "cuda" for cell in cells):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: cuda requested but no CUDA device is available")
+
+
+def run_cell(config: dict[str, Any], source: str, command: list[str], force: bool) -> dict[str, Any]:
+    """Train one cell (in this process or a pool worker); a crash is a result: status failed."""
+    from lnexp.runs import RunError
+    from lnexp.train import train
+
+    try:
+        outcome = train(Config.model_validate(config), source, command, force=force)
+    except (ConfigError, RunError) as exc:
+        return {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # the run folder says "failed" and why; the other cells go on
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return {**outcome.summary, "status": outcome.status}
+
+
+Event = Callable[[int, int, Cell, str, dict[str, Any]], None]
+
+
+@dataclass
+class Plan:
+    """What a run of these cells will do: the cells to train (and whether each replaces a folder),
+    and the summaries of the finished ones it skips."""
+
+    cells: list[Cell]
+    todo: list[tuple[Cell, bool]]
+    skipped: dict[str, dict[str, Any]]
+
+
+def plan(cells: list[Cell], force: bool = False, mismatch: str = "error") -> Plan:
+    """Decide which cells run; every check that can fail runs here, before anything is written.
+
+    A finished cell whose stored config differs from the cell's is an error (`mismatch="error"`,
+    ConfigError) or is trained again (`"replace"`). Unfinished folders (failed, interrupted, killed)
+    are replaced.
+    """
+    todo, skipped = [], {}
+    for cell in cells:
+        status = folder_status(cell.path)
+        if status in FINISHED and not force:
+            diffs = config_differences(cell.path, cell.config)
+            if not diffs:
+                skipped[cell.name] = {**read_summary(cell.path), "status": status, "skipped": True}
+                continue
+            if mismatch == "error":
+                raise ConfigError(f"{cell.path}: finished with another config ({diffs[0]}); "
+                                  "use --force to train it again, or another --name")
+        todo.append((cell, status is not None))
+    if todo:
+        preflight([cell for cell, _ in todo])
+    return Plan(cells, todo, skipped)
+
+
+def execute(work: Plan, jobs: int = 1, source: str = "sweep",
+            command: Callable[[Cell], list[str]] | None = None,
+            on_event: Event | None = None) -> dict[str, dict[str, Any]]:
+    """Train the plan's cells, `jobs` at a time; returns cell name -> summary (with `status`)."""
+    results = dict(work.skipped)
+    total, done = len(work.todo), 0  # progress counts the cells that train
+    if on_event:
+        for cell in work.cells:
+            if cell.name in results:
+                on_event(0, total, cell, "skipped", results[cell.name])
+    command = command or (lambda cell: ["lnexp", "train", source, *(a for o in cell.overrides
+                                                                   for a in ("--set", o))])
+    args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
+    if jobs <= 1 or len(args) <= 1:
+        for cell, cell_args in args:
+            if on_event:
+                on_event(done, total, cell, "started", {})
+            results[cell.name] = run_cell(*cell_args)
+            done += 1
+            if on_event:
+                on_event(done, total, cell, "finished", results[cell.name])
+            if results[cell.name].get("status") == "interrupted":  # Ctrl-C caught by the run
+                break
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fresh interpreter per worker, never a fork of a process whose torch threads exist
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(run_cell, *cell_args): cell for cell, cell_args in args}
+        for future in as_completed(futures):
+            cell = futures[future]
+            try:
+                results[cell.name] = future.result()
+            except Exception as exc:  # a worker that died (killed, out of memory)
+                results[cell.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            done += 1
+            if on_event:
+                on_event(done, total, cell, "finished", results[cell.name])
+            if results[cell.name].get("status") == "interrupted":
+                raise KeyboardInterrupt
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
+
+
+def run_cells(cells: list[Cell], jobs: int = 1, force: bool = False, mismatch: str = "error",
+              source: str = "sweep", command: Callable[[Cell], list[str]] | None = None,
+              on_event: Event | None = None) -> dict[str, dict[str, Any]]:
+    """plan() then execute(): run every cell that is not finished."""
+    return execute(plan(cells, force, mismatch), jobs, source, command, on_event)
+
+
+def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    results = results or {}
+    return {
+        "name": sweep.name,
+        "config_file": sweep.config_file,
+        "grid": {k: v for k, v in sweep.grids},
+        "seeds": sweep.seeds,
+        "set": sweep.sets,
+        "updated": now(),
+        "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides,
+                   "status": results.get(c.name, {}).get("status") or folder_status(c.path)}
+                  for c in sweep.cells],
+    }
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """Run the sweep's unfinished cells; sweep.json is written once the checks have passed."""
+    work = plan(sweep.cells, force)  # raises before anything is written
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    write_json(sweep.root / "sweep.json", sweep_record(sweep))
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        results = execute(work, jobs, sweep.config_file, lambda cell: _train_command(sweep, cell), on_event)
+    finally:
+        write_json(sweep.root / "sweep.json", sweep_record(sweep, results))
+    return results
+
+
+def _train_command(sweep: Sweep, cell: Cell) -> list[str]:
+    sets = [*sweep.sets, *cell.overrides, f"run.name={cell.name}", f"run.dir={sweep.root}"]
+    return ["lnexp", "train", sweep.config_file, *(a for s in sets for a in ("--set", s)), "--quiet"]
+
+
+# --- the summary -----------------------------------------------------------------------------------
+
+def final_loss(summary: dict[str, Any]) -> float | None:
+    value = summary.get("final_val_loss")
+    return value if value is not None else summary.get("final_train_loss")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); nan for none."""
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group of seeds: its grid values, final loss mean ± std over the seeds that
+    completed, and the fraction that diverged (and that failed)."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group, []).append(cell)
+    rows = []
+    for group, members in groups.items():
+        summaries = [results.get(c.name) or {"status": folder_status(c.path), **read_summary(c.path)}
+                     for c in members]
+        statuses = [s.get("status") for s in summaries]
+        losses = [final_loss(s) for s in summaries if s.get("status") == "completed"]
+        mean, std = mean_std([v for v in losses if v is not None and math.isfinite(v)])
+        rows.append({"group": group, "labels": members[0].labels, "seeds": len(members),
+                     "loss_mean": mean, "loss_std": std,
+                     "diverged": statuses.count("diverged"), "failed": statuses.count("failed"),
+                     "unfinished": sum(s not in FINISHED and s != "failed" for s in statuses)})
+    return rows
+
+
+# --- terminal output -------------------------------------------------------------------------------
+
+def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, Any]) -> None:
+    """One line on stderr per finished or skipped cell."""
+    from lnexp.console import fmt, stderr
+
+    if kind == "started":
+        return
+    width = len(str(total))
+    where = "skip" if kind == "skipped" else f"{done:>{width}}/{total}"
+    status = result.get("status", "?")
+    detail = f"val loss {fmt(final_loss(result))}" if status in FINISHED else result.get("error", "")
+    if status == "diverged":
+        detail = f"at step {result.get('diverged_step')}"
+    seconds = None if kind == "skipped" else result.get("wall_time_s")
+    wall = "" if seconds is None else f" ({seconds:.1f} s)"
+    stderr.print(f"[{where}] {cell.name}: {status} {detail}{wall}", markup=False, highlight=False)
+
+
+def cells_table(sweep: Sweep):
+    from rich.table import Table
+
+    table = Table(title=f"{sweep.root}: {len(sweep.cells)} cells", title_justify="left")
+    for column in ("cell", "overrides", "state"):
+        table.add_column(column)
+    for cell in sweep.cells:
+        table.add_row(cell.name, " ".join(cell.overrides), folder_status(cell.path) or "new")
+    return table
+
+
+def summary_table(sweep: Sweep, results: dict[str, dict[str, Any]]):
+    from rich.table import Table
+
+    from lnexp.console import fmt
+
+    rows = summarise(sweep.cells, results)
+    table = Table(title=f"{sweep.root}: final validation loss over {sweep.seeds} seed(s)",
+                  title_justify="left")
+    labels = list(rows[0]["labels"]) if rows else []
+    for label in labels:
+        table.add_column(label)
+    for column in ("seeds", "final loss (mean ± std)", "diverged"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        loss = "-" if math.isnan(row["loss_mean"]) else f"{fmt(row['loss_mean'])} ± {fmt(row['loss_std'], 2)}"
+        diverged = f"{row['diverged']}/{row['seeds']}"
+        if row["failed"]:
+            diverged += f" ({row['failed']} failed)"
+        table.add_row(*(row["labels"].get(label, "") for label in labels), str(row["seeds"]), loss, diverged)
+    return table
