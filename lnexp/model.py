@@ -225,10 +225,10 @@ class DecoderBlock(Block):
         return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
 
 
-class TransformerLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
-        super().__init__()
-        self.cfg, self.vocab_size = cfg, vocab_size
+class Embedded(nn.Module):
+    """What both architectures share: the token table (also the tied output layer) and positions."""
+
+    def _build_embeddings(self, cfg: ModelConfig, vocab_size: int) -> None:
         d = cfg.d_model
         self.tok_emb = nn.Embedding(vocab_size, d)
         if cfg.positional == "learned":
@@ -238,6 +238,22 @@ class TransformerLM(nn.Module):
         # fairseq scales Xavier-initialised embeddings (std d^-1/2) by sqrt(d): unit-variance inputs.
         self.embed_scale = math.sqrt(d) if cfg.init == "xavier" else 1.0
         self.drop = nn.Dropout(cfg.dropout)
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Scaled token embeddings plus the positions start, start + 1, ..."""
+        end = start + idx.shape[1]
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"{end} positions exceed model.max_seq_len ({self.cfg.max_seq_len})")
+        table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
+        return self.drop(self.tok_emb(idx) * self.embed_scale + table[start:end])
+
+
+class TransformerLM(Embedded):
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        d = cfg.d_model
+        self._build_embeddings(cfg, vocab_size)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = make_norm(cfg) if cfg.norm in ("pre", "sandwich") else None
         self.head = None if cfg.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
@@ -294,11 +310,7 @@ class TransformerLM(nn.Module):
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position of idx (and the loss if targets are given). With a cache, idx
         continues the cached tokens: its keys and values are appended to it."""
-        start, end = (0, idx.shape[1]) if cache is None else (len(cache), len(cache) + idx.shape[1])
-        if end > self.cfg.max_seq_len:
-            raise ValueError(f"{end} positions exceed model.max_seq_len ({self.cfg.max_seq_len})")
-        table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
-        x = self.drop(self.tok_emb(idx) * self.embed_scale + table[start:end])
+        x = self.embed(idx, 0 if cache is None else len(cache))
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i])
         if self.final_norm is not None:
@@ -373,7 +385,7 @@ def deepnorm_encdec(n_enc: int, n_dec: int) -> tuple[tuple[float, float], tuple[
     return (0.81 * base, 0.87 / base), ((3 * n_dec) ** 0.25, (12 * n_dec) ** -0.25)
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(Embedded):
     """`model.arch: encoder_decoder`: `n_layers` encoder blocks (`enc.{i}`: non-causal self-attention
     `attn`, FFN `ffn`) and `n_layers` decoder blocks (`dec.{i}`: causal self-attention `attn`,
     cross-attention `cross` over the encoder output, FFN `ffn`), all wired by `model.norm`.
@@ -390,13 +402,7 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         d, n = cfg.d_model, cfg.n_layers
-        self.tok_emb = nn.Embedding(vocab_size, d)
-        if cfg.positional == "learned":
-            self.pos_emb = nn.Embedding(cfg.max_seq_len, d)
-        else:
-            self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, d), persistent=False)
-        self.embed_scale = math.sqrt(d) if cfg.init == "xavier" else 1.0
-        self.drop = nn.Dropout(cfg.dropout)
+        self._build_embeddings(cfg, vocab_size)
         (enc_alpha, _), (dec_alpha, _) = deepnorm_encdec(n, n)
         self.enc = nn.ModuleList(Block(cfg, causal=False, alpha=enc_alpha) for _ in range(n))
         self.dec = nn.ModuleList(DecoderBlock(cfg, alpha=dec_alpha) for _ in range(n))
@@ -439,12 +445,6 @@ class EncoderDecoder(nn.Module):
         if self.cfg.norm != "admin":
             raise ValueError(f"admin_profile_ needs model.norm admin, got {self.cfg.norm}")
         return profile_admin_skips(self, self.admin_stacks(), src, tgt_in)
-
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        if idx.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"{idx.shape[1]} positions exceed model.max_seq_len ({self.cfg.max_seq_len})")
-        table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
-        return self.drop(self.tok_emb(idx) * self.embed_scale + table[: idx.shape[1]])
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder output and the source key mask, (batch, 1, 1, source length), True = not PAD."""

@@ -35,7 +35,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _smooth(values: list[float], window: int) -> list[float]:
+def smooth(values: list[float], window: int) -> list[float]:
     """Trailing running mean, so per-step training losses read as a curve."""
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -56,7 +56,7 @@ def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
         window = max(1, len(losses) // 30)
         if window > 1:
             ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.8)
-        ax.plot(steps, _smooth(list(losses), window), color=color, linewidth=1.6)
+        ax.plot(steps, smooth(list(losses), window), color=color, linewidth=1.6)
     val = [(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None]
     if val:
         ax.plot(*zip(*val), color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.2)

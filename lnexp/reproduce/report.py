@@ -138,15 +138,6 @@ def _json(values: Sequence[float | None]) -> list[Any]:
 
 # --- small plotting helpers shared by the suites ---------------------------------------------------
 
-def smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
     """Pointwise mean over seeds at the steps every curve has (finite values only)."""

@@ -7,12 +7,12 @@ the thresholds are constants stated in each report.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lnexp.reproduce.engine import Context, Scale, Spec, final_loss, layouts, loss_curve
-from lnexp.reproduce.report import Analysis, Figure, md_table, mean_curve, mean_pm, num, smooth
+from lnexp.reproduce.report import Analysis, Figure, md_table, mean_curve, mean_pm, num
 from lnexp.reproduce.verdicts import (
     Threshold,
     above,
@@ -82,6 +82,8 @@ def _curves_figure(ctx: Context, panels: list[tuple[str, list[tuple[str, list[Ru
     loss as dots, the unigram baseline and the convergence threshold dashed."""
 
     def draw(plt: Any):
+        from lnexp.plots import smooth  # drawing already pays for matplotlib
+
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False,
                                  sharey=True)
         for ax, (title, settings) in zip(axes[0], panels):
@@ -226,11 +228,8 @@ def init_analyse(ctx: Context) -> Analysis:
                     b = exponent[norm][k]
                     ax.plot(depths, ys, color=f"C{i}", marker="o", alpha=0.8,
                             label=f"{norm}-LN, seed {seed}: b = {num(b, 2)}")
-        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(depths, [str(n) for n in depths])
-        ax.set_xlabel("depth L")
+        depth_axis(ax, depths, "depth L")
         ax.set_ylabel("last layer ‖∇W_FC2‖ at initialisation")
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -425,10 +424,7 @@ def depth_analyse(ctx: Context) -> Analysis:
                    label="unigram baseline (seed mean)")
         ax.axhline(ctx.threshold(), color="grey", linestyle=":", linewidth=0.8,
                    label="converges below (seed mean)")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(depths, [str(n) for n in depths])
-        ax.set_xlabel("depth (layers)")
+        depth_axis(ax, depths, "depth (layers)")
         ax.set_ylabel("final validation loss (diverged: top)")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -535,10 +531,7 @@ def map_analyse(ctx: Context) -> Analysis:
                     ax.plot([n * (1 + jitter) for n in depths], ys, marker="o", color=f"C{i}", alpha=0.8,
                             label=name if k == 0 else None)
         ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(depths, [str(n) for n in depths])
-        ax.set_xlabel("depth (layers)")
+        depth_axis(ax, depths, "depth (layers)")
         ax.set_ylabel("largest learning rate that converges")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -663,3 +656,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "Radford et al. 2019 (GPT-2), Language Models are Unsupervised Multitask Learners", gpt2_specs,
           gpt2_analyse),
 )}
+
+
+def depth_axis(ax: Any, depths: Sequence[int], label: str) -> None:
+    """A log-scaled x axis ticked at exactly the depths trained."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(depths, [str(n) for n in depths])
+    ax.set_xlabel(label)
