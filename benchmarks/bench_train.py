@@ -1,7 +1,7 @@
 """bench_train: what lnexp's measurement costs, measured side by side in one process.
 
 Tokens/s of lnexp's real training loop (`lnexp.train.train`, run folder and all) with the default
-probes (grad, act, update) every step, every 10 steps and off, with the opt-in `adam` probe added,
+probes (grad, act) every step, every 10 steps and off, with the opt-in `update` and `adam` added,
 and of a minimal loop over the same model, data and optimiser with
 none of lnexp's machinery. Variants are interleaved and repeated; medians are compared, because
 this machine is noisy. Targets: every-10 >= 0.98x off, every-step >= 0.95x off, off >= 0.98x minimal.
@@ -16,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,13 +40,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 TARGETS = {"probes every 10 / off": 0.98, "probes every step / off": 0.95, "probes off / minimal": 0.98}
 
 
-DEFAULT_PROBES = ["grad", "act", "update"]
+DEFAULT_PROBES = ["grad", "act"]
 VARIANTS: dict[str, tuple[int, list[str]] | None] = {  # (log.grad_every, log.probes); None: minimal loop
     "minimal": None,
     "probes off": (1, []),
     "probes every 10": (10, DEFAULT_PROBES),
     "probes every step": (1, DEFAULT_PROBES),
-    "+adam every 10": (10, [*DEFAULT_PROBES, "adam"]),  # the opt-in probe's cost
+    "+update+adam every 10": (10, [*DEFAULT_PROBES, "update", "adam"]),  # the opt-in probes' cost
 }
 
 
@@ -114,9 +115,58 @@ def measure(shape: str, steps: int, warmup: int, repeats: int) -> dict[str, Any]
     ratios = {"probes every 10 / off": median["probes every 10"] / median["probes off"],
               "probes every step / off": median["probes every step"] / median["probes off"],
               "probes off / minimal": median["probes off"] / median["minimal"],
-              "+adam every 10 / off": median["+adam every 10"] / median["probes off"]}
+              "+update+adam every 10 / off": median["+update+adam every 10"] / median["probes off"]}
     return {"shape": shape, "steps": steps, "warmup": warmup, "repeats": repeats,
             "threads": torch.get_num_threads(), "tokens_per_s": median, "all": speeds, "ratios": ratios}
+
+
+def probe_costs(shape: str, rounds: int = 20) -> dict[str, float]:
+    """Milliseconds per call of each probe on a logging step, against a training step without
+    probes. The actions are timed round-robin, `rounds` times, and the minimum of each is kept: the
+    machine's speed drifts, so both sides must sample the same fast and slow periods."""
+    from lnexp.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = make_config(shape, 10, (1, ["grad", "act", "update", "adam"]), tmp, "costs")
+    trainer = Trainer(config, load_data(config.data), torch.device(config.train.device))
+    probes, model, device = trainer.probes, trainer.model, trainer.device
+    x, y = trainer._batch(0)
+
+    def backward() -> None:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        model(x, y)[1].backward()
+
+    def with_probes(kinds: set[str]) -> Callable[[], None]:
+        def action() -> None:
+            probes.kinds = kinds
+            probes.arm()
+            backward()
+            reading = probes.read(0)
+            probes.after_update(reading)
+            reading.values().tolist()
+        return action
+
+    def step() -> None:
+        probes.kinds = set()
+        trainer.step(1)
+
+    trainer.step(0)  # Adam's state exists from here on
+    actions = {"training step (no probes)": step, "forward+backward": with_probes(set()),
+               "+ act hooks": with_probes({"act"}), "+ grad norms, read to host": with_probes({"grad"}),
+               "+ update ratio (opt-in)": with_probes({"update"}),
+               "+ adam quantiles (opt-in)": with_probes({"adam"}),
+               "output change (opt-in, at chosen steps)": lambda: probes.output_change(x, 0)}
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(rounds):
+        for name, action in actions.items():
+            sync(device)
+            start = time.perf_counter()
+            action()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    best = {name: min(values) * 1e3 for name, values in times.items()}
+    plain = best["forward+backward"]
+    return {name: value - plain if name.startswith("+") else value for name, value in best.items()}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -127,7 +177,7 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {value:,.0f} | {', '.join(f'{v:,.0f}' for v in result['all'][name])} |")
     lines += ["", "| ratio | measured | target | met |", "| --- | --- | --- | --- |"]
     for name, value in result["ratios"].items():
-        target = TARGETS.get(name)  # the opt-in adam probe's cost is reported, with no target
+        target = TARGETS.get(name)  # the opt-in probes' cost is reported, with no target
         met = "-" if target is None else "yes" if value >= target else "no"
         lines.append(f"| {name} | {value:.3f} | {'-' if target is None else f'>= {target}'} | {met} |")
     return "\n".join(lines)
@@ -136,11 +186,21 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=SHAPES, default="cpu")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     print(report(measure(args.shape, args.steps, args.warmup, args.repeats)))
+    print()
+    print(cost_report(probe_costs(args.shape)))
+
+
+def cost_report(costs: dict[str, float]) -> str:
+    step = costs["training step (no probes)"]
+    lines = ["| probe cost per logging step (+: over forward+backward) | ms (min of 20, round-robin) "
+             "| % of a training step |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {ms:.2f} | {100 * ms / step:.1f}% |" for name, ms in costs.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class TrainConfig(Section):
 
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
-    probes: list[Literal["grad", "act", "update", "adam", "output_change"]] = ["grad", "act", "update"]
+    probes: list[Literal["grad", "act", "update", "adam", "output_change"]] = ["grad", "act"]
     output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     loss_every: Int = Field(10, ge=1)
 
