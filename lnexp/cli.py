@@ -375,7 +375,7 @@ def decode_stats(
 @app.command()
 def reproduce(
     suite: Annotated[str, typer.Argument(help="xiong2020-init, xiong2020-warmup, radam, depth, "
-                                         "stability-map, gpt2-scaling, or all.")],
+                                         "stability-map, gpt2-scaling, layouts, or all.")],
     scale: Annotated[str, typer.Option(help="tiny (a CPU, minutes) or small (sized for one GPU, used "
                                        "when present).")] = "tiny",
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, in worker processes that split "

@@ -105,8 +105,12 @@ def config_diff(runs: list[Run], all_keys: bool = False) -> dict[str, list[Any]]
 
 
 def layout(config: dict[str, Any]) -> str:
+    """The layout in one label: the norm (post, pre, sandwich, deepnorm, admin), then +gpt2 (GPT-2
+    residual scaling), +rms (`norm_type: rmsnorm`) and +encdec (`arch: encoder_decoder`)."""
     model = config.get("model", {})
-    return model.get("norm", "?") + ("+gpt2" if model.get("residual_scaling") == "gpt2" else "")
+    return (model.get("norm", "?") + ("+gpt2" if model.get("residual_scaling") == "gpt2" else "")
+            + ("+rms" if model.get("norm_type") == "rmsnorm" else "")
+            + ("+encdec" if model.get("arch") == "encoder_decoder" else ""))
 
 
 def outcome(run: Run) -> dict[str, Any]:

@@ -38,7 +38,7 @@ TEST = dataclasses.replace(
           "train": {"steps": 1, "batch_size": 8, "seq_len": 16, "eval_every": 1, "eval_batches": 1},
           "log": {"grad_every": 1, "loss_every": 1}},
     seeds=2, init_seeds=2, warmup=2, lrs=(1e-3, 1e-2), init_depths=(1, 2, 4), figure3_depth=2,
-    depths=(1, 2), map_depths=(1, 2), map_lrs=(1e-3, 1e-2), gpt2_depth=2)
+    depths=(1, 2), map_depths=(1, 2), map_lrs=(1e-3, 1e-2), gpt2_depth=2, layout_depth=2, layout_seeds=2)
 
 
 # --- verdict rules on plain numbers ----------------------------------------------------------------
@@ -90,7 +90,9 @@ def fake_runs(tmp_path, suite, make):
     return SUITES[suite].analyse(Context(TEST, cells))
 
 
-def init_probes(post_exponent, pre_exponent, pre_flat=False, seed_flip=None):
+def init_probes(post_exponent, pre_exponent, pre_flat=False, seed_flip=None, encdec_flat=False):
+    """Per-layer gradients ∝ 1.5^layer (Post-LN; Pre-LN too unless pre_flat) whose last layer is
+    L^exponent; the encoder-decoder cells get the same profile in both stacks (flat if encdec_flat)."""
     def make(config):
         m, seed = config.model, config.train.seed
         exponent = post_exponent if m.norm == "post" else pre_exponent
@@ -98,11 +100,13 @@ def init_probes(post_exponent, pre_exponent, pre_flat=False, seed_flip=None):
             exponent = pre_exponent if m.norm == "post" else post_exponent
         n = m.n_layers
         last = n ** exponent
-        grows = m.norm == "post" or not pre_flat
+        encdec = m.arch == "encoder_decoder"
+        grows = (m.norm == "post" or not pre_flat) and not (encdec and encdec_flat)
         grads = [last * (1.5 ** (i - n + 1) if grows else 1.0) for i in range(n)]
         acts = [1.0] * (n + 1) if m.norm == "post" else [math.sqrt(1 + i) for i in range(n + 1)]
-        rows = [{"step": 0, "probe": "grad", "layer": i, "param": "ffn.fc2.weight", "value": v}
-                for i, v in enumerate(grads)]
+        roles = ("enc.ffn.fc2.weight", "dec.ffn.fc2.weight") if encdec else ("ffn.fc2.weight",)
+        rows = [{"step": 0, "probe": "grad", "layer": i, "param": role, "value": v}
+                for role in roles for i, v in enumerate(grads)]
         rows += [{"step": 0, "probe": "act", "layer": i, "param": "resid", "value": v}
                  for i, v in enumerate(acts)]
         return "completed", 2.0, rows
@@ -132,6 +136,77 @@ def test_theorem1_verdict_flips_when_the_gradients_flip(tmp_path):
     assert flat[same] == REPRODUCED
     lemma = [c for c in paper if c.startswith("Lemma")]
     assert len(lemma) == 2 and all(paper[c] == REPRODUCED for c in lemma)
+
+
+def test_encoder_decoder_figure3_rows_and_findings_follow_the_data(tmp_path):
+    rows = {stack: (f"Figure 3, encoder-decoder {stack}: Post-LN's ∇W_FC2 at initialisation grows with "
+                    "the layer index (L = 2 per stack)",
+                    f"Figure 3, encoder-decoder {stack}: Pre-LN's stays about the same across layers "
+                    "(L = 2 per stack)")
+            for stack in ("decoder stack", "encoder stack")}
+    same = fake_runs(tmp_path / "a", "xiong2020-init", init_probes(0.0, -0.5, pre_flat=True))
+    verdicts = verdicts_by_claim(same)
+    assert all(verdicts[grows] == verdicts[flat] == REPRODUCED for grows, flat in rows.values())
+    assert any("Post-LN, L = 2: decoder-only and encoder-decoder agree" in f for f in same.findings)
+    # encoder-decoder profiles flat, decoder-only Post-LN growing: the Post-LN rows flip, and the
+    # report says where the two differ, with the numbers
+    flat = fake_runs(tmp_path / "b", "xiong2020-init",
+                     init_probes(0.0, -0.5, pre_flat=True, encdec_flat=True))
+    verdicts = verdicts_by_claim(flat)
+    assert all(verdicts[grows] == NOT_REPRODUCED for grows, _ in rows.values())
+    differ = [f for f in flat.findings
+              if f.startswith("Post-LN, L = 2: decoder-only and encoder-decoder differ")]
+    assert len(differ) == 1 and "decoder-only grows (1.5)" in differ[0]
+    assert "enc-dec decoder stack stays about flat (1)" in differ[0]
+    assert any(f.startswith("Post-LN's Figure 3 verdict at L = 2 is reproduced decoder-only but not "
+                            "reproduced in the enc-dec decoder stack") for f in flat.findings)
+
+
+def layout_runs(post_max_lr=1e-3, sandwich_max_lr=1e-2, deepnorm_max_lr=1e-2,
+                flat=("post", "deepnorm", "admin")):
+    """make() for the layouts suite: init cells get a residual stream that is flat for the layouts in
+    `flat` and grows (RMS² 1 + l) otherwise; training cells converge (1.0) up to their layout's
+    largest lr and stay at the baseline (2.8) above it."""
+    largest = {"post": post_max_lr, "sandwich": sandwich_max_lr, "deepnorm": deepnorm_max_lr}
+
+    def make(config):
+        m = config.model
+        if config.train.steps == 1:
+            n = m.n_layers
+            acts = [1.0] * (n + 1) if m.norm in flat else [math.sqrt(1 + i) for i in range(n + 1)]
+            rows = [{"step": 0, "probe": "act", "layer": i, "param": "resid", "value": v}
+                    for i, v in enumerate(acts)]
+            rows += [{"step": 0, "probe": "grad", "layer": i, "param": "ffn.fc2.weight", "value": 1.2 ** i}
+                     for i in range(n)]
+            return "completed", 2.0, rows
+        return "completed", 1.0 if config.optim.lr <= largest.get(m.norm, 1e-2) else 2.8, []
+    return make
+
+
+def test_layouts_verdicts_flip_when_the_data_flips(tmp_path):
+    from lnexp.reproduce.report import write_report
+
+    paper = fake_runs(tmp_path / "a", "layouts", layout_runs())
+    verdicts = verdicts_by_claim(paper)
+    assert len(verdicts) == 8 and set(verdicts.values()) == {REPRODUCED}, verdicts
+    assert any("Above Post-LN's:" in f and "DeepNorm" in f for f in paper.findings)
+    # every layout trains at every lr; DeepNorm's stream grows, Sandwich-LN's does not; Sandwich-LN
+    # fails where Pre-LN trains
+    flipped = verdicts_by_claim(fake_runs(tmp_path / "b", "layouts", layout_runs(
+        post_max_lr=1e-2, sandwich_max_lr=1e-3, flat=("post", "admin", "sandwich"))))
+    for claim in ("(control) Post-LN without warm-up fails at some learning rate of the grid",
+                  *(f"{name} keeps Post-LN's normalised outputs but trains at a learning rate where "
+                    "Post-LN fails" for name in ("DeepNorm", "Admin")),
+                  "DeepNorm keeps Post-LN's normalised residual stream at initialisation",
+                  "Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation",
+                  "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)"):
+        assert flipped[claim] == NOT_REPRODUCED, claim
+    assert flipped["Admin keeps Post-LN's normalised residual stream at initialisation"] == REPRODUCED
+    # the figures draw from these numbers
+    write_report(tmp_path / "report", "layouts", "", [], paper, "")
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert pngs == ["init_profiles.png", "largest_lr.png"]
+    assert "could not be drawn" not in (tmp_path / "report" / "report.md").read_text()
 
 
 def losses(table):
@@ -181,13 +256,20 @@ def test_stability_map_and_depth_verdicts_follow_convergence(tmp_path):
 def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_path):
     out = tmp_path / "repro"
     outcome = reproduce("xiong2020-init", TEST, jobs=1, out=out)
-    assert outcome.trained == 2 * 3 * 2 and not outcome.failed
+    assert outcome.trained == 2 * 3 * 2 + 2 * 2 and not outcome.failed  # + the encoder-decoder cells
     report = (out / "xiong2020-init" / "report.md").read_text()
     assert "| claim | measured quantity | threshold (each seed) | mean ± std (n) |" in report
     assert "Theorem 1: Pre-LN's shrinks like 1/√L" in report and "-0.75 ≤ b ≤ -0.25" in report
     assert sum(report.count(f"**{v}**") for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)) >= 6
     pngs = sorted(p.name for p in (out / "xiong2020-init").glob("*.png"))
-    assert pngs == ["grad_by_layer.png", "grad_vs_depth.png", "residual_growth.png"]
+    assert pngs == ["grad_by_layer.png", "grad_by_layer_encdec.png", "grad_vs_depth.png",
+                    "residual_growth.png"]
+    assert "could not be drawn" not in report
+    assert "Figure 3, encoder-decoder decoder stack: Post-LN's" in report
+    assert "Figure 3, encoder-decoder encoder stack: Pre-LN's" in report
+    assert "## What the numbers say" in report and "decoder-only and encoder-decoder" in report
+    encdec = out / "runs" / "init" / "encdec-post-L2-adam-lr0.001-w0-s0"
+    assert yaml.safe_load((encdec / "config.yaml").read_text())["model"]["arch"] == "encoder_decoder"
     assert all((out / "xiong2020-init" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     verdicts = json.loads((out / "xiong2020-init" / "verdicts.json").read_text())
     assert {v["verdict"] for v in verdicts} <= {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}
@@ -196,7 +278,7 @@ def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_pat
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["n_layers"] == 4
     # a second invocation reuses every run and only rewrites the report
     again = reproduce("xiong2020-init", TEST, jobs=1, out=out)
-    assert again.trained == 0 and again.reused == 12
+    assert again.trained == 0 and again.reused == 16
     assert [v.verdict for v in again.verdicts["xiong2020-init"]] == [v["verdict"] for v in verdicts]
 
 
@@ -206,6 +288,18 @@ def test_cli_refuses_an_unknown_suite_or_scale(tmp_path):
         result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and needle in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_labels_every_layout_of_the_suites(tmp_path):
+    from lnexp.compare import layout
+
+    specs = SUITES["layouts"].specs(SCALES["tiny"]) + SUITES["xiong2020-init"].specs(SCALES["tiny"]) + \
+        SUITES["gpt2-scaling"].specs(SCALES["tiny"])
+    labels = {layout(c.config.to_dict()) for c in make_cells(SCALES["tiny"], specs, tmp_path, None).values()}
+    assert labels == {"post", "pre", "sandwich", "deepnorm", "admin", "post+encdec", "pre+encdec",
+                      "pre+gpt2"}
+    assert layout({"model": {"norm": "pre", "norm_type": "rmsnorm", "arch": "encoder_decoder"}}) == \
+        "pre+rms+encdec"
 
 
 @pytest.mark.parametrize("name", list(SUITES))

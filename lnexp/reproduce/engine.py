@@ -41,6 +41,8 @@ class Scale:
     gpt2_lr: float
     margin: float                    # "converges": final val loss below the unigram baseline − margin
     paper_gap: str = ""              # how far this is from the papers' settings
+    layout_depth: int = 6            # the layouts suite: its one (moderate) depth
+    layout_seeds: int = 2            # the layouts suite: seeds of its training cells
 
 
 def _base(model: dict, data: dict, train: dict, log: dict, optim: dict | None = None,
@@ -66,7 +68,7 @@ TINY = Scale(
                {"grad_every": 1, "loss_every": 1}),
     seeds=2, init_seeds=3, warmup=50, lrs=(3e-3, 1e-2), init_depths=(6, 12, 24), figure3_depth=6,
     depths=(3, 6, 12, 24), depth_lr=3e-3, map_depths=(3, 6, 12), map_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
-    gpt2_depth=12, gpt2_lr=3e-3, margin=0.25,
+    gpt2_depth=12, gpt2_lr=3e-3, margin=0.25, layout_depth=6, layout_seeds=1,
     paper_gap="the tiny scale is ~10⁴ times smaller than the papers' models (d_model 32 against 512, "
               "150 steps against tens of thousands, a 300 kB byte-level corpus, a decoder-only LM "
               "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
@@ -89,7 +91,7 @@ SMALL = Scale(
                {"grad_every": 1, "loss_every": 1}),
     seeds=2, init_seeds=3, warmup=200, lrs=(5e-4, 1e-3), init_depths=(6, 12, 24, 48), figure3_depth=6,
     depths=(6, 12, 24, 36), depth_lr=1e-3, map_depths=(6, 12, 24), map_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
-    gpt2_depth=24, gpt2_lr=1e-3, margin=0.25,
+    gpt2_depth=24, gpt2_lr=1e-3, margin=0.25, layout_depth=12, layout_seeds=2,
     paper_gap="the small scale is still far smaller than the papers' models (d_model 256 against 512, "
               "1000 steps, a 4 MB byte-level corpus, a decoder-only LM where Xiong et al. and Wang et "
               "al. train encoder-decoders on translation)",
@@ -139,7 +141,11 @@ def cell_config(scale: Scale, spec: Spec) -> Config:
 
 def cell_name(config: Config) -> str:
     m, o = config.model, config.optim
-    parts = [m.norm]
+    parts = ["encdec", m.norm] if m.arch == "encoder_decoder" else [m.norm]
+    if m.norm_type != "layernorm":
+        parts.append("rms")
+    if m.norm == "admin" and m.admin_init != "closed_form":
+        parts.append(f"admin-{m.admin_init}")
     if m.init != "xavier":
         parts.append(f"init-{m.init}")
     if m.residual_scaling != "none":

@@ -31,6 +31,7 @@ class Analysis:
     figures: list[Figure] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)   # markdown blocks
     notes: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # sentences composed from the measured numbers
 
 
 def num(value: float | None, digits: int = 3) -> str:
@@ -106,6 +107,8 @@ def write_report(folder: Path, title: str, source: str, header: list[str], analy
     lines += [", ".join(f"{n} {k}" for k, n in counts.items()) + ".", ""]
     if counts[NOT_REPRODUCED] or counts[INCONCLUSIVE]:
         lines += [f"> {scale_note}", ""]
+    if analysis.findings:
+        lines += ["## What the numbers say", "", *(f"- {f}" for f in analysis.findings), ""]
     if analysis.definitions:
         lines += ["## Definitions and thresholds", "", *(f"- {d}" for d in analysis.definitions), ""]
     if analysis.figures:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lnexp.reproduce.engine import Context, Scale, Spec, final_loss, layouts, loss_curve
+from lnexp.reproduce.engine import Context, Scale, Spec, cell_config, final_loss, layouts, loss_curve
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_curve, mean_pm, num
 from lnexp.reproduce.verdicts import (
     Threshold,
@@ -29,6 +29,10 @@ from lnexp.reproduce.verdicts import (
 from lnexp.runs import Run, layer_profile, logged_steps
 
 POST, PRE = {"model.norm": "post"}, {"model.norm": "pre"}
+# Xiong et al.'s Figure 3 setting in miniature: an encoder-decoder (n_layers per stack) on the
+# synthetic translation task (32 symbols), otherwise the same model and batch as the decoder-only cells.
+ENCDEC = {"model.arch": "encoder_decoder", "data.source": "seq2seq", "data.task": "translate",
+          "data.vocab_size": 32}
 MARGIN_LOSS = 0.1  # nats: "worse" means more than this much higher final validation loss
 
 
@@ -57,8 +61,8 @@ class Suite:
     analyse: Callable[[Context], Analysis]
 
 
-def _converge_definition(ctx: Context) -> str:
-    seeds = ctx.seeds()
+def _converge_definition(ctx: Context, seeds: Sequence[int] | None = None) -> str:
+    seeds = ctx.seeds() if seeds is None else seeds
     per_seed = ", ".join(f"seed {s}: {ctx.baseline(s):.3f} − {ctx.scale.margin:g} = "
                          f"**{ctx.threshold(s):.3f}**" for s in seeds)
     return (f"**converges**: the run completed (no NaN, no loss above 2·ln 256) and its final "
@@ -133,7 +137,44 @@ def _init_depths(scale: Scale) -> list[int]:
 
 def init_specs(scale: Scale) -> list[Spec]:
     return [Spec.of("init", seed, norm, _depth(n)) for norm in (POST, PRE) for n in _init_depths(scale)
-            for seed in range(scale.init_seeds)]
+            for seed in range(scale.init_seeds)] + \
+        [Spec.of("init", seed, norm, ENCDEC, _depth(scale.figure3_depth)) for norm in (POST, PRE)
+         for seed in range(scale.init_seeds)]
+
+
+def _shape(values: Sequence[float | None]) -> tuple[str, float | None]:
+    """A per-layer trend in a word, from the seed mean of fitted last/first ratios, by Figure 3's
+    thresholds: "grows" (> 1.25), "stays about flat" ([0.8, 1.25]), "falls" (< 0.8)."""
+    xs = [v for v in values if usable(v)]
+    if not xs:
+        return "has no number", None
+    mean = sum(xs) / len(xs)
+    return ("grows" if mean > 1.25 else "stays about flat" if mean >= 0.8 else "falls"), mean
+
+
+def _encdec_findings(ratio: dict[str, list[float | None]], verdicts: dict[str, str], depth: int) -> list[str]:
+    """Where decoder-only and encoder-decoder differ, composed from the fitted ratios and verdicts:
+    `ratio` and `verdicts` are keyed "post/decoder-only", "post/enc-dec decoder stack", ..."""
+    out = []
+    places = ("decoder-only", "enc-dec decoder stack", "enc-dec encoder stack")
+    for norm in ("post", "pre"):
+        name = {"post": "Post-LN", "pre": "Pre-LN"}[norm]
+        shapes = {place: _shape(ratio[f"{norm}/{place}"]) for place in places}
+        words = {w for w, _ in shapes.values()}
+        listed = "; ".join(f"{place} {word} ({num(mean)})" for place, (word, mean) in shapes.items())
+        if len(words) == 1:
+            out.append(f"{name}, L = {depth}: decoder-only and encoder-decoder agree — ∇W_FC2 "
+                       f"{next(iter(words))} with the layer index (seed-mean fitted last/first: {listed}).")
+        else:
+            out.append(f"{name}, L = {depth}: decoder-only and encoder-decoder differ — {listed} "
+                       "(fitted last/first, seed mean; grows > 1.25, flat in [0.8, 1.25], falls < 0.8).")
+        differing = [place for place in places[1:]
+                     if verdicts[f"{norm}/{place}"] != verdicts[f"{norm}/decoder-only"]]
+        if differing:
+            out.append(f"{name}'s Figure 3 verdict at L = {depth} is {verdicts[f'{norm}/decoder-only']} "
+                       "decoder-only but " + " and ".join(f"{verdicts[f'{norm}/{p}']} in the {p}"
+                                                          for p in differing) + ".")
+    return out
 
 
 def init_analyse(ctx: Context) -> Analysis:
@@ -149,13 +190,23 @@ def init_analyse(ctx: Context) -> Analysis:
                 grad[norm, n, seed] = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
                 act[norm, n, seed] = layer_profile(run.probes, "act", "resid", 0) if run else []
 
+    f3 = scale.figure3_depth
+    encdec: dict[tuple[str, str, int], list[float]] = {}
+    for norm in ("post", "pre"):
+        for seed in seeds:
+            run = ctx.run("init", seed, {"model.norm": norm}, ENCDEC, _depth(f3))
+            for stack in ("dec", "enc"):
+                p = layer_profile(run.probes, "grad", f"{stack}.ffn.fc2", 0) if run else []
+                encdec[norm, stack, seed] = p if len(p) == f3 else []
+    ed_ratio = {(norm, stack): [trend_ratio(encdec[norm, stack, s]) for s in seeds]
+                for norm in ("post", "pre") for stack in ("dec", "enc")}
+
     def last(norm: str, n: int, seed: int) -> float | None:
         profile = grad[norm, n, seed]
         return profile[-1] if len(profile) == n else None
 
     exponent = {norm: [power_exponent(depths, [last(norm, n, s) for n in depths]) for s in seeds]
                 for norm in ("post", "pre")}
-    f3 = scale.figure3_depth
     ratio = {(norm, n): [trend_ratio(grad[norm, n, s]) for s in seeds]
              for norm in ("post", "pre") for n in {f3, deepest_l}}
 
@@ -179,6 +230,14 @@ def init_analyse(ctx: Context) -> Analysis:
                   quantity_r.format(n), above(1.25, "ratio "), ratio["post", n], seeds),
             check(f"Figure 3: Pre-LN's stays about the same across layers (L = {n})", quantity_r.format(n),
                   within(0.8, 1.25, "ratio "), ratio["pre", n], seeds))),
+        *(v for stack, label in (("dec", "decoder stack"), ("enc", "encoder stack")) for v in (
+            check(f"Figure 3, encoder-decoder {label}: Post-LN's ∇W_FC2 at initialisation grows with the "
+                  f"layer index (L = {f3} per stack)",
+                  quantity_r.format(f3) + f" per stack, `{stack}.ffn.fc2`", above(1.25, "ratio "),
+                  ed_ratio["post", stack], seeds),
+            check(f"Figure 3, encoder-decoder {label}: Pre-LN's stays about the same across layers "
+                  f"(L = {f3} per stack)", quantity_r.format(f3) + f" per stack, `{stack}.ffn.fc2`",
+                  within(0.8, 1.25, "ratio "), ed_ratio["pre", stack], seeds))),
         check("Lemma: Pre-LN's residual stream grows linearly with depth, (1 + L/2) ≤ E‖x_L‖²/E‖x_0‖² ≤ "
               "(1 + 3L/2)", quantity_g, within(low, high, "ratio "), lemma["pre"], seeds),
         check("Lemma: Post-LN's stays constant (each LayerNorm resets it)", quantity_g,
@@ -199,6 +258,11 @@ def init_analyse(ctx: Context) -> Analysis:
         f"Lemma thresholds: the paper's bounds for L = {deepest_l} layers, [{low:g}, {high:g}]; for "
         "Post-LN, constant means within [0.8, 1.25]. The residual stream is the `act` probe (RMS of "
         "the input of each layer and the output of the last).",
+        f"Encoder-decoder rows (the paper's Figure 3 setting): `model.arch: encoder_decoder` with L = {f3} "
+        "layers in each stack, on the synthetic translation task (`data.source: seq2seq`, `data.task: "
+        f"translate`, {ENCDEC['data.vocab_size']} symbols; nothing downloaded), otherwise the decoder-only "
+        "cells' model, batch and seeds. The encoder stack's profile is `enc.ffn.fc2`, the decoder's "
+        "`dec.ffn.fc2` (each layer's index within its stack), with the same Figure 3 thresholds.",
     ]
 
     def profiles(plt: Any):
@@ -252,6 +316,43 @@ def init_analyse(ctx: Context) -> Analysis:
         fig.tight_layout()
         return fig
 
+    stacks = (("decoder-only", lambda norm, seed: grad[norm, f3, seed] if len(grad[norm, f3, seed]) == f3
+                                                    else [], "ffn.fc2"),
+              ("enc-dec decoder stack", lambda norm, seed: encdec[norm, "dec", seed], "dec.ffn.fc2"),
+              ("enc-dec encoder stack", lambda norm, seed: encdec[norm, "enc", seed], "enc.ffn.fc2"))
+
+    def encdec_plot(plt: Any):
+        fig, axes = plt.subplots(1, len(stacks), figsize=(4.4 * len(stacks), 3.7), squeeze=False, sharey=True)
+        for ax, (title, get, role) in zip(axes[0], stacks):
+            for i, norm in enumerate(("post", "pre")):
+                fitted = [trend_ratio(get(norm, s)) for s in seeds]
+                for k, seed in enumerate(seeds):
+                    p = get(norm, seed)
+                    if p:
+                        label = f"{norm}-LN (fitted last/first {mean_pm(fitted)})"
+                        ax.plot(range(1, len(p) + 1), p, color=f"C{i}", alpha=0.8, marker=".",
+                                label=label if k == 0 else None)
+            ax.set_yscale("log")
+            ax.set_title(f"{title}, L = {f3}\n{role}", fontsize=10)
+            ax.set_xlabel("layer (within its stack)")
+            ax.set_xticks(range(1, f3 + 1))
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("‖∇W_FC2‖ at initialisation")
+        fig.tight_layout()
+        return fig
+
+    by_claim = {v.claim: v.verdict for v in verdicts}
+    f3_verdicts = {}
+    for norm, head in (("post", "Post-LN's ∇W_FC2 at initialisation grows with the layer index"),
+                       ("pre", "Pre-LN's stays about the same across layers")):
+        f3_verdicts[f"{norm}/decoder-only"] = by_claim[f"Figure 3: {head} (L = {f3})"]
+        for label in ("decoder stack", "encoder stack"):
+            f3_verdicts[f"{norm}/enc-dec {label}"] = by_claim[
+                f"Figure 3, encoder-decoder {label}: {head} (L = {f3} per stack)"]
+    findings = _encdec_findings(
+        {f"{norm}/{title}": [trend_ratio(get(norm, s)) for s in seeds] for norm in ("post", "pre")
+         for title, get, _ in stacks}, f3_verdicts, f3)
+
     rows = []
     for norm in ("post", "pre"):
         for n in _init_depths(scale):
@@ -259,15 +360,24 @@ def init_analyse(ctx: Context) -> Analysis:
             raw = [grad[norm, n, s][-1] / grad[norm, n, s][0] if grad[norm, n, s] else None for s in seeds]
             fitted = [trend_ratio(grad[norm, n, s]) for s in seeds]
             rows.append([f"{norm}-LN", n, mean_pm(lasts), mean_pm(raw), mean_pm(fitted)])
+        for stack, label in (("dec", "decoder stack"), ("enc", "encoder stack")):
+            ps = [encdec[norm, stack, s] for s in seeds]
+            rows.append([f"{norm}-LN, enc-dec {label} (`{stack}.ffn.fc2`)", f"{f3} + {f3}",
+                         mean_pm([p[-1] if p else None for p in ps]),
+                         mean_pm([p[-1] / p[0] if p and p[0] > 0 else None for p in ps]),
+                         mean_pm([trend_ratio(p) for p in ps])])
     table = md_table(["layout", "L", "last layer ‖∇W_FC2‖", "raw last/first", "fitted last/first"], rows)
     return Analysis(verdicts, definitions, [
         Figure("grad_by_layer.png", "Figure 3 analogue: ‖∇W_FC2‖ by layer at initialisation, one line "
                "per seed", profiles),
+        Figure("grad_by_layer_encdec.png", f"Figure 3, decoder-only against encoder-decoder (the paper's "
+               f"setting): ‖∇W_FC2‖ by layer at initialisation, L = {f3} (per stack), one line per seed",
+               encdec_plot),
         Figure("grad_vs_depth.png", "Theorem 1: the last layer's ‖∇W_FC2‖ against depth (log-log), with "
                "the fitted exponent b per seed", depth_plot),
         Figure("residual_growth.png", f"Lemma: residual-stream RMS² by layer at initialisation, L = "
                f"{deepest_l}, against the paper's bounds", lemma_plot),
-    ], [table])
+    ], [table], findings=findings)
 
 
 # --- xiong2020-warmup ------------------------------------------------------------------------------
@@ -554,6 +664,239 @@ def map_analyse(ctx: Context) -> Analysis:
     ], [table])
 
 
+# --- layouts ---------------------------------------------------------------------------------------
+
+LAYOUT_NAMES = ("post", "pre", "sandwich", "deepnorm", "admin")
+LAYOUT_LABELS = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
+                 "admin": "Admin (closed form)"}
+
+
+def _norm(name: str) -> dict[str, Any]:
+    return {"model.norm": name}
+
+
+def layouts_specs(scale: Scale) -> list[Spec]:
+    n = scale.layout_depth
+    return [Spec.of("init", seed, _norm(name), _depth(n)) for name in LAYOUT_NAMES
+            for seed in range(scale.init_seeds)] + \
+        [Spec.of("train", seed, _norm(name), _depth(n), _lr(lr)) for name in LAYOUT_NAMES
+         for lr in scale.map_lrs for seed in range(scale.layout_seeds)]
+
+
+def _lr_text(index: int | None, lrs: Sequence[float]) -> str:
+    return "–" if index is None else ("none" if index < 0 else f"{lrs[index]:g}")
+
+
+def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float],
+                      growth: dict[str, list[float | None]], ratio: dict[str, list[float | None]],
+                      depth: int) -> list[str]:
+    """Sentences composed from the measured numbers: the layouts ranked by their largest converging
+    lr, which keep the residual stream normalised at initialisation, and their gradient profiles."""
+    out = []
+
+    def mean(values: Sequence[float | None]) -> float | None:
+        xs = [v for v in values if usable(v)]
+        return sum(xs) / len(xs) if xs else None
+
+    ranked = sorted((name for name in lr_index if mean(lr_index[name]) is not None),
+                    key=lambda name: -mean(lr_index[name]))
+    if ranked:
+        parts = [f"{LAYOUT_LABELS[name]} {', '.join(_lr_text(i, lrs) for i in lr_index[name])}"
+                 for name in ranked]
+        top = mean(lr_index[ranked[0]])
+        best = [LAYOUT_LABELS[name] for name in ranked if mean(lr_index[name]) == top]
+        sentence = (f"Largest learning rate that converges without warm-up at L = {depth} (per seed), from "
+                    f"the most tolerant layout down: {'; '.join(parts)}. {' and '.join(best)} "
+                    f"tolerate{'s' if len(best) == 1 else ''} the largest (seed mean).")
+        if "post" in ranked:
+            post = mean(lr_index["post"])
+            for word, test in (("Above", lambda m: m > post), ("The same as", lambda m: m == post),
+                               ("Below", lambda m: m < post)):
+                names = [LAYOUT_LABELS[name] for name in ranked
+                         if name != "post" and test(mean(lr_index[name]))]
+                if names:
+                    sentence += f" {word} Post-LN's: {', '.join(names)}."
+        out.append(sentence)
+    flat = [n for n in growth if mean(growth[n]) is not None and 0.8 <= mean(growth[n]) <= 1.25]
+    grows = [n for n in growth if mean(growth[n]) is not None and mean(growth[n]) > 1.25]
+    if flat or grows:
+        listed = ", ".join(f"{LAYOUT_LABELS[n]} {num(mean(growth[n]))}" for n in growth
+                           if mean(growth[n]) is not None)
+        out.append(f"Residual stream at initialisation (RMS² leaving layer {depth} / entering layer 1, seed "
+                   f"mean): {listed}. "
+                   + (f"{', '.join(LAYOUT_LABELS[n] for n in flat)} keep it normalised (in [0.8, 1.25])"
+                      if flat else "No layout keeps it in [0.8, 1.25]")
+                   + (f"; {', '.join(LAYOUT_LABELS[n] for n in grows)} let it grow (> 1.25)." if grows
+                      else "."))
+    shapes = {n: _shape(ratio[n]) for n in ratio}
+    if any(m is not None for _, m in shapes.values()):
+        out.append(f"‖∇W_FC2‖ by layer at initialisation (fitted last/first, seed mean, L = {depth}): "
+                   + "; ".join(f"{LAYOUT_LABELS[n]} {w} ({num(m)})" for n, (w, m) in shapes.items()) + ".")
+    return out
+
+
+def layouts_analyse(ctx: Context) -> Analysis:
+    scale, n = ctx.scale, ctx.scale.layout_depth
+    init_seeds, seeds, lrs = ctx.seeds("init"), list(range(scale.layout_seeds)), list(scale.map_lrs)
+    grad: dict[tuple[str, int], list[float]] = {}
+    act: dict[tuple[str, int], list[float]] = {}
+    for name in LAYOUT_NAMES:
+        for s in init_seeds:
+            run = ctx.run("init", s, _norm(name), _depth(n))
+            g = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
+            a = layer_profile(run.probes, "act", "resid", 0) if run else []
+            grad[name, s] = g if len(g) == n else []
+            act[name, s] = a if len(a) == n + 1 and a[0] > 0 else []
+    ratio = {name: [trend_ratio(grad[name, s]) for s in init_seeds] for name in LAYOUT_NAMES}
+    growth = {name: [(act[name, s][-1] / act[name, s][0]) ** 2 if act[name, s] else None for s in init_seeds]
+              for name in LAYOUT_NAMES}
+    runs = {(name, lr, s): ctx.run("train", s, _norm(name), _depth(n), _lr(lr))
+            for name in LAYOUT_NAMES for lr in lrs for s in seeds}
+    conv = {k: ctx.converged(r) for k, r in runs.items()}
+    index = {name: [largest_index([conv[name, lr, s] for lr in lrs]) for s in seeds] for name in LAYOUT_NAMES}
+
+    def steps(a: str, b: str) -> list[float | None]:
+        return [difference(x, y) for x, y in zip(index[a], index[b])]
+
+    quantity_g = (f"RMS² of the residual stream leaving layer {n} / entering layer 1 at initialisation, "
+                  f"L = {n}")
+    quantity_lr = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = " + str(n)
+    verdicts = [
+        check("DeepNorm keeps Post-LN's normalised residual stream at initialisation", quantity_g,
+              within(0.8, 1.25, "ratio "), growth["deepnorm"], init_seeds),
+        check("Admin keeps Post-LN's normalised residual stream at initialisation", quantity_g,
+              within(0.8, 1.25, "ratio "), growth["admin"], init_seeds),
+        check("Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation", quantity_g,
+              above(1.25, "ratio "), growth["sandwich"], init_seeds),
+        check("(control) Post-LN without warm-up fails at some learning rate of the grid",
+              f"grid steps from Post-LN's largest converging lr to the grid's largest ({lrs[-1]:g}), L = {n}",
+              above(0), [None if i is None else float(len(lrs) - 1 - i) for i in index["post"]], seeds),
+        check("(reference) Pre-LN trains without warm-up at a learning rate where Post-LN fails",
+              quantity_lr.format(a="Pre-LN", b="Post-LN"), above(0), steps("pre", "post"), seeds),
+        check("DeepNorm keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
+              quantity_lr.format(a="DeepNorm", b="Post-LN"), above(0), steps("deepnorm", "post"), seeds),
+        check("Admin keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
+              quantity_lr.format(a="Admin", b="Post-LN"), above(0), steps("admin", "post"), seeds),
+        check("Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
+              quantity_lr.format(a="Sandwich-LN", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
+              steps("sandwich", "pre"), seeds),
+    ]
+    ratio_step = lrs[1] / lrs[0] if len(lrs) > 1 else 1
+    train_cfg, init_cfg = (cell_config(scale, Spec(family, (), 0)) for family in ("train", "init"))
+    definitions = [
+        _converge_definition(ctx, seeds),
+        "**largest converging lr**: the largest learning rate of the stability map's grid "
+        + ", ".join(f"{lr:g}" for lr in lrs) + f" (one grid step = ×{ratio_step:.3g}) at which the run "
+        "converges; \"none\" (one step below the grid) if none does. Per layout and seed.",
+        "Layouts (`model.norm`): post = LN(x + F(x)); pre = x + F(LN(x)) and a final LN; sandwich = "
+        "x + LN(F(LN(x))) and a final LN; deepnorm = LN(α·x + F(x)), α = (2L)^¼, with v, out, fc1, fc2 "
+        "initialised × (8L)^−¼; admin = LN(ω·x + F(x)), ω trainable, initialised to the closed form "
+        "√((N+1)/ln(N+1) − 1), N = 2L. Xavier init for all.",
+        f"Training cells: L = {n}, Adam β = ({train_cfg.optim.betas[0]:g}, {train_cfg.optim.betas[1]:g}), "
+        f"no warm-up, {train_cfg.train.steps} steps, linear decay, seeds {', '.join(map(str, seeds))} (the "
+        "stability map's Post-LN and Pre-LN cells at this depth are the same runs). Initialisation cells: "
+        f"one-step runs of the xiong2020-init suite's model (d_model {init_cfg.model.d_model}), "
+        f"L = {n}, seeds {', '.join(map(str, init_seeds))}.",
+        "Thresholds: \"normalised\" is an RMS² ratio in [0.8, 1.25]; \"grows\" above 1.25; \"trains "
+        "at a learning rate where Post-LN fails\" is a largest converging lr more than 0 grid steps above "
+        "Post-LN's, for that seed; \"like Pre-LN\" is at least Pre-LN's (≥ 0 grid steps). The control "
+        "row checks that Post-LN fails somewhere on the grid, without which the lr rows cannot pass.",
+        "The init gradient profile (‖∇W_FC2‖ by layer; fitted last/first as in xiong2020-init) is shown "
+        "and described from the numbers, but no claim is tested on it. The DeepNorm and Admin "
+        "initialisation rows check the wiring more than a finding: each of their blocks ends in a "
+        "LayerNorm (γ = 1, β = 0 at initialisation), so the stream leaving the last block has RMS 1 and "
+        "their ratio equals Post-LN's, 1/RMS² of the embedding, whatever α or ω.",
+    ]
+
+    def lr_plot(plt: Any):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+        ax = axes[0]
+        for i, name in enumerate(LAYOUT_NAMES):
+            for k, s in enumerate(seeds):
+                y = index[name][k]
+                if y is not None:
+                    ax.plot(i + (k - (len(seeds) - 1) / 2) * 0.12, y, "o", color=f"C{i}", markersize=8,
+                            alpha=0.85, label=f"seed {s}" if i == 0 else None,
+                            markerfacecolor=f"C{i}" if k == 0 else "none")
+        ax.set_xticks(range(len(LAYOUT_NAMES)), [LAYOUT_LABELS[name] for name in LAYOUT_NAMES],
+                      rotation=20)
+        ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
+        ax.set_ylim(-1.5, len(lrs) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("largest lr that converges")
+        ax.set_title(f"no warm-up, L = {n}" + (f" (filled: seed {seeds[0]}, open: others)"
+                                                 if len(seeds) > 1 else f", seed {seeds[0]}"), fontsize=10)
+        ax = axes[1]
+        baseline = sum(ctx.baseline(s) for s in seeds) / len(seeds)
+        threshold = sum(ctx.threshold(s) for s in seeds) / len(seeds)
+        top = baseline + 0.5
+        for i, name in enumerate(LAYOUT_NAMES):
+            ys = []
+            for lr in lrs:
+                losses = [final_loss(runs[name, lr, s]) for s in seeds]
+                finite = [v for v in losses if v is not None and math.isfinite(v)]
+                ys.append(sum(finite) / len(finite) if finite
+                          else (top if any(v is not None for v in losses) else None))
+            shown = [(lr, y) for lr, y in zip(lrs, ys) if y is not None]
+            if shown:
+                ax.plot(*zip(*shown), marker="o", color=f"C{i}", label=LAYOUT_LABELS[name])
+        ax.axhline(baseline, color="grey", linestyle="--", linewidth=0.8,
+                   label="unigram baseline (seed mean)")
+        ax.axhline(threshold, color="grey", linestyle=":", linewidth=0.8,
+                   label="converges below (seed mean)")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("final val loss, seed mean (diverged: top)")
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        return fig
+
+    def init_plot(plt: Any):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+        for i, name in enumerate(LAYOUT_NAMES):
+            for k, s in enumerate(init_seeds):
+                g, a = grad[name, s], act[name, s]
+                label = LAYOUT_LABELS[name] if k == 0 else None
+                if g:
+                    axes[0].plot(range(1, len(g) + 1), g, color=f"C{i}", marker=".", alpha=0.8, label=label)
+                if a:
+                    axes[1].plot(range(len(a)), [(v / a[0]) ** 2 for v in a], color=f"C{i}", marker=".",
+                                 alpha=0.8, label=label)
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("layer")
+        axes[0].set_xticks(range(1, n + 1))
+        axes[0].set_ylabel("‖∇W_FC2‖ at initialisation")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=len(LAYOUT_NAMES), fontsize=8,
+                   bbox_to_anchor=(0.5, 1.07))
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("layer boundary l")
+        axes[1].set_xticks(range(n + 1))
+        axes[1].set_ylabel("residual-stream RMS² / RMS² of the input")
+        axes[1].axhspan(0.8, 1.25, color="grey", alpha=0.15, label="normalised: [0.8, 1.25]")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    rows = [[LAYOUT_LABELS[name], mean_pm(ratio[name]), mean_pm(growth[name]),
+             ", ".join(_lr_text(i, lrs) for i in index[name]),
+             " ".join(f"{lr:g}: {mean_pm([final_loss(runs[name, lr, s]) for s in seeds])}" for lr in lrs)]
+            for name in LAYOUT_NAMES]
+    table = md_table(["layout", "init: fitted last/first ‖∇W_FC2‖", "init: RMS² growth",
+                      "largest converging lr (per seed)", "final val loss by lr"], rows)
+    return Analysis(verdicts, definitions, [
+        Figure("largest_lr.png", f"Left: the largest learning rate that converges without warm-up, "
+               f"L = {n}, per layout and seed. Right: final validation loss against learning rate (seed "
+               "mean)", lr_plot),
+        Figure("init_profiles.png", f"At initialisation, L = {n}: ‖∇W_FC2‖ by layer (left) and the residual "
+               "stream's RMS² relative to the input (right), one line per seed. In the right panel Post-LN, "
+               "DeepNorm and Admin coincide: every block ends in a LayerNorm, so the stream leaving it has "
+               "RMS 1 at initialisation whatever the skip scale", init_plot),
+    ], [table], findings=_layouts_findings(index, lrs, growth, ratio, n))
+
+
 # --- gpt2-scaling ----------------------------------------------------------------------------------
 
 def _gpt2(scaled: bool) -> dict[str, Any]:
@@ -655,6 +998,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("gpt2-scaling", "GPT-2's 1/√N residual scaling and the residual stream's growth",
           "Radford et al. 2019 (GPT-2), Language Models are Unsupervised Multitask Learners", gpt2_specs,
           gpt2_analyse),
+    Suite("layouts", "Five layouts at one depth: the residual stream at initialisation and the largest "
+          "learning rate that trains without warm-up",
+          "Post-LN (Vaswani et al. 2017), Pre-LN (Xiong et al. 2020), Sandwich-LN (Ding et al. 2021), "
+          "DeepNorm (Wang et al. 2022), Admin (Liu et al. 2020)", layouts_specs, layouts_analyse),
 )}
 
 
