@@ -1,10 +1,14 @@
 """bench_train: what lnexp's measurement costs, measured side by side in one process.
 
-Tokens/s of lnexp's real training loop (`lnexp.train.train`, run folder and all) with the default
-probes (grad, act) every step, every 10 steps and off, with the opt-in `update` and `adam` added,
-and of a minimal loop over the same model, data and optimiser with
-none of lnexp's machinery. Variants are interleaved and repeated; medians are compared, because
-this machine is noisy. Targets: every-10 >= 0.98x off, every-step >= 0.95x off, off >= 0.98x minimal.
+1. Whole-loop speed ratios. lnexp's real training loop (`lnexp.train.train`, run folder and all)
+   with the default probes (grad, act) every step, every 10 steps and off, and a minimal loop over
+   the same model, data and optimiser with none of lnexp's machinery. Each runs in its own thread;
+   they take turns every SEGMENT steps (one at a time, so they never compete), and every segment of
+   a variant is compared with the "probes off" segments run just before and after it. Targets:
+   every-10 >= 0.98x off, every-step >= 0.95x off, off >= 0.98x minimal.
+2. A torch.profiler profile of lnexp's loop with every probe on: the time inside each probe's
+   `probe:<kind>` label per logging step, against the step itself. It resolves costs far below
+   the whole-loop noise of a shared 2-core VM.
 
     python benchmarks/bench_train.py                       # CPU shape, 2 cores
     python benchmarks/bench_train.py --shape gpt2-small    # on a GPU: bf16, compile
@@ -13,8 +17,11 @@ this machine is noisy. Targets: every-10 >= 0.98x off, every-step >= 0.95x off, 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,16 +45,19 @@ SHAPES: dict[str, dict[str, Any]] = {
                              "compile": True}},
 }
 TARGETS = {"probes every 10 / off": 0.98, "probes every step / off": 0.95, "probes off / minimal": 0.98}
-
-
+BASELINE = "probes off"  # every other variant is timed between two segments of it
+RATIOS = {"probes every 10 / off": ("probes every 10", "probes off"),  # label: (numerator, denominator)
+          "probes every step / off": ("probes every step", "probes off"),
+          "probes off / minimal": ("probes off", "minimal")}
 DEFAULT_PROBES = ["grad", "act"]
 VARIANTS: dict[str, tuple[int, list[str]] | None] = {  # (log.grad_every, log.probes); None: minimal loop
     "minimal": None,
     "probes off": (1, []),
     "probes every 10": (10, DEFAULT_PROBES),
     "probes every step": (1, DEFAULT_PROBES),
-    "+update+adam every 10": (10, [*DEFAULT_PROBES, "update", "adam"]),  # the opt-in probes' cost
 }
+CLOCK = "device" if torch.cuda.is_available() else "CPU"  # what the profile's labels are timed by
+SEGMENT = 10  # steps between hand-overs: lnexp's flush interval (log.loss_every) and grad_every 10
 
 
 def make_config(shape: str, steps: int, probes: tuple[int, list[str]] | None, run_dir: str, name: str
@@ -55,21 +65,18 @@ def make_config(shape: str, steps: int, probes: tuple[int, list[str]] | None, ru
     raw = {section: dict(values) for section, values in SHAPES[shape].items()}
     raw["train"].update(steps=steps, eval_every=10**9, eval_batches=1)
     grad_every, kinds = probes or (1, [])
-    raw["log"] = {"grad_every": grad_every, "probes": kinds, "loss_every": 10}
+    raw["log"] = {"grad_every": grad_every, "probes": kinds, "loss_every": SEGMENT}
     raw["run"] = {"dir": run_dir, "name": name}
     return validate(raw, source="bench")
 
 
-def lnexp_speed(config: Config, warmup: int) -> float:
-    """Steady-state tokens/s of the real loop: between the flush at `warmup` steps and the last one."""
-    marks: list[tuple[int, float]] = []
-    train(config, "bench", ["bench"], progress=lambda done, total, row: marks.append(
-        (done, time.perf_counter())))
-    (d0, t0), (d1, t1) = next(m for m in marks if m[0] >= warmup), marks[-1]
-    return (d1 - d0) * config.train.batch_size * config.train.seq_len / (t1 - t0)
+
+def lnexp_loop(config: Config, segment_done: Callable[[], None]) -> None:
+    """lnexp's real loop, run folder and all; it hands over at each flush."""
+    train(config, "bench", ["bench"], progress=lambda done, total, row: segment_done())
 
 
-def minimal_speed(config: Config, warmup: int) -> float:
+def minimal_loop(config: Config, segment_done: Callable[[], None]) -> None:
     """The same model, data and optimiser in the shortest loop that trains it."""
     t = config.train
     device = torch.device(t.device)
@@ -81,9 +88,6 @@ def minimal_speed(config: Config, warmup: int) -> float:
     generator = torch.Generator().manual_seed(t.seed)
     bf16 = t.precision == "bf16"
     for step in range(t.steps):
-        if step == warmup:
-            sync(device)
-            start = time.perf_counter()
         x, y = (b.to(device, non_blocking=True)
                 for b in data.batch("train", t.batch_size, t.seq_len, generator))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -91,116 +95,183 @@ def minimal_speed(config: Config, warmup: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    loss.item()  # the loop's one read of the loss, and the wait for the device
-    return (t.steps - warmup) * t.batch_size * t.seq_len / (time.perf_counter() - start)
+        if (step + 1) % SEGMENT == 0:
+            loss.item()  # the loop's loss read for a log line, and the wait for the device
+            segment_done()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Interleaved:
+    """Runs each variant's whole loop in its own thread, one thread at a time, handing over every
+    SEGMENT steps, so every variant samples the machine's fast and slow moments alike. Only the
+    running thread does work (the others wait on a semaphore), so the variants never compete."""
+
+    def __init__(self, loops: dict[str, Callable[[Callable[[], None]], None]]) -> None:
+        self.turn = {name: threading.Semaphore(0) for name in loops}
+        self.back = threading.Semaphore(0)
+        self.log: list[tuple[str, float]] = []  # (variant, seconds) per segment, in the order run
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, args=(name, loop), daemon=True)
+                        for name, loop in loops.items()]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, name: str, loop: Callable[[Callable[[], None]], None]) -> None:
+        self.turn[name].acquire()
+        began = time.perf_counter()
+
+        def segment_done() -> None:
+            nonlocal began
+            self.log.append((name, time.perf_counter() - began))
+            self.back.release()
+            self.turn[name].acquire()
+            began = time.perf_counter()
+
+        try:
+            loop(segment_done)
+        except BaseException as exc:  # re-raised by the scheduler, in the main thread
+            self.errors.append(exc)
+        self.back.release()
+
+    def give_turn(self, name: str) -> None:
+        self.turn[name].release()
+        self.back.acquire()
+        if self.errors:
+            raise self.errors[0]
+
+    def finish(self) -> None:
+        for thread, name in zip(self.threads, self.turn):
+            self.give_turn(name)
+            thread.join()
 
 
-def measure(shape: str, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
-    speeds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+def measure(shape: str, rounds: int, warmup: int) -> dict[str, Any]:
+    """Each round runs, for every other variant X, a segment of "probes off" and then one of X (the
+    order of the X rotating each round), so every segment of X sits between two of "probes off".
+    Its ratio is taken against the mean of those two neighbours, which cancels the machine's drift;
+    the median over rounds is reported with a distribution-free 95% interval."""
+    others = [name for name in VARIANTS if name != BASELINE]
+    schedule = []
+    for r in range(warmup + rounds):
+        for name in others[r % len(others):] + others[: r % len(others)]:
+            schedule += [BASELINE, name]
+    schedule.append(BASELINE)
     with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(repeats):
-            names = list(VARIANTS)
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:  # rotate the order: no variant always first
-                run_name = f"{name}-{rep}".replace(" ", "-").replace("+", "")
-                config = make_config(shape, warmup + steps, VARIANTS[name], tmp, run_name)
-                measure_one = minimal_speed if name == "minimal" else lnexp_speed
-                speeds[name].append(measure_one(config, warmup))
-    median = {name: statistics.median(values) for name, values in speeds.items()}
-    ratios = {"probes every 10 / off": median["probes every 10"] / median["probes off"],
-              "probes every step / off": median["probes every step"] / median["probes off"],
-              "probes off / minimal": median["probes off"] / median["minimal"],
-              "+update+adam every 10 / off": median["+update+adam every 10"] / median["probes off"]}
-    return {"shape": shape, "steps": steps, "warmup": warmup, "repeats": repeats,
-            "threads": torch.get_num_threads(), "tokens_per_s": median, "all": speeds, "ratios": ratios}
+        loops = {}
+        for name, probes in VARIANTS.items():
+            steps = schedule.count(name) * SEGMENT
+            config = make_config(shape, steps, probes, tmp, name.replace(" ", "-").replace("+", ""))
+            loops[name] = functools.partial(minimal_loop if probes is None else lnexp_loop, config)
+        runner = Interleaved(loops)
+        for name in schedule:
+            runner.give_turn(name)
+        runner.finish()
+    timed = runner.log[2 * len(others) * warmup:]  # (name, seconds) in the order they ran
+    relative: dict[str, list[float]] = {name: [] for name in others}  # X's speed / its neighbours'
+    for i in range(1, len(timed) - 1, 2):
+        name, seconds = timed[i]
+        relative[name].append((timed[i - 1][1] + timed[i + 1][1]) / 2 / seconds)
+    tokens = SEGMENT * config.train.batch_size * config.train.seq_len
+    speed = {name: tokens / statistics.median(s for n, s in timed if n == name) for name in VARIANTS}
+    ratios = {}
+    for label, (num, den) in RATIOS.items():
+        values = relative[num] if den == BASELINE else [1 / v for v in relative[den]]
+        ratios[label] = median_interval(values)
+    return {"shape": shape, "rounds": rounds, "warmup": warmup, "threads": torch.get_num_threads(),
+            "tokens_per_s": speed, "ratios": ratios}
 
 
-def probe_costs(shape: str, rounds: int = 20) -> dict[str, float]:
-    """Milliseconds per call of each probe on a logging step, against a training step without
-    probes. The actions are timed round-robin, `rounds` times, and the minimum of each is kept: the
-    machine's speed drifts, so both sides must sample the same fast and slow periods."""
-    from lnexp.train import Trainer
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """The median and a distribution-free ~95% interval for it (order statistics, sign test)."""
+    ordered, n = sorted(values), len(values)
+    k = max(0, int((n - 1.96 * math.sqrt(n)) / 2))
+    return statistics.median(ordered), ordered[k], ordered[n - 1 - k]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = make_config(shape, 10, (1, ["grad", "act", "update", "adam"]), tmp, "costs")
-    trainer = Trainer(config, load_data(config.data), torch.device(config.train.device))
-    probes, model, device = trainer.probes, trainer.model, trainer.device
-    x, y = trainer._batch(0)
 
-    def backward() -> None:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        model(x, y)[1].backward()
+PROFILED = {"probes off": [], "default probes": DEFAULT_PROBES,  # each on every step
+            "every probe": [*DEFAULT_PROBES, "update", "adam", "output_change"]}
 
-    def with_probes(kinds: set[str]) -> Callable[[], None]:
-        def action() -> None:
-            probes.kinds = kinds
-            probes.arm()
-            backward()
-            reading = probes.read(0)
-            probes.after_update(reading)
-            reading.values().tolist()
-        return action
 
-    def step() -> None:
-        probes.kinds = set()
-        trainer.step(1)
+def probe_costs(shape: str, steps: int = 60) -> dict[str, dict[str, float]]:
+    """torch.profiler over lnexp's loop, probes on every step: ms inside each `probe:<kind>` label
+    per step (output change: per call, at one step), inside `lnexp:flush` per flush (the one
+    transfer and the writing of the lines), and the steady-state step itself."""
+    table = {}
+    for name, kinds in PROFILED.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            config = make_config(shape, steps, (1, kinds), tmp, "profile")
+            config.log.output_change_steps = [steps // 2]
+            flushes, profiler = profiled_train(config)
+        calls = {"probe:output_change": 1, "lnexp:flush": len(flushes)}
+        intervals = [b - a for a, b in zip(flushes, flushes[1:])]
+        row = {"step": statistics.median(intervals) * 1e3 / SEGMENT}  # with its probes
+        for event in profiler.key_averages():
+            if event.key.startswith(("probe:", "lnexp:")):
+                clock = event.device_time_total if CLOCK == "device" else event.cpu_time_total
+                row[event.key] = clock / 1e3 / calls.get(event.key, steps)
+        table[name] = row
+    return table
 
-    trainer.step(0)  # Adam's state exists from here on
-    actions = {"training step (no probes)": step, "forward+backward": with_probes(set()),
-               "+ act hooks": with_probes({"act"}), "+ grad norms, read to host": with_probes({"grad"}),
-               "+ update ratio (opt-in)": with_probes({"update"}),
-               "+ adam quantiles (opt-in)": with_probes({"adam"}),
-               "output change (opt-in, at chosen steps)": lambda: probes.output_change(x, 0)}
-    times: dict[str, list[float]] = {name: [] for name in actions}
-    for _ in range(rounds):
-        for name, action in actions.items():
-            sync(device)
-            start = time.perf_counter()
-            action()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    best = {name: min(values) * 1e3 for name, values in times.items()}
-    plain = best["forward+backward"]
-    return {name: value - plain if name.startswith("+") else value for name, value in best.items()}
+
+def profiled_train(config: Config) -> tuple[list[float], torch.profiler.profile]:
+    """lnexp's loop under torch.profiler; returns the time of each flush, and the profile."""
+    flushes: list[float] = []
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if CLOCK == "device":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        train(config, "bench", ["bench"], progress=lambda *_: flushes.append(time.perf_counter()))
+    return flushes, profiler
+
+
+def predicted_ratios(costs: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The default probes' cost from the profile, as the whole-loop ratios it implies: their
+    labelled work plus the writing of their lines (the flush's growth over probes off)."""
+    off, on = costs["probes off"], costs["default probes"]
+    plain = off["step"]
+    per_probed_step = on.get("probe:act", 0) + on.get("probe:grad", 0) + \
+        (on["lnexp:flush"] - off["lnexp:flush"]) / SEGMENT
+    return {"probes every 10 / off": plain / (plain + per_probed_step / SEGMENT),
+            "probes every step / off": plain / (plain + per_probed_step)}
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"shape {result['shape']}, {result['steps']} timed steps after {result['warmup']} warm-up, "
-             f"median of {result['repeats']} interleaved repeats, {result['threads']} threads", "",
-             "| variant | tokens/s (median) | all repeats |", "| --- | --- | --- |"]
-    for name, value in result["tokens_per_s"].items():
-        lines.append(f"| {name} | {value:,.0f} | {', '.join(f'{v:,.0f}' for v in result['all'][name])} |")
-    lines += ["", "| ratio | measured | target | met |", "| --- | --- | --- | --- |"]
-    for name, value in result["ratios"].items():
-        target = TARGETS.get(name)  # the opt-in probes' cost is reported, with no target
-        met = "-" if target is None else "yes" if value >= target else "no"
-        lines.append(f"| {name} | {value:.3f} | {'-' if target is None else f'>= {target}'} | {met} |")
+    lines = [f"shape {result['shape']}, {result['threads']} threads; {result['rounds']} timed rounds after "
+             f"{result['warmup']} warm-up; a segment is {SEGMENT} steps", "",
+             "| variant | tokens/s (median segment) |", "| --- | --- |"]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in result["tokens_per_s"].items()]
+    lines += ["", "| speed ratio (per segment, against its neighbours) | median | 95% interval | target "
+              "| met |", "| --- | --- | --- | --- | --- |"]
+    for name, (median, low, high) in result["ratios"].items():
+        target = TARGETS[name]
+        met = "yes" if low >= target else "no" if high < target else "within noise"
+        lines.append(f"| {name} | {median:.3f} | {low:.3f} - {high:.3f} | >= {target} | {met} |")
+    return "\n".join(lines)
+
+
+def cost_report(costs: dict[str, dict[str, float]]) -> str:
+    labels = sorted({label for row in costs.values() for label in row if label != "step"})
+    lines = [f"torch.profiler over lnexp's loop, probes on every step ({CLOCK} time inside each label, "
+             "ms; a probe's per step, output_change's per call, lnexp:flush per flush of "
+             f"{SEGMENT} steps)", "",
+             "| profiled run | step | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 2) + "|"]
+    for name, row in costs.items():
+        cells = [f"{row[label]:.2f}" if label in row else "-" for label in labels]
+        lines.append(f"| {name} | {row['step']:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "| speed ratio the profile implies | value | target |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {value:.4f} | >= {TARGETS[name]} |"
+              for name, value in predicted_ratios(costs).items()]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=SHAPES, default="cpu")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=20, help="timed segments of each variant")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     args = parser.parse_args()
-    print(report(measure(args.shape, args.steps, args.warmup, args.repeats)))
+    print(report(measure(args.shape, args.rounds, args.warmup)))
     print()
     print(cost_report(probe_costs(args.shape)))
-
-
-def cost_report(costs: dict[str, float]) -> str:
-    step = costs["training step (no probes)"]
-    lines = ["| probe cost per logging step (+: over forward+backward) | ms (min of 20, round-robin) "
-             "| % of a training step |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {ms:.2f} | {100 * ms / step:.1f}% |" for name, ms in costs.items()]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

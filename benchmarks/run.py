@@ -29,7 +29,7 @@ def machine() -> str:
 
 def main() -> None:
     shape = "gpt2-small" if torch.cuda.is_available() else "cpu"
-    train_result = bench_train.report(bench_train.measure(shape, steps=40, warmup=10, repeats=7))
+    train_result = bench_train.report(bench_train.measure(shape, rounds=20, warmup=1))
     train_result += "\n\n" + bench_train.cost_report(bench_train.probe_costs(shape))
     startup_result = bench_startup.report(bench_startup.measure())
     text = f"""# Benchmark results

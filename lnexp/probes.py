@@ -17,7 +17,8 @@ two per-layer probes (their rows are keyed by layer index alone).
 
 Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
 reads every pending reading together with the pending losses in one transfer. Activation hooks exist
-only during a logging step's forward pass, so other steps pay nothing.
+only during a logging step's forward pass, so other steps pay nothing. Each probe's work is labelled
+`probe:<kind>` for torch.profiler (benchmarks/bench_train.py reads its cost from these labels).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 _LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -105,9 +107,11 @@ class Probes:
             return
         self._acts = []
 
+        @record_function("probe:act")
         def enter(_module: nn.Module, args: tuple) -> None:
             self._acts.append(_rms(args[0]))
 
+        @record_function("probe:act")
         def leave(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
             self._acts.append(_rms(output))
 
@@ -121,63 +125,72 @@ class Probes:
         self._hooks = []
         reading = Reading(step)
         if "grad" in self.kinds:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            norms = tensor_norms(grads)
-            reading.total_on_device = torch.linalg.vector_norm(norms)
-            reading.add("grad", [*self.names, (None, "total")],
-                        torch.cat([norms, reading.total_on_device[None]]))
+            with record_function("probe:grad"):
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+                norms = tensor_norms(grads)
+                reading.total_on_device = torch.linalg.vector_norm(norms)
+                reading.add("grad", [*self.names, (None, "total")],
+                            torch.cat([norms, reading.total_on_device[None]]))
         if self._acts:
-            layers = [(layer, "resid") for layer in range(len(self._acts))]
-            reading.add("act", layers, torch.stack(self._acts))
-            self._acts = []
+            with record_function("probe:act"):
+                layers = [(layer, "resid") for layer in range(len(self._acts))]
+                reading.add("act", layers, torch.stack(self._acts))
+                self._acts = []
         if "update" in self.kinds:
-            self._before = [p.detach().clone() for p in self.params]
+            with record_function("probe:update"):
+                self._before = [p.detach().clone() for p in self.params]
         return reading
 
     @torch.no_grad()
     def after_update(self, reading: Reading) -> None:
         """After the optimiser step: update-to-weight ratios and Adam's second-moment quantiles."""
         if self._before:
-            change = tensor_norms(torch._foreach_sub([p.detach() for p in self.params], self._before))
-            reading.add("update", self.names, change / tensor_norms(self._before).clamp_min(1e-30))
-            self._before = []
+            with record_function("probe:update"):
+                change = tensor_norms(torch._foreach_sub([p.detach() for p in self.params], self._before))
+                reading.add("update", self.names, change / tensor_norms(self._before).clamp_min(1e-30))
+                self._before = []
         if "adam" in self.kinds and self.optimizer is not None:
-            names, stats = [], []
-            for name, p in zip(self.names, self.params):
-                v = self.optimizer.state.get(p, {}).get("exp_avg_sq")
-                if v is not None:
-                    names.append(name)
-                    stats.append(torch.quantile(_sample(v), torch.tensor(QUANTILES, device=v.device)))
-            if stats:
-                table = torch.stack(stats)
-                for column, q in enumerate(QUANTILES):
-                    reading.add(f"adam_v_q{round(q * 100)}", names, table[:, column])
+            with record_function("probe:adam"):
+                self._adam_quantiles(reading)
+
+    def _adam_quantiles(self, reading: Reading) -> None:
+        names, stats = [], []
+        for name, p in zip(self.names, self.params):
+            v = self.optimizer.state.get(p, {}).get("exp_avg_sq")
+            if v is not None:
+                names.append(name)
+                stats.append(torch.quantile(_sample(v), torch.tensor(QUANTILES, device=v.device)))
+        if stats:
+            table = torch.stack(stats)
+            for column, q in enumerate(QUANTILES):
+                reading.add(f"adam_v_q{round(q * 100)}", names, table[:, column])
 
     @torch.no_grad()
     def output_change(self, x: torch.Tensor | tuple[torch.Tensor, ...], step: int, eps: float = 1e-2,
                       seed: int = 0) -> Reading:
         """Per layer: relative change of the logits when only that layer's weights are perturbed.
         `x`: the model's input, or the tuple of its inputs (an encoder-decoder's src, tgt_in)."""
-        inputs = x if isinstance(x, tuple) else (x,)
-        was_training = self.model.training
-        self.model.eval()
-        base = self.model(*inputs)[0].float()
-        generator = torch.Generator(device=inputs[0].device).manual_seed(seed)
-        changes = []
-        for block in self.blocks:
-            params = list(block.parameters())
-            signs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device) * 2 - 1
-                     for p in params]
-            saved = [p.clone() for p in params]
-            torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
-            changes.append(torch.linalg.vector_norm(self.model(*inputs)[0].float() - base))
-            for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
-                p.copy_(original)
-        self.model.train(was_training)
-        reading = Reading(step)
-        reading.add("output_change", [(layer, "logits") for layer in range(len(changes))],
-                    torch.stack(changes) / torch.linalg.vector_norm(base))
-        return reading
+        with record_function("probe:output_change"):
+            inputs = x if isinstance(x, tuple) else (x,)
+            was_training = self.model.training
+            self.model.eval()
+            base = self.model(*inputs)[0].float()
+            generator = torch.Generator(device=inputs[0].device).manual_seed(seed)
+            changes = []
+            for block in self.blocks:
+                params = list(block.parameters())
+                signs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device) * 2 - 1
+                         for p in params]
+                saved = [p.clone() for p in params]
+                torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
+                changes.append(torch.linalg.vector_norm(self.model(*inputs)[0].float() - base))
+                for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
+                    p.copy_(original)
+            self.model.train(was_training)
+            reading = Reading(step)
+            reading.add("output_change", [(layer, "logits") for layer in range(len(changes))],
+                        torch.stack(changes) / torch.linalg.vector_norm(base))
+            return reading
 
 
 def radam_rho(step: int, beta2: float) -> float:

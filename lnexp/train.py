@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from lnexp import __version__
 from lnexp.config import Config, ConfigError, dump_yaml, validate
@@ -401,6 +402,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
     began = last_flush = time.perf_counter()
     steps_done = start
 
+    @record_function("lnexp:flush")
     def flush(through: int) -> bool:
         """Read pending losses and readings in one transfer, write their lines; True to stop."""
         nonlocal last_flush, diverged_step

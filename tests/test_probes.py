@@ -133,3 +133,24 @@ def test_radam_rho_follows_the_closed_form():
     assert radam_rho(0, beta2) == pytest.approx(rho_inf - 2 * beta2 / (1 - beta2), rel=1e-9)
     assert radam_rho(0, beta2) < 5 < radam_rho(10, beta2)  # torch's switch to adaptive steps
     assert radam_rho(100_000, beta2) == pytest.approx(rho_inf, rel=1e-6)
+
+
+def test_each_probe_labels_its_work_for_the_profiler():
+    """benchmarks/bench_train.py reads each probe's cost from these labels."""
+    model, _ = setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probes = Probes(model, ["grad", "act", "update", "adam"], optimizer)
+    x = torch.randint(40, (2, 8))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        model(x, x)[1].backward()  # not a logging step: no hooks armed, nothing labelled
+        optimizer.step()
+        probes.arm()
+        model(x, x)[1].backward()
+        reading = probes.read(step=1)
+        optimizer.step()
+        probes.after_update(reading)
+        probes.output_change(x, step=1)
+    calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
+    n_blocks = len(model.blocks)
+    assert calls == {"probe:act": n_blocks + 2, "probe:grad": 1, "probe:update": 2, "probe:adam": 1,
+                     "probe:output_change": 1}
