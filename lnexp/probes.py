@@ -16,8 +16,10 @@ block at a time (its self-attention, cross-attention and FFN). The encoder's lay
 two per-layer probes (their rows are keyed by layer index alone).
 
 Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
-reads every pending reading together with the pending losses in one transfer. Activation hooks exist
-only during a logging step's forward pass, so other steps pay nothing. Each probe's work is labelled
+reads every pending reading together with the pending losses in one transfer. The activation hooks
+record only when armed, for a logging step's forward pass. They are registered once, before the
+model's first call, so torch.compile traces them: whether they are armed is one of its guards, and
+the graph it runs on other steps has no trace of them. Each probe's eager work is labelled
 `probe:<kind>` for torch.profiler (benchmarks/bench_train.py reads its cost from these labels).
 """
 
@@ -94,35 +96,35 @@ class Probes:
         self.params = [p for _, p in named]
         self.blocks = list(model.dec if hasattr(model, "dec") else model.blocks)  # see the docstring
         self._acts: list[torch.Tensor] = []
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._before: list[torch.Tensor] = []
+        self.armed = False
+        if "act" in self.kinds:
+            for block in self.blocks:
+                block.register_forward_pre_hook(self._enter)
+            self.blocks[-1].register_forward_hook(self._leave)
 
     @property
     def enabled(self) -> bool:
         return bool(self.kinds & {"grad", "act", "update", "adam"})
 
     def arm(self) -> None:
-        """Before a logging step's forward pass: hook the residual stream."""
-        if "act" not in self.kinds:
-            return
+        """Before a logging step's forward pass: record the residual stream."""
         self._acts = []
+        self.armed = "act" in self.kinds
 
-        @record_function("probe:act")
-        def enter(_module: nn.Module, args: tuple) -> None:
-            self._acts.append(_rms(args[0]))
+    def _enter(self, _module: nn.Module, args: tuple) -> None:
+        if self.armed:
+            with record_function("probe:act"):
+                self._acts.append(_rms(args[0]))
 
-        @record_function("probe:act")
-        def leave(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-            self._acts.append(_rms(output))
-
-        self._hooks = [block.register_forward_pre_hook(enter) for block in self.blocks]
-        self._hooks.append(self.blocks[-1].register_forward_hook(leave))
+    def _leave(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+        if self.armed:
+            with record_function("probe:act"):
+                self._acts.append(_rms(output))
 
     def read(self, step: int) -> Reading:
         """After backward, before the optimiser step: gradient and activation norms (on the device)."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+        self.armed = False
         reading = Reading(step)
         if "grad" in self.kinds:
             with record_function("probe:grad"):

@@ -113,9 +113,9 @@ class Trainer:
         if config.model.norm == "admin" and config.model.admin_init == "profile":
             # Admin's profiled init, on this rank's step-0 batch; DDP then broadcasts rank 0's ω.
             self.model.admin_profile_(*self._batch(0)[:-1])
-        self.wrapped = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None) \
+        wrapped = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None) \
             if dist.world_size > 1 else self.model
-        self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
+        self.forward = torch.compile(wrapped) if t.compile else wrapped  # traced at its first call
         self.optimizer = build_optimizer(self.model, config, fused=cuda)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.probes = Probes(self.model, config.log.probes, self.optimizer)
@@ -142,12 +142,10 @@ class Trainer:
         clip = self.config.optim.clip_grad_norm
         probing = self.probes.enabled and step % self.config.log.grad_every == 0
         batch = self._batch(step)
-        forward = self.forward
-        if probing and "act" in self.probes.kinds:
+        if probing:
             self.probes.arm()
-            forward = self.wrapped  # a compiled graph would not see hooks added after it was traced
         with self._autocast():
-            _, loss = forward(*batch)
+            _, loss = self.forward(*batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are all-reduced here, so every rank probes the same
         reading = self.probes.read(step) if probing else None

@@ -79,6 +79,23 @@ def test_same_seed_same_numbers(tmp_path, write_config):
     assert strip(a.metrics) == strip(b.metrics) and a.probes == b.probes
 
 
+def test_compiled_model_probes_like_the_eager_one_without_graph_breaks(tmp_path, write_config):
+    """The act hooks are traced into the compiled graph (armed is a guard): logging steps run
+    compiled too, and read what the eager model reads."""
+    torch._dynamo.reset()
+    for name, compiled in (("eager", False), ("compiled", True)):
+        path = write_config(name, train={"steps": 6, "compile": compiled}, log={"grad_every": 2},
+                            run={"name": name})
+        assert train(path).exit_code == 0
+    eager, compiled = (load_run(tmp_path / "runs" / n) for n in ("eager", "compiled"))
+    assert [(r["step"], r["probe"], r["layer"]) for r in compiled.probes] == \
+        [(r["step"], r["probe"], r["layer"]) for r in eager.probes]
+    for a, b in zip(eager.probes, compiled.probes):
+        assert b["value"] == pytest.approx(a["value"], rel=1e-3, abs=1e-6), (a, b)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # armed, not armed
+
+
 def test_existing_run_is_never_overwritten_without_force(tmp_path, write_config):
     path = write_config(run={"name": "r"})
     assert train(path).exit_code == 0
