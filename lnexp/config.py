@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from lnexp.recipes import DEFAULT_RECIPE, LEGACY_NAMES, RECIPES
 
 
 class ConfigError(Exception):
@@ -29,6 +31,8 @@ def _no_bool(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, lt=1.0)]
+# An init recipe's name; a name from an earlier lnexp (`xavier`) still means what it meant then.
+InitName = Annotated[Literal[tuple(RECIPES)], BeforeValidator(lambda v: LEGACY_NAMES.get(v, v))]
 
 
 class Section(BaseModel):
@@ -45,14 +49,25 @@ class ModelConfig(Section):
     norm: Literal["post", "pre", "sandwich", "deepnorm", "admin"] = "post"
     residual_scaling: Literal["none", "gpt2"] = "none"
     norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
-    positional: Literal["learned", "sinusoidal"] = "learned"
-    tie_embeddings: bool = True
+    positional: Literal["learned", "sinusoidal"] = "sinusoidal"  # unset: the init recipe's choice
+    tie_embeddings: bool = False  # unset: the init recipe's choice (fairseq: untied; gpt2: tied)
     bias: bool = True
     max_seq_len: Int = Field(256, ge=1, le=1_000_000)
-    init: Literal["xavier", "gpt2"] = "xavier"
+    init: InitName = DEFAULT_RECIPE
     norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
     admin_init: Literal["closed_form", "profile"] = "closed_form"
     arch: Literal["decoder", "encoder_decoder"] = "decoder"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        """The keys the init recipe decides (tying, positions) take its values unless set."""
+        if isinstance(data, dict):
+            name = data.get("init", DEFAULT_RECIPE)
+            recipe = RECIPES.get(LEGACY_NAMES.get(name, name)) if isinstance(name, str) else None
+            if recipe is not None:
+                return {**data, **{k: v for k, v in recipe.defaults.items() if k not in data}}
+        return data
 
 
 class DataConfig(Section):

@@ -16,7 +16,7 @@ pre and sandwich own `final_norm`. `model.norm_type` makes every norm an `nn.Lay
 `nn.RMSNorm`. The layout is decided once, in `Block.__init__`: the forward pass only tests which of
 the optional pieces exist.
 
-Initialisation on top of `model.init`:
+Initialisation: the recipe `model.init` names (lnexp/recipes.py; fairseq's by default), then:
 - GPT-2 residual scaling multiplies the init of every residual branch's output projection
   (`attn.out`, `ffn.fc2`) by 1/sqrt(N), N = 2 * n_layers.
 - deepnorm multiplies the init of `attn.v`, `attn.out`, `ffn.fc1`, `ffn.fc2` by beta = (8M)^(-1/4)
@@ -44,13 +44,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnexp.config import ModelConfig
+from lnexp.recipes import RECIPES
 
 # The weight matrices that end a residual branch: the ones GPT-2 scales by 1/sqrt(N).
 RESIDUAL_OUTPUTS = ("attn.out.weight", "cross.out.weight", "ffn.fc2.weight")
 # The weight matrices whose init DeepNet scales by beta (q and k keep the plain init).
 DEEPNORM_SCALED = ("attn.v.weight", "attn.out.weight", "cross.v.weight", "cross.out.weight",
                    "ffn.fc1.weight", "ffn.fc2.weight")
-NORMS = (nn.LayerNorm, nn.RMSNorm)
 # The padding id of sequence-to-sequence batches: masked out as a key, ignored as a target.
 PAD = 0
 
@@ -230,13 +230,16 @@ class Embedded(nn.Module):
 
     def _build_embeddings(self, cfg: ModelConfig, vocab_size: int) -> None:
         d = cfg.d_model
-        self.tok_emb = nn.Embedding(vocab_size, d)
+        self.recipe = RECIPES[cfg.init]
+        # fairseq's padding row (PAD exists in encoder-decoder batches only): zero, and never updated
+        pad = PAD if self.recipe.padding_row and cfg.arch == "encoder_decoder" else None
+        self.tok_emb = nn.Embedding(vocab_size, d, padding_idx=pad)
         if cfg.positional == "learned":
             self.pos_emb = nn.Embedding(cfg.max_seq_len, d)
         else:
             self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, d), persistent=False)
-        # fairseq scales Xavier-initialised embeddings (std d^-1/2) by sqrt(d): unit-variance inputs.
-        self.embed_scale = math.sqrt(d) if cfg.init == "xavier" else 1.0
+        # fairseq scales its embeddings (std d^-1/2) by sqrt(d): unit-variance inputs.
+        self.embed_scale = math.sqrt(d) if self.recipe.embed_scale else 1.0
         self.drop = nn.Dropout(cfg.dropout)
 
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -261,9 +264,9 @@ class TransformerLM(Embedded):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Xavier-uniform linears (original Transformer, Xiong et al.) or GPT-2's N(0, 0.02), then
-        the layout's own scaling: GPT-2's 1/sqrt(2 n_layers), DeepNet's beta, Admin's omega."""
-        init_weights(self, self.cfg)
+        """The init recipe `model.init` (lnexp/recipes.py: fairseq's, GPT-2's, ...), then the layout's
+        own scaling: GPT-2's 1/sqrt(2 n_layers), DeepNet's beta, Admin's omega."""
+        self.recipe.init(self, self.cfg.d_model)
         if self.cfg.residual_scaling == "gpt2":
             scale = 1.0 / math.sqrt(2 * self.cfg.n_layers)
             for name, param in self.named_parameters():
@@ -293,7 +296,7 @@ class TransformerLM(Embedded):
 
             omega_i = sqrt(1 + sum_{j < i} Var[f_j])
 
-        where the 1 stands for the embedding, taken as unit-variance (true for `model.init: xavier`,
+        where the 1 stands for the embedding, taken as unit-variance (true for `model.init: fairseq`,
         whose embeddings are N(0, 1/d) scaled by sqrt(d); under `init: gpt2` they are far smaller).
         So omega_0 = 1, and omega_i^2 is the variance a Pre-LN stream would have accumulated before
         sub-layer i. The model's train/eval mode is restored; omega stays a trainable parameter.
@@ -323,24 +326,6 @@ class TransformerLM(Embedded):
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_emb.weight.numel() if non_embedding else n
-
-
-@torch.no_grad()
-def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
-    """`model.init` on every linear, embedding and norm of `model`, in module order."""
-    xavier = cfg.init == "xavier"
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            if xavier:
-                nn.init.xavier_uniform_(module.weight)
-            else:
-                nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=cfg.d_model ** -0.5 if xavier else 0.02)
-        elif isinstance(module, NORMS):
-            module.reset_parameters()
 
 
 @torch.no_grad()
@@ -420,7 +405,7 @@ class EncoderDecoder(Embedded):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        init_weights(self, self.cfg)
+        self.recipe.init(self, self.cfg.d_model)
         n = self.cfg.n_layers
         if self.cfg.residual_scaling == "gpt2":
             scale = {"enc.": 1.0 / math.sqrt(2 * n), "dec.": 1.0 / math.sqrt(3 * n)}

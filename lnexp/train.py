@@ -43,6 +43,7 @@ from lnexp.hardware import (
 )
 from lnexp.model import build_model
 from lnexp.probes import Probes, Reading, radam_rho
+from lnexp.recipes import recipe_meta
 from lnexp.runs import (
     RunError,
     RunWriter,
@@ -252,6 +253,7 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "command": command,
         "config_file": source,
         "seed": config.train.seed,
+        "init_recipe": recipe_meta(config.model.init),
         "versions": {"lnexp": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),

@@ -28,9 +28,11 @@ def _one_thread():
 
 
 def tiny(norm: str = "post", positional: str = "learned", max_seq_len: int = 16) -> TransformerLM:
+    # Tied embeddings make an untrained model's next-token distribution peaked (each token predicts
+    # itself), like a trained model's; an untied one is near-uniform, where beam and greedy are a toss-up.
     torch.manual_seed(0)
     cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, max_seq_len=max_seq_len, norm=norm,
-                      positional=positional)
+                      positional=positional, tie_embeddings=True)
     return TransformerLM(cfg, vocab_size=V).eval()
 
 

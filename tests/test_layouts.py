@@ -162,7 +162,7 @@ def test_admin_profile_follows_the_documented_rule():
     expected, total = [], 1.0
     model.eval()  # no dropout (attention's included)
     with torch.no_grad():
-        x = model.tok_emb(idx) * model.embed_scale + model.pos_emb.weight[:16]
+        x = model.embed(idx)
         for block in model.blocks:
             for branch, norm in ((block.attn, block.attn_norm), (block.ffn, block.ffn_norm)):
                 f = branch(x)

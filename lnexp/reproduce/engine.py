@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from lnexp.config import Config, validate
+from lnexp.recipes import DEFAULT_RECIPE, RECIPES
 from lnexp.runs import Run, RunError, load_run
 from lnexp.sweep import Cell, value_text
 
 
 @dataclass(frozen=True)
 class Scale:
-    """Everything a suite needs to size its cells; `tiny` for a CPU, `small` for one GPU."""
+    """Everything a suite needs to size its cells: `tiny` (minutes on a CPU), `cpu` (an hour on 2 CPU
+    cores), `small` (one GPU)."""
 
     name: str
     description: str
@@ -74,6 +76,29 @@ TINY = Scale(
               "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
 )
 
+CPU = Scale(
+    name="cpu",
+    description="d_model 128, 4 heads, d_ff 512, byte-level Python stdlib (1 MB), 400 steps of "
+                "32 × 64 tokens, linear decay; initialisation cells one batch of 64 × 64. The largest "
+                "setting whose `all` fits in about an hour on 2 CPU cores",
+    train=_base({"n_layers": 6, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 64},
+                {"source": "stdlib", "max_bytes": 1_000_000},
+                {"steps": 400, "batch_size": 32, "seq_len": 64, "eval_every": 100, "eval_batches": 4,
+                 "device": "auto"},
+                {"grad_every": 100, "loss_every": 20}),
+    init=_base({"n_layers": 6, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 64},
+               {"source": "stdlib", "max_bytes": 1_000_000},
+               {"steps": 1, "batch_size": 64, "seq_len": 64, "eval_every": 1, "eval_batches": 1,
+                "device": "auto"},
+               {"grad_every": 1, "loss_every": 1}),
+    seeds=2, init_seeds=3, warmup=100, lrs=(1e-3, 3e-3), init_depths=(6, 12, 24), figure3_depth=6,
+    depths=(6, 12, 24), depth_lr=1e-3, map_depths=(3, 6), map_lrs=(1e-3, 3e-3, 1e-2),
+    gpt2_depth=12, gpt2_lr=1e-3, margin=0.25, layout_depth=6, layout_seeds=1,
+    paper_gap="the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
+              "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
+              "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
+)
+
 SMALL = Scale(
     name="small",
     description="d_model 256, 4 heads, d_ff 1024, byte-level Python stdlib (4 MB), 1000 steps of "
@@ -97,7 +122,7 @@ SMALL = Scale(
               "al. train encoder-decoders on translation)",
 )
 
-SCALES = {"tiny": TINY, "small": SMALL}
+SCALES = {"tiny": TINY, "cpu": CPU, "small": SMALL}
 
 
 def layouts(scale: Scale) -> dict[str, dict[str, Any]]:
@@ -146,8 +171,13 @@ def cell_name(config: Config) -> str:
         parts.append("rms")
     if m.norm == "admin" and m.admin_init != "closed_form":
         parts.append(f"admin-{m.admin_init}")
-    if m.init != "xavier":
+    if m.init != DEFAULT_RECIPE:
         parts.append(f"init-{m.init}")
+    recipe = RECIPES[m.init].defaults  # name only what differs from the recipe's own choices
+    if m.tie_embeddings != recipe["tie_embeddings"]:
+        parts.append("tied" if m.tie_embeddings else "untied")
+    if m.positional != recipe["positional"]:
+        parts.append(f"pos-{m.positional}")
     if m.residual_scaling != "none":
         parts.append(f"scaled-{m.residual_scaling}")
     parts += [f"L{m.n_layers}", o.name, f"lr{o.lr:g}", f"w{config.schedule.warmup_steps}",

@@ -33,6 +33,9 @@ POST, PRE = {"model.norm": "post"}, {"model.norm": "pre"}
 # synthetic translation task (32 symbols), otherwise the same model and batch as the decoder-only cells.
 ENCDEC = {"model.arch": "encoder_decoder", "data.source": "seq2seq", "data.task": "translate",
           "data.vocab_size": 32}
+# lnexp 0.1's default, kept as a labelled variant: the output layer is the (√d-scaled) input table, so
+# at initialisation each token predicts itself. Theorem 1 assumes an untied output layer.
+TIED = {"model.tie_embeddings": True}
 MARGIN_LOSS = 0.1  # nats: "worse" means more than this much higher final validation loss
 
 
@@ -138,6 +141,8 @@ def _init_depths(scale: Scale) -> list[int]:
 def init_specs(scale: Scale) -> list[Spec]:
     return [Spec.of("init", seed, norm, _depth(n)) for norm in (POST, PRE) for n in _init_depths(scale)
             for seed in range(scale.init_seeds)] + \
+        [Spec.of("init", seed, norm, TIED, _depth(n)) for norm in (POST, PRE) for n in scale.init_depths
+         for seed in range(scale.init_seeds)] + \
         [Spec.of("init", seed, norm, ENCDEC, _depth(scale.figure3_depth)) for norm in (POST, PRE)
          for seed in range(scale.init_seeds)]
 
@@ -207,6 +212,16 @@ def init_analyse(ctx: Context) -> Analysis:
 
     exponent = {norm: [power_exponent(depths, [last(norm, n, s) for n in depths]) for s in seeds]
                 for norm in ("post", "pre")}
+
+    def last_tied(norm: str, n: int, seed: int) -> float | None:
+        run = ctx.run("init", seed, {"model.norm": norm}, TIED, _depth(n))
+        profile = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
+        return profile[-1] if len(profile) == n else None
+
+    tied_last = {(norm, n, s): last_tied(norm, n, s)
+                 for norm in ("post", "pre") for n in depths for s in seeds}
+    exponent_tied = {norm: [power_exponent(depths, [tied_last[norm, n, s] for n in depths]) for s in seeds]
+                     for norm in ("post", "pre")}
     ratio = {(norm, n): [trend_ratio(grad[norm, n, s]) for s in seeds]
              for norm in ("post", "pre") for n in {f3, deepest_l}}
 
@@ -225,6 +240,12 @@ def init_analyse(ctx: Context) -> Analysis:
               quantity_b, above(-0.25, "b "), exponent["post"], seeds),
         check("Theorem 1: Pre-LN's shrinks like 1/√L", quantity_b, within(-0.75, -0.25, "b "),
               exponent["pre"], seeds),
+        check("Theorem 1 with tied input/output embeddings (not the theorem's setting; lnexp 0.1's "
+              "default): Post-LN's does not shrink with depth", quantity_b, above(-0.25, "b "),
+              exponent_tied["post"], seeds),
+        check("Theorem 1 with tied input/output embeddings (not the theorem's setting; lnexp 0.1's "
+              "default): Pre-LN's shrinks like 1/√L", quantity_b, within(-0.75, -0.25, "b "),
+              exponent_tied["pre"], seeds),
         *(v for n in sorted({f3, deepest_l}) for v in (
             check(f"Figure 3: Post-LN's ∇W_FC2 at initialisation grows with the layer index (L = {n})",
                   quantity_r.format(n), above(1.25, "ratio "), ratio["post", n], seeds),
@@ -246,8 +267,13 @@ def init_analyse(ctx: Context) -> Analysis:
     definitions = [
         "All numbers are measured at step 0 of one-step runs (`log.grad_every: 1`): the gradient of the "
         f"loss of one batch of {scale.init['train']['batch_size']} × {scale.init['train']['seq_len']} "
-        "bytes at the initial weights (Xavier init, as in Xiong et al.), seeds " + ", ".join(map(str, seeds))
-        + " (each seed a different initialisation and batch).",
+        "bytes at the initial weights (fairseq's init; an untied output layer, fairseq's architecture "
+        "default and the theorem's setting), seeds "
+        + ", ".join(map(str, seeds)) + " (each seed a different initialisation and batch).",
+        "Tied rows: the same cells with `model.tie_embeddings: true` (the output layer is the input "
+        "embedding table, which fairseq multiplies by √d on input only). At initialisation each token "
+        "then predicts itself, the initial loss exceeds ln V, and the output layer's gradient is not "
+        "the theorem's. The rows show how much tying moves the exponent; they are not the claim.",
         "Theorem 1 thresholds: the two hypotheses are b = 0 (Post-LN) and b = −0.5 (Pre-LN); a seed "
         "passes when its b is on the hypothesis' side of the midpoint −0.25 (and, for Pre-LN, not "
         "steeper than −0.75).",
@@ -292,6 +318,10 @@ def init_analyse(ctx: Context) -> Analysis:
                     b = exponent[norm][k]
                     ax.plot(depths, ys, color=f"C{i}", marker="o", alpha=0.8,
                             label=f"{norm}-LN, seed {seed}: b = {num(b, 2)}")
+                ys = [tied_last[norm, n, seed] for n in depths]
+                if all(usable(y) for y in ys):
+                    ax.plot(depths, ys, color=f"C{i}", marker="x", linestyle=":", alpha=0.6,
+                            label=f"{norm}-LN tied, seed {seed}: b = {num(exponent_tied[norm][k], 2)}")
         ax.set_yscale("log")
         depth_axis(ax, depths, "depth L")
         ax.set_ylabel("last layer ‖∇W_FC2‖ at initialisation")
@@ -360,6 +390,9 @@ def init_analyse(ctx: Context) -> Analysis:
             raw = [grad[norm, n, s][-1] / grad[norm, n, s][0] if grad[norm, n, s] else None for s in seeds]
             fitted = [trend_ratio(grad[norm, n, s]) for s in seeds]
             rows.append([f"{norm}-LN", n, mean_pm(lasts), mean_pm(raw), mean_pm(fitted)])
+        for n in depths:
+            rows.append([f"{norm}-LN, tied embeddings", n, mean_pm([tied_last[norm, n, s] for s in seeds]),
+                         "", ""])
         for stack, label in (("dec", "decoder stack"), ("enc", "encoder stack")):
             ps = [encdec[norm, stack, s] for s in seeds]
             rows.append([f"{norm}-LN, enc-dec {label} (`{stack}.ffn.fc2`)", f"{f3} + {f3}",
@@ -791,7 +824,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
         "Layouts (`model.norm`): post = LN(x + F(x)); pre = x + F(LN(x)) and a final LN; sandwich = "
         "x + LN(F(LN(x))) and a final LN; deepnorm = LN(α·x + F(x)), α = (2L)^¼, with v, out, fc1, fc2 "
         "initialised × (8L)^−¼; admin = LN(ω·x + F(x)), ω trainable, initialised to the closed form "
-        "√((N+1)/ln(N+1) − 1), N = 2L. Xavier init for all.",
+        "√((N+1)/ln(N+1) − 1), N = 2L. fairseq's init (`model.init: fairseq`) under all of them.",
         f"Training cells: L = {n}, Adam β = ({train_cfg.optim.betas[0]:g}, {train_cfg.optim.betas[1]:g}), "
         f"no warm-up, {train_cfg.train.steps} steps, linear decay, seeds {', '.join(map(str, seeds))} (the "
         "stability map's Post-LN and Pre-LN cells at this depth are the same runs). Initialisation cells: "
