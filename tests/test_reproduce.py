@@ -22,6 +22,8 @@ from lnexp.reproduce.verdicts import (
     largest_index,
     mean_std,
     power_exponent,
+    stream_growth,
+    stream_increment,
     trend_ratio,
     within,
 )
@@ -249,6 +251,15 @@ def test_stability_map_and_depth_verdicts_follow_convergence(tmp_path):
     assert depth["Post-LN stops training beyond some depth at which Pre-LN still trains"] == REPRODUCED
     same = verdicts_by_claim(fake_runs(tmp_path / "d", "depth", losses(lambda *args: 1.0)))
     assert same["Post-LN stops training beyond some depth at which Pre-LN still trains"] == NOT_REPRODUCED
+
+
+def test_stream_measures_do_not_count_the_embeddings_own_scale_as_growth():
+    # act profiles (RMS entering each layer, then leaving the last), with an input of RMS² 1.5
+    pre = [math.sqrt(1.5 + layer) for layer in range(7)]  # each block adds variance 1
+    post = [math.sqrt(1.5)] + [1.0] * 6  # every block ends in a LayerNorm
+    assert stream_increment(pre) == pytest.approx(6.0) and stream_growth(pre) == pytest.approx(7.5 / 2.5)
+    assert stream_growth(post) == pytest.approx(1.0) and stream_increment(post) == pytest.approx(-0.5)
+    assert stream_growth([1.0, 2.0]) is None and stream_increment([1.0]) is None
 
 
 # --- one suite end to end --------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from lnexp.reproduce.verdicts import (
     difference,
     largest_index,
     power_exponent,
+    stream_growth,
+    stream_increment,
     trend_ratio,
     usable,
     within,
@@ -225,16 +227,19 @@ def init_analyse(ctx: Context) -> Analysis:
     ratio = {(norm, n): [trend_ratio(grad[norm, n, s]) for s in seeds]
              for norm in ("post", "pre") for n in {f3, deepest_l}}
 
-    def growth(norm: str, seed: int) -> float | None:
+    def full(norm: str, seed: int) -> list[float]:
         a = act[norm, deepest_l, seed]
-        return (a[-1] / a[0]) ** 2 if len(a) == deepest_l + 1 and a[0] > 0 else None
+        return a if len(a) == deepest_l + 1 else []
 
-    lemma = {norm: [growth(norm, s) for s in seeds] for norm in ("post", "pre")}
+    lemma = {"pre": [stream_increment(full("pre", s)) for s in seeds],
+             "post": [stream_growth(full("post", s)) for s in seeds]}
     depth_text = ", ".join(map(str, depths))
     quantity_b = f"exponent b of ‖∇W_FC2‖ ∝ L^b in the last layer, fitted over L ∈ {{{depth_text}}}"
     quantity_r = "last/first-layer ratio of the log-linear trend of ‖∇W_FC2‖ by layer, L = {}"
-    quantity_g = f"RMS² of the residual stream leaving layer {deepest_l} / entering layer 1, L = {deepest_l}"
-    low, high = 1 + deepest_l / 2, 1 + 3 * deepest_l / 2
+    quantity_i = (f"RMS² of the residual stream leaving layer {deepest_l} minus RMS² of its input "
+                  f"(E‖x_L‖²/d − E‖x_0‖²/d), L = {deepest_l}")
+    quantity_g = f"RMS² of the residual stream leaving layer {deepest_l} / leaving layer 1, L = {deepest_l}"
+    low, high = deepest_l / 2, 3 * deepest_l / 2
     verdicts = [
         check("Theorem 1: Post-LN's last-layer FFN gradient at initialisation does not shrink with depth",
               quantity_b, above(-0.25, "b "), exponent["post"], seeds),
@@ -259,8 +264,8 @@ def init_analyse(ctx: Context) -> Analysis:
             check(f"Figure 3, encoder-decoder {label}: Pre-LN's stays about the same across layers "
                   f"(L = {f3} per stack)", quantity_r.format(f3) + f" per stack, `{stack}.ffn.fc2`",
                   within(0.8, 1.25, "ratio "), ed_ratio["pre", stack], seeds))),
-        check("Lemma: Pre-LN's residual stream grows linearly with depth, (1 + L/2) ≤ E‖x_L‖²/E‖x_0‖² ≤ "
-              "(1 + 3L/2)", quantity_g, within(low, high, "ratio "), lemma["pre"], seeds),
+        check("Lemma: Pre-LN's residual stream grows linearly with depth, L/2 ≤ (E‖x_L‖² − E‖x_0‖²)/d ≤ "
+              "3L/2", quantity_i, within(low, high, "growth "), lemma["pre"], seeds),
         check("Lemma: Post-LN's stays constant (each LayerNorm resets it)", quantity_g,
               within(0.8, 1.25, "ratio "), lemma["post"], seeds),
     ]
@@ -281,9 +286,13 @@ def init_analyse(ctx: Context) -> Analysis:
         "is a ratio in [0.8, 1.25]. The trend is fitted by least squares to log ‖∇W_FC2‖ against the "
         "layer index (less noisy than the raw last/first ratio, which the table also shows). Tested at "
         f"L = {f3} (the paper's depth) and at L = {deepest_l}.",
-        f"Lemma thresholds: the paper's bounds for L = {deepest_l} layers, [{low:g}, {high:g}]; for "
-        "Post-LN, constant means within [0.8, 1.25]. The residual stream is the `act` probe (RMS of "
-        "the input of each layer and the output of the last).",
+        f"Lemma thresholds: the paper's bounds (1 + L/2)·d ≤ E‖x_L‖² ≤ (1 + 3L/2)·d assume a "
+        "unit-variance input; each Pre-LN block adds a variance independent of the stream's, so the "
+        f"bound on the growth is [L/2, 3L/2] = [{low:g}, {high:g}] for L = {deepest_l} whatever the "
+        "input's scale (fairseq's √d-scaled tokens plus sinusoidal positions give RMS² ≈ 1.5). For "
+        "Post-LN, constant means the stream leaving the last layer and the first have RMS² within a "
+        "ratio [0.8, 1.25]. The residual stream is the `act` probe (RMS of the input of each layer "
+        "and the output of the last).",
         f"Encoder-decoder rows (the paper's Figure 3 setting): `model.arch: encoder_decoder` with L = {f3} "
         "layers in each stack, on the synthetic translation task (`data.source: seq2seq`, `data.task: "
         f"translate`, {ENCDEC['data.vocab_size']} symbols; nothing downloaded), otherwise the decoder-only "
@@ -335,13 +344,13 @@ def init_analyse(ctx: Context) -> Analysis:
             for k, seed in enumerate(seeds):
                 a = act[norm, deepest_l, seed]
                 if a:
-                    ax.plot(range(len(a)), [(v / a[0]) ** 2 for v in a], color=f"C{i}",
+                    ax.plot(range(len(a)), [v**2 - a[0] ** 2 for v in a], color=f"C{i}",
                             label=f"{norm}-LN" if k == 0 else None)
         xs = list(range(deepest_l + 1))
-        ax.fill_between(xs, [1 + x / 2 for x in xs], [1 + 1.5 * x for x in xs], color="grey", alpha=0.2,
-                        label="lemma: [1 + l/2, 1 + 3l/2]")
+        ax.fill_between(xs, [x / 2 for x in xs], [1.5 * x for x in xs], color="grey", alpha=0.2,
+                        label="lemma (Pre-LN): [l/2, 3l/2]")
         ax.set_xlabel("layer boundary l")
-        ax.set_ylabel("RMS² / RMS² of the input")
+        ax.set_ylabel("RMS² − RMS² of the input")
         ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
@@ -755,7 +764,7 @@ def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float
     if flat or grows:
         listed = ", ".join(f"{LAYOUT_LABELS[n]} {num(mean(growth[n]))}" for n in growth
                            if mean(growth[n]) is not None)
-        out.append(f"Residual stream at initialisation (RMS² leaving layer {depth} / entering layer 1, seed "
+        out.append(f"Residual stream at initialisation (RMS² leaving layer {depth} / leaving layer 1, seed "
                    f"mean): {listed}. "
                    + (f"{', '.join(LAYOUT_LABELS[n] for n in flat)} keep it normalised (in [0.8, 1.25])"
                       if flat else "No layout keeps it in [0.8, 1.25]")
@@ -781,8 +790,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
             grad[name, s] = g if len(g) == n else []
             act[name, s] = a if len(a) == n + 1 and a[0] > 0 else []
     ratio = {name: [trend_ratio(grad[name, s]) for s in init_seeds] for name in LAYOUT_NAMES}
-    growth = {name: [(act[name, s][-1] / act[name, s][0]) ** 2 if act[name, s] else None for s in init_seeds]
-              for name in LAYOUT_NAMES}
+    growth = {name: [stream_growth(act[name, s]) for s in init_seeds] for name in LAYOUT_NAMES}
     runs = {(name, lr, s): ctx.run("train", s, _norm(name), _depth(n), _lr(lr))
             for name in LAYOUT_NAMES for lr in lrs for s in seeds}
     conv = {k: ctx.converged(r) for k, r in runs.items()}
@@ -791,7 +799,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
     def steps(a: str, b: str) -> list[float | None]:
         return [difference(x, y) for x, y in zip(index[a], index[b])]
 
-    quantity_g = (f"RMS² of the residual stream leaving layer {n} / entering layer 1 at initialisation, "
+    quantity_g = (f"RMS² of the residual stream leaving layer {n} / leaving layer 1 at initialisation, "
                   f"L = {n}")
     quantity_lr = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = " + str(n)
     verdicts = [
@@ -895,8 +903,8 @@ def layouts_analyse(ctx: Context) -> Analysis:
                 if g:
                     axes[0].plot(range(1, len(g) + 1), g, color=f"C{i}", marker=".", alpha=0.8, label=label)
                 if a:
-                    axes[1].plot(range(len(a)), [(v / a[0]) ** 2 for v in a], color=f"C{i}", marker=".",
-                                 alpha=0.8, label=label)
+                    axes[1].plot(range(1, len(a)), [(v / a[1]) ** 2 for v in a[1:]], color=f"C{i}",
+                                 marker=".", alpha=0.8, label=label)
         axes[0].set_yscale("log")
         axes[0].set_xlabel("layer")
         axes[0].set_xticks(range(1, n + 1))
@@ -906,8 +914,8 @@ def layouts_analyse(ctx: Context) -> Analysis:
                    bbox_to_anchor=(0.5, 1.07))
         axes[1].set_yscale("log")
         axes[1].set_xlabel("layer boundary l")
-        axes[1].set_xticks(range(n + 1))
-        axes[1].set_ylabel("residual-stream RMS² / RMS² of the input")
+        axes[1].set_xticks(range(1, n + 1))
+        axes[1].set_ylabel("residual-stream RMS² / RMS² leaving layer 1")
         axes[1].axhspan(0.8, 1.25, color="grey", alpha=0.15, label="normalised: [0.8, 1.25]")
         axes[1].legend(fontsize=7)
         fig.tight_layout()

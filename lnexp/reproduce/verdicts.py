@@ -125,6 +125,25 @@ def trend_ratio(profile: Sequence[float]) -> float | None:
     return math.exp(b * (len(profile) - 1))
 
 
+def stream_growth(rms: Sequence[float]) -> float | None:
+    """RMS² of the residual stream leaving the last block over RMS² leaving the first, from the `act`
+    profile (entry l = the stream entering layer l; the last entry leaves the last layer). From the
+    first block's output on, so that the embedding's own scale (√d-scaled tokens plus sinusoidal
+    positions have RMS² 1.5, not the 1 a LayerNorm gives) does not count as growth."""
+    if len(rms) < 3 or any(not usable(v) or v <= 0 for v in rms):
+        return None
+    return (rms[-1] / rms[1]) ** 2
+
+
+def stream_increment(rms: Sequence[float]) -> float | None:
+    """RMS² of the stream leaving the last layer minus RMS² of its input: E‖x_L‖²/d − E‖x_0‖²/d, what
+    Xiong et al.'s lemma bounds by [L/2, 3L/2] for Pre-LN (their (1 + L/2)·d ≤ E‖x_L‖² ≤ (1 + 3L/2)·d
+    with a unit-variance input; each block adds a variance that does not depend on the stream's)."""
+    if len(rms) < 2 or any(not usable(v) for v in rms):
+        return None
+    return rms[-1] ** 2 - rms[0] ** 2
+
+
 def difference(a: float | None, b: float | None) -> float | None:
     """a − b; None if either is missing or both are infinite (two diverged runs compare as nothing)."""
     if not usable(a) or not usable(b) or (math.isinf(a) and math.isinf(b)):
