@@ -188,7 +188,7 @@ def median_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 PROFILED = {"probes off": [], "default probes": DEFAULT_PROBES,  # each on every step
-            "every probe": [*DEFAULT_PROBES, "update", "adam", "output_change"]}
+            "every probe": [*DEFAULT_PROBES, "update", "adam", "output_change", "rank", "sensitivity"]}
 
 
 def probe_costs(shape: str, steps: int = 60) -> dict[str, dict[str, float]]:
@@ -199,9 +199,9 @@ def probe_costs(shape: str, steps: int = 60) -> dict[str, dict[str, float]]:
     for name, kinds in PROFILED.items():
         with tempfile.TemporaryDirectory() as tmp:
             config = make_config(shape, steps, (1, kinds), tmp, "profile")
-            config.log.output_change_steps = [steps // 2]
+            config.log.output_change_steps = config.log.ablation_steps = [steps // 2]
             flushes, profiler = profiled_train(config)
-        calls = {"probe:output_change": 1, "lnexp:flush": len(flushes)}
+        calls = {"probe:output_change": 1, "probe:ablation": 1, "lnexp:flush": len(flushes)}
         intervals = [b - a for a, b in zip(flushes, flushes[1:])]
         row = {"step": statistics.median(intervals) * 1e3 / SEGMENT}  # with its probes
         for event in profiler.key_averages():
@@ -251,7 +251,7 @@ def report(result: dict[str, Any]) -> str:
 def cost_report(costs: dict[str, dict[str, float]]) -> str:
     labels = sorted({label for row in costs.values() for label in row if label != "step"})
     lines = [f"torch.profiler over lnexp's loop, probes on every step ({CLOCK} time inside each label, "
-             "ms; a probe's per step, output_change's per call, lnexp:flush per flush of "
+             "ms; a probe's per step, output_change's and ablation's per call, lnexp:flush per flush of "
              f"{SEGMENT} steps)", "",
              "| profiled run | step | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 2) + "|"]
     for name, row in costs.items():

@@ -78,9 +78,12 @@ def compare(
     all_: Annotated[bool, typer.Option("--all", help="Every config key, not only the differing.")] = False,
     probe: Annotated[str, typer.Option(help="Per-layer profile of: grad (gradient norm), act "
                                        "(residual-stream RMS), update (update/weight ratio), "
-                                       "adam_v_q10|q50|q90, output_change.")] = "grad",
-    param: Annotated[str, typer.Option(help="Weight role of the grad profile (attn.q, ..., ffn.fc2), or "
-                                       "all: a layer's combined norm.")] = "ffn.fc2",
+                                       "adam_v_q10|q50|q90, output_change, rank (feature "
+                                       "dimensionality), sensitivity.")] = "grad",
+    param: Annotated[str | None, typer.Option(
+        help="Weight role of a per-weight profile (attn.q, ..., ffn.fc2; default ffn.fc2), or all: a "
+             "layer's combined norm. rank: resid|attn|cross|ffn.erank|pr|aniso (default resid.erank); "
+             "sensitivity: dloss_dx (default) or noise_loss_change.")] = None,
     at: Annotated[str, typer.Option(help="Step of the profile: a number (0 = initialisation; else the "
                                     "nearest logged step) or last.")] = "0",
     json_: Annotated[bool, typer.Option("--json", help="Print the data as JSON, for scripts.")] = False,
@@ -91,10 +94,11 @@ def compare(
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
     from lnexp import console
-    from lnexp.runs import PROBES
+    from lnexp.runs import PROBES, default_param
 
     if probe not in PROBES:
         raise fail(f"--probe: must be one of {', '.join(PROBES)}, got {probe!r}")
+    param = param or default_param(probe)
     if at != "last" and not at.isdigit():
         raise fail(f"--at: must be a step number or 'last', got {at!r}")
     if json_ and markdown:
@@ -375,9 +379,9 @@ def decode_stats(
 @app.command()
 def reproduce(
     suite: Annotated[str, typer.Argument(help="xiong2020-init, xiong2020-warmup, radam, depth, "
-                                         "stability-map, gpt2-scaling, layouts, or all.")],
-    scale: Annotated[str, typer.Option(help="tiny (a CPU, minutes) or small (sized for one GPU, used "
-                                       "when present).")] = "tiny",
+                                         "stability-map, gpt2-scaling, layouts, feature-dimension, or all.")],
+    scale: Annotated[str, typer.Option(help="tiny (a CPU, minutes), cpu (2 CPU cores, about an hour for "
+                                       "all) or small (sized for one GPU, used when present).")] = "tiny",
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, in worker processes that split "
                                       "the CPU threads.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from lnexp.console import fmt, profile_rows, profile_table
 from lnexp.runs import (
+    MEASURES,
     PER_LAYER,
     PROBES,
     Run,
@@ -31,6 +32,7 @@ from lnexp.runs import (
     load_run,
     logged_steps,
     nearest_step,
+    profile_depth,
     profile_ratios,
     weight_roles,
 )
@@ -158,7 +160,7 @@ def run_profile(run: Run, probe: str, param: str, at: Step, notes: list[str], wh
     if at != "last" and step != at:
         notes.append(f"{who}: step {at} not logged, using the nearest logged step, {step}")
     values = layer_profile(run.probes, probe, param, step)
-    depth = run.config.get("model", {}).get("n_layers", 0) + (probe == "act")  # also leaving the last
+    depth = profile_depth(probe, param, run.config.get("model", {}).get("n_layers", 0))
     if not values:
         notes.append(f"{who}: no {probe} values for {param} at step {step} "
                      f"(roles: {', '.join(weight_roles(run.probes))}, all)")
@@ -184,6 +186,7 @@ class Comparison:
     @property
     def profile_title(self) -> str:
         what = PROBES[self.probe] if self.probe in PER_LAYER else \
+            MEASURES[self.probe].get(self.param, self.param) if self.probe in MEASURES else \
             f"{PROBES[self.probe]} of {'all weights' if self.param == 'all' else self.param}"
         steps = {p.step for p in self.profiles if p.step is not None}
         when = f"step {steps.pop()}" if len(steps) == 1 else \

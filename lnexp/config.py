@@ -120,8 +120,11 @@ class TrainConfig(Section):
 
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
-    probes: list[Literal["grad", "act", "update", "adam", "output_change"]] = ["grad", "act"]
+    probes: list[Literal["grad", "act", "update", "adam", "output_change", "rank", "sensitivity"]] = \
+        ["grad", "act"]
     output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    # sensitivity's noise ablation: one forward per layer, so only at these steps
+    ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     loss_every: Int = Field(10, ge=1)
 
 

@@ -21,7 +21,16 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lnexp.compare import Comparison  # noqa: E402
-from lnexp.runs import Run, layer_profile, logged_steps, weight_roles  # noqa: E402
+from lnexp.runs import (  # noqa: E402
+    FEATURE_STATS,
+    MEASURES,
+    PROBES,
+    Run,
+    layer_profile,
+    logged_steps,
+    profile_depth,
+    weight_roles,
+)
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -77,10 +86,11 @@ def lr_panel(ax: Axes, run: Run, color: Any, width: float = 1.6) -> None:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
 
 
-def _layer_axis(ax: Axes, values: list[list[float]], probe: str) -> None:
+def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> None:
     depth = max(map(len, values), default=0)
     ax.set_xticks(range(depth))
-    ax.set_xlabel("layer (last = leaving the last block)" if probe == "act" else "layer")
+    leaves_last = profile_depth(probe, param, 0) == 1  # a residual-stream measure
+    ax.set_xlabel("layer (last = leaving the last block)" if leaves_last else "layer")
     flat = [v for vs in values for v in vs if math.isfinite(v)]
     if flat and min(flat) > 0 and max(flat) / min(flat) > 20:  # log only where it spans decades
         ax.set_yscale("log")
@@ -101,7 +111,7 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
         (line,) = ax_prof.plot(range(len(profile.values)), profile.values, color=color, marker="o",
                                linewidth=1.6, label=label)
         handles.append(line)
-    _layer_axis(ax_prof, [p.values for p in c.profiles], c.probe)
+    _layer_axis(ax_prof, [p.values for p in c.profiles], c.probe, c.param)
     ax_prof.set_title(c.profile_title, fontsize=10)
     ncol = min(len(handles), 3)
     rows = -(-len(handles) // ncol)
@@ -135,6 +145,10 @@ def run_figures(run: Run, out_dir: Path, suffix: str = ".png") -> tuple[list[Pat
         paths.append(_save(_activations(run.name, acts), out_dir / f"activations{suffix}"))
     else:
         notes.append("no act probe logged: no activation-norm figure")
+    for probe in MEASURES:  # opt-in probes: a figure only where logged, no note otherwise
+        by_step = _by_step(run.probes, probe)
+        if by_step:
+            paths.append(_save(_measures(run.name, by_step, probe), out_dir / f"{probe}{suffix}"))
     return paths, notes
 
 
@@ -147,8 +161,8 @@ def _by_step(rows: list[dict[str, Any]], probe: str) -> dict[int, list[dict[str,
     return {step: groups[step] for step in logged_steps(rows, probe)}
 
 
-def _grid(n: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
-    cols = min(n, 4)
+def _grid(n: int, width: float, height: float, cols: int = 4) -> tuple[Figure, list[Axes]]:
+    cols = min(n, cols)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     flat = list(axes.flat)
@@ -187,7 +201,7 @@ def _grad_profiles(name: str, grads: dict[int, list[dict[str, Any]]], roles: lis
         profiles = [layer_profile(grads[step], "grad", role, step) for role in roles]
         for i, (role, values) in enumerate(zip(roles, profiles)):
             ax.plot(range(len(values)), values, marker="o", color=COLORS[i % len(COLORS)], label=role)
-        _layer_axis(ax, profiles, "grad")
+        _layer_axis(ax, profiles, "grad", "ffn.fc2")
         ax.set(title=f"step {step}" + (" (initialisation)" if step == 0 else ""), ylabel="gradient norm")
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"{name}: gradient norm by layer")
@@ -195,20 +209,40 @@ def _grad_profiles(name: str, grads: dict[int, list[dict[str, Any]]], roles: lis
     return fig
 
 
-def _activations(name: str, acts: dict[int, list[dict[str, Any]]]) -> Figure:
-    """Residual-stream RMS by layer at up to 6 logged steps, from the first to the last."""
-    steps = list(acts)
+def _steps_panel(ax: Axes, by_step: dict[int, list[dict[str, Any]]], probe: str, param: str) -> None:
+    """One profile by layer per logged step, up to 6 from the first to the last, coloured by step."""
+    steps = list(by_step)
     chosen = sorted({steps[round(i * (len(steps) - 1) / 5)] for i in range(6)})
     cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     profiles = []
     for i, step in enumerate(chosen):
-        values = layer_profile(acts[step], "act", "resid", step)
+        values = layer_profile(by_step[step], probe, param, step)
         profiles.append(values)
         ax.plot(range(len(values)), values, marker="o", color=cmap(i / max(1, len(chosen) - 1)),
                 label=f"step {step}")
-    _layer_axis(ax, profiles, "act")
-    ax.set(ylabel="RMS of the residual stream", title=f"{name}: residual-stream norm entering each layer")
+    _layer_axis(ax, profiles, probe, param)
     ax.legend(fontsize=8)
+
+
+def _activations(name: str, acts: dict[int, list[dict[str, Any]]]) -> Figure:
+    """Residual-stream RMS by layer at up to 6 logged steps, from the first to the last."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _steps_panel(ax, acts, "act", "resid")
+    ax.set(ylabel="RMS of the residual stream", title=f"{name}: residual-stream norm entering each layer")
+    fig.tight_layout()
+    return fig
+
+
+def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -> Figure:
+    """A panel per measure the run logged (rank: stream and branch outputs; sensitivity), each a
+    profile by layer at up to 6 logged steps."""
+    logged = {r["param"] for rows in by_step.values() for r in rows}
+    params = [p for p in MEASURES[probe] if p in logged]
+    fig, axes = _grid(len(params), 4.6, 3.6, cols=len(FEATURE_STATS) if probe == "rank" else 4)
+    for ax, param in zip(axes, params):
+        steps = {step: rows for step, rows in by_step.items() if any(r["param"] == param for r in rows)}
+        _steps_panel(ax, steps, probe, param)
+        ax.set_title(MEASURES[probe][param], fontsize=9)
+    fig.suptitle(f"{name}: {PROBES[probe]} by layer")
     fig.tight_layout()
     return fig

@@ -7,13 +7,24 @@
 - `output_change` (at `log.output_change_steps`): Admin's amplification measure, per layer: the
   relative change of the logits, ||f(x; θ + δ) − f(x; θ)|| / ||f(x; θ)||, when only that layer's
   weights get a random-sign perturbation δ = ε·|θ|·s.
+- `rank`: the dimensionality of the features, on a fixed validation batch (a no-grad forward of its
+  own on logging steps): for the residual stream entering each block and leaving the last (`resid.*`)
+  and for each branch's output before it joins the stream (`attn.*`, `cross.*`, `ffn.*`), one SVD of
+  the centred (tokens × d_model) matrix gives the entropy effective rank exp(H(σ/Σσ)) of Roy &
+  Vetterli 2007 (`*.erank`) and the participation ratio (Σλ)²/Σλ², λ = σ² (`*.pr`); and the mean
+  cosine similarity between token vectors, uncentred (`*.aniso`: 1 is rank collapse).
+- `sensitivity`: ||∂loss/∂x_l||, the gradient of the training loss with respect to the residual
+  stream entering each block and leaving the last (`dloss_dx`), from the logging step's own backward
+  pass (tensor hooks, no second backward); and at `log.ablation_steps`, per layer, the relative
+  change of the validation loss when every branch output of that layer is replaced by Gaussian
+  noise of the same norm, token by token (`noise_loss_change`: one forward per layer).
 
 In an encoder-decoder (`model.arch: encoder_decoder`) a parameter's layer is its index in its stack
-and its role carries the stack (`enc.3.ffn.fc2.weight` -> layer 3, `enc.ffn.fc2.weight`). `act` and
-`output_change` follow the decoder's blocks (`dec.{i}`), the stream the logits are read from: `act` is
-the RMS entering each decoder block and leaving the last, and `output_change` perturbs one decoder
-block at a time (its self-attention, cross-attention and FFN). The encoder's layers are not in these
-two per-layer probes (their rows are keyed by layer index alone).
+and its role carries the stack (`enc.3.ffn.fc2.weight` -> layer 3, `enc.ffn.fc2.weight`). `act`,
+`rank`, `sensitivity` and `output_change` follow the decoder's blocks (`dec.{i}`), the stream the
+logits are read from: `act` is the RMS entering each decoder block and leaving the last, and
+`output_change` perturbs one decoder block at a time (its self-attention, cross-attention and FFN).
+The encoder's layers are not in these per-layer probes (their rows are keyed by layer index alone).
 
 Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
 reads every pending reading together with the pending losses in one transfer. The activation hooks
@@ -27,14 +38,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 from torch.profiler import record_function
 
+from lnexp.runs import FEATURE_STATS
+
 _LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_SAMPLE = 1 << 20  # torch.quantile sorts: larger tensors are subsampled evenly
+RANK_TOKENS = 4096  # the rank probe's SVD takes at most this many tokens (evenly strided)
+BRANCHES = ("attn", "cross", "ffn")  # a block's residual branches, in the order they run
 
 
 def split_name(name: str) -> tuple[int | None, str]:
@@ -96,31 +113,41 @@ class Probes:
         self.params = [p for _, p in named]
         self.blocks = list(model.dec if hasattr(model, "dec") else model.blocks)  # see the docstring
         self._acts: list[torch.Tensor] = []
+        self._stream_grads: dict[int, torch.Tensor] = {}
         self._before: list[torch.Tensor] = []
         self.armed = False
-        if "act" in self.kinds:
-            for block in self.blocks:
-                block.register_forward_pre_hook(self._enter)
+        if self.kinds & {"act", "sensitivity"}:
+            for index, block in enumerate(self.blocks):
+                block.register_forward_pre_hook(partial(self._enter, index))
             self.blocks[-1].register_forward_hook(self._leave)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.kinds & {"grad", "act", "update", "adam"})
+        return bool(self.kinds & {"grad", "act", "update", "adam", "sensitivity"})
 
     def arm(self) -> None:
-        """Before a logging step's forward pass: record the residual stream."""
-        self._acts = []
-        self.armed = "act" in self.kinds
+        """Before a logging step's forward pass: record the residual stream (and its gradient)."""
+        self._acts, self._stream_grads = [], {}
+        self.armed = bool(self.kinds & {"act", "sensitivity"})
 
-    def _enter(self, _module: nn.Module, args: tuple) -> None:
+    def _enter(self, index: int, _module: nn.Module, args: tuple) -> None:
         if self.armed:
-            with record_function("probe:act"):
-                self._acts.append(_rms(args[0]))
+            self._record(index, args[0])
 
     def _leave(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
         if self.armed:
+            self._record(len(self.blocks), output)
+
+    def _record(self, index: int, stream: torch.Tensor) -> None:
+        if "act" in self.kinds:
             with record_function("probe:act"):
-                self._acts.append(_rms(output))
+                self._acts.append(_rms(stream))
+        if "sensitivity" in self.kinds and stream.requires_grad:
+            stream.register_hook(partial(self._stream_grad, index))
+
+    def _stream_grad(self, index: int, grad: torch.Tensor) -> None:
+        with record_function("probe:sensitivity"):
+            self._stream_grads[index] = torch.linalg.vector_norm(grad.detach().float())
 
     def read(self, step: int) -> Reading:
         """After backward, before the optimiser step: gradient and activation norms (on the device)."""
@@ -138,6 +165,12 @@ class Probes:
                 layers = [(layer, "resid") for layer in range(len(self._acts))]
                 reading.add("act", layers, torch.stack(self._acts))
                 self._acts = []
+        if self._stream_grads:
+            with record_function("probe:sensitivity"):
+                layers = sorted(self._stream_grads)
+                reading.add("sensitivity", [(layer, "dloss_dx") for layer in layers],
+                            torch.stack([self._stream_grads[layer] for layer in layers]))
+                self._stream_grads = {}
         if "update" in self.kinds:
             with record_function("probe:update"):
                 self._before = [p.detach().clone() for p in self.params]
@@ -193,6 +226,95 @@ class Probes:
             reading.add("output_change", [(layer, "logits") for layer in range(len(changes))],
                         torch.stack(changes) / torch.linalg.vector_norm(base))
             return reading
+
+
+    def _branches(self, block: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
+
+    @torch.no_grad()
+    def rank(self, inputs: tuple[torch.Tensor, ...], step: int) -> Reading:
+        """The feature statistics (see the module docstring) of one forward pass of `inputs` (the fixed
+        validation batch's model arguments), in eval mode, through hooks that live for this call."""
+        with record_function("probe:rank"):
+            features: list[tuple[int, str, torch.Tensor]] = []
+
+            def keep(index: int, role: str) -> Any:
+                def hook(_module: nn.Module, args: tuple, output: Any = None) -> None:
+                    features.append((index, role, args[0] if output is None else output))
+                return hook
+
+            hooks = [block.register_forward_pre_hook(keep(i, "resid")) for i, block in enumerate(self.blocks)]
+            hooks.append(self.blocks[-1].register_forward_hook(keep(len(self.blocks), "resid")))
+            hooks += [branch.register_forward_hook(keep(i, role)) for i, block in enumerate(self.blocks)
+                      for role, branch in self._branches(block)]
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                self.model(*inputs)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+                self.model.train(was_training)
+            reading = Reading(step)
+            for index, role, x in sorted(features, key=lambda f: (f[1] != "resid", f[1], f[0])):
+                reading.add("rank", [(index, f"{role}.{stat}") for stat in FEATURE_STATS], feature_stats(x))
+            return reading
+
+    @torch.no_grad()
+    def ablation(self, batch: tuple[torch.Tensor, ...], step: int, seed: int = 0) -> Reading:
+        """Per layer: (loss with that layer's branch outputs replaced by noise of the same norm, token by
+        token − loss) / loss, on `batch` (the model's arguments and the targets), in eval mode."""
+        with record_function("probe:ablation"):
+            was_training = self.model.training
+            self.model.eval()
+            generator = torch.Generator(device=batch[0].device).manual_seed(seed)
+
+            def noise(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+                return noise_like(output, generator)
+
+            base = self.model(*batch)[1].float()
+            changes = []
+            for block in self.blocks:
+                hooks = [branch.register_forward_hook(noise) for _, branch in self._branches(block)]
+                try:
+                    changes.append(self.model(*batch)[1].float())
+                finally:
+                    for hook in hooks:
+                        hook.remove()
+            self.model.train(was_training)
+            reading = Reading(step)
+            reading.add("sensitivity", [(layer, "noise_loss_change") for layer in range(len(changes))],
+                        (torch.stack(changes) - base) / base)
+            return reading
+
+
+def feature_stats(x: torch.Tensor) -> torch.Tensor:
+    """[effective rank, participation ratio, anisotropy] (FEATURE_STATS' order) of the token vectors
+    x (..., d), on the device. The ranks come from one SVD of the centred (tokens × d) matrix (0 when
+    it is all zero); the anisotropy is the mean cosine similarity between distinct token vectors,
+    uncentred."""
+    m = x.detach().float().reshape(-1, x.shape[-1])
+    if m.shape[0] > RANK_TOKENS:
+        m = m[:: -(-m.shape[0] // RANK_TOKENS)]
+    n = m.shape[0]
+    sigma = torch.linalg.svdvals(m - m.mean(0))
+    total = sigma.sum()
+    p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
+    erank = torch.where(total > 0, torch.exp(-torch.special.xlogy(p, p).sum()), 0.0)
+    lam = sigma**2
+    pr = torch.where(total > 0, lam.sum() ** 2 / (lam**2).sum().clamp_min(torch.finfo(sigma.dtype).tiny), 0.0)
+    u = nn.functional.normalize(m, dim=1)
+    summed = u.sum(0)
+    aniso = (summed @ summed - (u * u).sum()) / max(n * (n - 1), 1)
+    return torch.stack([erank, pr, aniso])
+
+
+def noise_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise with the norm of x along the last axis (each token vector's norm kept)."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    scale = torch.linalg.vector_norm(x.float(), dim=-1, keepdim=True) / \
+        torch.linalg.vector_norm(noise, dim=-1, keepdim=True).clamp_min(1e-30)
+    return (noise * scale).to(x.dtype)
 
 
 def radam_rho(step: int, beta2: float) -> float:

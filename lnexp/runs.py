@@ -210,20 +210,47 @@ def weight_roles(rows: list[dict[str, Any]]) -> list[str]:
                               and r["layer"] is not None and r["param"].endswith(".weight")))
 
 
-# What each probe measures, for titles; the first two have one value per layer, the rest one per weight.
+# What each probe measures, for titles. PER_LAYER probes have one value per layer; MEASURES probes
+# several named ones (their `param`, the first the default); the rest one per weight.
 PROBES = {"act": "residual-stream RMS", "output_change": "output change under perturbation",
           "grad": "gradient norm", "update": "update/weight ratio", "adam_v_q10": "Adam v_t 10% quantile",
-          "adam_v_q50": "Adam v_t median", "adam_v_q90": "Adam v_t 90% quantile"}
+          "adam_v_q50": "Adam v_t median", "adam_v_q90": "Adam v_t 90% quantile",
+          "rank": "feature dimensionality", "sensitivity": "loss sensitivity"}
 PER_LAYER = ("act", "output_change")
+FEATURE_STATS = {"erank": "effective rank", "pr": "participation ratio", "aniso": "anisotropy"}
+MEASURES = {
+    "rank": {f"{where}.{stat}": f"{title} of the {what}"
+             for where, what in (("resid", "residual stream"), ("attn", "attention output"),
+                                 ("cross", "cross-attention output"), ("ffn", "FFN output"))
+             for stat, title in FEATURE_STATS.items()},
+    "sensitivity": {"dloss_dx": "‖∂loss/∂x‖ of the residual stream",
+                    "noise_loss_change": "relative loss change, branch outputs replaced by noise"},
+}
+# The measures of the residual stream, which also has a value leaving the last block.
+STREAM_MEASURES = ("resid.", "dloss_dx")
+
+
+def default_param(probe: str) -> str:
+    """The profile `compare` shows when no --param is given."""
+    return next(iter(MEASURES[probe])) if probe in MEASURES else "ffn.fc2"
+
+
+def profile_depth(probe: str, param: str, n_layers: int) -> int:
+    """How many entries a complete profile has: one per layer, plus one leaving the last block for
+    measures of the residual stream (act; rank's resid.*; sensitivity's dloss_dx)."""
+    stream = probe == "act" or (probe in MEASURES and param.startswith(STREAM_MEASURES))
+    return n_layers + stream
 
 
 def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int) -> list[float]:
     """Values by layer index at `step`. For per-weight probes, `param` is a role (`ffn.fc2` means its
-    weight) or `all`: the layer's combined value, sqrt of the sum of its squared values."""
+    weight) or `all`: the layer's combined value, sqrt of the sum of its squared values. For MEASURES
+    probes it names the measure (`resid.erank`)."""
     if probe in PER_LAYER:
         chosen = {r["layer"]: r["value"] for r in rows if r["probe"] == probe and r["step"] == step}
         return [chosen[i] for i in sorted(chosen)]
-    name = param if param == "all" or param.endswith((".weight", ".bias")) else param + ".weight"
+    named = probe in MEASURES or param == "all" or param.endswith((".weight", ".bias"))
+    name = param if named else param + ".weight"
     squares: dict[int, float] = {}
     for r in rows:
         if r["probe"] == probe and r["step"] == step and r["layer"] is not None \

@@ -164,6 +164,19 @@ class Trainer:
             self.probes.after_update(reading)
         return loss.detach(), reading, total
 
+    def val_probes(self, step: int) -> list[Reading]:
+        """The readings due at `step` that take forward passes of their own on the first validation
+        batch: `rank` on logging steps, `output_change` and `sensitivity`'s ablation at chosen steps."""
+        log, batch, probes = self.config.log, self.val_batches[0], self.probes
+        due = []
+        if "rank" in log.probes and step % log.grad_every == 0:
+            due.append(probes.rank(batch[:-1], step))
+        if "output_change" in log.probes and step in log.output_change_steps:
+            due.append(probes.output_change(batch[:-1], step, seed=self.config.train.seed))
+        if "sensitivity" in log.probes and step in log.ablation_steps:
+            due.append(probes.ablation(batch, step, seed=self.config.train.seed))
+        return due
+
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
@@ -397,7 +410,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                             t.seq_len)
     peak = peak_tflops(device, t.peak_tflops)
     pending: list[tuple[int, torch.Tensor, Reading | None, torch.Tensor | None]] = []
-    extra: list[Reading] = []  # readings taken outside a training step (output change)
+    extra: list[Reading] = []  # readings taken outside a training step (Trainer.val_probes)
     diverged_step: int | None = None
     began = last_flush = time.perf_counter()
     steps_done = start
@@ -463,8 +476,8 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                 break
             if dist.main:
                 history.val_losses[step] = trainer.evaluate()
-        if "output_change" in log.probes and step in log.output_change_steps and dist.main:
-            extra.append(trainer.probes.output_change(trainer.val_batches[0][:-1], step, seed=t.seed))
+        if dist.main:  # the probes that run on the fixed validation batch, outside the training step
+            extra += trainer.val_probes(step)
         loss, reading, norm = trainer.step(step)
         pending.append((step, loss, reading, norm))
         steps_done = step + 1

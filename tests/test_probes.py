@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from lnexp.config import ModelConfig
 from lnexp.model import TransformerLM
-from lnexp.probes import Probes, radam_rho, split_name, tensor_norms
+from lnexp.probes import Probes, feature_stats, radam_rho, split_name, tensor_norms
 
 
 def setup(kinds=("grad", "act"), norm="post"):
@@ -157,3 +158,115 @@ def test_each_probe_labels_its_work_for_the_profiler():
     n_blocks = len(model.blocks)
     assert calls == {"probe:act": n_blocks + 2, "probe:grad": 1, "probe:update": 2, "probe:adam": 1,
                      "probe:output_change": 1}
+
+
+# --- rank and sensitivity (the feature-dimension question) -----------------------------------------
+
+def reference_stats(x: torch.Tensor) -> tuple[float, float, float]:
+    """Effective rank, participation ratio and anisotropy by the definitions, with numpy, in float64."""
+    m = x.reshape(-1, x.shape[-1]).double().numpy()
+    sigma = np.linalg.svd(m - m.mean(0), compute_uv=False)
+    p = sigma / sigma.sum()
+    p = p[p > 0]
+    erank = float(np.exp(-(p * np.log(p)).sum()))
+    lam = sigma**2
+    pr = float(lam.sum() ** 2 / (lam**2).sum())
+    u = m / np.linalg.norm(m, axis=1, keepdims=True)
+    cos = u @ u.T
+    n = len(m)
+    return erank, pr, float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
+
+
+def test_feature_stats_match_an_svd_by_the_definitions():
+    torch.manual_seed(1)
+    x = torch.randn(6, 50, 16) @ torch.randn(16, 16)  # correlated features: ranks well below 16
+    got = feature_stats(x).tolist()
+    assert got == pytest.approx(reference_stats(x), rel=1e-4)
+
+
+def test_feature_stats_on_inputs_whose_answer_is_known():
+    torch.manual_seed(2)
+    d, k, n = 32, 5, 2000
+    # rank k with equal singular values: both effective ranks are exactly k
+    basis = torch.linalg.qr(torch.randn(d, k))[0].T  # k orthonormal rows
+    codes = torch.linalg.qr(torch.randn(n, k))[0]  # orthonormal columns, and centred below
+    codes = codes - codes.mean(0)
+    codes = torch.linalg.qr(codes)[0]
+    erank, pr, _ = feature_stats(codes @ basis).tolist()
+    assert erank == pytest.approx(k, rel=1e-3) and pr == pytest.approx(k, rel=1e-3)
+    # isotropic noise: close to full rank, no preferred direction
+    erank, pr, aniso = feature_stats(torch.randn(n, d)).tolist()
+    assert erank > 0.95 * d and pr > 0.9 * d and abs(aniso) < 0.01
+    # a constant stream (every token the same vector): no spread at all, perfectly aligned
+    erank, pr, aniso = feature_stats(torch.ones(n, d) * 3).tolist()
+    assert erank == 0 and pr == 0 and aniso == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_forward():
+    model, probes = setup(kinds=["rank"], norm="pre")
+    x = torch.randint(40, (4, 10))
+    seen = {}
+    with torch.no_grad():  # the stream and branch outputs by hand
+        h = model.embed(x)
+        for i, block in enumerate(model.blocks):
+            seen[i, "resid"] = h
+            a = block.attn(block.attn_norm(h))
+            seen[i, "attn"], h = a, h + a
+            f = block.ffn(block.ffn_norm(h))
+            seen[i, "ffn"], h = f, h + f
+        seen[len(model.blocks), "resid"] = h
+    reading = probes.rank((x,), step=3)
+    got = values_of(reading, "rank")
+    assert len(got) == 3 * (len(model.blocks) + 1) + 2 * 3 * len(model.blocks)
+    for (layer, role), tensor in seen.items():
+        expected = reference_stats(tensor)
+        for stat, value in zip(("erank", "pr", "aniso"), expected):
+            assert got[layer, f"{role}.{stat}"] == pytest.approx(value, rel=1e-3, abs=1e-5), (layer, role)
+    assert model.training  # the probe's eval-mode forward gives the mode back
+
+
+def test_sensitivity_is_the_gradient_with_respect_to_the_stream_from_the_same_backward():
+    model, probes = setup(kinds=["sensitivity"], norm="post")
+    x, y = torch.randint(40, (3, 9)), torch.randint(40, (3, 9))
+    streams = []  # the same forward by hand, each stream an explicit tensor whose .grad autograd fills
+    h = model.embed(x)
+    for block in model.blocks:
+        h = h.detach().requires_grad_() if not streams else h
+        h.retain_grad()
+        streams.append(h)
+        h = block(h)
+    h.retain_grad()
+    streams.append(h)
+    torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten()).backward()
+    expected = [s.grad.norm().item() for s in streams]
+    model.zero_grad()
+    probes.arm()
+    model(x, y)[1].backward()
+    got = values_of(probes.read(step=0), "sensitivity")
+    assert [got[i, "dloss_dx"] for i in range(len(streams))] == pytest.approx(expected, rel=1e-5)
+
+
+def test_noise_ablation_matches_a_hand_built_one_and_is_zero_for_a_silent_layer():
+    model, probes = setup(kinds=["sensitivity"], norm="pre")
+    batch = (torch.randint(40, (3, 9)), torch.randint(40, (3, 9)))
+    with torch.no_grad():
+        model.blocks[1].attn.out.weight.zero_(), model.blocks[1].attn.out.bias.zero_()
+        model.blocks[1].ffn.fc2.weight.zero_(), model.blocks[1].ffn.fc2.bias.zero_()
+    got = values_of(probes.ablation(batch, step=0, seed=5), "sensitivity")
+    assert got[1, "noise_loss_change"] == 0.0  # noise with the norm of a zero output is zero
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # by hand: replace layer 0's two branch outputs, token by token
+        model.eval()
+        base = model(*batch)[1].item()
+
+        def noisy(module, args, output):
+            noise = torch.randn(output.shape, generator=generator)
+            return noise * output.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True)
+
+        hooks = [model.blocks[0].attn.register_forward_hook(noisy),
+                 model.blocks[0].ffn.register_forward_hook(noisy)]
+        ablated = model(*batch)[1].item()
+        for hook in hooks:
+            hook.remove()
+    assert got[0, "noise_loss_change"] == pytest.approx((ablated - base) / base, rel=1e-5)
+    assert got[0, "noise_loss_change"] != 0  # an untrained model: noise may help or hurt

@@ -327,3 +327,52 @@ def test_every_suite_builds_valid_distinct_cells_at_both_scales(tmp_path, name):
         configs = {(s.family, json.dumps(cell_config(scale, s).to_dict(), sort_keys=True)) for s in specs}
         assert len(paths) == len(configs)  # one folder per distinct config, shared across suites
         assert all(c.config.run.name == c.name == c.path.name for c in cells.values())
+
+
+def feature_probes(rank_rises: bool, pre_shielded: bool):
+    """rank and sensitivity rows for a fake feature-dimension cell: effective rank rising with relative
+    depth (or flat); ‖∂L/∂x‖ and the noise effect growing 3× towards the output for Post-LN, flat for
+    the Pre-LN layouts if `pre_shielded` (else the same as Post-LN); anisotropy rising with depth."""
+    def make(config):
+        m = config.model
+        n, d = m.n_layers, m.d_model
+        shielded = pre_shielded and m.norm == "pre"
+        rows = []
+        for step in (0, 4):
+            for layer in range(n + 1):
+                x = layer / n
+                erank = d * (0.3 + (0.4 * x if rank_rises else 0.0))
+                rows += [{"step": step, "probe": "rank", "layer": layer, "param": "resid.erank",
+                          "value": erank},
+                         {"step": step, "probe": "rank", "layer": layer, "param": "resid.aniso",
+                          "value": 0.1 + 0.1 * math.log2(n) if m.norm == "post" else 0.1},
+                         {"step": step, "probe": "sensitivity", "layer": layer, "param": "dloss_dx",
+                          "value": 1.0 if shielded else 1.0 + 2.0 * x}]
+                if layer < n:
+                    rows += [{"step": step, "probe": "rank", "layer": layer, "param": f"{role}.erank",
+                              "value": erank} for role in ("attn", "ffn")]
+                    rows.append({"step": step, "probe": "sensitivity", "layer": layer,
+                                 "param": "noise_loss_change", "value": 0.1 if shielded else 0.1 + 0.2 * x})
+        return "completed", 2.0, rows
+
+    return make
+
+
+def test_feature_dimension_verdicts_follow_the_measurements(tmp_path):
+    def by_claim(analysis):
+        return {v.claim: v.verdict for v in analysis.verdicts}
+
+    rank_claim = "1. Later layers carry higher-dimensional features: Pre-LN, the residual stream, after " \
+                 "training"
+    shields = "2. LN placement shields the model from late layers' features: Pre-LN against Post-LN, "
+    shield = shields + "gradient sensitivity, at initialisation"
+    ablate = shields + "noise ablation, after training"
+    collapse = "3. Rank collapse: Post-LN's last-layer stream grows more anisotropic with depth at " \
+               "initialisation"
+    differ = "3. Rank collapse: Post-LN and Pre-LN differ in anisotropy at initialisation, deepest L"
+    yes = by_claim(fake_runs(tmp_path / "a", "feature-dimension", feature_probes(True, True)))
+    assert {yes[c] for c in (rank_claim, shield, ablate, collapse, differ)} == {REPRODUCED}
+    assert yes["3. Rank collapse: Pre-LN's last-layer stream grows more anisotropic with depth at "
+               "initialisation"] == NOT_REPRODUCED
+    no = by_claim(fake_runs(tmp_path / "b", "feature-dimension", feature_probes(False, False)))
+    assert {no[c] for c in (rank_claim, shield, ablate)} == {NOT_REPRODUCED}

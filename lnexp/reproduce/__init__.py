@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lnexp import __version__
+from lnexp.reproduce import features  # noqa: F401 (registers the feature-dimension suite)
 from lnexp.reproduce.engine import SCALES, Context, Scale, make_cells
 from lnexp.reproduce.report import md_table, write_report
 from lnexp.reproduce.suites import SUITES

@@ -92,7 +92,7 @@ CPU = Scale(
                 "device": "auto"},
                {"grad_every": 1, "loss_every": 1}),
     seeds=2, init_seeds=3, warmup=100, lrs=(1e-3, 3e-3), init_depths=(6, 12, 24), figure3_depth=6,
-    depths=(6, 12, 24), depth_lr=1e-3, map_depths=(3, 6), map_lrs=(1e-3, 3e-3, 1e-2),
+    depths=(6, 24), depth_lr=1e-3, map_depths=(3, 6), map_lrs=(1e-3, 1e-2),
     gpt2_depth=12, gpt2_lr=1e-3, margin=0.25, layout_depth=6, layout_seeds=1,
     paper_gap="the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
               "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
@@ -125,6 +125,10 @@ SMALL = Scale(
 SCALES = {"tiny": TINY, "cpu": CPU, "small": SMALL}
 
 
+# GPT-2's layout and recipe: Pre-LN, its init (tied, learned positions) and its 1/√N residual scaling.
+PRE_GPT2 = {"model.norm": "pre", "model.init": "gpt2", "model.residual_scaling": "gpt2"}
+
+
 def layouts(scale: Scale) -> dict[str, dict[str, Any]]:
     """The five layouts of the stability map, as overrides of the training base."""
     return {
@@ -132,7 +136,7 @@ def layouts(scale: Scale) -> dict[str, dict[str, Any]]:
         "post+warm-up": {"model.norm": "post", "schedule.warmup_steps": scale.warmup},
         "post+RAdam": {"model.norm": "post", "optim.name": "radam"},
         "pre": {"model.norm": "pre"},
-        "pre+gpt2": {"model.norm": "pre", "model.init": "gpt2", "model.residual_scaling": "gpt2"},
+        "pre+gpt2": PRE_GPT2,
     }
 
 
@@ -153,7 +157,7 @@ class Spec:
 
 
 def cell_config(scale: Scale, spec: Spec) -> Config:
-    raw = copy.deepcopy(scale.train if spec.family == "train" else scale.init)
+    raw = copy.deepcopy(scale.init if spec.family == "init" else scale.train)
     for key, value in spec.overrides:
         *parents, leaf = key.split(".")
         node = raw

@@ -11,7 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lnexp.reproduce.engine import Context, Scale, Spec, cell_config, final_loss, layouts, loss_curve
+from lnexp.reproduce.engine import (
+    PRE_GPT2,
+    Context,
+    Scale,
+    Spec,
+    cell_config,
+    final_loss,
+    layouts,
+    loss_curve,
+)
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_curve, mean_pm, num
 from lnexp.reproduce.verdicts import (
     Threshold,
@@ -941,7 +950,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
 # --- gpt2-scaling ----------------------------------------------------------------------------------
 
 def _gpt2(scaled: bool) -> dict[str, Any]:
-    return {"model.norm": "pre", "model.init": "gpt2", "model.residual_scaling": "gpt2" if scaled else "none"}
+    return {**PRE_GPT2, "model.residual_scaling": "gpt2" if scaled else "none"}
 
 
 def gpt2_specs(scale: Scale) -> list[Spec]:
@@ -1044,6 +1053,12 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "Post-LN (Vaswani et al. 2017), Pre-LN (Xiong et al. 2020), Sandwich-LN (Ding et al. 2021), "
           "DeepNorm (Wang et al. 2022), Admin (Liu et al. 2020)", layouts_specs, layouts_analyse),
 )}
+
+
+def register(suite: Suite) -> Suite:
+    """Add a suite to SUITES (the CLI, `all` and the index read it from there)."""
+    SUITES[suite.name] = suite
+    return suite
 
 
 def depth_axis(ax: Any, depths: Sequence[int], label: str) -> None:
