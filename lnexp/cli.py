@@ -58,7 +58,9 @@ def train(
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
     except Exception as exc:  # the run folder already says "failed" and why
-        raise fail(f"training failed: {type(exc).__name__}: {exc}", 1) from None
+        from lnexp.train import failure_message
+
+        raise fail(f"training failed: {failure_message(exc)}", 1) from None
     if not outcome.main:
         return
     console.stdout.print(console.summary_table(f"{outcome.path}: {outcome.status}", outcome.summary))
