@@ -42,6 +42,7 @@ RESERVE_BYTES = 64 * 1024
 # was being created: --force and sweeps may replace it.
 RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "probes.jsonl", "summary.json", "model.pt",
              "checkpoint.pt", "plots", LOCK, RESERVE}
+FINISHED = ("completed", "diverged")  # a run that ended as a result: never resumed, never re-run
 JSON_LIMIT = 16 * 2**20  # meta.json and summary.json are a few KiB; anything this large is damage
 
 
@@ -56,6 +57,15 @@ def now() -> str:
 def stamped(stem: str) -> str:
     """A fresh run name: `stem` (cut to keep the name well under NAME_MAX) and the time."""
     return f"{stem[:100]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def retrain_name(config_file: Path, name: str | None) -> str | None:
+    """A fresh run name when `config_file` is the saved config.yaml of run `name` (training a run's
+    config again), whose own folder holds the name; else None."""
+    folder = config_file.parent
+    if config_file.name == "config.yaml" and name == folder.name and is_run(folder):
+        return stamped(name)
+    return None
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:

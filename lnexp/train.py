@@ -46,6 +46,7 @@ from lnexp.hardware import (
 from lnexp.model import build_model
 from lnexp.probes import Probes, Reading, radam_rho
 from lnexp.runs import (
+    FINISHED,
     RunError,
     RunWriter,
     check_target,
@@ -58,7 +59,6 @@ from lnexp.runs import (
 )
 
 CHECKPOINT = "checkpoint.pt"
-FINISHED = ("completed", "diverged")
 Progress = Callable[[int, int, dict], None]
 
 
@@ -419,24 +419,31 @@ class Stop:
 
 
 @contextmanager
+def on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block (only the main thread can catch them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
 def _stop_on_signals(stop: Stop | None = None) -> Iterator[Stop]:
     """Ctrl-C or SIGTERM: finish the current step, checkpoint, stop. A second one stops at once."""
     stop = stop or Stop()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
     def handler(signum: int, frame: Any) -> None:
         if stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_signals(handler):
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None, start: int,
