@@ -47,8 +47,11 @@ def train(
                *(["--quiet"] if quiet else [])]
     try:
         cfg = load_config(config, set_) if config else None
-        for warning in config_warnings(cfg) if cfg else []:
-            console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
+
+        def warn() -> None:
+            for warning in config_warnings(cfg):
+                console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
+
         if cfg and not force and "run.name" not in (s.partition("=")[0].strip() for s in set_):
             renamed = retrain_name(config, cfg.run.name)
             if renamed:
@@ -59,7 +62,8 @@ def train(
 
         with console.training_progress(cfg.run.name or config.stem if cfg else resume.name,
                                        quiet) as progress:
-            outcome = training.train(cfg, str(config), command, force=force, progress=progress) \
+            outcome = training.train(cfg, str(config), command, force=force, progress=progress,
+                                     on_ready=warn) \
                 if cfg else training.resume(resume, command, progress=progress)
     except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
@@ -179,6 +183,9 @@ def list_runs(
     if not found:
         console.stderr.print(f"no runs in {directory}", markup=False, soft_wrap=True)
         return
+    for run in found:
+        for note in run.notes:
+            console.stderr.print(f"note: {run.path}: {note}", markup=False, soft_wrap=True)
     console.stdout.print(comparison.runs_table(found, directory))
 
 
@@ -215,8 +222,7 @@ def sweep(
         plan = sweeps.expand(config, grid, seeds, set_, name, jobs)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    for warning in dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config)):
-        console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
+    warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
     if dry_run:
         console.stdout.print(sweeps.cells_table(plan))
         return
@@ -226,6 +232,8 @@ def sweep(
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
+    for warning in warnings:  # after the sweep's checks, so that an error stays one line
+        console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
     failed = [n for n, r in results.items() if r.get("status") == "failed"]
     if any(r.get("status") == "interrupted" for r in results.values()):

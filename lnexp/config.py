@@ -179,6 +179,10 @@ def _fault(raw: dict[str, Any]) -> tuple[str, str] | None:
     return _check_consistency(config)
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names a key twice."""
+
+
 class _StrictLoader(yaml.SafeLoader):
     """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last,
     so a repeated section would silently replace the first. Merge keys (<<) may still be overridden."""
@@ -190,12 +194,13 @@ class _StrictLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.get(key)
             except TypeError:  # unhashable: the base class says so
                 continue
-            if first != key_node.start_mark.line:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first + 1})", key_node.start_mark)
+            if first is not None:
+                raise DuplicateKey(None, None, f"duplicate key {key!r} (first at line {first + 1})",
+                                   key_node.start_mark)
+            seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
 
@@ -232,7 +237,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {key}: empty key part (expected SECTION.KEY, e.g. optim.lr)")
     try:
         value = yaml.load(text, Loader=_StrictLoader) if text.strip() else ""
-    except (yaml.YAMLError, RecursionError):
+    except DuplicateKey as exc:
+        raise ConfigError(f"--set {key}: {exc.problem}") from None
+    except (yaml.YAMLError, RecursionError):  # not YAML: the text itself (validated as a string)
         value = text
     return key, value
 

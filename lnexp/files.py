@@ -52,14 +52,17 @@ def open_regular(path: str | Path) -> BinaryIO:
 
 def read_regular(path: str | Path, limit: int) -> bytes:
     """The bytes of a regular file of at most `limit` bytes."""
+    chunks, total = [], 0
     try:
         with open_regular(path) as f:
-            data = f.read(limit + 1)
+            while chunk := f.read(min(2**16, limit + 1 - total)):  # read(limit) would allocate limit
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise FileProblem(f"larger than the {_size(limit)} limit")
     except OSError as exc:
         raise FileProblem(f"cannot read ({exc.strerror})") from None
-    if len(data) > limit:
-        raise FileProblem(f"larger than the {_size(limit)} limit")
-    return data
+    return b"".join(chunks)
 
 
 def map_regular(path: str | Path) -> bytes | mmap.mmap:

@@ -327,14 +327,18 @@ def _git_commit() -> str | None:
 
 
 def train(config: Config, source: str, command: list[str] | None = None, force: bool = False,
-          progress: Progress | None = None, stop: Stop | None = None) -> Outcome:
-    """Train a new run and write its folder. Input faults raise before anything is written. `stop`
-    is set by a signal to end the run at the next step (a sweep worker's, set before the run began)."""
+          progress: Progress | None = None, stop: Stop | None = None,
+          on_ready: Callable[[], None] | None = None) -> Outcome:
+    """Train a new run and write its folder. Input faults raise before anything is written; then
+    `on_ready` is called (the CLI's warnings: after the one line of an error, never before it).
+    `stop` is set by a signal to end the run at the next step (a sweep worker's, maybe already)."""
     data, dist, device = prepare(config, source)
     name = config.run.name or stamped(Path(source).stem)
     path = Path(config.run.dir) / name
     if dist.main:
         check_target(path, force)
+        if on_ready:
+            on_ready()
     config = config.model_copy(deep=True)
     config.run.name = name
     trainer = Trainer(config, data, device, dist)
