@@ -94,8 +94,9 @@ def is_locked(path: Path) -> bool | None:
 
 
 def _in_use(path: Path) -> RunError:
-    meta = _read_json(path / "meta.json", [])
-    pid = f" (pid {meta['pid']})" if isinstance(meta.get("pid"), int) else ""
+    meta = _read_json(path / "meta.json", [])  # a pid only of a run that says it is running
+    running = isinstance(meta.get("pid"), int) and meta.get("status") == "running"
+    pid = f" (pid {meta['pid']})" if running else ""
     return RunError(f"{path}: in use by a running process{pid}; stop it first")
 
 
@@ -112,8 +113,11 @@ def check_target(path: Path, force: bool) -> None:
         raise RunError(f"{path}: is a symbolic link; refusing to use or replace it")
     if not force:
         raise RunError(f"{path}: run folder exists (choose another run.name, or --force to replace it)")
-    if not stat.S_ISDIR(mode) or not (path / "meta.json").is_file() and \
-            not all(name in RUN_FILES or _is_temp(name) for name in os.listdir(path)):
+    try:
+        names = os.listdir(path) if stat.S_ISDIR(mode) else None
+    except FileNotFoundError:
+        return  # removed since (by another --force)
+    if names is None or "meta.json" not in names and not all(n in RUN_FILES or _is_temp(n) for n in names):
         raise RunError(f"{path}: exists and is not a run folder; refusing to replace it")
     if is_locked(path):
         raise _in_use(path)
@@ -134,7 +138,10 @@ def _remove_dead(path: Path) -> None:
     try:
         if not try_lock(lock):
             raise _in_use(path)
-        here, held = os.lstat(path), os.fstat(folder)
+        try:
+            here, held = os.lstat(path), os.fstat(folder)
+        except FileNotFoundError:
+            return  # another --force removed it while this one waited
         if (here.st_dev, here.st_ino) != (held.st_dev, held.st_ino):
             return  # replaced since it was opened: not the folder that was checked
         aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
