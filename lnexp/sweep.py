@@ -421,6 +421,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def on_signals(handler: Callable[[int, Any], None]) -> Any:
+    """lnexp.train.on_signals, imported when used: this module imports no torch at import time."""
     from lnexp.train import on_signals as handle
 
     return handle(handler)
