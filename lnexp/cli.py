@@ -35,8 +35,8 @@ def train(
     Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits with code 130.
     """
     from lnexp import console
-    from lnexp.config import ConfigError, load_config
-    from lnexp.runs import RunError
+    from lnexp.config import ConfigError, config_warnings, load_config
+    from lnexp.runs import RunError, retrain_name
 
     if (config is None) == (resume is None):
         raise fail("give a CONFIG file to train, or --resume RUN to continue a run (not both)")
@@ -47,18 +47,32 @@ def train(
                *(["--quiet"] if quiet else [])]
     try:
         cfg = load_config(config, set_) if config else None
+
+        def warn() -> None:
+            for warning in config_warnings(cfg):
+                console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
+
+        if cfg and not force and "run.name" not in (s.partition("=")[0].strip() for s in set_):
+            renamed = retrain_name(config, cfg.run.name)
+            if renamed:
+                console.stderr.print(f"note: {config} is the saved config of run {cfg.run.name}; "
+                                     f"training it again as {renamed}", markup=False, soft_wrap=True)
+                cfg.run.name = renamed
         from lnexp import train as training
 
         with console.training_progress(cfg.run.name or config.stem if cfg else resume.name,
                                        quiet) as progress:
-            outcome = training.train(cfg, str(config), command, force=force, progress=progress) \
+            outcome = training.train(cfg, str(config), command, force=force, progress=progress,
+                                     on_ready=warn) \
                 if cfg else training.resume(resume, command, progress=progress)
     except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
     except Exception as exc:  # the run folder already says "failed" and why
-        raise fail(f"training failed: {type(exc).__name__}: {exc}", 1) from None
+        from lnexp.train import failure_message
+
+        raise fail(f"training failed: {failure_message(exc)}", 1) from None
     if not outcome.main:
         return
     console.stdout.print(console.summary_table(f"{outcome.path}: {outcome.status}", outcome.summary))
@@ -173,6 +187,9 @@ def list_runs(
     if not found:
         console.stderr.print(f"no runs in {directory}", markup=False, soft_wrap=True)
         return
+    for run in found:
+        for note in run.notes:
+            console.stderr.print(f"note: {run.path}: {note}", markup=False, soft_wrap=True)
     console.stdout.print(comparison.runs_table(found, directory))
 
 
@@ -202,21 +219,25 @@ def sweep(
     """
     from lnexp import console
     from lnexp import sweep as sweeps
-    from lnexp.config import ConfigError
+    from lnexp.config import ConfigError, config_warnings
+    from lnexp.runs import RunError
 
     try:
         plan = sweeps.expand(config, grid, seeds, set_, name, jobs)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
     if dry_run:
         console.stdout.print(sweeps.cells_table(plan))
         return
     try:
         results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event)
-    except ConfigError as exc:
+    except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
+    for warning in warnings:  # after the sweep's checks, so that an error stays one line
+        console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
     failed = [n for n, r in results.items() if r.get("status") == "failed"]
     if any(r.get("status") == "interrupted" for r in results.values()):
@@ -267,15 +288,17 @@ def generate(
     torch.set_num_threads(threads)
     try:
         dec.check_settings(strategy, n=n, max_new_tokens=max_new_tokens, temperature=temperature, k=k,
-                           p=p, beams=beams, alpha=length_penalty)
+                           p=p, beams=beams, alpha=length_penalty, seed=seed)
         if not prompt:
             raise dec.DecodeError("--prompt is empty")
         if stop == "":
             raise dec.DecodeError("--stop is empty")
+        prompt_ids = dec.encode(prompt, "--prompt")
+        stop_ids = dec.encode(stop, "--stop") if stop else []
         model, _ = dec.load_model(run)
-        outputs = dec.decode(model, dec.encode(prompt), strategy, n=n, max_new_tokens=max_new_tokens,
+        outputs = dec.decode(model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
                              temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
-                             seed=seed, stop=dec.encode(stop) if stop else ())
+                             seed=seed, stop=stop_ids)
     except dec.DecodeError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -284,7 +307,7 @@ def generate(
         settings = {"max_new_tokens": max_new_tokens, "seed": seed, "stop": stop, "temperature": temperature,
                     "k": k, "p": p, "beams": beams, "length_penalty": length_penalty}
         typer.echo(json.dumps({
-            "run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": dec.encode(prompt),
+            "run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": prompt_ids,
             "settings": settings,
             "outputs": [{"text": dec.to_text(o.ids), "ids": o.ids, "logprob": o.logprob,
                          **({"score": o.score} if o.score is not None else {})} for o in outputs],
@@ -333,14 +356,16 @@ def decode_stats(
     try:
         for strategy in dec.STRATEGIES:
             dec.check_settings(strategy, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
-                               k=k, p=p, beams=beams)
+                               k=k, p=p, beams=beams, seed=seed)
         if n < 1:
             raise dec.DecodeError(f"--n must be >= 1, got {n}")
         if prompts is not None:
+            from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
+
             try:
-                lines = prompts.read_bytes().decode("utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
+                lines = read_regular(prompts, CONFIG_LIMIT).decode("utf-8").splitlines()
+            except (FileProblem, UnicodeDecodeError) as exc:
+                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
                 raise dec.DecodeError(f"{prompts}: cannot read ({why})") from None
             texts = [line for line in lines if line.strip()]
             if not texts:

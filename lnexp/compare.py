@@ -110,7 +110,7 @@ def layout(config: dict[str, Any]) -> str:
     """The layout in one label: the norm (post, pre, sandwich, deepnorm, admin), then +gpt2 (GPT-2
     residual scaling), +rms (`norm_type: rmsnorm`) and +encdec (`arch: encoder_decoder`)."""
     model = config.get("model", {})
-    return (model.get("norm", "?") + ("+gpt2" if model.get("residual_scaling") == "gpt2" else "")
+    return (str(model.get("norm", "?")) + ("+gpt2" if model.get("residual_scaling") == "gpt2" else "")
             + ("+rms" if model.get("norm_type") == "rmsnorm" else "")
             + ("+encdec" if model.get("arch") == "encoder_decoder" else ""))
 
@@ -160,7 +160,8 @@ def run_profile(run: Run, probe: str, param: str, at: Step, notes: list[str], wh
     if at != "last" and step != at:
         notes.append(f"{who}: step {at} not logged, using the nearest logged step, {step}")
     values = layer_profile(run.probes, probe, param, step)
-    depth = profile_depth(probe, param, run.config.get("model", {}).get("n_layers", 0))
+    n_layers = run.config.get("model", {}).get("n_layers")
+    depth = profile_depth(probe, param, n_layers if isinstance(n_layers, int) else 0)
     if not values:
         notes.append(f"{who}: no {probe} values for {param} at step {step} "
                      f"(roles: {', '.join(weight_roles(run.probes))}, all)")
@@ -335,13 +336,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+LISTING_TAIL = 50  # metrics lines a listing reads, from the end: enough for a run without summary.json
+
+
 def find_runs(root: Path) -> list[Run]:
     """The runs in `root` and one level below (a sweep's folder), newest first. Probes are not read."""
     paths = sorted({p.parent for pattern in ("*/meta.json", "*/*/meta.json") for p in root.glob(pattern)})
     runs = []
     for path in paths:
         try:
-            runs.append(load_run(path, probes=False))
+            runs.append(load_run(path, probes=False, tail=LISTING_TAIL))
         except RunError:
             continue  # vanished between the glob and the read
     return sorted(runs, key=_started, reverse=True)

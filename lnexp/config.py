@@ -6,6 +6,7 @@ is coerced and checked against the schema below (pydantic), and a bool is never 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
 from lnexp.recipes import DEFAULT_RECIPE, LEGACY_NAMES, RECIPES
 
 
@@ -151,41 +153,83 @@ class Config(Section):
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides, validate; raise ConfigError on any fault."""
+    """Read a YAML config, apply `key.path=value` overrides, validate; raise ConfigError on any fault.
+
+    A fault is blamed on the `--set` that brought it in (the first override after which the config
+    fails this way), else on the file."""
     path = Path(path)
     raw = _read_yaml(path)
-    set_paths = [_apply_override(raw, item) for item in overrides]
-    return validate(raw, source=str(path), set_paths=set_paths)
+    items = [(item, *_parse_override(item)) for item in overrides]
+    configs = [copy.deepcopy(raw)]
+    for item, key, value in items:
+        configs.append(copy.deepcopy(configs[-1]))
+        _apply_override(configs[-1], item, key, value)
+    fault = _fault(configs[-1])
+    if fault is None:
+        return Config.model_validate(configs[-1])
+    culprit = len(items)
+    while culprit > 0 and _fault(configs[culprit - 1]) == fault:
+        culprit -= 1
+    key, message = fault
+    if culprit == 0:
+        raise ConfigError(f"{path}: {key}: {message}")
+    item, set_key, _ = items[culprit - 1]
+    named = set_key if key == set_key or key.startswith(set_key + ".") else f"{item}: {key}"
+    raise ConfigError(f"--set {named}: {message}")
 
 
-def validate(raw: dict[str, Any], source: str = "config", set_paths: list[str] = ()) -> Config:
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """A Config from parsed YAML (a file, a checkpoint's config); ConfigError names `source`."""
+    fault = _fault(raw)
+    if fault:
+        raise ConfigError(f"{source}: {fault[0]}: {fault[1]}")
+    return Config.model_validate(raw)
+
+
+def _fault(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """The first problem of a config, as (key, message), or None."""
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"])
-        from_set = any(key == p or key.startswith(p + ".") for p in set_paths)
-        raise ConfigError(f"{'--set' if from_set else source + ':'} {key}: {_describe(error)}") from None
-    problem = _check_consistency(config)
-    if problem:
-        key, message = problem
-        raise ConfigError(f"{'--set' if key in set_paths else source + ':'} {key}: {message}")
-    return config
+        return ".".join(str(part) for part in error["loc"]), _describe(error)
+    return _check_consistency(config)
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names a key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last,
+    so a repeated section would silently replace the first. Merge keys (<<) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: the base class says so
+                continue
+            if first is not None:
+                raise DuplicateKey(None, None, f"duplicate key {key!r} (first at line {first + 1})",
+                                   key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
+        text = read_regular(path, CONFIG_LIMIT).decode("utf-8")
+    except FileProblem as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -200,16 +244,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> str:
-    """Set `a.b=value` in raw (value read as YAML, then validated like the file); return the key path."""
+def _parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> (key path, value read as YAML, to be validated like the file's)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. optim.lr=3e-3")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {key}: empty key part (expected SECTION.KEY, e.g. optim.lr)")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = yaml.load(text, Loader=_StrictLoader) if text.strip() else ""
+    except DuplicateKey as exc:
+        raise ConfigError(f"--set {key}: {exc.problem}") from None
+    except (yaml.YAMLError, RecursionError):  # not YAML: the text itself (validated as a string)
         value = text
+    return key, value
+
+
+def _apply_override(raw: dict[str, Any], item: str, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):
@@ -218,7 +270,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> str:
             raise ConfigError(f"--set {key}: {'.'.join(parents[: depth + 1])} is not a section")
         node = child
     node[leaf] = value
-    return key
 
 
 def _check_consistency(config: Config) -> tuple[str, str] | None:
@@ -251,8 +302,33 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
     name = config.run.name
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
                              or name.startswith("~") or "\0" in name):
-        return "run.name", f"must be a plain folder name, got {name!r}"
+        return "run.name", f"must be a plain folder name, got {_show(name)}"
+    if name is not None and len(name.encode()) > MAX_RUN_NAME:
+        return "run.name", f"must be at most {MAX_RUN_NAME} bytes (a folder name), got {len(name.encode())}"
     return None
+
+
+MAX_RUN_NAME = 200  # NAME_MAX is 255 bytes; the rest is room for the temp names beside a folder
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Keys the user set that do nothing in this config (`key: why`): accepted, but worth a word."""
+    d, s = config.data, config.schedule
+    warnings = []
+    unused = {"max_bytes": d.source != "stdlib", "path": d.source not in ("text", "pairs"),
+              "task": d.source not in ("synthetic", "seq2seq"),
+              "vocab_size": d.source not in ("synthetic", "seq2seq"),
+              "seed": not (d.source == "seq2seq" and d.task == "translate")}
+    for key, idle in unused.items():
+        if idle and key in d.model_fields_set:
+            warnings.append(f"data.{key}: has no effect with data.source {d.source}"
+                            + (f" and data.task {d.task}" if key == "seed" and d.source == "seq2seq" else ""))
+    if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
+        warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
+    if s.warmup_steps > config.train.steps:
+        warnings.append(f"schedule.warmup_steps: {s.warmup_steps} is more than train.steps "
+                        f"({config.train.steps}): the learning rate never reaches optim.lr")
+    return warnings
 
 
 def _describe(error: dict[str, Any]) -> str:

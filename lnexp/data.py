@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
 import sys
 import sysconfig
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from lnexp.config import ConfigError, DataConfig
+from lnexp.files import FileProblem, atomic_write, map_regular
 from lnexp.model import PAD
 
 BOS, EOS = 1, 2
@@ -227,19 +229,20 @@ def load_data(cfg: DataConfig) -> Data:
     return _stdlib_corpus(cfg.max_bytes, cfg.val_fraction)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path) -> bytes | mmap.mmap:
+    """A data file's bytes, memory-mapped: pages are read as batches use them. Regular files only."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"data.path: no such file: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"data.path: cannot read {path} ({exc.strerror})") from None
+        return map_regular(path)
+    except FileProblem as exc:
+        raise ConfigError(f"data.path: {exc}: {path}") from None
 
 
 def _pairs_corpus(path: Path, val_fraction: float) -> PairsCorpus:
     pairs = []
-    for number, line in enumerate(_read(path).split(b"\n"), 1):
-        line = line.removesuffix(b"\r")
+    data = _read(path)
+    lines = iter(data.readline, b"") if isinstance(data, mmap.mmap) else iter(())  # b"": no lines
+    for number, line in enumerate(lines, 1):
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
         if not line.strip():
             continue
         tabs = line.count(b"\t")
@@ -256,8 +259,8 @@ def _pairs_corpus(path: Path, val_fraction: float) -> PairsCorpus:
 
 
 def _text_corpus(path: Path, val_fraction: float) -> Corpus:
-    raw = _read(path)
-    tokens = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
+    raw = _read(path)  # the tensor shares the map's memory: nothing is copied
+    tokens = torch.frombuffer(raw, dtype=torch.uint8) if len(raw) else torch.zeros(0, dtype=torch.uint8)
     n_val = int(len(tokens) * val_fraction)
     return Corpus(tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:], f"text file {path}")
 
@@ -293,9 +296,7 @@ def _stdlib_corpus(max_bytes: int, val_fraction: float) -> Corpus:
              for name, chunks in parts.items()}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(split, tmp)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda f: torch.save(split, f))
     except OSError:  # an unwritable cache only costs the re-read next time
         pass
     return Corpus(split["train"], split["val"], description)

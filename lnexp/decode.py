@@ -82,9 +82,13 @@ def load_model(path: str | Path) -> tuple[TransformerLM, Any]:
     return model.eval(), config
 
 
-def encode(text: str) -> list[int]:
-    """A prompt's token ids: its UTF-8 bytes."""
-    return list(text.encode("utf-8"))
+def encode(text: str, what: str = "the text") -> list[int]:
+    """A prompt's token ids: its UTF-8 bytes. Text that has no UTF-8 form (an argument of invalid
+    bytes arrives as lone surrogates) is a DecodeError naming `what`."""
+    try:
+        return list(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise DecodeError(f"{what} is not valid UTF-8 text") from None
 
 
 def to_text(ids: Sequence[int]) -> str:
@@ -101,8 +105,11 @@ def printable(text: str) -> str:
                    for c in text)
 
 
+MAX_SEED = 2**63  # a torch.Generator takes 64 bits; decode-stats adds the prompt's index
+
+
 def check_settings(strategy: str, *, n: int = 1, max_new_tokens: int = 1, temperature: float = 1.0,
-                   k: int = 1, p: float = 1.0, beams: int = 1, alpha: float = 0.0) -> None:
+                   k: int = 1, p: float = 1.0, beams: int = 1, alpha: float = 0.0, seed: int = 0) -> None:
     """Raise DecodeError naming the option for any value outside its range."""
     if strategy not in STRATEGIES:
         raise DecodeError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -124,6 +131,8 @@ def check_settings(strategy: str, *, n: int = 1, max_new_tokens: int = 1, temper
                           f"hypotheses, got {n}")
     if max_new_tokens < 1:
         raise DecodeError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not 0 <= seed < MAX_SEED:
+        raise DecodeError(f"--seed must be in 0..2**63-1, got {seed}")
 
 
 def check_prompt(prompt: Sequence[int], vocab_size: int) -> None:
@@ -149,10 +158,11 @@ def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Exactly the k largest logits of each row kept (ties broken by position), the rest -inf."""
+    """Exactly the k largest logits of each row kept (ties broken by position: the earlier token),
+    the rest -inf. A stable sort, because torch.topk does not promise which of tied values it keeps."""
     if k >= logits.shape[-1]:
         return logits
-    keep = logits.topk(k, dim=-1).indices
+    keep = logits.sort(dim=-1, descending=True, stable=True).indices[..., :k]
     return torch.full_like(logits, -math.inf).scatter(-1, keep, logits.gather(-1, keep))
 
 

@@ -19,7 +19,9 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,9 @@ from typing import Any
 import yaml
 
 from lnexp.config import Config, ConfigError, load_config
-from lnexp.runs import now, write_json
+from lnexp.files import try_lock
+from lnexp.runs import FINISHED, RunError, now, write_json
 
-FINISHED = ("completed", "diverged")
 MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
 _PLAIN = re.compile(r"[A-Za-z0-9._+\-=,]+")
@@ -274,17 +276,38 @@ def preflight(cells: list[Cell]) -> None:
             raise ConfigError("train.device: cuda requested but no CUDA device is available")
 
 
+_worker_stop: Any = None  # a pool worker's Stop, set by a signal (see _worker_init)
+
+
+def _worker_init() -> None:
+    """A pool worker: in its own process group, so a terminal's Ctrl-C reaches only the sweep, which
+    passes it on once; a signal sets the worker's Stop, so its cell checkpoints and later cells do
+    not start (a second signal would stop a run without its checkpoint)."""
+    global _worker_stop
+    from lnexp.train import Stop
+
+    os.setpgrp()
+    stop = _worker_stop = Stop()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.requested = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
 def run_cell(config: dict[str, Any], source: str, command: list[str], force: bool) -> dict[str, Any]:
     """Train one cell (in this process or a pool worker); a crash is a result: status failed."""
-    from lnexp.runs import RunError
-    from lnexp.train import train
+    from lnexp.train import failure_message, train
 
+    if _worker_stop is not None and _worker_stop.requested:
+        return {"status": "interrupted", "error": "not started: the sweep was stopped"}
     try:
-        outcome = train(Config.model_validate(config), source, command, force=force)
+        outcome = train(Config.model_validate(config), source, command, force=force, stop=_worker_stop)
     except (ConfigError, RunError) as exc:
         return {"status": "failed", "error": str(exc)}
     except Exception as exc:  # the run folder says "failed" and why; the other cells go on
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "failed", "error": failure_message(exc)}
     return {**outcome.summary, "status": outcome.status}
 
 
@@ -339,39 +362,69 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                                                                    for a in ("--set", o))])
     args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
     if jobs <= 1 or len(args) <= 1:
-        for cell, cell_args in args:
-            if on_event:
-                on_event(done, total, cell, "started", {})
-            results[cell.name] = run_cell(*cell_args)
-            done += 1
-            if on_event:
-                on_event(done, total, cell, "finished", results[cell.name])
-            if results[cell.name].get("status") == "interrupted":  # Ctrl-C caught by the run
-                break
+        with on_signals(_interrupt):  # between cells; a cell's run handles them itself
+            for cell, cell_args in args:
+                if on_event:
+                    on_event(done, total, cell, "started", {})
+                results[cell.name] = run_cell(*cell_args)
+                done += 1
+                if on_event:
+                    on_event(done, total, cell, "finished", results[cell.name])
+                if results[cell.name].get("status") == "interrupted":  # Ctrl-C caught by the run
+                    break
         return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
     # spawn: a fresh interpreter per worker, never a fork of a process whose torch threads exist
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+    futures: dict[Future, Cell] = {}
+    stopping: list[int] = []
+
+    def stop_workers(signum: int, frame: Any) -> None:
+        """Ctrl-C or SIGTERM: cells not started stay so; each worker is told once to checkpoint its
+        cell and return; a second signal stops the sweep at once."""
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(signum)
+        for future in futures:
+            future.cancel()
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGTERM)
+
     try:
-        futures = {pool.submit(run_cell, *cell_args): cell for cell, cell_args in args}
-        for future in as_completed(futures):
-            cell = futures[future]
-            try:
-                results[cell.name] = future.result()
-            except Exception as exc:  # a worker that died (killed, out of memory)
-                results[cell.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            done += 1
-            if on_event:
-                on_event(done, total, cell, "finished", results[cell.name])
-            if results[cell.name].get("status") == "interrupted":
-                raise KeyboardInterrupt
+        with on_signals(stop_workers):
+            futures.update({pool.submit(run_cell, *cell_args): cell for cell, cell_args in args})
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                cell = futures[future]
+                try:
+                    results[cell.name] = future.result()
+                except Exception as exc:  # a worker that died (killed, out of memory)
+                    results[cell.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                done += 1
+                if on_event:
+                    on_event(done, total, cell, "finished", results[cell.name])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+    if stopping or any(r.get("status") == "interrupted" for r in results.values()):
+        raise KeyboardInterrupt  # every started cell has checkpointed and returned
     return results
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the sweep records where it stopped
+
+
+def on_signals(handler: Callable[[int, Any], None]) -> Any:
+    """lnexp.train.on_signals, imported when used: this module imports no torch at import time."""
+    from lnexp.train import on_signals as handle
+
+    return handle(handler)
 
 
 def run_cells(cells: list[Cell], jobs: int = 1, force: bool = False, mismatch: str = "error",
@@ -390,24 +443,41 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
         "seeds": sweep.seeds,
         "set": sweep.sets,
         "updated": now(),
+        # the folder is the truth; a result only for a cell that never got one (failed before it)
         "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides,
-                   "status": results.get(c.name, {}).get("status") or folder_status(c.path)}
+                   "status": folder_status(c.path) or results.get(c.name, {}).get("status")}
                   for c in sweep.cells],
     }
 
 
 def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None
               ) -> dict[str, dict[str, Any]]:
-    """Run the sweep's unfinished cells; sweep.json is written once the checks have passed."""
-    work = plan(sweep.cells, force)  # raises before anything is written
+    """Run the sweep's unfinished cells; sweep.json is written once the checks have passed. A second
+    sweep of the same folder at once is refused (RunError): the sweep holds its lock throughout."""
+    plan(sweep.cells, force)  # raises before anything is written
     sweep.root.mkdir(parents=True, exist_ok=True)
-    write_json(sweep.root / "sweep.json", sweep_record(sweep))
-    results: dict[str, dict[str, Any]] = {}
-    try:
-        results = execute(work, jobs, sweep.config_file, lambda cell: _train_command(sweep, cell), on_event)
-    finally:
-        write_json(sweep.root / "sweep.json", sweep_record(sweep, results))
+    with _sweep_lock(sweep.root), on_signals(_interrupt):
+        work = plan(sweep.cells, force)  # again, under the lock: what another sweep finished is skipped
+        write_json(sweep.root / "sweep.json", sweep_record(sweep))
+        results: dict[str, dict[str, Any]] = {}
+        try:
+            results = execute(work, jobs, sweep.config_file, lambda cell: _train_command(sweep, cell),
+                              on_event)
+        finally:
+            write_json(sweep.root / "sweep.json", sweep_record(sweep, results))
     return results
+
+
+@contextmanager
+def _sweep_lock(root: Path) -> Iterator[None]:
+    fd = os.open(root / ".sweep.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        if not try_lock(fd):
+            raise RunError(f"{root}: another sweep of this name is running; wait for it, or use another "
+                           "--name")
+        yield
+    finally:
+        os.close(fd)
 
 
 def _train_command(sweep: Sweep, cell: Cell) -> list[str]:

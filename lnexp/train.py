@@ -11,6 +11,7 @@ number: a run resumed from a checkpoint sees exactly the batches the uninterrupt
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import platform
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from lnexp.model import build_model
 from lnexp.probes import Probes, Reading, radam_rho
 from lnexp.recipes import recipe_meta
 from lnexp.runs import (
+    FINISHED,
     RunError,
     RunWriter,
     check_target,
@@ -53,7 +56,7 @@ from lnexp.runs import (
     logged_steps,
     now,
     read_jsonl,
-    write_json,
+    stamped,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -95,6 +98,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.o
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
 
 
+def uses_bf16(config: Config, device: torch.device) -> bool:
+    """bf16 autocast: asked for, or `auto` on a GPU."""
+    return config.train.precision == "bf16" or (config.train.precision == "auto" and device.type == "cuda")
+
+
 class Trainer:
     """The model, optimiser, schedule, data and probes of one run; `step()` is one update."""
 
@@ -108,7 +116,7 @@ class Trainer:
         cuda = device.type == "cuda"
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda)
+        self.bf16 = uses_bf16(config, device)
         self.model = build_model(config.model, data.vocab_size).to(device)  # probes, checkpoints
         self.batches = torch.Generator()
         if config.model.norm == "admin" and config.model.admin_init == "profile":
@@ -199,6 +207,7 @@ class Trainer:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint (validated by `checkpoint_problem`)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -207,14 +216,33 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Temp file + rename: a failed write (disk full) leaves the previous checkpoint in place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+CHECKPOINT_KEYS = {"step": int, "model": dict, "optimizer": dict, "scheduler": dict, "rng": dict,
+                   "data_position": int, "config": dict}
+
+
+def checkpoint_problem(state: Any) -> str | None:
+    """What is wrong with a loaded checkpoint's structure (None: nothing). Its config and weights are
+    checked when they are used (validate, load_state_dict)."""
+    if not isinstance(state, dict):
+        return f"not a checkpoint (a {type(state).__name__}, not a mapping)"
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"no {key}" if key not in state else f"{key} is not a {kind.__name__}"
+    if state["step"] < 0 or not isinstance(state["rng"].get("torch"), torch.Tensor):
+        return "step or rng state malformed"
+    return None
+
+
+def save_state(writer: RunWriter, name: str, state: dict[str, Any]) -> None:
+    """Temp file + rename: a failed write (disk full) leaves the previous file in place."""
+    writer.write_file(name, lambda f: torch.save(state, f))
+
+
+def failure_message(exc: BaseException) -> str:
+    """An error mid-run, in one line; a full disk is said in words (torch's message would not)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full: no space left on the device writing {exc.filename or 'the run folder'}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -227,11 +255,12 @@ class Outcome:
 
 @dataclass
 class History:
-    """What the run has logged so far (read back from the folder when resuming)."""
+    """What the run has logged so far (read back from the folder when resuming), and the updates made."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     val_losses: dict[int, float] = field(default_factory=dict)
     wall_before: float = 0.0
+    steps_done: int = 0
 
 
 def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
@@ -249,15 +278,33 @@ def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
     return data, dist, device
 
 
+# Values kept for the backward pass per token and layer, in units of d_model: the block's input,
+# norms, q, k, v, attention output and projection, residuals, FFN input, dropout masks. A lower
+# bound (implementations keep more), so a run that fits is never refused.
+ACTIVATION_FACTOR = 12
+
+
 def _check_fits(config: Config, vocab_size: int, device: torch.device) -> None:
-    """Refuse a model whose weights, gradients and Adam moments alone exceed the device's memory."""
-    m = config.model
+    """Refuse a run whose weights, gradients and Adam moments (16 bytes a parameter), plus the
+    activations one training step keeps (ACTIVATION_FACTOR x d_model, 2 x d_ff and the attention
+    weights per token and layer, the logits per token) and the validation batches, exceed the
+    device's memory."""
+    m, t = config.model, config.train
     n_params = m.n_layers * (4 * m.d_model**2 + 2 * m.d_model * m.d_ff) \
         + (vocab_size + m.max_seq_len) * m.d_model
-    needed, available = 16 * n_params, memory_bytes(device)
-    if available and needed > available:
-        raise ConfigError(f"model: {n_params:,} parameters need at least {needed / 2**30:.1f} GiB, "
+    per_token = m.n_layers * (ACTIVATION_FACTOR * m.d_model + 2 * m.d_ff + m.n_heads * t.seq_len) \
+        + 2 * vocab_size
+    activations = t.batch_size * t.seq_len * per_token * (2 if uses_bf16(config, device) else 4)
+    val_batches = t.eval_batches * t.batch_size * t.seq_len * 8 * 3  # int64 tokens: inputs, targets
+    weights, available = 16 * n_params, memory_bytes(device)
+    if available and weights > available:
+        raise ConfigError(f"model: {n_params:,} parameters need at least {weights / 2**30:.1f} GiB, "
                           f"more than the {available / 2**30:.1f} GiB of {device}")
+    needed = weights + activations + val_batches
+    if available and needed > available:
+        raise ConfigError(f"train.batch_size: {t.batch_size} sequences of {t.seq_len} tokens need at "
+                          f"least {needed / 2**30:.1f} GiB (weights, optimiser and activations), more than "
+                          f"the {available / 2**30:.1f} GiB of {device}")
 
 
 def run_meta(config: Config, source: str, command: list[str], device: torch.device, data: Data,
@@ -295,13 +342,18 @@ def _git_commit() -> str | None:
 
 
 def train(config: Config, source: str, command: list[str] | None = None, force: bool = False,
-          progress: Progress | None = None) -> Outcome:
-    """Train a new run and write its folder. Input faults raise before anything is written."""
+          progress: Progress | None = None, stop: Stop | None = None,
+          on_ready: Callable[[], None] | None = None) -> Outcome:
+    """Train a new run and write its folder. Input faults raise before anything is written; then
+    `on_ready` is called (the CLI's warnings: after the one line of an error, never before it).
+    `stop` is set by a signal to end the run at the next step (a sweep worker's, maybe already)."""
     data, dist, device = prepare(config, source)
-    name = config.run.name or f"{Path(source).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = config.run.name or stamped(Path(source).stem)
     path = Path(config.run.dir) / name
     if dist.main:
         check_target(path, force)
+        if on_ready:
+            on_ready()
     config = config.model_copy(deep=True)
     config.run.name = name
     trainer = Trainer(config, data, device, dist)
@@ -310,24 +362,39 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
         meta = run_meta(config, source, command or sys.argv, device, data, dist)
         meta.update(started=now(), n_params=trainer.model.num_params(non_embedding=False))
         writer = RunWriter(path, dump_yaml(config), meta, force)
-    return _run(trainer, writer, path, progress, start=0, history=History())
+    return _run(trainer, writer, path, progress, start=0, history=History(), stop=stop)
 
 
-def resume(path: Path, command: list[str] | None = None, progress: Progress | None = None) -> Outcome:
-    """Continue an interrupted or failed run from its checkpoint; later lines are rewritten."""
+def resume(path: Path, command: list[str] | None = None, progress: Progress | None = None,
+           stop: Stop | None = None) -> Outcome:
+    """Continue an interrupted or failed run from its checkpoint; later lines are rewritten. Refused
+    while another process holds the run."""
     run = load_run(path)
-    if run.status in ("completed", "diverged"):
+    if run.status in FINISHED:
         raise RunError(f"{path}: the run is {run.status}; nothing to resume")
-    if not (path / CHECKPOINT).exists():
-        raise RunError(f"{path}: no {CHECKPOINT} to resume from (set train.checkpoint_every)")
+    file = path / CHECKPOINT
+    if not file.exists():
+        every = run.config.get("train", {}).get("checkpoint_every")
+        why = f"it stopped before its first checkpoint, at step {every}" if every else \
+            "set train.checkpoint_every to write one"
+        raise RunError(f"{path}: no {CHECKPOINT} to resume from ({why})")
     try:
-        state = torch.load(path / CHECKPOINT, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns before refusing a pickle: the one line says it
+            warnings.simplefilter("ignore")
+            state = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as exc:
-        raise RunError(f"{path / CHECKPOINT}: unreadable checkpoint ({type(exc).__name__})") from None
-    config = validate(state["config"], source=str(path / CHECKPOINT))
+        raise RunError(f"{file}: unreadable checkpoint ({type(exc).__name__})") from None
+    problem = checkpoint_problem(state)
+    if problem:
+        raise RunError(f"{file}: malformed checkpoint ({problem})")
+    config = validate(state["config"], source=str(file))
     data, dist, device = prepare(config, str(path / "config.yaml"))
     trainer = Trainer(config, data, device, dist)
-    trainer.restore(state)
+    try:
+        trainer.restore(state)
+    except Exception as exc:  # weights of other shapes, an optimiser state of another model
+        raise RunError(f"{file}: malformed checkpoint ({type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0][:200]})") from None
     step = state["step"]
     writer = None
     if dist.main:
@@ -336,72 +403,70 @@ def resume(path: Path, command: list[str] | None = None, progress: Progress | No
                                                      "command": command or sys.argv}]
         writer.update_meta(status="running", resumes=resumes, pid=os.getpid(), host=platform.node())
     kept = [r for r in run.metrics if r["step"] < step]
+    wall = run.meta.get("wall_time_s")
     history = History(kept, {r["step"]: r["val_loss"] for r in kept if r.get("val_loss") is not None},
-                      float(run.meta.get("wall_time_s") or 0.0))
-    return _run(trainer, writer, path, progress, start=step, history=history)
+                      float(wall) if isinstance(wall, (int, float)) else 0.0, steps_done=step)
+    return _run(trainer, writer, path, progress, start=step, history=history, stop=stop)
 
 
 def _run(trainer: Trainer, writer: RunWriter | None, path: Path, progress: Progress | None, start: int,
-         history: History) -> Outcome:
-    status, summary = "failed", {}
+         history: History, stop: Stop | None = None) -> Outcome:
+    status, summary, error = "failed", {}, None
     try:
-        with _stop_on_signals() as stop:
+        with _stop_on_signals(stop) as stop:
             status, summary = _loop(trainer, writer, progress, start, history, stop)
-    except KeyboardInterrupt:
+        if writer and status in FINISHED:
+            save_state(writer, "model.pt", trainer.model.state_dict())
+            writer.remove(CHECKPOINT)  # model.pt holds the final weights; a finished run is not resumed
+    except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint of this point
         status = "interrupted"
         raise
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        if writer:
-            _try(lambda: writer.update_meta(error=error))
+        status, error = "failed", failure_message(exc)
         raise
     finally:
         if writer:
-            summary = {"status": status, **summary}
-            if status in ("completed", "diverged"):
-                _try(lambda: torch.save(trainer.model.state_dict(), path / "model.pt"))
-            _try(lambda: write_json(path / "summary.json", summary))
-            _try(lambda: writer.update_meta(status=status, ended=now(),
-                                            wall_time_s=summary.get("wall_time_s")))
-            writer.close()
-    return Outcome(status, summary, path, main=writer is not None)
+            summary = summary or _summarise(history, None, history.steps_done, None)
+            writer.finish(status, summary, error)
+    return Outcome(status, {"status": status, **summary}, path, main=writer is not None)
 
 
-def _try(action: Callable[[], Any]) -> None:
-    """Best effort while failing (a full disk): the original error is the one to report."""
-    try:
-        action()
-    except OSError:
-        pass
+class Stop:
+    """Set by a signal: finish the current step, checkpoint, stop."""
 
-
-class _Stop:
     requested = False
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[_Stop]:
-    """Ctrl-C or SIGTERM: finish the current step, checkpoint, stop. A second one stops at once."""
-    stop = _Stop()
+def on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block (only the main thread can catch them)."""
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield
         return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def _stop_on_signals(stop: Stop | None = None) -> Iterator[Stop]:
+    """Ctrl-C or SIGTERM: finish the current step, checkpoint, stop. A second one stops at once."""
+    stop = stop or Stop()
 
     def handler(signum: int, frame: Any) -> None:
         if stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_signals(handler):
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None, start: int,
-          history: History, stop: _Stop) -> tuple[str, dict[str, Any]]:
+          history: History, stop: Stop) -> tuple[str, dict[str, Any]]:
     config, dist, device = trainer.config, trainer.dist, trainer.device
     t, log = config.train, config.log
     threshold = config.diverge_threshold(trainer.data.vocab_size)
@@ -470,7 +535,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
             if halted := flush(step - 1):
                 break
             if writer:
-                save_checkpoint(trainer.checkpoint(step), writer.path / CHECKPOINT)
+                save_state(writer, CHECKPOINT, trainer.checkpoint(step))
         if step % t.eval_every == 0:
             if halted := flush(step - 1):
                 break
@@ -480,7 +545,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
             extra += trainer.val_probes(step)
         loss, reading, norm = trainer.step(step)
         pending.append((step, loss, reading, norm))
-        steps_done = step + 1
+        steps_done = history.steps_done = step + 1
         # Under torchrun every rank must reach the same flushes (they agree there on stopping).
         due = len(pending) >= log.loss_every or (stop.requested and dist.world_size == 1)
         if due and (halted := flush(step)):
@@ -489,7 +554,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
         halted = flush(steps_done - 1)
     if diverged_step is None and halted:  # interrupted (here or on another rank): keep the state
         if writer:
-            save_checkpoint(trainer.checkpoint(steps_done), writer.path / CHECKPOINT)
+            save_state(writer, CHECKPOINT, trainer.checkpoint(steps_done))
         status = "interrupted"
     elif diverged_step is None:
         status = "completed"
@@ -511,19 +576,21 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
     return status, summary
 
 
-COLLAPSE_MARGIN = 0.05  # nats: a model within this of the unigram entropy has learnt no context
+COLLAPSE_MARGIN = 0.05  # nats: a model this close to the unigram entropy (either side) uses no context
 DEAD_LAYER_RATIO = 1e-3  # a layer whose gradient fell below this fraction of its initial value
 
 
 def collapse_report(probes: list[dict[str, Any]], unigram_entropy: float, final_val_loss: float | None
                     ) -> dict[str, Any]:
-    """The collapse detector: validation loss against the corpus's unigram entropy, and the layers
-    whose gradient norm (all their weights) has fallen below 1e-3 of its value at the first log."""
+    """The collapse detector: a validation loss within COLLAPSE_MARGIN of the corpus's unigram
+    entropy (a model far above it, e.g. untrained, has not collapsed: it has not learnt even the
+    unigram), and the layers whose gradient norm (all their weights) has fallen below 1e-3 of its
+    value at the first log."""
     steps = logged_steps(probes, "grad")
     first, last = (layer_profile(probes, "grad", "all", s) for s in (steps[0], steps[-1])) if steps \
         else ([], [])
-    return {"unigram_entropy": unigram_entropy,
-            "collapsed": final_val_loss is not None and final_val_loss > unigram_entropy - COLLAPSE_MARGIN,
+    collapsed = final_val_loss is not None and abs(final_val_loss - unigram_entropy) <= COLLAPSE_MARGIN
+    return {"unigram_entropy": unigram_entropy, "collapsed": collapsed,
             "dead_layers": sum(b < DEAD_LAYER_RATIO * a for a, b in zip(first, last))}
 
 
@@ -536,6 +603,9 @@ def _summarise(history: History, diverged_step: int | None, steps_done: int, spe
     return {
         "steps_done": steps_done,
         "diverged_step": diverged_step,
+        # the loss is read every log.loss_every steps (no host sync per step): updates made from the
+        # diverged loss on, which model.pt includes
+        **({"updates_past_divergence": steps_done - diverged_step} if diverged_step is not None else {}),
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "best_train_loss": min(train_losses) if train_losses else None,
         "final_val_loss": history.val_losses[max(history.val_losses)] if history.val_losses else None,

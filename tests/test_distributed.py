@@ -16,7 +16,7 @@ def test_two_gloo_ranks_write_one_complete_run(tmp_path, write_config):
     run = load_run(tmp_path / "runs" / "ddp")
     assert run.notes == [] and run.status == "completed"
     assert {p.name for p in run.path.iterdir()} == {"config.yaml", "meta.json", "metrics.jsonl",
-                                                    "probes.jsonl", "summary.json", "model.pt"}
+                                                    "probes.jsonl", "summary.json", "model.pt", ".lock"}
     assert run.meta["world_size"] == 2 and run.meta["backend"] == "gloo"
     logged = [m for m in run.metrics if m.get("ranks")]
     assert [m["step"] for m in logged] == [0, 5, 10]

@@ -161,17 +161,18 @@ def test_disk_full_mid_run_marks_failed_and_keeps_the_last_good_checkpoint(tmp_p
     def save(obj, f, *args, **kwargs):
         saves.append(f)
         if len(saves) == 2:  # the second checkpoint hits a full disk half-way
-            Path(f).write_bytes(b"partial")
+            f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
     result = runner.invoke(app, ["train", str(path), "--quiet"])
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: training failed: OSError: [Errno 28] No space left on device"
     run_dir = tmp_path / "runs" / "full"
+    assert result.stderr.strip() == ("error: training failed: disk full: no space left on the device "
+                                     f"writing {run_dir / 'checkpoint.pt'}")
     meta = json.loads((run_dir / "meta.json").read_text())
-    assert meta["status"] == "failed" and "No space left" in meta["error"]
+    assert meta["status"] == "failed" and meta["error"].startswith("disk full")
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["step"] == 10  # the first checkpoint, intact
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
