@@ -54,6 +54,11 @@ class Cell:
         return Path(self.config.run.dir) / self.name
 
     @property
+    def key(self) -> str:
+        """What results are keyed by: the folder, since a reproduction's families share names."""
+        return str(self.path)
+
+    @property
     def seed(self) -> int:
         return self.config.train.seed
 
@@ -337,7 +342,7 @@ def plan(cells: list[Cell], force: bool = False, mismatch: str = "error") -> Pla
         if status in FINISHED and not force:
             diffs = config_differences(cell.path, cell.config)
             if not diffs:
-                skipped[cell.name] = {**read_summary(cell.path), "status": status, "skipped": True}
+                skipped[cell.key] = {**read_summary(cell.path), "status": status, "skipped": True}
                 continue
             if mismatch == "error":
                 raise ConfigError(f"{cell.path}: finished with another config ({diffs[0]}); "
@@ -351,13 +356,13 @@ def plan(cells: list[Cell], force: bool = False, mismatch: str = "error") -> Pla
 def execute(work: Plan, jobs: int = 1, source: str = "sweep",
             command: Callable[[Cell], list[str]] | None = None,
             on_event: Event | None = None) -> dict[str, dict[str, Any]]:
-    """Train the plan's cells, `jobs` at a time; returns cell name -> summary (with `status`)."""
+    """Train the plan's cells, `jobs` at a time; returns cell folder -> summary (with `status`)."""
     results = dict(work.skipped)
     total, done = len(work.todo), 0  # progress counts the cells that train
     if on_event:
         for cell in work.cells:
-            if cell.name in results:
-                on_event(0, total, cell, "skipped", results[cell.name])
+            if cell.key in results:
+                on_event(0, total, cell, "skipped", results[cell.key])
     command = command or (lambda cell: ["lnexp", "train", source, *(a for o in cell.overrides
                                                                    for a in ("--set", o))])
     args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
@@ -366,11 +371,11 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
             for cell, cell_args in args:
                 if on_event:
                     on_event(done, total, cell, "started", {})
-                results[cell.name] = run_cell(*cell_args)
+                results[cell.key] = run_cell(*cell_args)
                 done += 1
                 if on_event:
-                    on_event(done, total, cell, "finished", results[cell.name])
-                if results[cell.name].get("status") == "interrupted":  # Ctrl-C caught by the run
+                    on_event(done, total, cell, "finished", results[cell.key])
+                if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
                     break
         return results
     import multiprocessing
@@ -401,12 +406,12 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                     continue
                 cell = futures[future]
                 try:
-                    results[cell.name] = future.result()
+                    results[cell.key] = future.result()
                 except Exception as exc:  # a worker that died (killed, out of memory)
-                    results[cell.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    results[cell.key] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 done += 1
                 if on_event:
-                    on_event(done, total, cell, "finished", results[cell.name])
+                    on_event(done, total, cell, "finished", results[cell.key])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -445,7 +450,7 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
         "updated": now(),
         # the folder is the truth; a result only for a cell that never got one (failed before it)
         "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides,
-                   "status": folder_status(c.path) or results.get(c.name, {}).get("status")}
+                   "status": folder_status(c.path) or results.get(c.key, {}).get("status")}
                   for c in sweep.cells],
     }
 
@@ -510,7 +515,7 @@ def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dic
         groups.setdefault(cell.group, []).append(cell)
     rows = []
     for group, members in groups.items():
-        summaries = [results.get(c.name) or {"status": folder_status(c.path), **read_summary(c.path)}
+        summaries = [results.get(c.key) or {"status": folder_status(c.path), **read_summary(c.path)}
                      for c in members]
         statuses = [s.get("status") for s in summaries]
         losses = [final_loss(s) for s in summaries if s.get("status") == "completed"]

@@ -376,3 +376,12 @@ def test_feature_dimension_verdicts_follow_the_measurements(tmp_path):
                "initialisation"] == NOT_REPRODUCED
     no = by_claim(fake_runs(tmp_path / "b", "feature-dimension", feature_probes(False, False)))
     assert {no[c] for c in (rank_claim, shield, ablate)} == {NOT_REPRODUCED}
+
+
+def test_reuse_is_counted_per_folder_when_families_share_cell_names(tmp_path):
+    # the layouts suite has one-step `init` cells and `train` cells of the same name (its lowest lr)
+    first = reproduce("layouts", TEST, jobs=1, out=tmp_path)
+    names = [p.name for family in ("init", "train") for p in (tmp_path / "runs" / family).iterdir()]
+    assert len(names) > len(set(names))  # the premise: some names repeat across the two families
+    again = reproduce("layouts", TEST, jobs=1, out=tmp_path)
+    assert first.trained == len(names) and again.trained == 0 and again.reused == len(names)
