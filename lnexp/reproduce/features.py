@@ -295,30 +295,25 @@ def feature_analyse(ctx: Context) -> Analysis:
 
     deepest = depths[-1]
 
-    def band(ax: Any, name: str, i: int, getter: Any) -> None:
-        profiles = [p for s in seeds if (p := getter(s))]
-        if not profiles or len({len(p) for p in profiles}) != 1:
-            return
-        xs = [k / (len(profiles[0]) - 1) for k in range(len(profiles[0]))]
-        columns = list(zip(*profiles))
-        mean = [sum(c) / len(c) for c in columns]
-        ax.plot(xs, mean, color=f"C{i}", marker=".", label=LABELS[name])
-        ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], color=f"C{i}", alpha=0.2)
+    def bands(ax: Any, probe: str, param: str, when: str) -> None:
+        """Each layout's profile at the deepest depth against relative depth: seed mean, min-max band."""
+        for i, name in enumerate(names):
+            profiles = [p for s in seeds if (p := profile(name, deepest, s, probe, param, when))]
+            if not profiles or len({len(p) for p in profiles}) != 1:
+                continue
+            xs = [k / (len(profiles[0]) - 1) for k in range(len(profiles[0]))]
+            columns = list(zip(*profiles))
+            ax.plot(xs, [sum(c) / len(c) for c in columns], color=f"C{i}", marker=".", label=LABELS[name])
+            ax.fill_between(
+                xs, [min(c) for c in columns], [max(c) for c in columns], color=f"C{i}", alpha=0.2
+            )
 
     def rank_plot(plt: Any):
         fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
         for row, when in enumerate(WHEN):
             for col, where in enumerate(("resid", "attn", "ffn")):
                 ax = axes[row][col]
-                for i, name in enumerate(names):
-                    band(
-                        ax,
-                        name,
-                        i,
-                        lambda s, name=name, where=where, when=when: profile(
-                            name, deepest, s, "rank", f"{where}.erank", when
-                        ),
-                    )
+                bands(ax, "rank", f"{where}.erank", when)
                 ax.set_title(f"{what_of[where]}, {WHEN[when]}", fontsize=10)
                 ax.set_ylabel("effective rank")
         for ax in axes[1]:
@@ -334,15 +329,7 @@ def feature_analyse(ctx: Context) -> Analysis:
                 (("dloss_dx", "‖∂loss/∂x_l‖"), ("noise_loss_change", "relative loss change, noise"))
             ):
                 ax = axes[row][col]
-                for i, name in enumerate(names):
-                    band(
-                        ax,
-                        name,
-                        i,
-                        lambda s, name=name, param=param, when=when: profile(
-                            name, deepest, s, "sensitivity", param, when
-                        ),
-                    )
+                bands(ax, "sensitivity", param, when)
                 if param == "dloss_dx":
                     ax.set_yscale("log")
                 ax.set_title(f"{label}, {WHEN[when]}", fontsize=10)
