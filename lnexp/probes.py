@@ -31,7 +31,8 @@ reads every pending reading together with the pending losses in one transfer. Th
 record only when armed, for a logging step's forward pass. They are registered once, before the
 model's first call, so torch.compile traces them: whether they are armed is one of its guards, and
 the graph it runs on other steps has no trace of them. Each probe's eager work is labelled
-`probe:<kind>` (sensitivity's noise ablation `probe:ablation`) for torch.profiler (benchmarks/bench_train.py reads its cost from these labels).
+`probe:<kind>` (sensitivity's noise ablation: `probe:ablation`) for torch.profiler
+(benchmarks/bench_train.py reads its cost from these labels).
 """
 
 from __future__ import annotations
