@@ -270,3 +270,18 @@ def test_noise_ablation_matches_a_hand_built_one_and_is_zero_for_a_silent_layer(
             hook.remove()
     assert got[0, "noise_loss_change"] == pytest.approx((ablated - base) / base, rel=1e-5)
     assert got[0, "noise_loss_change"] != 0  # an untrained model: noise may help or hurt
+
+
+def test_rank_sensitivity_and_ablation_label_their_work_for_the_profiler():
+    model, probes = setup(kinds=["rank", "sensitivity"])
+    x = torch.randint(40, (2, 8))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        model(x, x)[1].backward()  # not a logging step: no gradient hooks, nothing labelled
+        probes.arm()
+        model(x, x)[1].backward()
+        probes.read(step=1)
+        probes.rank((x,), step=1)
+        probes.ablation((x, x), step=1)
+    calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
+    # a gradient hook per stream boundary (n_layers + 1), then the read
+    assert calls == {"probe:sensitivity": len(model.blocks) + 2, "probe:rank": 1, "probe:ablation": 1}
