@@ -323,6 +323,9 @@ def config_warnings(config: Config) -> list[str]:
         if idle and key in d.model_fields_set:
             warnings.append(f"data.{key}: has no effect with data.source {d.source}"
                             + (f" and data.task {d.task}" if key == "seed" and d.source == "seq2seq" else ""))
+    for key, probe in (("output_change_steps", "output_change"), ("ablation_steps", "sensitivity")):
+        if key in config.log.model_fields_set and probe not in config.log.probes:
+            warnings.append(f"log.{key}: has no effect without {probe} in log.probes")
     if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
         warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
     if s.warmup_steps > config.train.steps:

@@ -138,6 +138,8 @@ def test_5_keys_that_do_nothing_are_warned_about(tmp_path, write_config):
     assert "data.max_bytes: has no effect with data.source synthetic" in warnings
     assert any(w.startswith("schedule.warmup_steps: 50 is more than train.steps (12)") for w in warnings)
     assert config_warnings(load_config(write_config("plain"))) == []
+    steps_only = config_warnings(load_config(write_config("log", log={"ablation_steps": [0, 5]})))
+    assert steps_only == ["log.ablation_steps: has no effect without sensitivity in log.probes"]
     result = train_cli(str(write_config(data={"max_bytes": 5000})))
     assert result.exit_code == 0 and "warning: " in result.stderr and "data.max_bytes" in result.stderr
 
