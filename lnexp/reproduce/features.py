@@ -409,12 +409,12 @@ def feature_analyse(ctx: Context) -> Analysis:
             ),
         ],
         [table],
-        findings=_answer(slope, ratio, gap, aniso_rise, seeds, scale.name),
+        findings=_answer(slope, ratio, aniso_rise, seeds, verdicts, scale.name),
     )
 
 
 def _answer(
-    slope: dict, ratio: dict, gap: dict, aniso_rise: Any, seeds: Sequence[int], scale: str
+    slope: dict, ratio: dict, aniso_rise: Any, seeds: Sequence[int], verdicts: list, scale: str
 ) -> list[str]:
     """The answer to the mentor's claim at this scale, composed from the numbers."""
 
@@ -470,12 +470,7 @@ def _answer(
         + "; ".join(f"{LABELS[n]} {num(v)}" for n, v in rises.items())
         + "."
     )
-    parts.append(
-        f"So, at scale `{scale}`: the claim that later layers carry higher-dimensional features is "
-        "answered by the first verdict rows and the claim that LN placement shields the model by the "
-        "second; both are measured on byte-level models far smaller than the mentor had in mind "
-        "(docs/feature-dimension.md says what would change at a larger scale)."
-    )
+    parts.append(_conclusion(verdicts, scale))
     return parts
 
 
@@ -490,3 +485,30 @@ register(
         feature_analyse,
     )
 )
+
+
+def _conclusion(verdicts: list, scale: str) -> str:
+    """The mentor's two claims answered in one sentence each, from how their verdict rows came out."""
+
+    def tally(prefix: str) -> tuple[int, int, int]:
+        rows = [v.verdict for v in verdicts if v.claim.startswith(prefix)]
+        return rows.count("reproduced"), rows.count("not reproduced"), len(rows)
+
+    def says(prefix: str, claim: str) -> str:
+        yes, no, n = tally(prefix)
+        if yes == n:
+            return f"{claim} holds in all {n} of its rows"
+        if no == n:
+            return f"{claim} holds in none of its {n} rows"
+        rest = "" if yes + no == n else f"; {n - yes - no} inconclusive"
+        return f"{claim} holds in {yes} of its {n} rows (not in {no}{rest})"
+
+    return (
+        f"So, at scale `{scale}`: "
+        + says("1.", '"later layers carry higher-dimensional features"')
+        + "; "
+        + says("2.", '"LN placement shields the model from them"')
+        + ". These are byte-level "
+        "models far smaller than the mentor had in mind; docs/feature-dimension.md says what would "
+        "change at a larger scale."
+    )
