@@ -389,7 +389,7 @@ def test_reuse_is_counted_per_folder_when_families_share_cell_names(tmp_path):
 
 def test_feature_dimension_end_to_end_writes_its_figures_and_answer(tmp_path):
     outcome = reproduce("feature-dimension", TEST, jobs=1, out=tmp_path)
-    assert outcome.trained == 3 * 3 * 2 and not outcome.failed  # post, pre, pre+gpt2 × L 1, 2, 4 × 2 seeds
+    assert outcome.trained == 2 * 3 * 2 and not outcome.failed  # post, pre × L 1, 2, 4 × 2 seeds
     folder = tmp_path / "feature-dimension"
     assert sorted(p.name for p in folder.glob("*.png")) == ["anisotropy.png", "effective_rank.png",
                                                            "sensitivity.png"]
@@ -397,5 +397,5 @@ def test_feature_dimension_end_to_end_writes_its_figures_and_answer(tmp_path):
     assert "could not be drawn" not in report and "## What the numbers say" in report
     assert "Effective rank of the residual stream with depth, at initialisation" in report
     verdicts = json.loads((folder / "verdicts.json").read_text())
-    assert len(verdicts) == 3 * 4 + 2 * 4 + 3 + 1
+    assert len(verdicts) == 2 * 4 + 1 * 4 + 2 + 1  # claim 1 per layout, 2 per Pre-LN layout, 3
     assert sum(v["verdict"] == INCONCLUSIVE and all(x is None for x in v["values"]) for v in verdicts) == 0

@@ -92,7 +92,7 @@ CPU = Scale(
                 "device": "auto"},
                {"grad_every": 1, "loss_every": 1}),
     seeds=2, init_seeds=3, warmup=100, lrs=(1e-3, 3e-3), init_depths=(6, 12, 24), figure3_depth=6,
-    depths=(6, 24), depth_lr=1e-3, map_depths=(3, 6), map_lrs=(1e-3, 1e-2),
+    depths=(6, 24), depth_lr=1e-3, map_depths=(3, 6), map_lrs=(1e-3, 3e-3),
     gpt2_depth=12, gpt2_lr=1e-3, margin=0.25, layout_depth=6, layout_seeds=1,
     paper_gap="the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
               "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
