@@ -309,37 +309,49 @@ def feature_analyse(ctx: Context) -> Analysis:
                 xs, [min(c) for c in columns], [max(c) for c in columns], color=f"C{i}", alpha=0.2
             )
 
-    def rank_plot(plt: Any):
-        fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
-        for row, when in enumerate(WHEN):
-            for col, where in enumerate(("resid", "attn", "ffn")):
-                ax = axes[row][col]
-                bands(ax, "rank", f"{where}.erank", when)
-                ax.set_title(f"{what_of[where]}, {WHEN[when]}", fontsize=10)
-                ax.set_ylabel("effective rank")
-        for ax in axes[1]:
+    def profiles_figure(plt: Any, panels: list[list[tuple[str, str, str, str, str]]]):
+        """A grid of `bands` panels, each (probe, param, when, title, y label); ‖∂loss/∂x‖ on a log axis."""
+        fig, axes = plt.subplots(
+            len(panels),
+            len(panels[0]),
+            figsize=(4.7 * len(panels[0]), 3.5 * len(panels)),
+            sharex=True,
+            squeeze=False,
+        )
+        for row, specs in zip(axes, panels):
+            for ax, (probe, param, when, title, ylabel) in zip(row, specs):
+                bands(ax, probe, param, when)
+                if param == "dloss_dx":
+                    ax.set_yscale("log")
+                ax.set(title=title, ylabel=ylabel)
+                ax.title.set_fontsize(10)
+        for ax in axes[-1]:
             ax.set_xlabel(f"relative depth l/L (L = {deepest})")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         return fig
 
+    def rank_plot(plt: Any):
+        return profiles_figure(
+            plt,
+            [
+                [
+                    ("rank", f"{where}.erank", when, f"{what_of[where]}, {WHEN[when]}", "effective rank")
+                    for where in ("resid", "attn", "ffn")
+                ]
+                for when in WHEN
+            ],
+        )
+
     def sensitivity_plot(plt: Any):
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-        for col, when in enumerate(WHEN):
-            for row, (param, label) in enumerate(
-                (("dloss_dx", "‖∂loss/∂x_l‖"), ("noise_loss_change", "relative loss change, noise"))
-            ):
-                ax = axes[row][col]
-                bands(ax, "sensitivity", param, when)
-                if param == "dloss_dx":
-                    ax.set_yscale("log")
-                ax.set_title(f"{label}, {WHEN[when]}", fontsize=10)
-                ax.set_ylabel(label)
-        for ax in axes[1]:
-            ax.set_xlabel(f"relative depth l/L (L = {deepest})")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        return fig
+        measures = (("dloss_dx", "‖∂loss/∂x_l‖"), ("noise_loss_change", "relative loss change, noise"))
+        return profiles_figure(
+            plt,
+            [
+                [("sensitivity", param, when, f"{label}, {WHEN[when]}", label) for when in WHEN]
+                for param, label in measures
+            ],
+        )
 
     def aniso_plot(plt: Any):
         fig, ax = plt.subplots(figsize=(5.5, 4))
