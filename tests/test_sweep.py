@@ -133,9 +133,10 @@ def test_summary_rows_average_over_seeds_and_count_divergence():
             self.run = type("R", (), {"dir": "/nonexistent"})()
 
     cells = [Cell(f"g,seed={i}", "g", [], Fake(i), {"lr": "1"}) for i in range(3)]
-    results = {"g,seed=0": {"status": "completed", "final_val_loss": 1.0},
-               "g,seed=1": {"status": "completed", "final_val_loss": 3.0},
-               "g,seed=2": {"status": "diverged", "final_val_loss": 9.0}}
+    outcomes = [{"status": "completed", "final_val_loss": 1.0},
+                {"status": "completed", "final_val_loss": 3.0},
+                {"status": "diverged", "final_val_loss": 9.0}]
+    results = {cell.key: outcome for cell, outcome in zip(cells, outcomes)}  # keyed by folder
     (row,) = summarise(cells, results)
     assert row["seeds"] == 3 and row["diverged"] == 1 and row["loss_mean"] == 2.0
     assert abs(row["loss_std"] - 2 ** 0.5) < 1e-12
