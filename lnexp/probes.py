@@ -38,6 +38,8 @@ the graph it runs on other steps has no trace of them. Each probe's eager work i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -206,10 +208,8 @@ class Probes:
                       seed: int = 0) -> Reading:
         """Per layer: relative change of the logits when only that layer's weights are perturbed.
         `x`: the model's input, or the tuple of its inputs (an encoder-decoder's src, tgt_in)."""
-        with record_function("probe:output_change"):
+        with self._evaluating("probe:output_change"):
             inputs = x if isinstance(x, tuple) else (x,)
-            was_training = self.model.training
-            self.model.eval()
             base = self.model(*inputs)[0].float()
             generator = torch.Generator(device=inputs[0].device).manual_seed(seed)
             changes = []
@@ -222,12 +222,22 @@ class Probes:
                 changes.append(torch.linalg.vector_norm(self.model(*inputs)[0].float() - base))
                 for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
                     p.copy_(original)
-            self.model.train(was_training)
             reading = Reading(step)
             reading.add("output_change", [(layer, "logits") for layer in range(len(changes))],
                         torch.stack(changes) / torch.linalg.vector_norm(base))
             return reading
 
+    @contextmanager
+    def _evaluating(self, label: str) -> Iterator[None]:
+        """A probe's forward passes of its own: labelled for the profiler, in eval mode (no dropout),
+        the model's mode given back however they end."""
+        was_training = self.model.training
+        with record_function(label):
+            self.model.eval()
+            try:
+                yield
+            finally:
+                self.model.train(was_training)
 
     def _branches(self, block: nn.Module) -> list[tuple[str, nn.Module]]:
         return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
@@ -236,7 +246,7 @@ class Probes:
     def rank(self, inputs: tuple[torch.Tensor, ...], step: int) -> Reading:
         """The feature statistics (see the module docstring) of one forward pass of `inputs` (the fixed
         validation batch's model arguments), in eval mode, through hooks that live for this call."""
-        with record_function("probe:rank"):
+        with self._evaluating("probe:rank"):
             features: list[tuple[int, str, torch.Tensor]] = []
 
             def keep(index: int, role: str) -> Any:
@@ -248,14 +258,11 @@ class Probes:
             hooks.append(self.blocks[-1].register_forward_hook(keep(len(self.blocks), "resid")))
             hooks += [branch.register_forward_hook(keep(i, role)) for i, block in enumerate(self.blocks)
                       for role, branch in self._branches(block)]
-            was_training = self.model.training
-            self.model.eval()
             try:
                 self.model(*inputs)
             finally:
                 for hook in hooks:
                     hook.remove()
-                self.model.train(was_training)
             reading = Reading(step)
             for index, role, x in sorted(features, key=lambda f: (f[1] != "resid", f[1], f[0])):
                 reading.add("rank", [(index, f"{role}.{stat}") for stat in FEATURE_STATS], feature_stats(x))
@@ -265,9 +272,7 @@ class Probes:
     def ablation(self, batch: tuple[torch.Tensor, ...], step: int, seed: int = 0) -> Reading:
         """Per layer: (loss with that layer's branch outputs replaced by noise of the same norm, token by
         token − loss) / loss, on `batch` (the model's arguments and the targets), in eval mode."""
-        with record_function("probe:ablation"):
-            was_training = self.model.training
-            self.model.eval()
+        with self._evaluating("probe:ablation"):
             generator = torch.Generator(device=batch[0].device).manual_seed(seed)
 
             def noise(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -282,7 +287,6 @@ class Probes:
                 finally:
                     for hook in hooks:
                         hook.remove()
-            self.model.train(was_training)
             reading = Reading(step)
             reading.add("sensitivity", [(layer, "noise_loss_change") for layer in range(len(changes))],
                         (torch.stack(changes) - base) / base)
