@@ -14,6 +14,12 @@ app = typer.Typer(help="Where should LayerNorm sit in a Transformer? Train, meas
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+# Options several commands share, defined once.
+Plugins = Annotated[list[Path], typer.Option(
+    "--plugin", help="A Python file whose layouts, norms and probes register, like the built-in ones "
+    "(repeatable; see docs/plugins.md).", show_default=False)]
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """One line on stderr, no traceback."""
     typer.echo(f"error: {message}", err=True)
@@ -29,6 +35,7 @@ def train(
                                                 show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing run folder of the same name.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Train one model from CONFIG and write its run folder (runs/<name>/), or --resume one.
 
@@ -44,9 +51,9 @@ def train(
         raise fail("--resume continues a run with its own config; --set cannot change it")
     command = ["lnexp", "train", *([str(config)] if config else ["--resume", str(resume)]),
                *(a for s in set_ for a in ("--set", s)), *(["--force"] if force else []),
-               *(["--quiet"] if quiet else [])]
+               *(["--quiet"] if quiet else []), *(a for p in plugin for a in ("--plugin", str(p)))]
     try:
-        cfg = load_config(config, set_) if config else None
+        cfg = load_config(config, set_, [str(p) for p in plugin]) if config else None
 
         def warn() -> None:
             for warning in config_warnings(cfg):
@@ -108,20 +115,20 @@ def compare(
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
     from lnexp import console
-    from lnexp.runs import PROBES, default_param
+    from lnexp.probe_kinds import default_param, row_titles
 
-    if probe not in PROBES:
-        raise fail(f"--probe: must be one of {', '.join(PROBES)}, got {probe!r}")
-    param = param or default_param(probe)
     if at != "last" and not at.isdigit():
         raise fail(f"--at: must be a step number or 'last', got {at!r}")
     if json_ and markdown:
         raise fail("--json and --markdown: choose one")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
-    loaded, notes = comparison.load_runs(runs)
+    loaded, notes = comparison.load_runs(runs)  # and their plugins' probes
     if not loaded:
         raise fail("nothing to compare: " + "; ".join(notes))
+    if probe not in row_titles():
+        raise fail(f"--probe: must be one of {', '.join(row_titles())}, got {probe!r}")
+    param = param or default_param(probe)
     c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes)
     for note in c.notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
@@ -210,6 +217,7 @@ def sweep(
     force: Annotated[bool, typer.Option(help="Train finished cells again (replacing their "
                                         "folders).")] = False,
     quiet: Annotated[bool, typer.Option(help="No line per cell on stderr.")] = False,
+    plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Train the cartesian product of the --grid values x --seeds, one run folder per cell.
 
@@ -223,7 +231,7 @@ def sweep(
     from lnexp.runs import RunError
 
     try:
-        plan = sweeps.expand(config, grid, seeds, set_, name, jobs)
+        plan = sweeps.expand(config, grid, seeds, set_, name, jobs, [str(p) for p in plugin])
     except ConfigError as exc:
         raise fail(str(exc)) from None
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
@@ -412,6 +420,9 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(help="No line per run on stderr.")] = False,
+    plugin: Plugins = [],  # noqa: B006 (typer reads it)
+    layouts: Annotated[str | None, typer.Option(help="The layouts suite's layouts, comma-separated "
+                                                "(default: every registered one).")] = None,
 ) -> None:
     """Test the papers' claims: run a SUITE and write a report with verdicts computed from its runs.
 
@@ -429,7 +440,9 @@ def reproduce(
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
     try:
-        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event)
+        chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
+        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
+                                         [str(p) for p in plugin], chosen)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

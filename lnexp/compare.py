@@ -21,18 +21,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from lnexp import plugins
 from lnexp.console import fmt, profile_rows, profile_table
+from lnexp.layouts import label as layout_label
+from lnexp.probe_kinds import by_row, profile_depth, row_titles
 from lnexp.runs import (
-    MEASURES,
-    PER_LAYER,
-    PROBES,
     Run,
     RunError,
     layer_profile,
     load_run,
     logged_steps,
     nearest_step,
-    profile_depth,
     profile_ratios,
     weight_roles,
 )
@@ -55,6 +54,19 @@ OUTCOME: tuple[tuple[str, str, Callable[..., Any] | None], ...] = (
     ("dead_layers", "dead layers", min),
 )
 BEST_STYLE = "bold green"
+
+
+def load_plugins(run: Run) -> list[str]:
+    """Load the plugins a run's config names, so its layouts and probes are known here; a note for
+    each that cannot be."""
+    listed = run.config.get("plugins", [])
+    notes = []
+    for path in listed if isinstance(listed, list) else []:
+        try:
+            plugins.load(path)
+        except plugins.PluginError as exc:
+            notes.append(f"plugin {exc}")
+    return notes
 
 
 def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
@@ -80,6 +92,7 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
                 continue
             runs.append(run)
             notes.extend(f"{path}: {note}" for note in run.notes)
+            notes.extend(f"{path}: {note}" for note in load_plugins(run))
     return runs, notes
 
 
@@ -104,15 +117,6 @@ def config_diff(runs: list[Run], all_keys: bool = False) -> dict[str, list[Any]]
         return rows
     return {key: values for key, values in rows.items()
             if not key.startswith("run.") and len({json.dumps(v, default=str) for v in values}) > 1}
-
-
-def layout(config: dict[str, Any]) -> str:
-    """The layout in one label: the norm (post, pre, sandwich, deepnorm, admin), then +gpt2 (GPT-2
-    residual scaling), +rms (`norm_type: rmsnorm`) and +encdec (`arch: encoder_decoder`)."""
-    model = config.get("model", {})
-    return (str(model.get("norm", "?")) + ("+gpt2" if model.get("residual_scaling") == "gpt2" else "")
-            + ("+rms" if model.get("norm_type") == "rmsnorm" else "")
-            + ("+encdec" if model.get("arch") == "encoder_decoder" else ""))
 
 
 def outcome(run: Run) -> dict[str, Any]:
@@ -186,9 +190,10 @@ class Comparison:
 
     @property
     def profile_title(self) -> str:
-        what = PROBES[self.probe] if self.probe in PER_LAYER else \
-            MEASURES[self.probe].get(self.param, self.param) if self.probe in MEASURES else \
-            f"{PROBES[self.probe]} of {'all weights' if self.param == 'all' else self.param}"
+        kind, title = by_row(self.probe), row_titles()[self.probe]
+        weights = "all weights" if self.param == "all" else self.param
+        what = title if kind.entries == "layer" else kind.measures.get(self.param, self.param) \
+            if kind.entries == "measures" else f"{title} of {weights}"
         steps = {p.step for p in self.profiles if p.step is not None}
         when = f"step {steps.pop()}" if len(steps) == 1 else \
             "each run's last logged step" if self.at == "last" else f"the logged step nearest {self.at}"
@@ -314,7 +319,7 @@ def to_json(c: Comparison) -> str:
     """The same data for scripts: raw numbers, lists aligned with `runs`; NaN/inf become null."""
     data = {
         "runs": [{"name": run.name, "path": str(run.path), "header": header, "label": legend,
-                  "layout": layout(run.config), "outcome": o,
+                  "layout": layout_label(run.config), "outcome": o,
                   "profile": {"step": p.step, "values": p.values, **profile_ratios(p.values)}}
                  for run, header, legend, o, p in zip(c.runs, c.headers, c.legends, c.outcomes, c.profiles)],
         "config_diff": c.diff,
@@ -369,7 +374,8 @@ def runs_table(runs: list[Run], root: Path) -> Table:
         o, cfg = outcome(run), run.config
         total = cfg.get("train", {}).get("steps")
         table.add_row(*map(Text, (
-            str(run.path.relative_to(root)), _status(o), layout(cfg), fmt(cfg.get("optim", {}).get("name")),
+            str(run.path.relative_to(root)), _status(o), layout_label(cfg),
+            fmt(cfg.get("optim", {}).get("name")),
             fmt(cfg.get("schedule", {}).get("warmup_steps")), f"{fmt(o['steps_done'])}/{fmt(total)}",
             fmt(o["final_val_loss"]), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M"))))
     return table

@@ -9,13 +9,17 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from lnexp import plugins
 from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
+from lnexp.layouts import DEFAULT_LAYOUT, DEFAULT_NORM, LAYOUTS, NORMS
+from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.recipes import DEFAULT_RECIPE, LEGACY_NAMES, RECIPES
 
 
@@ -37,6 +41,22 @@ Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, lt=1.0)]
 InitName = Annotated[Literal[tuple(RECIPES)], BeforeValidator(lambda v: LEGACY_NAMES.get(v, v))]
 
 
+def _registered(registry: dict[str, Any]) -> Callable[[Any], str]:
+    """A name checked against a registry when the config is validated, not when this module is
+    imported, so a plugin's layouts, norms and probes count."""
+    def check(name: Any) -> str:
+        if not isinstance(name, str) or name not in registry:
+            hint = " (YAML reads on/off/yes/no as booleans: quote it)" if isinstance(name, bool) else ""
+            raise ValueError(f"must be one of {', '.join(map(repr, registry))}, got {_show(name)}{hint}")
+        return name
+    return check
+
+
+LayoutName = Annotated[str, BeforeValidator(_registered(LAYOUTS))]
+NormName = Annotated[str, BeforeValidator(_registered(NORMS))]
+ProbeName = Annotated[str, BeforeValidator(_registered(PROBE_KINDS))]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
@@ -48,7 +68,7 @@ class ModelConfig(Section):
     d_ff: Int = Field(512, ge=1, le=1_048_576)
     activation: Literal["relu", "gelu"] = "relu"
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
-    norm: Literal["post", "pre", "sandwich", "deepnorm", "admin"] = "post"
+    norm: LayoutName = DEFAULT_LAYOUT  # lnexp/layouts.py
     residual_scaling: Literal["none", "gpt2"] = "none"
     norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
     positional: Literal["learned", "sinusoidal"] = "sinusoidal"  # unset: the init recipe's choice
@@ -56,8 +76,10 @@ class ModelConfig(Section):
     bias: bool = True
     max_seq_len: Int = Field(256, ge=1, le=1_000_000)
     init: InitName = DEFAULT_RECIPE
-    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
-    admin_init: Literal["closed_form", "profile"] = "closed_form"
+    norm_type: NormName = DEFAULT_NORM  # lnexp/layouts.py NORMS
+    admin_init: Literal["closed_form", "profile"] = "closed_form"  # Admin's ω
+    mix_ratio: Float = Field(0.25, ge=0.0, le=1.0)  # Mix-LN's α: the Post-LN share (paper default)
+    dyt_alpha: Float = Field(0.5, gt=0.0)  # DyT's initial α (the paper's default outside LLMs)
     arch: Literal["decoder", "encoder_decoder"] = "decoder"
 
     @model_validator(mode="before")
@@ -122,8 +144,7 @@ class TrainConfig(Section):
 
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
-    probes: list[Literal["grad", "act", "update", "adam", "output_change", "rank", "sensitivity"]] = \
-        ["grad", "act"]
+    probes: list[ProbeName] = ["grad", "act"]  # lnexp/probe_kinds.py
     output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     # sensitivity's noise ablation: one forward per layer, so only at these steps
     ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
@@ -143,6 +164,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     log: LogConfig = LogConfig()
     run: RunConfig = RunConfig()
+    plugins: list[str] = []  # Python files whose layouts, norms and probes register (lnexp/plugins.py)
 
     def diverge_threshold(self, vocab_size: int) -> float:
         """Loss above which a run counts as exploded: twice a uniform guess unless configured."""
@@ -152,13 +174,14 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply `key.path=value` overrides, validate; raise ConfigError on any fault.
+def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] = ()) -> Config:
+    """Read a YAML config, load its plugins and `plugins` (`--plugin`), apply `key.path=value`
+    overrides, validate; raise ConfigError on any fault.
 
     A fault is blamed on the `--set` that brought it in (the first override after which the config
     fails this way), else on the file."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = with_plugins(_read_yaml(path), str(path), path.parent, list(plugins))
     items = [(item, *_parse_override(item)) for item in overrides]
     configs = [copy.deepcopy(raw)]
     for item, key, value in items:
@@ -180,10 +203,31 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
     """A Config from parsed YAML (a file, a checkpoint's config); ConfigError names `source`."""
+    raw = with_plugins(raw, source)
     fault = _fault(raw)
     if fault:
         raise ConfigError(f"{source}: {fault[0]}: {fault[1]}")
     return Config.model_validate(raw)
+
+
+def with_plugins(raw: dict[str, Any], source: str, folder: Path | None = None, extra: list[str] = ()
+                  ) -> dict[str, Any]:
+    """Load the config's plugins (relative paths: from `folder`, the config file's) and `extra` (from
+    `--plugin`), so their layouts, norms and probes validate; the config keeps absolute paths."""
+    listed = raw.get("plugins", [])
+    if not isinstance(listed, list) or not all(isinstance(p, str) and p for p in listed):
+        raise ConfigError(f"{source}: plugins: must be a list of Python file paths")
+    paths = [Path(p).expanduser() for p in listed]
+    paths = [p if p.is_absolute() or folder is None else folder / p for p in paths]
+    resolved = list(dict.fromkeys(str(p.resolve()) for p in [*paths, *map(Path, extra)]))
+    for path in resolved:
+        try:
+            plugins.load(path)
+        except plugins.PluginError as exc:
+            blame = "--plugin" if path not in map(str, (p.resolve() for p in paths)) else \
+                f"{source}: plugins"
+            raise ConfigError(f"{blame}: {exc}") from None
+    return {**raw, "plugins": resolved} if resolved else raw
 
 
 def _fault(raw: dict[str, Any]) -> tuple[str, str] | None:
@@ -294,11 +338,15 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "train.seq_len", f"must be >= 2 with model.arch encoder_decoder, got {t.seq_len}"
     if m.positional == "sinusoidal" and m.d_model % 2:
         return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
-    # DeepNet and Admin prescribe their own initialisation: GPT-2's branch scaling would confound it.
-    if m.residual_scaling == "gpt2" and m.norm in ("deepnorm", "admin"):
+    layout = LAYOUTS[m.norm]
+    if m.residual_scaling == "gpt2" and layout.own_init:  # GPT-2's branch scaling would confound it
         return "model.residual_scaling", f"must be none with model.norm {m.norm} (it sets its own init)"
-    if m.admin_init != "closed_form" and m.norm != "admin":
-        return "model.admin_init", f"applies only to model.norm admin, got model.norm {m.norm}"
+    for kind, registry, chosen in (("norm", LAYOUTS, m.norm), ("norm_type", NORMS, m.norm_type)):
+        for option in dict.fromkeys(o for item in registry.values() for o in item.options):
+            if option not in registry[chosen].options \
+                    and getattr(m, option) != ModelConfig.model_fields[option].default:
+                owners = " or ".join(name for name, item in registry.items() if option in item.options)
+                return f"model.{option}", f"applies only to model.{kind} {owners}, got model.{kind} {chosen}"
     name = config.run.name
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
                              or name.startswith("~") or "\0" in name):
@@ -323,9 +371,9 @@ def config_warnings(config: Config) -> list[str]:
         if idle and key in d.model_fields_set:
             warnings.append(f"data.{key}: has no effect with data.source {d.source}"
                             + (f" and data.task {d.task}" if key == "seed" and d.source == "seq2seq" else ""))
-    for key, probe in (("output_change_steps", "output_change"), ("ablation_steps", "sensitivity")):
-        if key in config.log.model_fields_set and probe not in config.log.probes:
-            warnings.append(f"log.{key}: has no effect without {probe} in log.probes")
+    for kind in PROBE_KINDS.values():
+        if kind.schedule in config.log.model_fields_set and kind.name not in config.log.probes:
+            warnings.append(f"log.{kind.schedule}: has no effect without {kind.name} in log.probes")
     if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
         warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
     if s.warmup_steps > config.train.steps:

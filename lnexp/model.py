@@ -1,28 +1,26 @@
-"""A decoder-only Transformer LM in which one key (`model.norm`) moves the LayerNorm.
+"""A decoder-only Transformer LM in which one key (`model.norm`) moves the norm.
 
-Each block has two residual sub-layers, F = attention then FFN; `model.norm` picks how they meet
-the skip path and the norm:
+Each block has two residual sub-layers, F = attention then FFN. `model.norm` names a layout from
+lnexp/layouts.py, which says where the norm sits; one `Block.residual` serves them all:
 
-    post      (Vaswani et al. 2017):  x = LN(x + F(x))             -- the block output is normalised
-    pre       (Xiong et al. 2020):    x = x + F(LN(x))             -- plus one final LN before the head
-    sandwich  (CogView, Ding 2021):   x = x + LN_out(F(LN(x)))     -- plus one final LN before the head
-    deepnorm  (DeepNet, Wang 2022):   x = LN(alpha * x + F(x))     -- alpha = (2M)^(1/4), a constant
-    admin     (Liu et al. 2020):      x = LN(omega * x + F(x))     -- omega: a trainable scalar
+    on the sum          x = LN(s·x + F(x))       post; deepnorm (s = α); admin (s = ω, trained)
+    on the branch input x = x + F(LN(x))         pre; sandwich: x = x + LN_out(F(LN(x)))
+    on the branch output x = x + LN(F(x))        reordered (OLMo 2)
 
-As in fairseq's `normalize_before`, the same norm modules (`attn_norm`, `ffn_norm`) serve every
-order, so a block's parameter names and shapes are identical in post, pre and deepnorm; sandwich adds
-`attn_out_norm`/`ffn_out_norm`, admin adds the scalar parameters `attn_skip`/`ffn_skip`, and only
-pre and sandwich own `final_norm`. `model.norm_type` makes every norm an `nn.LayerNorm` or an
-`nn.RMSNorm`. The layout is decided once, in `Block.__init__`: the forward pass only tests which of
-the optional pieces exist.
+Mix-LN picks post or pre per layer. As in fairseq's `normalize_before`, the same norm modules
+(`attn_norm`, `ffn_norm`) serve every order, so a block's parameter names and shapes are identical
+across layouts; an out-norm layout adds `attn_out_norm`/`ffn_out_norm`, a trainable skip adds the
+scalar parameters `attn_skip`/`ffn_skip`, and a layout with a final norm owns `final_norm`.
+`model.norm_type` names the norm module (LayerNorm, RMSNorm, DyT, a plugin's). The layout is decided
+once, in `Block.__init__`: the forward pass only tests which of the optional pieces exist.
 
-Initialisation: the recipe `model.init` names (lnexp/recipes.py; fairseq's by default), then:
+Initialisation: the recipe `model.init` names (lnexp/recipes.py; fairseq's by default), then per
+stack (`Block.scale_init_`):
 - GPT-2 residual scaling multiplies the init of every residual branch's output projection
-  (`attn.out`, `ffn.fc2`) by 1/sqrt(N), N = 2 * n_layers.
-- deepnorm multiplies the init of `attn.v`, `attn.out`, `ffn.fc1`, `ffn.fc2` by beta = (8M)^(-1/4)
-  (q and k keep theirs), M = n_layers: DeepNet's decoder-only constants.
-- admin sets every omega to sqrt((N+1)/ln(N+1) - 1), N = 2 * n_layers (`admin_init: closed_form`),
-  or to 1 until `TransformerLM.admin_profile_(idx)` measures them (`admin_init: profile`).
+  (`attn.out`, `cross.out`, `ffn.fc2`) by 1/sqrt(N), N = sub-layers per layer × n_layers.
+- a layout's `branch_gain` (DeepNorm's β) multiplies the init of `v`, `out`, `fc1`, `fc2`.
+- a trainable skip starts at the layout's `skip_init` (Admin's closed-form ω, or 1 until
+  `admin_profile_` measures them under `admin_init: profile`).
 
 For decoding, `forward(idx, cache=KVCache(n_layers))` keeps every layer's keys and values, so the
 next call feeds only the new tokens (positions continue from the cached length). Without a cache
@@ -31,8 +29,8 @@ next call feeds only the new tokens (positions continue from the cached length).
 `model.arch: encoder_decoder` builds `EncoderDecoder` instead (`build_model` picks): an encoder of
 `n_layers` blocks (non-causal self-attention, FFN) and a decoder of `n_layers` blocks (causal
 self-attention, cross-attention over the encoder output, FFN), every sub-layer wired by the same
-`Block.residual` rule, so every `model.norm` and `model.norm_type` applies to both stacks. Each stack
-counts its own sub-layers for the constants: the encoder has 2 per layer, the decoder 3.
+`Block.residual` rule, so every layout and norm applies to both stacks. Each stack counts its own
+sub-layers for the constants: the encoder has 2 per layer, the decoder 3.
 """
 
 from __future__ import annotations
@@ -44,38 +42,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnexp.config import ModelConfig
+from lnexp.layouts import LAYOUTS, NORMS, Layout, Skip, Stack, Where
 from lnexp.recipes import RECIPES
 
-# The weight matrices that end a residual branch: the ones GPT-2 scales by 1/sqrt(N).
+# The weight matrices that end a residual branch (GPT-2 scales them by 1/sqrt(N)), and those a
+# layout's branch gain scales (DeepNet's β: q and k keep the plain init).
 RESIDUAL_OUTPUTS = ("attn.out.weight", "cross.out.weight", "ffn.fc2.weight")
-# The weight matrices whose init DeepNet scales by beta (q and k keep the plain init).
-DEEPNORM_SCALED = ("attn.v.weight", "attn.out.weight", "cross.v.weight", "cross.out.weight",
-                   "ffn.fc1.weight", "ffn.fc2.weight")
+GAIN_SCALED = ("attn.v.weight", "attn.out.weight", "cross.v.weight", "cross.out.weight",
+               "ffn.fc1.weight", "ffn.fc2.weight")
 # The padding id of sequence-to-sequence batches: masked out as a key, ignored as a target.
 PAD = 0
 
 
-def deepnorm_alpha(n_layers: int) -> float:
-    """DeepNet's skip-path multiplier for a decoder-only stack of M = n_layers: (2M)^(1/4)."""
-    return (2 * n_layers) ** 0.25
-
-
-def deepnorm_beta(n_layers: int) -> float:
-    """DeepNet's init scale of the FFN, value and output projections, decoder-only: (8M)^(-1/4)."""
-    return (8 * n_layers) ** -0.25
-
-
-def admin_omega(n_layers: int, sublayers_per_layer: int = 2) -> float:
-    """Admin's closed-form shortcut scale sqrt((N+1)/ln(N+1) - 1) for N = 2 * n_layers sub-layers
-    (3 * n_layers in an encoder-decoder's decoder: self-attention, cross-attention, FFN)."""
-    n = sublayers_per_layer * n_layers
-    return math.sqrt((n + 1) / math.log(n + 1) - 1)
-
-
 def make_norm(cfg: ModelConfig) -> nn.Module:
-    """One norm over d_model as `model.norm_type` says: LayerNorm or RMSNorm (eps = model.norm_eps)."""
-    cls = nn.RMSNorm if cfg.norm_type == "rmsnorm" else nn.LayerNorm
-    return cls(cfg.d_model, eps=cfg.norm_eps)
+    """One norm over d_model, the kind `model.norm_type` names (lnexp/layouts.py NORMS)."""
+    return NORMS[cfg.norm_type].build(cfg)
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh, a norm-free replacement for a norm (Zhu, Chen, He, LeCun, Liu, CVPR 2025; their
+    `dynamic_tanh.py`, `DynamicTanh`): γ·tanh(α·x) + β, with α one learnable scalar (init
+    `model.dyt_alpha`, the paper's default 0.5) and γ, β per channel (init 1 and 0)."""
+
+    def __init__(self, d_model: int, alpha: float) -> None:
+        super().__init__()
+        self.alpha_init = alpha
+        self.alpha = nn.Parameter(torch.empty(()))
+        self.weight = nn.Parameter(torch.empty(d_model))
+        self.bias = nn.Parameter(torch.empty(d_model))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.alpha.fill_(self.alpha_init)
+        self.weight.fill_(1.0)
+        self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
 
 
 class Attention(nn.Module):
@@ -158,52 +162,77 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Two residual sub-layers (attention, FFN) wired as `cfg.norm` says (see the module docstring).
+    """Two residual sub-layers (attention, FFN) wired as the layout says (see the module docstring).
 
-    Per sub-layer (`attn_*` and `ffn_*`): `*_norm` is the input norm (pre, sandwich) or the norm of
-    the sum (post, deepnorm, admin); `*_out_norm` is sandwich's norm of the branch output (None
-    otherwise); `*_skip` multiplies the skip path: None (post, pre, sandwich), the constant float
-    alpha (deepnorm: not a parameter), or admin's trainable scalar nn.Parameter omega.
-
-    `causal=False` makes it an encoder block; `alpha` replaces DeepNorm's decoder-only constant.
+    Per sub-layer (`attn_*` and `ffn_*`): `*_norm` is the norm (of the branch input, of the sum, or
+    of the branch output); `*_out_norm` is an out-norm layout's norm of the branch output (None
+    otherwise); `*_skip` multiplies the skip path: None, a constant float (not a parameter), or a
+    trainable scalar nn.Parameter. `index` is the block's place in its `stack` (Mix-LN's layers
+    differ); `causal=False` makes it an encoder block.
     """
 
-    def __init__(self, cfg: ModelConfig, causal: bool = True, alpha: float | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, stack: Stack, index: int, causal: bool = True) -> None:
         super().__init__()
-        self.layout = cfg.norm
-        self.pre_norm = cfg.norm in ("pre", "sandwich")  # the branch reads LN(x); else LN of the sum
+        self.layout: Layout = LAYOUTS[cfg.norm].at(cfg, index)
         self.attn = Attention(cfg, causal)
         self.attn_norm = make_norm(cfg)
         self.ffn = FeedForward(cfg)
         self.ffn_norm = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.attn_out_norm = self.ffn_out_norm = None
-        self.attn_skip = self.ffn_skip = None
-        if cfg.norm == "sandwich":
-            self.attn_out_norm, self.ffn_out_norm = make_norm(cfg), make_norm(cfg)
-        elif cfg.norm == "deepnorm":
-            self.attn_skip = self.ffn_skip = deepnorm_alpha(cfg.n_layers) if alpha is None else alpha
-        elif cfg.norm == "admin":  # values set by TransformerLM.reset_parameters / admin_profile_
-            self.attn_skip, self.ffn_skip = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
+        self.attn_out_norm, self.ffn_out_norm = self._out_norm(cfg), self._out_norm(cfg)
+        self.attn_skip, self.ffn_skip = self._skip(cfg, stack), self._skip(cfg, stack)
+
+    def _out_norm(self, cfg: ModelConfig) -> nn.Module | None:
+        return make_norm(cfg) if self.layout.out_norm else None
+
+    def _skip(self, cfg: ModelConfig, stack: Stack) -> float | nn.Parameter | None:
+        if self.layout.skip == Skip.CONSTANT:
+            return self.layout.skip_init(stack, cfg)
+        if self.layout.skip == Skip.TRAINABLE:  # its value: scale_init_, or admin_profile_
+            return nn.Parameter(torch.ones(()))
+        return None
+
+    def sublayers(self) -> list[tuple[float | nn.Parameter | None, nn.Module]]:
+        """(skip, branch) of each residual sub-layer, in the order they run."""
+        return [(self.attn_skip, self.attn), (self.ffn_skip, self.ffn)]
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        if mask is None:
-            x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, cache)
-        else:  # an encoder block: the source's PAD keys are masked
-            x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, mask=mask)
+        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip,
+                          cache=cache, mask=mask)
         return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
 
     def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.Module, out_norm: nn.Module | None,
-                 skip: float | torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
-        if self.pre_norm:
-            y = branch(norm(x), *args, **kwargs)
-            if out_norm is not None:  # sandwich; under autocast y is bf16: norm it in the stream's dtype
+                 skip: float | torch.Tensor | None, **kwargs: torch.Tensor | LayerCache | None
+                 ) -> torch.Tensor:
+        where = self.layout.norm_at
+        if where == Where.INPUT:  # x + F(LN(x)); sandwich: x + LN_out(F(LN(x)))
+            y = branch(norm(x), **kwargs)
+            if out_norm is not None:  # under autocast y is bf16: norm it in the stream's dtype
                 y = out_norm(y.to(x.dtype))
             return x + self.drop(y)
-        if skip is None:
-            return norm(x + self.drop(branch(x, *args, **kwargs)))
-        return norm(skip * x + self.drop(branch(x, *args, **kwargs)))
+        if where == Where.OUTPUT:  # x + LN(F(x))
+            return x + self.drop(norm(branch(x, **kwargs).to(x.dtype)))
+        y = self.drop(branch(x, **kwargs))  # LN(s·x + F(x))
+        return norm(x + y if skip is None else skip * x + y)
+
+    @torch.no_grad()
+    def scale_init_(self, cfg: ModelConfig, stack: Stack) -> None:
+        """On top of the init recipe: GPT-2's 1/sqrt(N) on the branch outputs, the layout's branch
+        gain, the trainable skips' initial values (see the module docstring)."""
+        if cfg.residual_scaling == "gpt2":
+            scale = 1.0 / math.sqrt(stack.sublayers * stack.n_layers)
+            for name, param in self.named_parameters():
+                if name.endswith(RESIDUAL_OUTPUTS):
+                    param.mul_(scale)
+        if self.layout.branch_gain is not None:
+            gain = self.layout.branch_gain(stack)
+            for name, param in self.named_parameters():
+                if name.endswith(GAIN_SCALED):
+                    param.mul_(gain)
+        if self.layout.skip == Skip.TRAINABLE:
+            for skip, _ in self.sublayers():
+                skip.fill_(self.layout.skip_init(stack, cfg))
 
 
 class DecoderBlock(Block):
@@ -211,12 +240,15 @@ class DecoderBlock(Block):
     encoder output (`cross`, `cross_norm`, and as the layout needs `cross_out_norm`, `cross_skip`),
     then the FFN; three sub-layers, each through `Block.residual`."""
 
-    def __init__(self, cfg: ModelConfig, alpha: float | None = None) -> None:
-        super().__init__(cfg, causal=True, alpha=alpha)
+    def __init__(self, cfg: ModelConfig, stack: Stack, index: int) -> None:
+        super().__init__(cfg, stack, index, causal=True)
         self.cross = Attention(cfg, causal=False)
         self.cross_norm = make_norm(cfg)
-        self.cross_out_norm = make_norm(cfg) if cfg.norm == "sandwich" else None
-        self.cross_skip = nn.Parameter(torch.ones(())) if cfg.norm == "admin" else self.attn_skip
+        self.cross_out_norm = self._out_norm(cfg)
+        self.cross_skip = self._skip(cfg, stack)
+
+    def sublayers(self) -> list[tuple[float | nn.Parameter | None, nn.Module]]:
+        return [(self.attn_skip, self.attn), (self.cross_skip, self.cross), (self.ffn_skip, self.ffn)]
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip)
@@ -226,7 +258,8 @@ class DecoderBlock(Block):
 
 
 class Embedded(nn.Module):
-    """What both architectures share: the token table (also the tied output layer) and positions."""
+    """What both architectures share: the token table (also the tied output layer), positions, the
+    init, Admin's profiling, and the residual stream the probes follow."""
 
     def _build_embeddings(self, cfg: ModelConfig, vocab_size: int) -> None:
         d = cfg.d_model
@@ -242,6 +275,9 @@ class Embedded(nn.Module):
         self.embed_scale = math.sqrt(d) if self.recipe.embed_scale else 1.0
         self.drop = nn.Dropout(cfg.dropout)
 
+    def final_norm_or_none(self) -> nn.Module | None:
+        return make_norm(self.cfg) if LAYOUTS[self.cfg.norm].final_norm else None
+
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Scaled token embeddings plus the positions start, start + 1, ..."""
         end = start + idx.shape[1]
@@ -250,64 +286,70 @@ class Embedded(nn.Module):
         table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
         return self.drop(self.tok_emb(idx) * self.embed_scale + table[start:end])
 
+    def stacks(self) -> list[tuple[Stack, nn.ModuleList]]:
+        """Each residual stack and its blocks, in the order they run."""
+        raise NotImplementedError
+
+    def residual_blocks(self) -> nn.ModuleList:
+        """The blocks of the stream the logits are read from (the per-layer probes follow it)."""
+        return self.stacks()[-1][1]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The init recipe `model.init` (lnexp/recipes.py: fairseq's, GPT-2's, ...), then each block's
+        own scaling (`Block.scale_init_`), which counts its stack's sub-layers."""
+        self.recipe.init(self, self.cfg.d_model)
+        for stack, blocks in self.stacks():
+            for block in blocks:
+                block.scale_init_(self.cfg, stack)
+
+    @torch.no_grad()
+    def admin_profile_(self, *inputs: torch.Tensor) -> list[float]:
+        """Admin's profiling init (`model.admin_init: profile`): set every trainable skip ω from one
+        batch (`inputs`: the model's arguments, on its device), each stack's stream on its own.
+
+        Sub-layers are numbered i = 0, 1, ... in the order they run in a stack (block 0's attention,
+        block 0's FFN, block 1's attention, ...). One forward pass runs with every ω = 1 (i.e. plain
+        Post-LN), in eval mode (no dropout), in float32 and without gradients; it records Var[f_j],
+        the variance over all elements (batch, positions, features; population variance) of
+        sub-layer j's branch output f_j (before the residual sum). Then
+
+            ω_i = sqrt(1 + sum_{j < i} Var[f_j])
+
+        where the 1 stands for the embedding, taken as unit-variance (true for `model.init: fairseq`,
+        whose embeddings are N(0, 1/d) scaled by sqrt(d); under `init: gpt2` they are far smaller).
+        So ω_0 = 1, and ω_i² is the variance a Pre-LN stream would have accumulated before sub-layer
+        i. The model's train/eval mode is restored; ω stays a trainable parameter. Call it once, at
+        initialisation, before training (and before wrapping the model in DDP, so that rank 0's
+        values are the ones broadcast). Returns the ωs, stack by stack, in sub-layer order.
+        """
+        if LAYOUTS[self.cfg.norm].skip != Skip.TRAINABLE:
+            raise ValueError(f"admin_profile_ needs a layout with trainable skips, got model.norm "
+                             f"{self.cfg.norm}")
+        return profile_admin_skips(self, [[pair for block in blocks for pair in block.sublayers()]
+                                          for _, blocks in self.stacks()], *inputs)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if non_embedding else n
+
 
 class TransformerLM(Embedded):
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
-        d = cfg.d_model
         self._build_embeddings(cfg, vocab_size)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = make_norm(cfg) if cfg.norm in ("pre", "sandwich") else None
-        self.head = None if cfg.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
+        self.stack = Stack(cfg.n_layers, 2, "lm")
+        self.blocks = nn.ModuleList(Block(cfg, self.stack, i) for i in range(cfg.n_layers))
+        self.final_norm = self.final_norm_or_none()
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.reset_parameters()
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """The init recipe `model.init` (lnexp/recipes.py: fairseq's, GPT-2's, ...), then the layout's
-        own scaling: GPT-2's 1/sqrt(2 n_layers), DeepNet's beta, Admin's omega."""
-        self.recipe.init(self, self.cfg.d_model)
-        if self.cfg.residual_scaling == "gpt2":
-            scale = 1.0 / math.sqrt(2 * self.cfg.n_layers)
-            for name, param in self.named_parameters():
-                if name.endswith(RESIDUAL_OUTPUTS):
-                    param.mul_(scale)
-        if self.cfg.norm == "deepnorm":
-            beta = deepnorm_beta(self.cfg.n_layers)
-            for name, param in self.named_parameters():
-                if name.endswith(DEEPNORM_SCALED):
-                    param.mul_(beta)
-        if self.cfg.norm == "admin":
-            omega = admin_omega(self.cfg.n_layers) if self.cfg.admin_init == "closed_form" else 1.0
-            for block in self.blocks:
-                block.attn_skip.fill_(omega)
-                block.ffn_skip.fill_(omega)
-
-    @torch.no_grad()
-    def admin_profile_(self, idx: torch.Tensor) -> list[float]:
-        """Admin's profiling init (`model.admin_init: profile`): set every omega from one batch.
-
-        Sub-layers are numbered i = 0 .. 2*n_layers - 1 in the order they run (block 0's attention,
-        block 0's FFN, block 1's attention, ...). One forward pass of `idx` (token ids, shape (B, T),
-        on the model's device) runs with every omega = 1 (i.e. plain Post-LN), in eval mode (no
-        dropout), in float32 and without gradients; it records Var[f_j], the variance over all
-        elements (batch, positions, features; population variance) of sub-layer j's branch output
-        f_j (the attention's or FFN's output, before the residual sum). Then
-
-            omega_i = sqrt(1 + sum_{j < i} Var[f_j])
-
-        where the 1 stands for the embedding, taken as unit-variance (true for `model.init: fairseq`,
-        whose embeddings are N(0, 1/d) scaled by sqrt(d); under `init: gpt2` they are far smaller).
-        So omega_0 = 1, and omega_i^2 is the variance a Pre-LN stream would have accumulated before
-        sub-layer i. The model's train/eval mode is restored; omega stays a trainable parameter.
-        Call it once, at initialisation, before training (and before wrapping the model in DDP, so
-        that rank 0's values are the ones broadcast). Returns the omegas, in sub-layer order.
-        """
-        if self.cfg.norm != "admin":
-            raise ValueError(f"admin_profile_ needs model.norm admin, got {self.cfg.norm}")
-        stack = [pair for block in self.blocks
-                 for pair in ((block.attn_skip, block.attn), (block.ffn_skip, block.ffn))]
-        return profile_admin_skips(self, [stack], idx)
+    def stacks(self) -> list[tuple[Stack, nn.ModuleList]]:
+        return [(self.stack, self.blocks)]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -318,20 +360,16 @@ class TransformerLM(Embedded):
             x = block(x, None if cache is None else cache.layers[i])
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        logits = self.logits(x)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_emb.weight.numel() if non_embedding else n
 
 
 @torch.no_grad()
 def profile_admin_skips(model: nn.Module, stacks: list[list[tuple[nn.Parameter, nn.Module]]],
                         *inputs: torch.Tensor) -> list[float]:
-    """Admin's profiling rule (see `TransformerLM.admin_profile_`) for one residual stream per stack,
+    """Admin's profiling rule (see `Embedded.admin_profile_`) for one residual stream per stack,
     given as its (omega, branch) pairs in the order they run: each stack's sum starts at 1."""
     variances: list[list[torch.Tensor]] = [[] for _ in stacks]
     hooks = []
@@ -362,74 +400,34 @@ def profile_admin_skips(model: nn.Module, stacks: list[list[tuple[nn.Parameter, 
     return omegas
 
 
-def deepnorm_encdec(n_enc: int, n_dec: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    """DeepNet's encoder-decoder constants ((alpha, beta) of the encoder, of the decoder) for N
-    encoder and M decoder layers: encoder 0.81 (N^4 M)^(1/16) and 0.87 (N^4 M)^(-1/16), decoder
-    (3M)^(1/4) and (12M)^(-1/4)."""
-    base = (n_enc**4 * n_dec) ** (1 / 16)
-    return (0.81 * base, 0.87 / base), ((3 * n_dec) ** 0.25, (12 * n_dec) ** -0.25)
-
-
 class EncoderDecoder(Embedded):
     """`model.arch: encoder_decoder`: `n_layers` encoder blocks (`enc.{i}`: non-causal self-attention
     `attn`, FFN `ffn`) and `n_layers` decoder blocks (`dec.{i}`: causal self-attention `attn`,
     cross-attention `cross` over the encoder output, FFN `ffn`), all wired by `model.norm`.
 
     Source and target share one token embedding (and the tied output projection) and one position
-    table. Pre and sandwich end each stack with a norm (`enc_final_norm`, `dec_final_norm`). Source
-    PAD tokens are masked as keys in the encoder and in cross-attention; PAD targets are ignored in
-    the loss. Constants count each stack's sub-layers: GPT-2 scaling 1/sqrt(2L) in the encoder and
-    1/sqrt(3L) in the decoder; Admin's closed-form omega with N = 2L and N = 3L; DeepNorm uses
-    DeepNet's encoder-decoder alpha and beta (`deepnorm_encdec`), L = n_layers in each.
+    table. A layout with a final norm ends each stack with one (`enc_final_norm`, `dec_final_norm`).
+    Source PAD tokens are masked as keys in the encoder and in cross-attention; PAD targets are
+    ignored in the loss. Constants count each stack's sub-layers: GPT-2 scaling 1/sqrt(2L) in the
+    encoder and 1/sqrt(3L) in the decoder; Admin's closed-form omega with N = 2L and N = 3L; DeepNorm
+    uses DeepNet's encoder-decoder alpha and beta (`layouts.deepnorm_encdec`), L = n_layers in each.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
-        d, n = cfg.d_model, cfg.n_layers
+        n = cfg.n_layers
         self._build_embeddings(cfg, vocab_size)
-        (enc_alpha, _), (dec_alpha, _) = deepnorm_encdec(n, n)
-        self.enc = nn.ModuleList(Block(cfg, causal=False, alpha=enc_alpha) for _ in range(n))
-        self.dec = nn.ModuleList(DecoderBlock(cfg, alpha=dec_alpha) for _ in range(n))
-        pre = cfg.norm in ("pre", "sandwich")
-        self.enc_final_norm = make_norm(cfg) if pre else None
-        self.dec_final_norm = make_norm(cfg) if pre else None
-        self.head = None if cfg.tie_embeddings else nn.Linear(d, vocab_size, bias=False)
+        self.enc_stack, self.dec_stack = Stack(n, 2, "encoder"), Stack(n, 3, "decoder")
+        self.enc = nn.ModuleList(Block(cfg, self.enc_stack, i, causal=False) for i in range(n))
+        self.dec = nn.ModuleList(DecoderBlock(cfg, self.dec_stack, i) for i in range(n))
+        self.enc_final_norm = self.final_norm_or_none()
+        self.dec_final_norm = self.final_norm_or_none()
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.reset_parameters()
 
-    def admin_stacks(self) -> list[list[tuple[nn.Parameter, nn.Module]]]:
-        """Admin's (omega, branch) pairs, per stack, in the order they run."""
-        return [[pair for b in self.enc for pair in ((b.attn_skip, b.attn), (b.ffn_skip, b.ffn))],
-                [pair for b in self.dec
-                 for pair in ((b.attn_skip, b.attn), (b.cross_skip, b.cross), (b.ffn_skip, b.ffn))]]
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        self.recipe.init(self, self.cfg.d_model)
-        n = self.cfg.n_layers
-        if self.cfg.residual_scaling == "gpt2":
-            scale = {"enc.": 1.0 / math.sqrt(2 * n), "dec.": 1.0 / math.sqrt(3 * n)}
-            for name, param in self.named_parameters():
-                if name.endswith(RESIDUAL_OUTPUTS):
-                    param.mul_(scale[name[:4]])
-        if self.cfg.norm == "deepnorm":
-            (_, enc_beta), (_, dec_beta) = deepnorm_encdec(n, n)
-            for name, param in self.named_parameters():
-                if name.endswith(DEEPNORM_SCALED):
-                    param.mul_(enc_beta if name.startswith("enc.") else dec_beta)
-        if self.cfg.norm == "admin":
-            closed = self.cfg.admin_init == "closed_form"
-            for stack, per_layer in zip(self.admin_stacks(), (2, 3)):
-                for skip, _ in stack:
-                    skip.fill_(admin_omega(n, per_layer) if closed else 1.0)
-
-    @torch.no_grad()
-    def admin_profile_(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[float]:
-        """`TransformerLM.admin_profile_`'s rule on one batch, each stack's stream on its own (both
-        start from the unit-variance embedding). Returns the encoder's omegas, then the decoder's."""
-        if self.cfg.norm != "admin":
-            raise ValueError(f"admin_profile_ needs model.norm admin, got {self.cfg.norm}")
-        return profile_admin_skips(self, self.admin_stacks(), src, tgt_in)
+    def stacks(self) -> list[tuple[Stack, nn.ModuleList]]:
+        return [(self.enc_stack, self.enc), (self.dec_stack, self.dec)]
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder output and the source key mask, (batch, 1, 1, source length), True = not PAD."""
@@ -448,14 +446,10 @@ class EncoderDecoder(Embedded):
             x = block(x, memory, mask)
         if self.dec_final_norm is not None:
             x = self.dec_final_norm(x)
-        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        logits = self.logits(x)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_emb.weight.numel() if non_embedding else n
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> TransformerLM | EncoderDecoder:

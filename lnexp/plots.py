@@ -21,16 +21,8 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lnexp.compare import Comparison  # noqa: E402
-from lnexp.runs import (  # noqa: E402
-    FEATURE_STATS,
-    MEASURES,
-    PROBES,
-    Run,
-    layer_profile,
-    logged_steps,
-    profile_depth,
-    weight_roles,
-)
+from lnexp.probe_kinds import FEATURE_STATS, PROBE_KINDS, profile_depth  # noqa: E402
+from lnexp.runs import Run, layer_profile, logged_steps, weight_roles  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 
@@ -145,7 +137,7 @@ def run_figures(run: Run, out_dir: Path, suffix: str = ".png") -> tuple[list[Pat
         paths.append(_save(_activations(run.name, acts), out_dir / f"activations{suffix}"))
     else:
         notes.append("no act probe logged: no activation-norm figure")
-    for probe in MEASURES:  # opt-in probes: a figure only where logged, no note otherwise
+    for probe in (k.name for k in PROBE_KINDS.values() if k.measures):  # a figure only where logged
         by_step = _by_step(run.probes, probe)
         if by_step:
             paths.append(_save(_measures(run.name, by_step, probe), out_dir / f"{probe}{suffix}"))
@@ -237,12 +229,13 @@ def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -
     """A panel per measure the run logged (rank: stream and branch outputs; sensitivity), each a
     profile by layer at up to 6 logged steps."""
     logged = {r["param"] for rows in by_step.values() for r in rows}
-    params = [p for p in MEASURES[probe] if p in logged]
+    kind = PROBE_KINDS[probe]
+    params = [p for p in kind.measures if p in logged]
     fig, axes = _grid(len(params), 4.6, 3.6, cols=len(FEATURE_STATS) if probe == "rank" else 4)
     for ax, param in zip(axes, params):
         steps = {step: rows for step, rows in by_step.items() if any(r["param"] == param for r in rows)}
         _steps_panel(ax, steps, probe, param)
-        ax.set_title(MEASURES[probe][param], fontsize=9)
-    fig.suptitle(f"{name}: {PROBES[probe]} by layer")
+        ax.set_title(kind.measures[param], fontsize=9)
+    fig.suptitle(f"{name}: {kind.title} by layer")
     fig.tight_layout()
     return fig

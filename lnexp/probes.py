@@ -38,8 +38,6 @@ the graph it runs on other steps has no trace of them. Each probe's eager work i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,7 +46,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from lnexp.runs import FEATURE_STATS
+from lnexp.probe_kinds import FEATURE_STATS, PROBE_KINDS, ProbeKind
 
 _LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -114,7 +112,7 @@ class Probes:
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.names = [split_name(name) for name, _ in named]
         self.params = [p for _, p in named]
-        self.blocks = list(model.dec if hasattr(model, "dec") else model.blocks)  # see the docstring
+        self.blocks = list(model.residual_blocks())  # see the docstring
         self._acts: list[torch.Tensor] = []
         self._stream_grads: dict[int, torch.Tensor] = {}
         self._before: list[torch.Tensor] = []
@@ -126,7 +124,7 @@ class Probes:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.kinds & {"grad", "act", "update", "adam", "sensitivity"})
+        return any(PROBE_KINDS[kind].training_step for kind in self.kinds)
 
     def arm(self) -> None:
         """Before a logging step's forward pass: record the residual stream (and its gradient)."""
@@ -203,94 +201,106 @@ class Probes:
             for column, q in enumerate(QUANTILES):
                 reading.add(f"adam_v_q{round(q * 100)}", names, table[:, column])
 
-    @torch.no_grad()
-    def output_change(self, x: torch.Tensor | tuple[torch.Tensor, ...], step: int, eps: float = 1e-2,
-                      seed: int = 0) -> Reading:
-        """Per layer: relative change of the logits when only that layer's weights are perturbed.
-        `x`: the model's input, or the tuple of its inputs (an encoder-decoder's src, tgt_in)."""
-        with self._evaluating("probe:output_change"):
-            inputs = x if isinstance(x, tuple) else (x,)
-            base = self.model(*inputs)[0].float()
-            generator = torch.Generator(device=inputs[0].device).manual_seed(seed)
-            changes = []
-            for block in self.blocks:
-                params = list(block.parameters())
-                signs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device) * 2 - 1
-                         for p in params]
-                saved = [p.clone() for p in params]
-                torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
-                changes.append(torch.linalg.vector_norm(self.model(*inputs)[0].float() - base))
-                for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
-                    p.copy_(original)
-            reading = Reading(step)
-            reading.add("output_change", [(layer, "logits") for layer in range(len(changes))],
-                        torch.stack(changes) / torch.linalg.vector_norm(base))
-            return reading
-
-    @contextmanager
-    def _evaluating(self, label: str) -> Iterator[None]:
-        """A probe's forward passes of its own: labelled for the profiler, in eval mode (no dropout),
-        the model's mode given back however they end."""
+    def evaluate(self, kind: ProbeKind, batch: tuple[torch.Tensor, ...], step: int, seed: int = 0
+                 ) -> Reading:
+        """An evaluation probe's measurement on `batch` (the model's arguments, the targets last):
+        labelled `probe:<its function>` for the profiler, in eval mode (no dropout) and without
+        gradients, the model's mode given back however it ends."""
+        evaluate = kind.evaluator()
         was_training = self.model.training
-        with record_function(label):
+        with record_function(f"probe:{evaluate.__name__}"), torch.no_grad():
             self.model.eval()
             try:
-                yield
+                measured = evaluate(ProbeInput(self.model, self.blocks, batch[:-1], batch[-1], seed))
             finally:
                 self.model.train(was_training)
+        reading = Reading(step)
+        for param, values in measured.items():
+            reading.add(kind.name, [(layer, param) for layer in range(len(values))], values)
+        return reading
 
-    def _branches(self, block: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
 
-    @torch.no_grad()
-    def rank(self, inputs: tuple[torch.Tensor, ...], step: int) -> Reading:
-        """The feature statistics (see the module docstring) of one forward pass of `inputs` (the fixed
-        validation batch's model arguments), in eval mode, through hooks that live for this call."""
-        with self._evaluating("probe:rank"):
-            features: list[tuple[int, str, torch.Tensor]] = []
+@dataclass
+class ProbeInput:
+    """What an evaluation probe gets: the model, the blocks of its residual stream (the decoder's in
+    an encoder-decoder), the first validation batch's model arguments and targets, and a seed for
+    any randomness it draws (the run's)."""
 
-            def keep(index: int, role: str) -> Any:
-                def hook(_module: nn.Module, args: tuple, output: Any = None) -> None:
-                    features.append((index, role, args[0] if output is None else output))
-                return hook
+    model: nn.Module
+    blocks: list[nn.Module]
+    inputs: tuple[torch.Tensor, ...]
+    targets: torch.Tensor
+    seed: int
 
-            hooks = [block.register_forward_pre_hook(keep(i, "resid")) for i, block in enumerate(self.blocks)]
-            hooks.append(self.blocks[-1].register_forward_hook(keep(len(self.blocks), "resid")))
-            hooks += [branch.register_forward_hook(keep(i, role)) for i, block in enumerate(self.blocks)
-                      for role, branch in self._branches(block)]
-            try:
-                self.model(*inputs)
-            finally:
-                for hook in hooks:
-                    hook.remove()
-            reading = Reading(step)
-            for index, role, x in sorted(features, key=lambda f: (f[1] != "resid", f[1], f[0])):
-                reading.add("rank", [(index, f"{role}.{stat}") for stat in FEATURE_STATS], feature_stats(x))
-            return reading
 
-    @torch.no_grad()
-    def ablation(self, batch: tuple[torch.Tensor, ...], step: int, seed: int = 0) -> Reading:
-        """Per layer: (loss with that layer's branch outputs replaced by noise of the same norm, token by
-        token − loss) / loss, on `batch` (the model's arguments and the targets), in eval mode."""
-        with self._evaluating("probe:ablation"):
-            generator = torch.Generator(device=batch[0].device).manual_seed(seed)
+def output_change(probe: ProbeInput, eps: float = 1e-2) -> dict[str, torch.Tensor]:
+    """Per layer: relative change of the logits when only that layer's weights get a random-sign
+    perturbation δ = ε·|θ|·s."""
+    model, inputs = probe.model, probe.inputs
+    base = model(*inputs)[0].float()
+    generator = torch.Generator(device=inputs[0].device).manual_seed(probe.seed)
+    changes = []
+    for block in probe.blocks:
+        params = list(block.parameters())
+        signs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device) * 2 - 1 for p in params]
+        saved = [p.clone() for p in params]
+        torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
+        changes.append(torch.linalg.vector_norm(model(*inputs)[0].float() - base))
+        for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
+            p.copy_(original)
+    return {"logits": torch.stack(changes) / torch.linalg.vector_norm(base)}
 
-            def noise(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-                return noise_like(output, generator)
 
-            base = self.model(*batch)[1].float()
-            changes = []
-            for block in self.blocks:
-                hooks = [branch.register_forward_hook(noise) for _, branch in self._branches(block)]
-                try:
-                    changes.append(self.model(*batch)[1].float())
-                finally:
-                    for hook in hooks:
-                        hook.remove()
-            reading = Reading(step)
-            reading.add("sensitivity", [(layer, "noise_loss_change") for layer in range(len(changes))],
-                        (torch.stack(changes) - base) / base)
-            return reading
+def branches(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A block's residual branches (attention, cross-attention, FFN), in the order they run."""
+    return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
+
+
+def rank(probe: ProbeInput) -> dict[str, torch.Tensor]:
+    """The feature statistics (see the module docstring) of one forward pass, through hooks that live
+    for this call: the residual stream entering each block and leaving the last (`resid.*`), and
+    each branch's output before it joins the stream."""
+    features: dict[str, list[torch.Tensor]] = {}
+
+    def keep(role: str) -> Any:
+        def hook(_module: nn.Module, args: tuple, output: Any = None) -> None:
+            stats = feature_stats(args[0] if output is None else output)
+            for column, stat in enumerate(FEATURE_STATS):
+                features.setdefault(f"{role}.{stat}", []).append(stats[column])
+        return hook
+
+    blocks = probe.blocks
+    hooks = [block.register_forward_pre_hook(keep("resid")) for block in blocks]
+    hooks.append(blocks[-1].register_forward_hook(keep("resid")))
+    hooks += [branch.register_forward_hook(keep(role))
+              for block in blocks for role, branch in branches(block)]
+    try:
+        probe.model(*probe.inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {param: torch.stack(values) for param, values in features.items()}
+
+
+def ablation(probe: ProbeInput) -> dict[str, torch.Tensor]:
+    """Per layer: (loss with that layer's branch outputs replaced by noise of the same norm, token by
+    token − loss) / loss."""
+    generator = torch.Generator(device=probe.targets.device).manual_seed(probe.seed)
+
+    def noise(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return noise_like(output, generator)
+
+    batch = (*probe.inputs, probe.targets)
+    base = probe.model(*batch)[1].float()
+    changes = []
+    for block in probe.blocks:
+        hooks = [branch.register_forward_hook(noise) for _, branch in branches(block)]
+        try:
+            changes.append(probe.model(*batch)[1].float())
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return {"noise_loss_change": (torch.stack(changes) - base) / base}
 
 
 def feature_stats(x: torch.Tensor) -> torch.Tensor:

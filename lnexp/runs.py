@@ -34,6 +34,7 @@ from lnexp.files import (
     read_regular,
     try_lock,
 )
+from lnexp.probe_kinds import by_row
 
 LOCK = ".lock"  # flock'd by the process writing the run, for the run's life
 RESERVE = ".reserve"  # space held back, freed when a write hits a full disk so the failure can be recorded
@@ -380,7 +381,8 @@ def _read_json(path: Path, notes: list[str], missing_ok: bool = False) -> dict[s
 
 
 def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
-    """config.yaml as {section: {key: value}}; a section that is not a mapping is dropped with a note."""
+    """config.yaml as {section: {key: value}} (and the list of plugins); a section that is not a
+    mapping is dropped with a note."""
     try:
         config = yaml.safe_load(read_regular(path, CONFIG_LIMIT)) or {}
     except (FileProblem, yaml.YAMLError, RecursionError):
@@ -389,7 +391,8 @@ def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
     if not isinstance(config, dict):
         notes.append("config.yaml is not a mapping; ignored")
         return {}
-    for section in [s for s, v in config.items() if not isinstance(v, dict)]:
+    for section in [s for s, v in config.items()
+                    if not isinstance(v, dict) and not (s == "plugins" and isinstance(v, list))]:
         notes.append(f"config.yaml: {section} is not a mapping; ignored")
         del config[section]
     return config
@@ -479,46 +482,16 @@ def weight_roles(rows: list[dict[str, Any]]) -> list[str]:
                               and r["layer"] is not None and r["param"].endswith(".weight")))
 
 
-# What each probe measures, for titles. PER_LAYER probes have one value per layer; MEASURES probes
-# several named ones (their `param`, the first the default); the rest one per weight.
-PROBES = {"act": "residual-stream RMS", "output_change": "output change under perturbation",
-          "grad": "gradient norm", "update": "update/weight ratio", "adam_v_q10": "Adam v_t 10% quantile",
-          "adam_v_q50": "Adam v_t median", "adam_v_q90": "Adam v_t 90% quantile",
-          "rank": "feature dimensionality", "sensitivity": "loss sensitivity"}
-PER_LAYER = ("act", "output_change")
-FEATURE_STATS = {"erank": "effective rank", "pr": "participation ratio", "aniso": "anisotropy"}
-MEASURES = {
-    "rank": {f"{where}.{stat}": f"{title} of the {what}"
-             for where, what in (("resid", "residual stream"), ("attn", "attention output"),
-                                 ("cross", "cross-attention output"), ("ffn", "FFN output"))
-             for stat, title in FEATURE_STATS.items()},
-    "sensitivity": {"dloss_dx": "‖∂loss/∂x‖ of the residual stream",
-                    "noise_loss_change": "relative loss change, branch outputs replaced by noise"},
-}
-# The measures of the residual stream, which also has a value leaving the last block.
-STREAM_MEASURES = ("resid.", "dloss_dx")
-
-
-def default_param(probe: str) -> str:
-    """The profile `compare` shows when no --param is given."""
-    return next(iter(MEASURES[probe])) if probe in MEASURES else "ffn.fc2"
-
-
-def profile_depth(probe: str, param: str, n_layers: int) -> int:
-    """How many entries a complete profile has: one per layer, plus one leaving the last block for
-    measures of the residual stream (act; rank's resid.*; sensitivity's dloss_dx)."""
-    stream = probe == "act" or (probe in MEASURES and param.startswith(STREAM_MEASURES))
-    return n_layers + stream
-
-
 def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int) -> list[float]:
     """Values by layer index at `step`. For per-weight probes, `param` is a role (`ffn.fc2` means its
-    weight) or `all`: the layer's combined value, sqrt of the sum of its squared values. For MEASURES
-    probes it names the measure (`resid.erank`)."""
-    if probe in PER_LAYER:
+    weight) or `all`: the layer's combined value, sqrt of the sum of its squared values. For probes
+    with named measures it names the measure (`resid.erank`)."""
+    kind = by_row(probe)
+    if kind is not None and kind.entries == "layer":
         chosen = {r["layer"]: r["value"] for r in rows if r["probe"] == probe and r["step"] == step}
         return [chosen[i] for i in sorted(chosen)]
-    named = probe in MEASURES or param == "all" or param.endswith((".weight", ".bias"))
+    measures = kind is not None and kind.entries == "measures"
+    named = measures or param == "all" or param.endswith((".weight", ".bias"))
     name = param if named else param + ".weight"
     squares: dict[int, float] = {}
     for r in rows:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from lnexp.config import Config, ConfigError, load_config
+from lnexp.config import Config, ConfigError, load_config, validate
 from lnexp.files import try_lock
 from lnexp.runs import FINISHED, RunError, now, write_json
 
@@ -153,7 +153,7 @@ def threads_per_job(jobs: int) -> int:
 
 
 def expand(config_file: str | Path, grid_items: list[str], seeds: int = 1, sets: list[str] = (),
-           name: str | None = None, jobs: int = 1) -> Sweep:
+           name: str | None = None, jobs: int = 1, plugins: list[str] = ()) -> Sweep:
     """Every cell of the sweep, validated; raises ConfigError (one line) before anything is written."""
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
@@ -162,7 +162,7 @@ def expand(config_file: str | Path, grid_items: list[str], seeds: int = 1, sets:
         if key == "run.name":
             raise ConfigError(f"--set {key}: {_PER_CELL[key]}")
     grids = parse_grid(grid_items)
-    base = load_config(config_file, list(sets))
+    base = load_config(config_file, list(sets), plugins)
     keys = [k for k, _ in grids]
     if "train.seed" in keys and seeds > 1:
         raise ConfigError("--grid train.seed: cannot be combined with --seeds (give seeds in one of them)")
@@ -185,7 +185,7 @@ def expand(config_file: str | Path, grid_items: list[str], seeds: int = 1, sets:
             group = safe_name(parts) if parts else "all"
             extra = [] if seed is None else [f"train.seed={seed}"]
             try:
-                config = load_config(config_file, [*sets, *overrides, *extra])
+                config = load_config(config_file, [*sets, *overrides, *extra], plugins)
             except ConfigError as exc:
                 raise ConfigError(_grid_message(str(exc), keys, sets)) from None
             config.run.name, config.run.dir = cell_name, str(root)  # set, not parsed: any path works
@@ -239,6 +239,11 @@ def config_differences(path: Path, config: Config) -> list[str]:
     wanted, defaults = config.to_dict(), Config().to_dict()
     diffs = []
     for section, values in wanted.items():
+        if not isinstance(values, dict):  # a top-level list (plugins)
+            old = stored.get(section, defaults[section])
+            if _norm(old) != _norm(values):
+                diffs.append(f"{section}: {old!r} there, {values!r} here")
+            continue
         kept = stored.get(section) if isinstance(stored.get(section), dict) else {}
         for key, value in values.items():
             if (section, key) in (("train", "threads"), ("run", "name"), ("run", "dir")):
@@ -308,7 +313,7 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
     if _worker_stop is not None and _worker_stop.requested:
         return {"status": "interrupted", "error": "not started: the sweep was stopped"}
     try:
-        outcome = train(Config.model_validate(config), source, command, force=force, stop=_worker_stop)
+        outcome = train(validate(config, source), source, command, force=force, stop=_worker_stop)
     except (ConfigError, RunError) as exc:
         return {"status": "failed", "error": str(exc)}
     except Exception as exc:  # the run folder says "failed" and why; the other cells go on
@@ -487,7 +492,8 @@ def _sweep_lock(root: Path) -> Iterator[None]:
 
 def _train_command(sweep: Sweep, cell: Cell) -> list[str]:
     sets = [*sweep.sets, *cell.overrides, f"run.name={cell.name}", f"run.dir={sweep.root}"]
-    return ["lnexp", "train", sweep.config_file, *(a for s in sets for a in ("--set", s)), "--quiet"]
+    return ["lnexp", "train", sweep.config_file, *(a for s in sets for a in ("--set", s)),
+            *(a for p in cell.config.plugins for a in ("--plugin", p)), "--quiet"]
 
 
 # --- the summary -----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from lnexp import __version__
+from lnexp import __version__, plugins
 from lnexp.config import Config, ConfigError, dump_yaml, validate
 from lnexp.data import Data, load_data
 from lnexp.hardware import (
@@ -44,6 +44,7 @@ from lnexp.hardware import (
     peak_tflops,
 )
 from lnexp.model import build_model
+from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.probes import Probes, Reading, radam_rho
 from lnexp.recipes import recipe_meta
 from lnexp.runs import (
@@ -119,7 +120,7 @@ class Trainer:
         self.bf16 = uses_bf16(config, device)
         self.model = build_model(config.model, data.vocab_size).to(device)  # probes, checkpoints
         self.batches = torch.Generator()
-        if config.model.norm == "admin" and config.model.admin_init == "profile":
+        if config.model.admin_init == "profile":
             # Admin's profiled init, on this rank's step-0 batch; DDP then broadcasts rank 0's ω.
             self.model.admin_profile_(*self._batch(0)[:-1])
         wrapped = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None) \
@@ -173,17 +174,11 @@ class Trainer:
         return loss.detach(), reading, total
 
     def val_probes(self, step: int) -> list[Reading]:
-        """The readings due at `step` that take forward passes of their own on the first validation
-        batch: `rank` on logging steps, `output_change` and `sensitivity`'s ablation at chosen steps."""
-        log, batch, probes = self.config.log, self.val_batches[0], self.probes
-        due = []
-        if "rank" in log.probes and step % log.grad_every == 0:
-            due.append(probes.rank(batch[:-1], step))
-        if "output_change" in log.probes and step in log.output_change_steps:
-            due.append(probes.output_change(batch[:-1], step, seed=self.config.train.seed))
-        if "sensitivity" in log.probes and step in log.ablation_steps:
-            due.append(probes.ablation(batch, step, seed=self.config.train.seed))
-        return due
+        """The readings due at `step` of the evaluation probes (lnexp/probe_kinds.py), which take
+        forward passes of their own on the first validation batch."""
+        log = self.config.log
+        return [self.probes.evaluate(kind, self.val_batches[0], step, seed=self.config.train.seed)
+                for kind in map(PROBE_KINDS.get, log.probes) if kind.evaluate and kind.due(log, step)]
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -314,6 +309,7 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "config_file": source,
         "seed": config.train.seed,
         "init_recipe": recipe_meta(config.model.init),
+        "plugins": plugins.load_all(config.plugins),  # path and sha256 of each (loaded already)
         "versions": {"lnexp": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from lnexp.cli import app
 from lnexp.config import DataConfig, ModelConfig
 from lnexp.data import BOS, EOS, LEXICON, SPECIALS, Seq2SeqTask, load_data, make_languages
-from lnexp.model import PAD, EncoderDecoder, admin_omega, build_model, deepnorm_encdec
+from lnexp.layouts import admin_omega, deepnorm_encdec
+from lnexp.model import PAD, EncoderDecoder, build_model
 from lnexp.probes import split_name
 from lnexp.runs import load_run
 

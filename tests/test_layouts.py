@@ -1,4 +1,4 @@
-"""The five layouts of `model.norm`, `model.norm_type` and their init constants.
+"""The layouts of `model.norm` (lnexp/layouts.py), `model.norm_type` and their init constants.
 
 Each wiring is checked by recomputing a block's output from its own modules, so a test says exactly
 which tensor is normalised where.
@@ -253,3 +253,74 @@ def test_one_training_step_via_the_cli(tmp_path, write_config, norm, extra):
     run = load_run(tmp_path / "runs" / "r")
     assert run.meta["status"] == "completed" and run.config["model"]["norm"] == norm
     assert all(math.isfinite(m["loss"]) for m in run.metrics if m["loss"] is not None)
+
+
+# --- the registry's newer layouts: Mix-LN, reordered (OLMo 2), DyT ----------------------------------
+
+def test_reordered_norms_the_branch_output_only():
+    model = make(norm="reordered")
+    block = model.blocks[0]
+    x = wild()
+    h = x + block.attn_norm(block.attn(x))
+    expected = h + block.ffn_norm(block.ffn(h))
+    assert torch.allclose(block(x), expected, atol=1e-5)
+    assert block.attn_out_norm is None and block.attn_skip is None and model.final_norm is not None
+
+
+@pytest.mark.parametrize("ratio, n_post", [(0.25, 2), (0.5, 4), (0.0, 0), (1.0, 8)])
+def test_mix_ln_is_post_ln_in_its_first_layers_and_pre_ln_after_gradients_included(ratio, n_post):
+    """Mix-LN at initialisation equals, loss and every gradient, a stack built by hand from Post-LN
+    blocks for the first ⌊α·L⌋ layers and Pre-LN blocks after, with a final norm."""
+    from lnexp.layouts import Stack
+    from lnexp.model import Block
+
+    mix = make(norm="mix", n_layers=8, mix_ratio=ratio)
+    assert [b.layout.name for b in mix.blocks] == ["post"] * n_post + ["pre"] * (8 - n_post)
+    cfg_post = ModelConfig(n_layers=8, d_model=32, n_heads=4, d_ff=64, max_seq_len=16, norm="post")
+    by_hand = make(norm="pre", n_layers=8)
+    for i in range(n_post):
+        by_hand.blocks[i] = Block(cfg_post, Stack(8, 2, "lm"), i)
+    by_hand.load_state_dict(mix.state_dict())
+    x = torch.randint(V, (4, 16), generator=torch.Generator().manual_seed(3))
+    losses = [m(x, x)[1] for m in (mix, by_hand)]
+    for loss in losses:
+        loss.backward()
+    assert torch.equal(losses[0], losses[1])
+    for (name, p), q in zip(mix.named_parameters(), by_hand.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_mix_ratio_and_dyt_alpha_belong_to_their_layout_and_norm():
+    with pytest.raises(ConfigError, match=r"model.mix_ratio: applies only to model.norm mix, got model.norm pre"):
+        validate({"model": {"norm": "pre", "mix_ratio": 0.5}})
+    with pytest.raises(ConfigError, match=r"model.dyt_alpha: applies only to model.norm_type dyt"):
+        validate({"model": {"dyt_alpha": 1.0}})
+
+
+@pytest.mark.parametrize("norm", ["post", "pre", "mix", "reordered"])
+def test_dyt_replaces_every_norm_with_a_learnable_alpha(norm):
+    model = make(norm=norm, norm_type="dyt", dyt_alpha=0.7)
+    dyts = [m for m in model.modules() if type(m).__name__ == "DyT"]
+    assert dyts and not any(isinstance(m, (nn.LayerNorm, nn.RMSNorm)) for m in model.modules())
+    block = model.blocks[0]
+    x = wild()
+    assert torch.allclose(block.attn_norm(x), torch.tanh(0.7 * x))  # γ = 1, β = 0 at init
+    assert block.attn_norm.alpha.requires_grad and block.attn_norm.alpha.item() == pytest.approx(0.7)
+    torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
+    model(torch.randint(V, (2, 8)), torch.randint(V, (2, 8)))[1].backward()
+    assert block.attn_norm.alpha.grad is not None and block.attn_norm.alpha.grad != 0
+
+
+def test_new_layouts_train_on_the_smoke_config_and_dyt_alpha_is_in_the_probes(tmp_path):
+    runner = CliRunner()
+    for norm, norm_type in (("mix", "layernorm"), ("reordered", "layernorm"), ("pre", "dyt")):
+        result = runner.invoke(app, ["train", "configs/smoke.yaml", "--set", f"model.norm={norm}",
+                                     "--set", f"model.norm_type={norm_type}", "--set", "model.n_layers=4",
+                                     "--set", "train.steps=20", "--set", f"run.dir={tmp_path}",
+                                     "--set", f"run.name={norm}-{norm_type}", "--quiet"])
+        assert result.exit_code == 0, result.output
+        run = load_run(tmp_path / f"{norm}-{norm_type}")
+        assert run.status == "completed" and run.summary["final_val_loss"] < math.log(256)
+        if norm_type == "dyt":
+            alphas = [r for r in run.probes if r["probe"] == "grad" and r["param"] == "attn_norm.alpha"]
+            assert len(alphas) == 4 * len({r["step"] for r in alphas}) and all(r["value"] > 0 for r in alphas)

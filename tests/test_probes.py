@@ -4,6 +4,7 @@ import torch
 
 from lnexp.config import ModelConfig
 from lnexp.model import TransformerLM
+from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.probes import Probes, feature_stats, radam_rho, split_name, tensor_norms
 
 
@@ -111,7 +112,7 @@ def test_output_change_perturbs_one_layer_at_a_time_and_restores_the_weights():
     model, probes = setup(kinds=["output_change"])
     x = torch.randint(40, (2, 8))
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    reading = probes.output_change(x, step=0, eps=1e-2, seed=3)
+    reading = probes.evaluate(PROBE_KINDS["output_change"], (x, x), step=0, seed=3)
     changes = values_of(reading, "output_change")
     assert all(torch.equal(weights[n], p) for n, p in model.named_parameters())  # restored exactly
     # direct: perturb layer 1 with the same signs, compare the logits
@@ -153,7 +154,7 @@ def test_each_probe_labels_its_work_for_the_profiler():
         reading = probes.read(step=1)
         optimizer.step()
         probes.after_update(reading)
-        probes.output_change(x, step=1)
+        probes.evaluate(PROBE_KINDS["output_change"], (x, x), step=1)
     calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
     n_blocks = len(model.blocks)
     assert calls == {"probe:act": n_blocks + 2, "probe:grad": 1, "probe:update": 2, "probe:adam": 1,
@@ -215,7 +216,7 @@ def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_f
             f = block.ffn(block.ffn_norm(h))
             seen[i, "ffn"], h = f, h + f
         seen[len(model.blocks), "resid"] = h
-    reading = probes.rank((x,), step=3)
+    reading = probes.evaluate(PROBE_KINDS["rank"], (x, x), step=3)
     got = values_of(reading, "rank")
     assert len(got) == 3 * (len(model.blocks) + 1) + 2 * 3 * len(model.blocks)
     for (layer, role), tensor in seen.items():
@@ -252,7 +253,7 @@ def test_noise_ablation_matches_a_hand_built_one_and_is_zero_for_a_silent_layer(
     with torch.no_grad():
         model.blocks[1].attn.out.weight.zero_(), model.blocks[1].attn.out.bias.zero_()
         model.blocks[1].ffn.fc2.weight.zero_(), model.blocks[1].ffn.fc2.bias.zero_()
-    got = values_of(probes.ablation(batch, step=0, seed=5), "sensitivity")
+    got = values_of(probes.evaluate(PROBE_KINDS["sensitivity"], batch, step=0, seed=5), "sensitivity")
     assert got[1, "noise_loss_change"] == 0.0  # noise with the norm of a zero output is zero
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():  # by hand: replace layer 0's two branch outputs, token by token
@@ -280,8 +281,8 @@ def test_rank_sensitivity_and_ablation_label_their_work_for_the_profiler():
         probes.arm()
         model(x, x)[1].backward()
         probes.read(step=1)
-        probes.rank((x,), step=1)
-        probes.ablation((x, x), step=1)
+        probes.evaluate(PROBE_KINDS["rank"], (x, x), step=1)
+        probes.evaluate(PROBE_KINDS["sensitivity"], (x, x), step=1)
     calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
     # a gradient hook per stream boundary (n_layers + 1), then the read
     assert calls == {"probe:sensitivity": len(model.blocks) + 2, "probe:rank": 1, "probe:ablation": 1}

@@ -307,7 +307,7 @@ def test_cli_refuses_an_unknown_suite_or_scale(tmp_path):
 
 
 def test_compare_labels_every_layout_of_the_suites(tmp_path):
-    from lnexp.compare import layout
+    from lnexp.layouts import label as layout
 
     specs = SUITES["layouts"].specs(SCALES["tiny"]) + SUITES["xiong2020-init"].specs(SCALES["tiny"]) + \
         SUITES["gpt2-scaling"].specs(SCALES["tiny"])
@@ -315,7 +315,7 @@ def test_compare_labels_every_layout_of_the_suites(tmp_path):
     assert labels == {"post", "pre", "sandwich", "deepnorm", "admin", "post+encdec", "pre+encdec",
                       "pre+gpt2"}
     assert layout({"model": {"norm": "pre", "norm_type": "rmsnorm", "arch": "encoder_decoder"}}) == \
-        "pre+rms+encdec"
+        "pre+rmsnorm+encdec"
 
 
 @pytest.mark.parametrize("name", list(SUITES))

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lnexp import __version__
 from lnexp.reproduce import features  # noqa: F401 (registers the feature-dimension suite)
-from lnexp.reproduce.engine import SCALES, Context, Scale, make_cells
+from lnexp.reproduce.engine import SCALES, Context, Scale, customised, make_cells
 from lnexp.reproduce.report import md_table, write_report
 from lnexp.reproduce.suites import SUITES
 from lnexp.reproduce.verdicts import Verdict
@@ -46,11 +47,13 @@ class Outcome:
 
 
 def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
-              on_event: Event | None = None) -> Outcome:
-    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`."""
+              on_event: Event | None = None, plugins: Sequence[str] = (), layouts: Sequence[str] = ()
+              ) -> Outcome:
+    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `plugins` are
+    loaded into every cell's config; `layouts` chooses the layouts suite's layouts (default: all)."""
     if suite not in suite_names():
         raise ValueError(f"unknown suite {suite!r}")
-    scale = SCALES[scale] if isinstance(scale, str) else scale
+    scale = customised(SCALES[scale] if isinstance(scale, str) else scale, plugins, layouts)
     out = Path(out) if out is not None else Path("runs") / f"reproduce-{scale.name}"
     names = list(SUITES) if suite == "all" else [suite]
     start = time.perf_counter()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lnexp.config import Config, validate
+from lnexp.config import Config, ConfigError, ModelConfig, validate, with_plugins
+from lnexp.layouts import DEFAULT_NORM, LAYOUTS, NORMS, POST, PRE
 from lnexp.recipes import DEFAULT_RECIPE, RECIPES
 from lnexp.runs import Run, RunError, load_run
 from lnexp.sweep import Cell, value_text
@@ -45,6 +46,7 @@ class Scale:
     paper_gap: str = ""              # how far this is from the papers' settings
     layout_depth: int = 6            # the layouts suite: its one (moderate) depth
     layout_seeds: int = 2            # the layouts suite: seeds of its training cells
+    layouts: tuple[str, ...] = ()    # the layouts suite's layouts (`--layouts`); empty: every registered one
 
 
 def _base(model: dict, data: dict, train: dict, log: dict, optim: dict | None = None,
@@ -125,18 +127,31 @@ SMALL = Scale(
 SCALES = {"tiny": TINY, "cpu": CPU, "small": SMALL}
 
 
+def customised(scale: Scale, plugins: Sequence[str] = (), layouts: Sequence[str] = ()) -> Scale:
+    """The scale with `--plugin` files in every cell's config (so worker processes load them too) and
+    the layouts suite's `--layouts`; ConfigError names a bad one."""
+    resolved = with_plugins({}, "--plugin", extra=list(plugins)).get("plugins", [])
+    unknown = [name for name in layouts if name not in LAYOUTS]
+    if unknown:
+        raise ConfigError(f"--layouts: unknown layout {unknown[0]!r}; registered: {', '.join(LAYOUTS)}")
+    return replace(scale, layouts=tuple(layouts), train={**scale.train, "plugins": resolved},
+                   init={**scale.init, "plugins": resolved})
+
+
 # GPT-2's layout and recipe: Pre-LN, its init (tied, learned positions) and its 1/√N residual scaling.
-PRE_GPT2 = {"model.norm": "pre", "model.init": "gpt2", "model.residual_scaling": "gpt2"}
+PRE_GPT2 = {"model.norm": PRE.name, "model.init": "gpt2", "model.residual_scaling": "gpt2"}
 
 
-def layouts(scale: Scale) -> dict[str, dict[str, Any]]:
-    """The five layouts of the stability map, as overrides of the training base."""
+def stability_recipes(scale: Scale) -> dict[str, dict[str, Any]]:
+    """The five training recipes of the stability map (a layout, with or without warm-up, RAdam,
+    GPT-2's scaling), as overrides of the training base."""
+    post, pre = {"model.norm": POST.name}, {"model.norm": PRE.name}
     return {
-        "post": {"model.norm": "post"},
-        "post+warm-up": {"model.norm": "post", "schedule.warmup_steps": scale.warmup},
-        "post+RAdam": {"model.norm": "post", "optim.name": "radam"},
-        "pre": {"model.norm": "pre"},
-        "pre+gpt2": PRE_GPT2,
+        POST.name: post,
+        f"{POST.name}+warm-up": {**post, "schedule.warmup_steps": scale.warmup},
+        f"{POST.name}+RAdam": {**post, "optim.name": "radam"},
+        PRE.name: pre,
+        f"{PRE.name}+gpt2": PRE_GPT2,
     }
 
 
@@ -171,10 +186,12 @@ def cell_config(scale: Scale, spec: Spec) -> Config:
 def cell_name(config: Config) -> str:
     m, o = config.model, config.optim
     parts = ["encdec", m.norm] if m.arch == "encoder_decoder" else [m.norm]
-    if m.norm_type != "layernorm":
-        parts.append("rms")
-    if m.norm == "admin" and m.admin_init != "closed_form":
-        parts.append(f"admin-{m.admin_init}")
+    if m.norm_type != DEFAULT_NORM:  # rmsnorm keeps its short name: existing folders are reused
+        parts.append({"rmsnorm": "rms"}.get(m.norm_type, m.norm_type))
+    for option in LAYOUTS[m.norm].options + NORMS[m.norm_type].options:  # a layout's or norm's own keys
+        value = getattr(m, option)
+        if value != ModelConfig.model_fields[option].default:
+            parts.append(f"{option}-{value_text(value)}")
     if m.init != DEFAULT_RECIPE:
         parts.append(f"init-{m.init}")
     recipe = RECIPES[m.init].defaults  # name only what differs from the recipe's own choices

@@ -23,23 +23,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from lnexp.layouts import LAYOUTS, POST, PRE
 from lnexp.reproduce.engine import PRE_GPT2, Context, Scale, Spec
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm, num
-from lnexp.reproduce.suites import LAYOUT_LABELS, Suite, depth_axis, register
+from lnexp.reproduce.suites import Suite, depth_axis, register
 from lnexp.reproduce.verdicts import above, below, check, fit_line, usable
 from lnexp.runs import Run, layer_profile, logged_steps
 
 # The claim's three layouts first; the registry's others come along (cheap at these scales).
-FEATURE_LAYOUTS = {
-    "post": {"model.norm": "post"},
-    "pre": {"model.norm": "pre"},
-    "pre+gpt2": PRE_GPT2,
-    "sandwich": {"model.norm": "sandwich"},
-    "deepnorm": {"model.norm": "deepnorm"},
-    "admin": {"model.norm": "admin"},
-}
-CLAIM_LAYOUTS = ("post", "pre", "pre+gpt2")
-LABELS = {**LAYOUT_LABELS, "pre+gpt2": "Pre-LN + GPT-2 scaling"}
+GPT2_SCALED = f"{PRE.name}+gpt2"
+CLAIM_LAYOUTS = (POST.name, PRE.name, GPT2_SCALED)
+FEATURE_LAYOUTS = {POST.name: {"model.norm": POST.name}, PRE.name: {"model.norm": PRE.name},
+                   GPT2_SCALED: PRE_GPT2, **{name: {"model.norm": name} for name in LAYOUTS}}
+LABELS = {**{name: layout.label for name, layout in LAYOUTS.items()}, GPT2_SCALED: "Pre-LN + GPT-2 scaling"}
 WHEN = {"init": "at initialisation", "trained": "after training"}
 # Thresholds (stated in the report):
 RISE = 0.05  # claim 1: fitted change of effective rank / d from the first layer to the last
@@ -69,7 +65,7 @@ def _grid(scale: Scale) -> tuple[tuple[str, ...], tuple[int, ...]]:
     `all --scale cpu`)."""
     if scale.name == "tiny":
         return tuple(FEATURE_LAYOUTS), tuple(sorted(scale.init_depths))
-    return ("post", "pre"), tuple(n for n in sorted(scale.init_depths) if n <= 12)
+    return (POST.name, PRE.name), tuple(n for n in sorted(scale.init_depths) if n <= 12)
 
 
 def feature_specs(scale: Scale) -> list[Spec]:
@@ -165,7 +161,7 @@ def feature_analyse(ctx: Context) -> Analysis:
     gap = {(name, s, when): ablation_gap(name, s, when) for name in names for s in seeds for when in WHEN}
 
     def versus(table: dict, name: str, when: str, how: str) -> list[float | None]:
-        pairs = [(table[name, s, when], table["post", s, when]) for s in seeds]
+        pairs = [(table[name, s, when], table[POST.name, s, when]) for s in seeds]
         if how == "ratio":
             return [a / b if usable(a) and usable(b) and b > 0 else None for a, b in pairs]
         return [a - b if usable(a) and usable(b) else None for a, b in pairs]
@@ -186,8 +182,8 @@ def feature_analyse(ctx: Context) -> Analysis:
         ]
 
     post_minus_pre = [
-        aniso["post", depths[-1], s] - aniso["pre", depths[-1], s]
-        if usable(aniso["post", depths[-1], s]) and usable(aniso["pre", depths[-1], s])
+        aniso[POST.name, depths[-1], s] - aniso[PRE.name, depths[-1], s]
+        if usable(aniso[POST.name, depths[-1], s]) and usable(aniso[PRE.name, depths[-1], s])
         else None
         for s in seeds
     ]
@@ -468,7 +464,7 @@ def _answer(
     )
     parts.append(f"The FFN's output after training: {ffn}.")
     for when in WHEN:
-        post, pre = m([ratio["post", s, when] for s in seeds]), m([ratio["pre", s, when] for s in seeds])
+        post, pre = (m([ratio[name, s, when] for s in seeds]) for name in (POST.name, PRE.name))
         if post is not None and pre is not None:
             relation = (
                 "less than"

@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lnexp.layouts import ADMIN, DEEPNORM, LAYOUTS, SANDWICH
+from lnexp.layouts import POST as POST_LN
+from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import (
     PRE_GPT2,
     Context,
@@ -18,8 +21,8 @@ from lnexp.reproduce.engine import (
     Spec,
     cell_config,
     final_loss,
-    layouts,
     loss_curve,
+    stability_recipes,
 )
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_curve, mean_pm, num
 from lnexp.reproduce.verdicts import (
@@ -39,7 +42,7 @@ from lnexp.reproduce.verdicts import (
 )
 from lnexp.runs import Run, layer_profile, logged_steps
 
-POST, PRE = {"model.norm": "post"}, {"model.norm": "pre"}
+POST, PRE = {"model.norm": POST_LN.name}, {"model.norm": PRE_LN.name}  # as cell overrides
 # Xiong et al.'s Figure 3 setting in miniature: an encoder-decoder (n_layers per stack) on the
 # synthetic translation task (32 symbols), otherwise the same model and batch as the decoder-only cells.
 ENCDEC = {"model.arch": "encoder_decoder", "data.source": "seq2seq", "data.task": "translate",
@@ -601,13 +604,13 @@ def depth_analyse(ctx: Context) -> Analysis:
 # --- stability-map ---------------------------------------------------------------------------------
 
 def map_specs(scale: Scale) -> list[Spec]:
-    return [Spec.of("train", seed, layout, _depth(n), _lr(lr)) for layout in layouts(scale).values()
+    return [Spec.of("train", seed, layout, _depth(n), _lr(lr)) for layout in stability_recipes(scale).values()
             for n in scale.map_depths for lr in scale.map_lrs for seed in range(scale.seeds)]
 
 
 def map_analyse(ctx: Context) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
-    lrs, depths, named = list(scale.map_lrs), list(scale.map_depths), layouts(scale)
+    lrs, depths, named = list(scale.map_lrs), list(scale.map_depths), stability_recipes(scale)
     runs = {(name, n, lr, s): ctx.run("train", s, layout, _depth(n), _lr(lr))
             for name, layout in named.items() for n in depths for lr in lrs for s in seeds}
     conv = {k: ctx.converged(r) for k, r in runs.items()}
@@ -717,9 +720,10 @@ def map_analyse(ctx: Context) -> Analysis:
 
 # --- layouts ---------------------------------------------------------------------------------------
 
-LAYOUT_NAMES = ("post", "pre", "sandwich", "deepnorm", "admin")
-LAYOUT_LABELS = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
-                 "admin": "Admin (closed form)"}
+def layout_names(scale: Scale) -> tuple[str, ...]:
+    """The layouts the suite compares: `--layouts` (the scale's `layouts`), else every registered one
+    (the built-ins and any plugin's)."""
+    return scale.layouts or tuple(LAYOUTS)
 
 
 def _norm(name: str) -> dict[str, Any]:
@@ -728,9 +732,10 @@ def _norm(name: str) -> dict[str, Any]:
 
 def layouts_specs(scale: Scale) -> list[Spec]:
     n = scale.layout_depth
-    return [Spec.of("init", seed, _norm(name), _depth(n)) for name in LAYOUT_NAMES
+    names = layout_names(scale)
+    return [Spec.of("init", seed, _norm(name), _depth(n)) for name in names
             for seed in range(scale.init_seeds)] + \
-        [Spec.of("train", seed, _norm(name), _depth(n), _lr(lr)) for name in LAYOUT_NAMES
+        [Spec.of("train", seed, _norm(name), _depth(n), _lr(lr)) for name in names
          for lr in scale.map_lrs for seed in range(scale.layout_seeds)]
 
 
@@ -752,58 +757,59 @@ def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float
     ranked = sorted((name for name in lr_index if mean(lr_index[name]) is not None),
                     key=lambda name: -mean(lr_index[name]))
     if ranked:
-        parts = [f"{LAYOUT_LABELS[name]} {', '.join(_lr_text(i, lrs) for i in lr_index[name])}"
+        parts = [f"{LAYOUTS[name].label} {', '.join(_lr_text(i, lrs) for i in lr_index[name])}"
                  for name in ranked]
         top = mean(lr_index[ranked[0]])
-        best = [LAYOUT_LABELS[name] for name in ranked if mean(lr_index[name]) == top]
+        best = [LAYOUTS[name].label for name in ranked if mean(lr_index[name]) == top]
         sentence = (f"Largest learning rate that converges without warm-up at L = {depth} (per seed), from "
                     f"the most tolerant layout down: {'; '.join(parts)}. {' and '.join(best)} "
                     f"tolerate{'s' if len(best) == 1 else ''} the largest (seed mean).")
-        if "post" in ranked:
-            post = mean(lr_index["post"])
+        if POST_LN.name in ranked:
+            post = mean(lr_index[POST_LN.name])
             for word, test in (("Above", lambda m: m > post), ("The same as", lambda m: m == post),
                                ("Below", lambda m: m < post)):
-                names = [LAYOUT_LABELS[name] for name in ranked
-                         if name != "post" and test(mean(lr_index[name]))]
+                names = [LAYOUTS[name].label for name in ranked
+                         if name != POST_LN.name and test(mean(lr_index[name]))]
                 if names:
                     sentence += f" {word} Post-LN's: {', '.join(names)}."
         out.append(sentence)
     flat = [n for n in growth if mean(growth[n]) is not None and 0.8 <= mean(growth[n]) <= 1.25]
     grows = [n for n in growth if mean(growth[n]) is not None and mean(growth[n]) > 1.25]
     if flat or grows:
-        listed = ", ".join(f"{LAYOUT_LABELS[n]} {num(mean(growth[n]))}" for n in growth
+        listed = ", ".join(f"{LAYOUTS[n].label} {num(mean(growth[n]))}" for n in growth
                            if mean(growth[n]) is not None)
         out.append(f"Residual stream at initialisation (RMS² leaving layer {depth} / leaving layer 1, seed "
                    f"mean): {listed}. "
-                   + (f"{', '.join(LAYOUT_LABELS[n] for n in flat)} keep it normalised (in [0.8, 1.25])"
+                   + (f"{', '.join(LAYOUTS[n].label for n in flat)} keep it normalised (in [0.8, 1.25])"
                       if flat else "No layout keeps it in [0.8, 1.25]")
-                   + (f"; {', '.join(LAYOUT_LABELS[n] for n in grows)} let it grow (> 1.25)." if grows
+                   + (f"; {', '.join(LAYOUTS[n].label for n in grows)} let it grow (> 1.25)." if grows
                       else "."))
     shapes = {n: _shape(ratio[n]) for n in ratio}
     if any(m is not None for _, m in shapes.values()):
         out.append(f"‖∇W_FC2‖ by layer at initialisation (fitted last/first, seed mean, L = {depth}): "
-                   + "; ".join(f"{LAYOUT_LABELS[n]} {w} ({num(m)})" for n, (w, m) in shapes.items()) + ".")
+                   + "; ".join(f"{LAYOUTS[n].label} {w} ({num(m)})" for n, (w, m) in shapes.items()) + ".")
     return out
 
 
 def layouts_analyse(ctx: Context) -> Analysis:
     scale, n = ctx.scale, ctx.scale.layout_depth
+    names = layout_names(scale)
     init_seeds, seeds, lrs = ctx.seeds("init"), list(range(scale.layout_seeds)), list(scale.map_lrs)
     grad: dict[tuple[str, int], list[float]] = {}
     act: dict[tuple[str, int], list[float]] = {}
-    for name in LAYOUT_NAMES:
+    for name in names:
         for s in init_seeds:
             run = ctx.run("init", s, _norm(name), _depth(n))
             g = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
             a = layer_profile(run.probes, "act", "resid", 0) if run else []
             grad[name, s] = g if len(g) == n else []
             act[name, s] = a if len(a) == n + 1 and a[0] > 0 else []
-    ratio = {name: [trend_ratio(grad[name, s]) for s in init_seeds] for name in LAYOUT_NAMES}
-    growth = {name: [stream_growth(act[name, s]) for s in init_seeds] for name in LAYOUT_NAMES}
+    ratio = {name: [trend_ratio(grad[name, s]) for s in init_seeds] for name in names}
+    growth = {name: [stream_growth(act[name, s]) for s in init_seeds] for name in names}
     runs = {(name, lr, s): ctx.run("train", s, _norm(name), _depth(n), _lr(lr))
-            for name in LAYOUT_NAMES for lr in lrs for s in seeds}
+            for name in names for lr in lrs for s in seeds}
     conv = {k: ctx.converged(r) for k, r in runs.items()}
-    index = {name: [largest_index([conv[name, lr, s] for lr in lrs]) for s in seeds] for name in LAYOUT_NAMES}
+    index = {name: [largest_index([conv[name, lr, s] for lr in lrs]) for s in seeds] for name in names}
 
     def steps(a: str, b: str) -> list[float | None]:
         return [difference(x, y) for x, y in zip(index[a], index[b])]
@@ -811,26 +817,36 @@ def layouts_analyse(ctx: Context) -> Analysis:
     quantity_g = (f"RMS² of the residual stream leaving layer {n} / leaving layer 1 at initialisation, "
                   f"L = {n}")
     quantity_lr = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = " + str(n)
-    verdicts = [
-        check("DeepNorm keeps Post-LN's normalised residual stream at initialisation", quantity_g,
-              within(0.8, 1.25, "ratio "), growth["deepnorm"], init_seeds),
-        check("Admin keeps Post-LN's normalised residual stream at initialisation", quantity_g,
-              within(0.8, 1.25, "ratio "), growth["admin"], init_seeds),
-        check("Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation", quantity_g,
-              above(1.25, "ratio "), growth["sandwich"], init_seeds),
-        check("(control) Post-LN without warm-up fails at some learning rate of the grid",
-              f"grid steps from Post-LN's largest converging lr to the grid's largest ({lrs[-1]:g}), L = {n}",
-              above(0), [None if i is None else float(len(lrs) - 1 - i) for i in index["post"]], seeds),
-        check("(reference) Pre-LN trains without warm-up at a learning rate where Post-LN fails",
-              quantity_lr.format(a="Pre-LN", b="Post-LN"), above(0), steps("pre", "post"), seeds),
-        check("DeepNorm keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
-              quantity_lr.format(a="DeepNorm", b="Post-LN"), above(0), steps("deepnorm", "post"), seeds),
-        check("Admin keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
-              quantity_lr.format(a="Admin", b="Post-LN"), above(0), steps("admin", "post"), seeds),
-        check("Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
-              quantity_lr.format(a="Sandwich-LN", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
-              steps("sandwich", "pre"), seeds),
+    post, pre, sandwich, deepnorm, admin = (x.name for x in (POST_LN, PRE_LN, SANDWICH, DEEPNORM, ADMIN))
+    rows = [  # (the layouts a row needs, the row)
+        ((deepnorm,), lambda: check(
+            "DeepNorm keeps Post-LN's normalised residual stream at initialisation", quantity_g,
+            within(0.8, 1.25, "ratio "), growth[deepnorm], init_seeds)),
+        ((admin,), lambda: check(
+            "Admin keeps Post-LN's normalised residual stream at initialisation", quantity_g,
+            within(0.8, 1.25, "ratio "), growth[admin], init_seeds)),
+        ((sandwich,), lambda: check(
+            "Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation", quantity_g,
+            above(1.25, "ratio "), growth[sandwich], init_seeds)),
+        ((post,), lambda: check(
+            "(control) Post-LN without warm-up fails at some learning rate of the grid",
+            f"grid steps from Post-LN's largest converging lr to the grid's largest ({lrs[-1]:g}), L = {n}",
+            above(0), [None if i is None else float(len(lrs) - 1 - i) for i in index[post]], seeds)),
+        ((pre, post), lambda: check(
+            "(reference) Pre-LN trains without warm-up at a learning rate where Post-LN fails",
+            quantity_lr.format(a="Pre-LN", b="Post-LN"), above(0), steps(pre, post), seeds)),
+        ((deepnorm, post), lambda: check(
+            "DeepNorm keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
+            quantity_lr.format(a="DeepNorm", b="Post-LN"), above(0), steps(deepnorm, post), seeds)),
+        ((admin, post), lambda: check(
+            "Admin keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
+            quantity_lr.format(a="Admin", b="Post-LN"), above(0), steps(admin, post), seeds)),
+        ((sandwich, pre), lambda: check(
+            "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
+            quantity_lr.format(a="Sandwich-LN", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
+            steps(sandwich, pre), seeds)),
     ]
+    verdicts = [row() for needs, row in rows if set(needs) <= set(names)]
     ratio_step = lrs[1] / lrs[0] if len(lrs) > 1 else 1
     train_cfg, init_cfg = (cell_config(scale, Spec(family, (), 0)) for family in ("train", "init"))
     definitions = [
@@ -838,10 +854,9 @@ def layouts_analyse(ctx: Context) -> Analysis:
         "**largest converging lr**: the largest learning rate of the stability map's grid "
         + ", ".join(f"{lr:g}" for lr in lrs) + f" (one grid step = ×{ratio_step:.3g}) at which the run "
         "converges; \"none\" (one step below the grid) if none does. Per layout and seed.",
-        "Layouts (`model.norm`): post = LN(x + F(x)); pre = x + F(LN(x)) and a final LN; sandwich = "
-        "x + LN(F(LN(x))) and a final LN; deepnorm = LN(α·x + F(x)), α = (2L)^¼, with v, out, fc1, fc2 "
-        "initialised × (8L)^−¼; admin = LN(ω·x + F(x)), ω trainable, initialised to the closed form "
-        "√((N+1)/ln(N+1) − 1), N = 2L. fairseq's init (`model.init: fairseq`) under all of them.",
+        "Layouts (`model.norm`, lnexp/layouts.py): " + "; ".join(
+            f"{name}: {LAYOUTS[name].formula} ({LAYOUTS[name].source})" for name in names)
+        + ". fairseq's init (`model.init: fairseq`) under all of them.",
         f"Training cells: L = {n}, Adam β = ({train_cfg.optim.betas[0]:g}, {train_cfg.optim.betas[1]:g}), "
         f"no warm-up, {train_cfg.train.steps} steps, linear decay, seeds {', '.join(map(str, seeds))} (the "
         "stability map's Post-LN and Pre-LN cells at this depth are the same runs). Initialisation cells: "
@@ -861,14 +876,14 @@ def layouts_analyse(ctx: Context) -> Analysis:
     def lr_plot(plt: Any):
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
         ax = axes[0]
-        for i, name in enumerate(LAYOUT_NAMES):
+        for i, name in enumerate(names):
             for k, s in enumerate(seeds):
                 y = index[name][k]
                 if y is not None:
                     ax.plot(i + (k - (len(seeds) - 1) / 2) * 0.12, y, "o", color=f"C{i}", markersize=8,
                             alpha=0.85, label=f"seed {s}" if i == 0 else None,
                             markerfacecolor=f"C{i}" if k == 0 else "none")
-        ax.set_xticks(range(len(LAYOUT_NAMES)), [LAYOUT_LABELS[name] for name in LAYOUT_NAMES],
+        ax.set_xticks(range(len(names)), [LAYOUTS[name].label for name in names],
                       rotation=20)
         ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
         ax.set_ylim(-1.5, len(lrs) - 0.5)
@@ -880,7 +895,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
         baseline = sum(ctx.baseline(s) for s in seeds) / len(seeds)
         threshold = sum(ctx.threshold(s) for s in seeds) / len(seeds)
         top = baseline + 0.5
-        for i, name in enumerate(LAYOUT_NAMES):
+        for i, name in enumerate(names):
             ys = []
             for lr in lrs:
                 losses = [final_loss(runs[name, lr, s]) for s in seeds]
@@ -889,7 +904,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
                           else (top if any(v is not None for v in losses) else None))
             shown = [(lr, y) for lr, y in zip(lrs, ys) if y is not None]
             if shown:
-                ax.plot(*zip(*shown), marker="o", color=f"C{i}", label=LAYOUT_LABELS[name])
+                ax.plot(*zip(*shown), marker="o", color=f"C{i}", label=LAYOUTS[name].label)
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=0.8,
                    label="unigram baseline (seed mean)")
         ax.axhline(threshold, color="grey", linestyle=":", linewidth=0.8,
@@ -905,10 +920,10 @@ def layouts_analyse(ctx: Context) -> Analysis:
 
     def init_plot(plt: Any):
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
-        for i, name in enumerate(LAYOUT_NAMES):
+        for i, name in enumerate(names):
             for k, s in enumerate(init_seeds):
                 g, a = grad[name, s], act[name, s]
-                label = LAYOUT_LABELS[name] if k == 0 else None
+                label = LAYOUTS[name].label if k == 0 else None
                 if g:
                     axes[0].plot(range(1, len(g) + 1), g, color=f"C{i}", marker=".", alpha=0.8, label=label)
                 if a:
@@ -919,7 +934,7 @@ def layouts_analyse(ctx: Context) -> Analysis:
         axes[0].set_xticks(range(1, n + 1))
         axes[0].set_ylabel("‖∇W_FC2‖ at initialisation")
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=len(LAYOUT_NAMES), fontsize=8,
+        fig.legend(handles, labels, loc="upper center", ncol=len(names), fontsize=8,
                    bbox_to_anchor=(0.5, 1.07))
         axes[1].set_yscale("log")
         axes[1].set_xlabel("layer boundary l")
@@ -930,10 +945,10 @@ def layouts_analyse(ctx: Context) -> Analysis:
         fig.tight_layout()
         return fig
 
-    rows = [[LAYOUT_LABELS[name], mean_pm(ratio[name]), mean_pm(growth[name]),
+    rows = [[LAYOUTS[name].label, mean_pm(ratio[name]), mean_pm(growth[name]),
              ", ".join(_lr_text(i, lrs) for i in index[name]),
              " ".join(f"{lr:g}: {mean_pm([final_loss(runs[name, lr, s]) for s in seeds])}" for lr in lrs)]
-            for name in LAYOUT_NAMES]
+            for name in names]
     table = md_table(["layout", "init: fitted last/first ‖∇W_FC2‖", "init: RMS² growth",
                       "largest converging lr (per seed)", "final val loss by lr"], rows)
     return Analysis(verdicts, definitions, [
@@ -1048,7 +1063,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("gpt2-scaling", "GPT-2's 1/√N residual scaling and the residual stream's growth",
           "Radford et al. 2019 (GPT-2), Language Models are Unsupervised Multitask Learners", gpt2_specs,
           gpt2_analyse),
-    Suite("layouts", "Five layouts at one depth: the residual stream at initialisation and the largest "
+    Suite("layouts", "The layouts at one depth: the residual stream at initialisation and the largest "
           "learning rate that trains without warm-up",
           "Post-LN (Vaswani et al. 2017), Pre-LN (Xiong et al. 2020), Sandwich-LN (Ding et al. 2021), "
           "DeepNorm (Wang et al. 2022), Admin (Liu et al. 2020)", layouts_specs, layouts_analyse),

@@ -1,0 +1,149 @@
+"""A researcher's own layout, norm and probe, from a plugin file in a temporary folder: they train,
+compare, sweep and run the layouts suite like the built-ins, with nothing under lnexp/ changed."""
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lnexp.cli import app
+from lnexp.reproduce import SCALES, reproduce
+
+PLUGIN = '''
+import torch
+from torch import nn
+
+from lnexp.layouts import Layout, Where, register_layout, register_norm
+from lnexp.probe_kinds import ProbeKind, register_probe
+
+register_layout(Layout("peri", "Peri-LN", "x = x + LN_out(F(LN(x)))", "a test plugin",
+                       norm_at=Where.INPUT, out_norm=True))
+
+
+class ScaleNorm(nn.Module):
+    """Nguyen & Salazar 2019: g · x / ||x||, one learnable scalar g."""
+
+    def __init__(self, d, eps):
+        super().__init__()
+        self.d, self.eps = d, eps
+        self.g = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.g.fill_(self.d ** 0.5)
+
+    def forward(self, x):
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+
+@register_norm("scalenorm")
+def scalenorm(cfg):
+    return ScaleNorm(cfg.d_model, cfg.norm_eps)
+
+
+def stream_mean(probe):
+    """The mean of the residual stream entering each block."""
+    means = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: means.append(a[0].float().mean())) for b in probe.blocks]
+    try:
+        probe.model(*probe.inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {"mean": torch.stack(means)}
+
+
+register_probe(ProbeKind("stream_mean", "mean of the residual stream", "measures",
+                         {"mean": "residual-stream mean"}, evaluate=stream_mean))
+'''
+CONFIG = {"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16,
+                    "norm": "peri", "norm_type": "scalenorm"},
+          "data": {"source": "synthetic", "task": "copy", "vocab_size": 16},
+          "train": {"steps": 6, "batch_size": 4, "seq_len": 16, "eval_every": 3, "eval_batches": 1},
+          "log": {"grad_every": 3, "probes": ["grad", "act", "stream_mean"]}, "plugins": ["my_norms.py"]}
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_norms.py").write_text(PLUGIN)
+    (tmp_path / "peri.yaml").write_text(yaml.safe_dump(CONFIG))
+    return tmp_path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def test_a_plugin_layout_norm_and_probe_train_compare_and_sweep(folder):
+    result = invoke("train", "peri.yaml", "--set", "run.name=peri", "--quiet")
+    assert result.exit_code == 0, result.output
+    run = folder / "runs" / "peri"
+    meta = json.loads((run / "meta.json").read_text())
+    import hashlib
+
+    assert meta["plugins"] == [{"path": str(folder / "my_norms.py"),
+                                "sha256": hashlib.sha256(PLUGIN.encode()).hexdigest()}]
+    assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == [str(folder / "my_norms.py")]
+    rows = [json.loads(line) for line in (run / "probes.jsonl").read_text().splitlines()]
+    assert {(r["layer"], r["param"]) for r in rows if r["probe"] == "stream_mean"} == {(0, "mean"), (1, "mean")}
+    assert any(r["param"] == "attn_out_norm.g" for r in rows if r["probe"] == "grad")  # the norm's own g
+    compared = invoke("compare", run, "--probe", "stream_mean", "--json")
+    assert compared.exit_code == 0, compared.output
+    data = json.loads(compared.stdout)
+    assert data["runs"][0]["layout"] == "peri+scalenorm" and len(data["runs"][0]["profile"]["values"]) == 2
+    swept = invoke("sweep", "peri.yaml", "--grid", "model.norm=peri,pre", "--jobs", "2", "--quiet")
+    assert swept.exit_code == 0, swept.output
+    cells = sorted(p.name for p in (folder / "runs" / "peri").glob("*/meta.json"))
+    assert len(cells) == 2
+    generated = invoke("generate", run, "--prompt", "\x01\x02", "--max-new-tokens", "4")
+    assert generated.exit_code == 0, generated.output
+
+
+def test_the_layouts_suite_takes_a_plugin_layout(folder):
+    tiny = SCALES["tiny"]
+    model = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16}
+    data = {"source": "synthetic", "task": "copy", "vocab_size": 16}
+    scale = dataclasses.replace(
+        tiny, name="test", seeds=1, init_seeds=1, layout_seeds=1, layout_depth=2, map_lrs=(1e-3, 1e-2),
+        train={"model": model, "data": data,
+               "train": {"steps": 4, "batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 1},
+               "log": {"grad_every": 2}},
+        init={"model": model, "data": data,
+              "train": {"steps": 1, "batch_size": 4, "seq_len": 16, "eval_every": 1, "eval_batches": 1},
+              "log": {"grad_every": 1}})
+    outcome = reproduce("layouts", scale, out=folder / "repro", plugins=["my_norms.py"],
+                        layouts=["post", "pre", "peri"])
+    assert not outcome.failed and outcome.trained == 3 * 1 + 3 * 2
+    report = (folder / "repro" / "layouts" / "report.md").read_text()
+    assert "Peri-LN" in report and "peri: x = x + LN_out(F(LN(x))) (a test plugin)" in report
+    assert (folder / "repro" / "runs" / "train" / "peri-L2-adam-lr0.01-w0-s0" / "meta.json").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("def broken(:\n", "my_norms.py (line 1): SyntaxError"),
+    ("raise RuntimeError('no GPU here')\n", "my_norms.py (line 1): RuntimeError: no GPU here"),
+    ("from lnexp.layouts import Layout, register_layout\nregister_layout(Layout('post', 'x', 'y', 'z'))\n",
+     "my_norms.py (line 2): ValueError: layout 'post' is built in; give yours another name"),
+])
+def test_a_broken_plugin_is_one_line_with_exit_code_2_and_nothing_written(folder, text, expected):
+    (folder / "my_norms.py").write_text(text)
+    result = invoke("train", "peri.yaml", "--quiet")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and expected in result.output and "peri.yaml: plugins:" in result.output
+    assert not (folder / "runs").exists()
+
+
+def test_a_missing_plugin_names_its_flag(folder):
+    missing = invoke("train", "peri.yaml", "--plugin", "nowhere.py", "--quiet")
+    assert missing.exit_code == 2 and missing.output.startswith("error: --plugin: ") and "nowhere.py" in missing.output
+    assert not (folder / "runs").exists()
+
+
+def test_an_unknown_layout_names_the_registry(folder):
+    result = invoke("train", "peri.yaml", "--set", "model.norm=nope", "--quiet")
+    assert result.exit_code == 2 and "--set model.norm: must be one of 'post', 'pre'" in result.output
+    assert "'peri'" in result.output
