@@ -97,7 +97,7 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"norm": "pre"}} -> {"model.norm": "pre"}: the keys `--set` takes."""
+    """{"optim": {"lr": 0.001}} -> {"optim.lr": 0.001}: the keys `--set` takes."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):

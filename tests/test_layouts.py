@@ -291,7 +291,7 @@ def test_mix_ln_is_post_ln_in_its_first_layers_and_pre_ln_after_gradients_includ
 
 
 def test_mix_ratio_and_dyt_alpha_belong_to_their_layout_and_norm():
-    with pytest.raises(ConfigError, match=r"model.mix_ratio: applies only to model.norm mix, got model.norm pre"):
+    with pytest.raises(ConfigError, match=r"mix_ratio: applies only to model.norm mix, got model.norm pre"):
         validate({"model": {"norm": "pre", "mix_ratio": 0.5}})
     with pytest.raises(ConfigError, match=r"model.dyt_alpha: applies only to model.norm_type dyt"):
         validate({"model": {"dyt_alpha": 1.0}})
@@ -324,3 +324,48 @@ def test_new_layouts_train_on_the_smoke_config_and_dyt_alpha_is_in_the_probes(tm
         if norm_type == "dyt":
             alphas = [r for r in run.probes if r["probe"] == "grad" and r["param"] == "attn_norm.alpha"]
             assert len(alphas) == 4 * len({r["step"] for r in alphas}) and all(r["value"] > 0 for r in alphas)
+
+
+def test_each_built_in_layout_name_is_a_literal_only_in_its_declaration():
+    """One home per layout: every other module of lnexp/ derives from lnexp/layouts.py."""
+    import ast
+    from pathlib import Path
+
+    import lnexp
+    from lnexp.layouts import LAYOUTS
+
+    found: dict[str, set[str]] = {name: set() for name in LAYOUTS.built_in}
+    root = Path(lnexp.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in found:
+                found[node.value].add(str(path.relative_to(root)))
+    assert found == {name: {"layouts.py"} for name in LAYOUTS.built_in}
+
+
+@pytest.mark.parametrize("name", ["sandwich-0.2.0", "admin-encdec-0.2.0"])
+def test_a_run_folder_from_lnexp_0_2_0_still_loads_and_its_model_means_the_same(tmp_path, name):
+    """Written by lnexp 0.2.0 (before the layout registry): today's code reads the folder, loads
+    model.pt into the model its config builds, and recomputes the recorded final validation loss."""
+    import shutil
+    from pathlib import Path
+
+    from lnexp.data import load_data
+    from lnexp.model import build_model
+
+    path = shutil.copytree(Path(__file__).parent / "data" / "runs-0.2.0" / name, tmp_path / name)
+    run = load_run(path)
+    assert run.status == "completed" and not run.notes
+    config = validate(run.config)
+    data = load_data(config.data)
+    model = build_model(config.model, data.vocab_size)
+    model.load_state_dict(torch.load(path / "model.pt", weights_only=True))  # strict: same names
+    model.eval()
+    t = config.train
+    generator = torch.Generator().manual_seed(t.seed + 1)  # the trainer's validation batches
+    with torch.no_grad():
+        losses = [model(*data.batch("val", t.batch_size, t.seq_len, generator))[1]
+                  for _ in range(t.eval_batches)]
+    assert torch.stack(losses).mean().item() == pytest.approx(run.summary["final_val_loss"], rel=1e-6)
+    compared = CliRunner().invoke(app, ["compare", str(path), "--json"])
+    assert compared.exit_code == 0, compared.output

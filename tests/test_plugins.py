@@ -47,7 +47,8 @@ def scalenorm(cfg):
 def stream_mean(probe):
     """The mean of the residual stream entering each block."""
     means = []
-    hooks = [b.register_forward_pre_hook(lambda m, a: means.append(a[0].float().mean())) for b in probe.blocks]
+    hooks = [b.register_forward_pre_hook(lambda m, a: means.append(a[0].float().mean()))
+             for b in probe.blocks]
     try:
         probe.model(*probe.inputs)
     finally:
@@ -89,7 +90,8 @@ def test_a_plugin_layout_norm_and_probe_train_compare_and_sweep(folder):
                                 "sha256": hashlib.sha256(PLUGIN.encode()).hexdigest()}]
     assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == [str(folder / "my_norms.py")]
     rows = [json.loads(line) for line in (run / "probes.jsonl").read_text().splitlines()]
-    assert {(r["layer"], r["param"]) for r in rows if r["probe"] == "stream_mean"} == {(0, "mean"), (1, "mean")}
+    means = {(r["layer"], r["param"]) for r in rows if r["probe"] == "stream_mean"}
+    assert means == {(0, "mean"), (1, "mean")}
     assert any(r["param"] == "attn_out_norm.g" for r in rows if r["probe"] == "grad")  # the norm's own g
     compared = invoke("compare", run, "--probe", "stream_mean", "--json")
     assert compared.exit_code == 0, compared.output
@@ -133,13 +135,15 @@ def test_a_broken_plugin_is_one_line_with_exit_code_2_and_nothing_written(folder
     (folder / "my_norms.py").write_text(text)
     result = invoke("train", "peri.yaml", "--quiet")
     assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and expected in result.output and "peri.yaml: plugins:" in result.output
+    assert result.output.count("\n") == 1 and expected in result.output
+    assert "peri.yaml: plugins:" in result.output
     assert not (folder / "runs").exists()
 
 
 def test_a_missing_plugin_names_its_flag(folder):
     missing = invoke("train", "peri.yaml", "--plugin", "nowhere.py", "--quiet")
-    assert missing.exit_code == 2 and missing.output.startswith("error: --plugin: ") and "nowhere.py" in missing.output
+    assert missing.exit_code == 2 and missing.output.startswith("error: --plugin: ")
+    assert "nowhere.py" in missing.output
     assert not (folder / "runs").exists()
 
 

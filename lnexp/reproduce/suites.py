@@ -43,6 +43,7 @@ from lnexp.reproduce.verdicts import (
 from lnexp.runs import Run, layer_profile, logged_steps
 
 POST, PRE = {"model.norm": POST_LN.name}, {"model.norm": PRE_LN.name}  # as cell overrides
+POST_PRE = (POST_LN.name, PRE_LN.name)
 # Xiong et al.'s Figure 3 setting in miniature: an encoder-decoder (n_layers per stack) on the
 # synthetic translation task (32 symbols), otherwise the same model and batch as the decoder-only cells.
 ENCDEC = {"model.arch": "encoder_decoder", "data.source": "seq2seq", "data.task": "translate",
@@ -176,8 +177,8 @@ def _encdec_findings(ratio: dict[str, list[float | None]], verdicts: dict[str, s
     `ratio` and `verdicts` are keyed "post/decoder-only", "post/enc-dec decoder stack", ..."""
     out = []
     places = ("decoder-only", "enc-dec decoder stack", "enc-dec encoder stack")
-    for norm in ("post", "pre"):
-        name = {"post": "Post-LN", "pre": "Pre-LN"}[norm]
+    for norm in POST_PRE:
+        name = LAYOUTS[norm].label
         shapes = {place: _shape(ratio[f"{norm}/{place}"]) for place in places}
         words = {w for w, _ in shapes.values()}
         listed = "; ".join(f"{place} {word} ({num(mean)})" for place, (word, mean) in shapes.items())
@@ -202,7 +203,7 @@ def init_analyse(ctx: Context) -> Analysis:
     deepest_l = max(depths)
     grad: dict[tuple[str, int, int], list[float]] = {}
     act: dict[tuple[str, int, int], list[float]] = {}
-    for norm in ("post", "pre"):
+    for norm in POST_PRE:
         for n in _init_depths(scale):
             for seed in seeds:
                 run = ctx.run("init", seed, {"model.norm": norm}, _depth(n))
@@ -211,21 +212,21 @@ def init_analyse(ctx: Context) -> Analysis:
 
     f3 = scale.figure3_depth
     encdec: dict[tuple[str, str, int], list[float]] = {}
-    for norm in ("post", "pre"):
+    for norm in POST_PRE:
         for seed in seeds:
             run = ctx.run("init", seed, {"model.norm": norm}, ENCDEC, _depth(f3))
             for stack in ("dec", "enc"):
                 p = layer_profile(run.probes, "grad", f"{stack}.ffn.fc2", 0) if run else []
                 encdec[norm, stack, seed] = p if len(p) == f3 else []
     ed_ratio = {(norm, stack): [trend_ratio(encdec[norm, stack, s]) for s in seeds]
-                for norm in ("post", "pre") for stack in ("dec", "enc")}
+                for norm in POST_PRE for stack in ("dec", "enc")}
 
     def last(norm: str, n: int, seed: int) -> float | None:
         profile = grad[norm, n, seed]
         return profile[-1] if len(profile) == n else None
 
     exponent = {norm: [power_exponent(depths, [last(norm, n, s) for n in depths]) for s in seeds]
-                for norm in ("post", "pre")}
+                for norm in POST_PRE}
 
     def last_tied(norm: str, n: int, seed: int) -> float | None:
         run = ctx.run("init", seed, {"model.norm": norm}, TIED, _depth(n))
@@ -233,18 +234,18 @@ def init_analyse(ctx: Context) -> Analysis:
         return profile[-1] if len(profile) == n else None
 
     tied_last = {(norm, n, s): last_tied(norm, n, s)
-                 for norm in ("post", "pre") for n in depths for s in seeds}
+                 for norm in POST_PRE for n in depths for s in seeds}
     exponent_tied = {norm: [power_exponent(depths, [tied_last[norm, n, s] for n in depths]) for s in seeds]
-                     for norm in ("post", "pre")}
+                     for norm in POST_PRE}
     ratio = {(norm, n): [trend_ratio(grad[norm, n, s]) for s in seeds]
-             for norm in ("post", "pre") for n in {f3, deepest_l}}
+             for norm in POST_PRE for n in {f3, deepest_l}}
 
     def full(norm: str, seed: int) -> list[float]:
         a = act[norm, deepest_l, seed]
         return a if len(a) == deepest_l + 1 else []
 
-    lemma = {"pre": [stream_increment(full("pre", s)) for s in seeds],
-             "post": [stream_growth(full("post", s)) for s in seeds]}
+    lemma = {PRE_LN.name: [stream_increment(full(PRE_LN.name, s)) for s in seeds],
+             POST_LN.name: [stream_growth(full(POST_LN.name, s)) for s in seeds]}
     depth_text = ", ".join(map(str, depths))
     quantity_b = f"exponent b of ‖∇W_FC2‖ ∝ L^b in the last layer, fitted over L ∈ {{{depth_text}}}"
     quantity_r = "last/first-layer ratio of the log-linear trend of ‖∇W_FC2‖ by layer, L = {}"
@@ -254,32 +255,32 @@ def init_analyse(ctx: Context) -> Analysis:
     low, high = deepest_l / 2, 3 * deepest_l / 2
     verdicts = [
         check("Theorem 1: Post-LN's last-layer FFN gradient at initialisation does not shrink with depth",
-              quantity_b, above(-0.25, "b "), exponent["post"], seeds),
+              quantity_b, above(-0.25, "b "), exponent[POST_LN.name], seeds),
         check("Theorem 1: Pre-LN's shrinks like 1/√L", quantity_b, within(-0.75, -0.25, "b "),
-              exponent["pre"], seeds),
+              exponent[PRE_LN.name], seeds),
         check("Theorem 1 with tied input/output embeddings (not the theorem's setting; lnexp 0.1's "
               "default): Post-LN's does not shrink with depth", quantity_b, above(-0.25, "b "),
-              exponent_tied["post"], seeds),
+              exponent_tied[POST_LN.name], seeds),
         check("Theorem 1 with tied input/output embeddings (not the theorem's setting; lnexp 0.1's "
               "default): Pre-LN's shrinks like 1/√L", quantity_b, within(-0.75, -0.25, "b "),
-              exponent_tied["pre"], seeds),
+              exponent_tied[PRE_LN.name], seeds),
         *(v for n in sorted({f3, deepest_l}) for v in (
             check(f"Figure 3: Post-LN's ∇W_FC2 at initialisation grows with the layer index (L = {n})",
-                  quantity_r.format(n), above(1.25, "ratio "), ratio["post", n], seeds),
+                  quantity_r.format(n), above(1.25, "ratio "), ratio[POST_LN.name, n], seeds),
             check(f"Figure 3: Pre-LN's stays about the same across layers (L = {n})", quantity_r.format(n),
-                  within(0.8, 1.25, "ratio "), ratio["pre", n], seeds))),
+                  within(0.8, 1.25, "ratio "), ratio[PRE_LN.name, n], seeds))),
         *(v for stack, label in (("dec", "decoder stack"), ("enc", "encoder stack")) for v in (
             check(f"Figure 3, encoder-decoder {label}: Post-LN's ∇W_FC2 at initialisation grows with the "
                   f"layer index (L = {f3} per stack)",
                   quantity_r.format(f3) + f" per stack, `{stack}.ffn.fc2`", above(1.25, "ratio "),
-                  ed_ratio["post", stack], seeds),
+                  ed_ratio[POST_LN.name, stack], seeds),
             check(f"Figure 3, encoder-decoder {label}: Pre-LN's stays about the same across layers "
                   f"(L = {f3} per stack)", quantity_r.format(f3) + f" per stack, `{stack}.ffn.fc2`",
-                  within(0.8, 1.25, "ratio "), ed_ratio["pre", stack], seeds))),
+                  within(0.8, 1.25, "ratio "), ed_ratio[PRE_LN.name, stack], seeds))),
         check("Lemma: Pre-LN's residual stream grows linearly with depth, L/2 ≤ (E‖x_L‖² − E‖x_0‖²)/d ≤ "
-              "3L/2", quantity_i, within(low, high, "growth "), lemma["pre"], seeds),
+              "3L/2", quantity_i, within(low, high, "growth "), lemma[PRE_LN.name], seeds),
         check("Lemma: Post-LN's stays constant (each LayerNorm resets it)", quantity_g,
-              within(0.8, 1.25, "ratio "), lemma["post"], seeds),
+              within(0.8, 1.25, "ratio "), lemma[POST_LN.name], seeds),
     ]
     definitions = [
         "All numbers are measured at step 0 of one-step runs (`log.grad_every: 1`): the gradient of the "
@@ -316,7 +317,7 @@ def init_analyse(ctx: Context) -> Analysis:
         shown = _init_depths(scale)
         fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
         for ax, n in zip(axes[0], shown):
-            for i, norm in enumerate(("post", "pre")):
+            for i, norm in enumerate(POST_PRE):
                 for k, seed in enumerate(seeds):
                     p = grad[norm, n, seed]
                     if p:
@@ -332,7 +333,7 @@ def init_analyse(ctx: Context) -> Analysis:
 
     def depth_plot(plt: Any):
         fig, ax = plt.subplots(figsize=(5, 3.8))
-        for i, norm in enumerate(("post", "pre")):
+        for i, norm in enumerate(POST_PRE):
             for k, seed in enumerate(seeds):
                 ys = [last(norm, n, seed) for n in depths]
                 if all(usable(y) for y in ys):
@@ -352,7 +353,7 @@ def init_analyse(ctx: Context) -> Analysis:
 
     def lemma_plot(plt: Any):
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        for i, norm in enumerate(("post", "pre")):
+        for i, norm in enumerate(POST_PRE):
             for k, seed in enumerate(seeds):
                 a = act[norm, deepest_l, seed]
                 if a:
@@ -375,7 +376,7 @@ def init_analyse(ctx: Context) -> Analysis:
     def encdec_plot(plt: Any):
         fig, axes = plt.subplots(1, len(stacks), figsize=(4.4 * len(stacks), 3.7), squeeze=False, sharey=True)
         for ax, (title, get, role) in zip(axes[0], stacks):
-            for i, norm in enumerate(("post", "pre")):
+            for i, norm in enumerate(POST_PRE):
                 fitted = [trend_ratio(get(norm, s)) for s in seeds]
                 for k, seed in enumerate(seeds):
                     p = get(norm, seed)
@@ -394,18 +395,18 @@ def init_analyse(ctx: Context) -> Analysis:
 
     by_claim = {v.claim: v.verdict for v in verdicts}
     f3_verdicts = {}
-    for norm, head in (("post", "Post-LN's ∇W_FC2 at initialisation grows with the layer index"),
-                       ("pre", "Pre-LN's stays about the same across layers")):
+    for norm, head in ((POST_LN.name, "Post-LN's ∇W_FC2 at initialisation grows with the layer index"),
+                       (PRE_LN.name, "Pre-LN's stays about the same across layers")):
         f3_verdicts[f"{norm}/decoder-only"] = by_claim[f"Figure 3: {head} (L = {f3})"]
         for label in ("decoder stack", "encoder stack"):
             f3_verdicts[f"{norm}/enc-dec {label}"] = by_claim[
                 f"Figure 3, encoder-decoder {label}: {head} (L = {f3} per stack)"]
     findings = _encdec_findings(
-        {f"{norm}/{title}": [trend_ratio(get(norm, s)) for s in seeds] for norm in ("post", "pre")
+        {f"{norm}/{title}": [trend_ratio(get(norm, s)) for s in seeds] for norm in POST_PRE
          for title, get, _ in stacks}, f3_verdicts, f3)
 
     rows = []
-    for norm in ("post", "pre"):
+    for norm in POST_PRE:
         for n in _init_depths(scale):
             lasts = [last(norm, n, s) for s in seeds]
             raw = [grad[norm, n, s][-1] / grad[norm, n, s][0] if grad[norm, n, s] else None for s in seeds]
@@ -458,14 +459,15 @@ def warmup_analyse(ctx: Context) -> Analysis:
         post = [ctx.run("train", s, POST, _lr(lr)) for s in seeds]
         warm = [ctx.run("train", s, POST, _warm(scale), _lr(lr)) for s in seeds]
         pre = [ctx.run("train", s, PRE, _lr(lr)) for s in seeds]
-        loss = {k: [final_loss(r) for r in v] for k, v in (("post", post), ("warm", warm), ("pre", pre))}
+        loss = {k: [final_loss(r) for r in v]
+                for k, v in ((POST_LN.name, post), ("warm", warm), (PRE_LN.name, pre))}
         verdicts += [
             check(f"Post-LN without warm-up ends worse than with warm-up (lr {lr:g})",
                   "final val loss: Post-LN no warm-up − Post-LN warm-up (nats)", above(MARGIN_LOSS),
-                  [difference(a, b) for a, b in zip(loss["post"], loss["warm"])], seeds),
+                  [difference(a, b) for a, b in zip(loss[POST_LN.name], loss["warm"])], seeds),
             check(f"Pre-LN without warm-up does as well as Post-LN with warm-up (lr {lr:g})",
                   "final val loss: Pre-LN no warm-up − Post-LN warm-up (nats)", below(MARGIN_LOSS),
-                  [difference(a, b) for a, b in zip(loss["pre"], loss["warm"])], seeds),
+                  [difference(a, b) for a, b in zip(loss[PRE_LN.name], loss["warm"])], seeds),
             check(f"Pre-LN without warm-up is ahead early (lr {lr:g})",
                   f"val loss at step {early}: Pre-LN no warm-up − Post-LN warm-up (nats)", below(0),
                   [difference(_val_at(a, early), _val_at(b, early)) for a, b in zip(pre, warm)], seeds),
@@ -543,7 +545,7 @@ def depth_analyse(ctx: Context) -> Analysis:
     scale, seeds, depths = ctx.scale, ctx.seeds(), list(ctx.scale.depths)
     runs = {(norm, n, s): ctx.run("train", s, {"model.norm": norm}, _warm(scale), _depth(n),
                                   _lr(scale.depth_lr))
-            for norm in ("post", "pre") for n in depths for s in seeds}
+            for norm in POST_PRE for n in depths for s in seeds}
     conv = {k: ctx.converged(r) for k, r in runs.items()}
 
     def fraction(norm: str, seed: int) -> float | None:
@@ -551,20 +553,21 @@ def depth_analyse(ctx: Context) -> Analysis:
         return None if any(f is None for f in flags) else sum(flags) / len(flags)
 
     def gap(seed: int) -> float | None:
-        a = deepest(depths, [conv["pre", n, seed] for n in depths])
-        b = deepest(depths, [conv["post", n, seed] for n in depths])
+        a = deepest(depths, [conv[PRE_LN.name, n, seed] for n in depths])
+        b = deepest(depths, [conv[POST_LN.name, n, seed] for n in depths])
         return None if a is None or b is None else float(a - b)
 
     shallow = min(depths)
     depth_text = ", ".join(map(str, depths))
     verdicts = [
         check("Pre-LN trains at every depth", f"fraction of depths {{{depth_text}}} that converge, Pre-LN",
-              _equals(1), [fraction("pre", s) for s in seeds], seeds),
+              _equals(1), [fraction(PRE_LN.name, s) for s in seeds], seeds),
         check("Post-LN stops training beyond some depth at which Pre-LN still trains",
               "deepest depth that converges: Pre-LN − Post-LN", above(0), [gap(s) for s in seeds], seeds),
         check(f"(control) Post-LN trains at the shallowest depth, L = {shallow}",
               f"converges at L = {shallow} (1 yes, 0 no), Post-LN", _equals(1),
-              [None if conv["post", shallow, s] is None else float(conv["post", shallow, s]) for s in seeds],
+              [None if conv[POST_LN.name, shallow, s] is None else float(conv[POST_LN.name, shallow, s])
+               for s in seeds],
               seeds),
     ]
     definitions = [
@@ -576,7 +579,7 @@ def depth_analyse(ctx: Context) -> Analysis:
 
     def draw(plt: Any):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for i, norm in enumerate(("post", "pre")):
+        for i, norm in enumerate(POST_PRE):
             for k, s in enumerate(seeds):
                 ys = [final_loss(runs[norm, n, s]) for n in depths]
                 shown = [(n, y if y is not None and math.isfinite(y) else ctx.baseline() + 0.5)
@@ -595,7 +598,7 @@ def depth_analyse(ctx: Context) -> Analysis:
         return fig
 
     rows = [([f"{norm}-LN", str(n)], [runs[norm, n, s] for s in seeds])
-            for n in depths for norm in ("post", "pre")]
+            for n in depths for norm in POST_PRE]
     return Analysis(verdicts, definitions, [
         Figure("loss_vs_depth.png", "Final validation loss against depth, one line per seed", draw)],
         [_settings_table(ctx, rows, ["layout", "depth"])])
@@ -625,18 +628,19 @@ def map_analyse(ctx: Context) -> Analysis:
         return difference(index[name, max(depths), seed], index[name, min(depths), seed])
 
     def depth_gap(seed: int) -> float | None:
-        return difference(depth_cost("pre", seed), depth_cost("post+warm-up", seed))
+        return difference(depth_cost(PRE_LN.name, seed), depth_cost("post+warm-up", seed))
 
     quantity = "largest stable lr, {a} minus {b}, in grid steps, averaged over depths"
     verdicts = [
         check("Warm-up widens Post-LN's stable learning-rate range",
-              quantity.format(a="post+warm-up", b="post"), above(0),
-              [widening("post+warm-up", "post", s) for s in seeds], seeds),
+              quantity.format(a="post+warm-up", b=POST_LN.name), above(0),
+              [widening("post+warm-up", POST_LN.name, s) for s in seeds], seeds),
         check("RAdam (no warm-up) widens Post-LN's stable range",
-              quantity.format(a="post+RAdam", b="post"), above(0),
-              [widening("post+RAdam", "post", s) for s in seeds], seeds),
+              quantity.format(a="post+RAdam", b=POST_LN.name), above(0),
+              [widening("post+RAdam", POST_LN.name, s) for s in seeds], seeds),
         check("Pre-LN (no warm-up) is stable at larger learning rates than Post-LN (no warm-up)",
-              quantity.format(a="pre", b="post"), above(0), [widening("pre", "post", s) for s in seeds],
+              quantity.format(a=PRE_LN.name, b=POST_LN.name), above(0),
+              [widening(PRE_LN.name, POST_LN.name, s) for s in seeds],
               seeds),
         check("Depth narrows Post-LN's stable range more than Pre-LN's",
               f"change of the largest stable lr from L = {min(depths)} to L = {max(depths)} (grid steps): "
