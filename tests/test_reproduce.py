@@ -164,12 +164,13 @@ def test_encoder_decoder_figure3_rows_and_findings_follow_the_data(tmp_path):
                             "reproduced in the enc-dec decoder stack") for f in flat.findings)
 
 
-def layout_runs(post_max_lr=1e-3, sandwich_max_lr=1e-2, deepnorm_max_lr=1e-2,
+def layout_runs(post_max_lr=1e-3, sandwich_max_lr=1e-2, deepnorm_max_lr=1e-2, reordered_max_lr=1e-2,
                 flat=("post", "deepnorm", "admin")):
     """make() for the layouts suite: init cells get a residual stream that is flat for the layouts in
     `flat` and grows (RMS² 1 + l) otherwise; training cells converge (1.0) up to their layout's
     largest lr and stay at the baseline (2.8) above it."""
-    largest = {"post": post_max_lr, "sandwich": sandwich_max_lr, "deepnorm": deepnorm_max_lr}
+    largest = {"post": post_max_lr, "sandwich": sandwich_max_lr, "deepnorm": deepnorm_max_lr,
+               "reordered": reordered_max_lr}
 
     def make(config):
         m = config.model
@@ -190,18 +191,20 @@ def test_layouts_verdicts_flip_when_the_data_flips(tmp_path):
 
     paper = fake_runs(tmp_path / "a", "layouts", layout_runs())
     verdicts = verdicts_by_claim(paper)
-    assert len(verdicts) == 8 and set(verdicts.values()) == {REPRODUCED}, verdicts
+    assert len(verdicts) == 10 and set(verdicts.values()) == {REPRODUCED}, verdicts
     assert any("Above Post-LN's:" in f and "DeepNorm" in f for f in paper.findings)
     # every layout trains at every lr; DeepNorm's stream grows, Sandwich-LN's does not; Sandwich-LN
     # fails where Pre-LN trains
     flipped = verdicts_by_claim(fake_runs(tmp_path / "b", "layouts", layout_runs(
-        post_max_lr=1e-2, sandwich_max_lr=1e-3, flat=("post", "admin", "sandwich"))))
+        post_max_lr=1e-2, sandwich_max_lr=1e-3, reordered_max_lr=1e-3, flat=("post", "admin", "sandwich"))))
     for claim in ("(control) Post-LN without warm-up fails at some learning rate of the grid",
                   *(f"{name} keeps Post-LN's normalised outputs but trains at a learning rate where "
                     "Post-LN fails" for name in ("DeepNorm", "Admin")),
                   "DeepNorm keeps Post-LN's normalised residual stream at initialisation",
                   "Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation",
-                  "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)"):
+                  "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
+                  "Mix-LN trains without warm-up at a learning rate where Post-LN fails",
+                  "The reordered norm (OLMo 2) trains without warm-up at every learning rate Pre-LN does"):
         assert flipped[claim] == NOT_REPRODUCED, claim
     assert flipped["Admin keeps Post-LN's normalised residual stream at initialisation"] == REPRODUCED
     # the figures draw from these numbers

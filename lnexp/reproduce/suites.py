@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lnexp.layouts import ADMIN, DEEPNORM, LAYOUTS, SANDWICH
+from lnexp.layouts import ADMIN, DEEPNORM, LAYOUTS, MIX, REORDERED, SANDWICH
 from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import (
@@ -821,7 +821,8 @@ def layouts_analyse(ctx: Context) -> Analysis:
     quantity_g = (f"RMS² of the residual stream leaving layer {n} / leaving layer 1 at initialisation, "
                   f"L = {n}")
     quantity_lr = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = " + str(n)
-    post, pre, sandwich, deepnorm, admin = (x.name for x in (POST_LN, PRE_LN, SANDWICH, DEEPNORM, ADMIN))
+    post, pre, sandwich, deepnorm, admin, mix, reordered = (
+        x.name for x in (POST_LN, PRE_LN, SANDWICH, DEEPNORM, ADMIN, MIX, REORDERED))
     rows = [  # (the layouts a row needs, the row)
         ((deepnorm,), lambda: check(
             "DeepNorm keeps Post-LN's normalised residual stream at initialisation", quantity_g,
@@ -849,6 +850,13 @@ def layouts_analyse(ctx: Context) -> Analysis:
             "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
             quantity_lr.format(a="Sandwich-LN", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
             steps(sandwich, pre), seeds)),
+        ((mix, post), lambda: check(  # Li, Yin, Liu 2024: Post-LN's early layers, Pre-LN's stability
+            "Mix-LN trains without warm-up at a learning rate where Post-LN fails",
+            quantity_lr.format(a="Mix-LN", b="Post-LN"), above(0), steps(mix, post), seeds)),
+        ((reordered, pre), lambda: check(  # OLMo 2: the reordered norm for training stability
+            "The reordered norm (OLMo 2) trains without warm-up at every learning rate Pre-LN does",
+            quantity_lr.format(a="Reordered", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
+            steps(reordered, pre), seeds)),
     ]
     verdicts = [row() for needs, row in rows if set(needs) <= set(names)]
     ratio_step = lrs[1] / lrs[0] if len(lrs) > 1 else 1
