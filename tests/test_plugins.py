@@ -8,7 +8,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from lnexp import plugins
 from lnexp.cli import app
+from lnexp.layouts import LAYOUTS, NORMS
+from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.reproduce import SCALES, reproduce
 
 PLUGIN = '''
@@ -65,6 +68,19 @@ CONFIG = {"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max
           "data": {"source": "synthetic", "task": "copy", "vocab_size": 16},
           "train": {"steps": 6, "batch_size": 4, "seq_len": 16, "eval_every": 3, "eval_batches": 1},
           "log": {"grad_every": 3, "probes": ["grad", "act", "stream_mean"]}, "plugins": ["my_norms.py"]}
+
+
+@pytest.fixture(autouse=True)
+def forget_plugins():
+    """Registries are per process: what a test's plugin registered leaves with the test."""
+    saved = [(registry, dict(registry)) for registry in (LAYOUTS, NORMS, PROBE_KINDS)]
+    loaded = dict(plugins._LOADED)
+    yield
+    for registry, items in saved:
+        registry.clear()
+        registry.update(items)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
 
 
 @pytest.fixture
