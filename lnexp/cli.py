@@ -173,6 +173,29 @@ def plot(
         typer.echo(str(path))
 
 
+@app.command()
+def export(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, or folders of them (a sweep, runs/).")],
+    to: Annotated[str, typer.Option(help="Format: tensorboard (event files in RUN/tb/).")] = "tensorboard",
+) -> None:
+    """Write TensorBoard event files for existing runs, so `tensorboard --logdir runs/` shows them.
+
+    The same scalars and HParams as a run with log.tensorboard: true; RUN/tb/ is replaced."""
+    from lnexp import console, sinks
+    from lnexp.runs import RunError
+
+    try:
+        written, notes = sinks.export(runs, to)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+    for note in notes:
+        console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
+    for path in written:
+        typer.echo(str(path))
+    if not written:
+        raise fail("nothing exported")
+
+
 @app.command("runs")
 def list_runs(
     directory: Annotated[Path, typer.Argument(help="Folder of run folders.")] = Path("runs"),
