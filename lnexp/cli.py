@@ -104,6 +104,10 @@ def compare(
     markdown: Annotated[bool, typer.Option(help="Print markdown tables, for a report.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write a figure: FILE.png, .svg or .pdf.")] = None,
     log_loss: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    group_by: Annotated[list[str], typer.Option(
+        "--group-by", help="Aggregate the runs that share this config key's value (repeatable), e.g. "
+        "the seeds of a sweep cell: mean ± std in the tables, mean and min-max band in the "
+        "figure.")] = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
@@ -122,7 +126,12 @@ def compare(
     loaded, notes = comparison.load_runs(runs)
     if not loaded:
         raise fail("nothing to compare: " + "; ".join(notes))
-    c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes)
+    from lnexp.config import ConfigError
+
+    try:
+        c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes, group_by)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     for note in c.notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
     if json_:
@@ -130,7 +139,7 @@ def compare(
     elif markdown:
         typer.echo(comparison.markdown(c), nl=False)
     else:
-        for table in comparison.tables(c):
+        for table in comparison.tables(c, console.stdout.width):
             console.stdout.print(table)
     if plot is not None:
         from lnexp import plots
@@ -146,6 +155,9 @@ def compare(
 def plot(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     format_: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
+    skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
+                                            "heatmap (its initial gradients can take up the colour "
+                                            "scale).")] = False,
 ) -> None:
     """Write figures for one RUN into RUN/plots/ and print their paths.
 
@@ -162,7 +174,7 @@ def plot(
     from lnexp import plots
 
     try:
-        paths, notes = plots.run_figures(loaded, run / "plots", f".{format_}")
+        paths, notes = plots.run_figures(loaded, run / "plots", f".{format_}", skip_init)
     except OSError as exc:
         raise fail(f"{run / 'plots'}: {exc.strerror or exc}") from None
     for note in loaded.notes + notes:

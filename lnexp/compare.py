@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from glob import glob
 from pathlib import Path
@@ -65,7 +66,7 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
     seen: set[Path] = set()
     for pattern in patterns:
         # The shell expands unquoted globs; a quoted one is expanded here.
-        matches = sorted(glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        matches = sorted(glob(pattern), key=natural_key) if any(c in pattern for c in "*?[") else [pattern]
         if not matches:
             notes.append(f"{pattern}: matches nothing")
         for match in matches:
@@ -81,6 +82,18 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
             runs.append(run)
             notes.extend(f"{path}: {note}" for note in run.notes)
     return runs, notes
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def natural_key(text: Any) -> tuple:
+    """Sort key that reads numbers as numbers: lr=3e-4 before lr=3e-3, L2 before L10."""
+    text, key, at = str(text), [], 0
+    for match in _NUMBER.finditer(text):
+        key += [(1, text[at:match.start()], 0.0), (0, "", float(match.group()))]
+        at = match.end()
+    return (*key, (1, text[at:], 0.0))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -138,6 +151,19 @@ def partial_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
             "tokens_per_s": len(speeds) / sum(1 / s for s in speeds) if speeds else None}
 
 
+def band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Pointwise mean, min and max over curves (step, value), at the steps every curve has a finite
+    value."""
+    if not curves:
+        return [], [], [], []
+    common = set.intersection(*({s for s, v in c if _finite(v)} for c in curves))
+    steps = sorted(common)
+    by_curve = [dict(c) for c in curves]
+    columns = [[d[s] for d in by_curve] for s in steps]
+    return steps, [sum(col) / len(col) for col in columns], [min(col) for col in columns], \
+        [max(col) for col in columns]
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -171,6 +197,14 @@ def run_profile(run: Run, probe: str, param: str, at: Step, notes: list[str], wh
 
 
 @dataclass
+class Group:
+    """Runs aggregated as one (--group-by): their indices in Comparison.runs and their label."""
+
+    label: str
+    members: list[int]
+
+
+@dataclass
 class Comparison:
     runs: list[Run]
     headers: list[str]  # a column header per run: its name, or its path where names repeat
@@ -183,12 +217,19 @@ class Comparison:
     at: Step
     profiles: list[Profile]
     notes: list[str]
+    groups: list[Group] = field(default_factory=list)  # one per run unless grouped
+    legend_title: str = ""  # the keys the figure's legend entries give the values of
+    grouped: bool = False
+
+    @property
+    def profile_quantity(self) -> str:
+        return PROBES[self.probe] if self.probe in PER_LAYER else \
+            MEASURES[self.probe].get(self.param, self.param) if self.probe in MEASURES else \
+            f"{PROBES[self.probe]} of {'all weights' if self.param == 'all' else self.param}"
 
     @property
     def profile_title(self) -> str:
-        what = PROBES[self.probe] if self.probe in PER_LAYER else \
-            MEASURES[self.probe].get(self.param, self.param) if self.probe in MEASURES else \
-            f"{PROBES[self.probe]} of {'all weights' if self.param == 'all' else self.param}"
+        what = self.profile_quantity
         steps = {p.step for p in self.profiles if p.step is not None}
         when = f"step {steps.pop()}" if len(steps) == 1 else \
             "each run's last logged step" if self.at == "last" else f"the logged step nearest {self.at}"
@@ -203,7 +244,8 @@ class Comparison:
 
 
 def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step = 0,
-          all_keys: bool = False, notes: list[str] | None = None) -> Comparison:
+          all_keys: bool = False, notes: list[str] | None = None, group_by: list[str] = ()) -> Comparison:
+    """Raises ConfigError for a --group-by key that no run's config has."""
     notes = list(notes or [])
     names = [run.name for run in runs]
     headers = [run.name if names.count(run.name) == 1 else str(run.path) for run in runs]
@@ -216,8 +258,38 @@ def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step
         if o["status"] in ("running", "stale"):
             notes.append(f"{header}: {o['status']}; outcome so far, from metrics.jsonl")
     profiles = [run_profile(run, probe, param, at, notes, h) for run, h in zip(runs, headers)]
+    groups, legend_title = make_groups(runs, headers, differing, list(group_by))
     return Comparison(runs, headers, legends, config_diff(runs, all_keys), all_keys, outcomes, probe, param,
-                      at, profiles, notes)
+                      at, profiles, notes, groups, legend_title, bool(group_by))
+
+
+def make_groups(runs: list[Run], headers: list[str], differing: dict[str, list[Any]], group_by: list[str]
+                ) -> tuple[list[Group], str]:
+    """The legend's entries: with `group_by`, one per combination of those keys' values (numbers in
+    numeric order); else one per run. An entry names the values only; the legend's title names the
+    keys, once. Where the values do not tell runs apart, the run's header leads."""
+    flat = [flatten(run.config) for run in runs]
+    for key in group_by:
+        if all(key not in f for f in flat):
+            from lnexp.config import ConfigError
+
+            raise ConfigError(f"--group-by {key}: not a config key of these runs (e.g. model.norm)")
+    if group_by:
+        members: dict[tuple[str, ...], list[int]] = {}
+        for i, f in enumerate(flat):
+            members.setdefault(tuple(fmt(f.get(k)) for k in group_by), []).append(i)
+        order = sorted(members, key=lambda values: [natural_key(v) for v in values])
+        return [Group(", ".join(v) + f" ({len(members[v])} runs)", members[v]) for v in order], \
+            ", ".join(group_by)
+    keys = list(differing)[:LEGEND_KEYS]
+    values = [", ".join(fmt(differing[k][i]) for k in keys) for i in range(len(runs))]
+    unique = keys and len(set(values)) == len(values) and len(keys) == len(differing)
+    labels = values if unique else [f"{h}: {v}" if v else h for h, v in zip(headers, values)]
+    return [Group(label, [i]) for i, label in enumerate(labels)], ", ".join(keys) + \
+        (", …" if len(differing) > len(keys) else "")
+
+
+LEGEND_KEYS = 3
 
 
 def _legend(header: str, keys: dict[str, Any], most: int = 3) -> str:
@@ -250,7 +322,10 @@ class Section:
 
 
 def sections(c: Comparison) -> list[Section]:
-    """The config diff and the outcome (the profile table is console.profile_table's)."""
+    """The config diff and the outcome (the profile table is console.profile_table's); grouped, a
+    column per group, the outcome's numbers as mean ± std over its runs."""
+    if c.grouped:
+        return grouped_sections(c)
     title = "config: " + ("every key" if c.all_keys else "keys that differ" if c.diff else
                           "no key differs (besides run.name, run.dir)")
     diff = Section(title, ["key", *c.headers], [[key, *map(fmt, values)] for key, values in c.diff.items()],
@@ -263,34 +338,110 @@ def sections(c: Comparison) -> list[Section]:
     return [diff, Section("outcome (best in each row highlighted)", ["", *c.headers], rows, best)]
 
 
-def tables(c: Comparison) -> list[Table | Text]:
+def group_stats(c: Comparison, group: Group, key: str) -> tuple[float, float, int]:
+    """Mean, sample std and count of an outcome number over a group's runs (finite values only)."""
+    from lnexp.sweep import mean_std
+
+    values = [c.outcomes[i][key] for i in group.members if _finite(c.outcomes[i][key])]
+    mean, std = mean_std(values)
+    return mean, std, len(values)
+
+
+def _group_cell(c: Comparison, group: Group, key: str) -> str:
+    if key == "status":
+        counts: dict[str, int] = {}
+        for i in group.members:
+            status = c.outcomes[i]["status"]
+            counts[status] = counts.get(status, 0) + 1
+        return ", ".join(f"{n} {status}" for status, n in counts.items())
+    mean, std, n = group_stats(c, group, key)
+    if n == 0:
+        return "-"
+    return fmt(mean) if n == 1 else f"{fmt(mean)} ± {fmt(std, 2)}"
+
+
+def grouped_sections(c: Comparison) -> list[Section]:
+    labels = [g.label for g in c.groups]
+    diff_rows = []
+    for key, values in c.diff.items():
+        cells = [", ".join(dict.fromkeys(fmt(values[i]) for i in g.members)) for g in c.groups]
+        diff_rows.append([key, *cells])
+    diff = Section(f"config by group ({c.legend_title}): values of the keys that differ", ["key", *labels],
+                   diff_rows, set())
+    rows, best = [], set()
+    for r, (key, label, better) in enumerate(OUTCOME):
+        rows.append([label, *(_group_cell(c, g, key) for g in c.groups)])
+        if key != "status":
+            means = [group_stats(c, g, key)[0] for g in c.groups]
+            best |= {(r, col) for col in best_runs(means, better)}
+    return [diff, Section("outcome: mean ± std over each group's runs (best mean highlighted)",
+                          ["", *labels], rows, best)]
+
+
+def group_profiles(c: Comparison) -> dict[str, list[float]]:
+    """Label -> the per-layer profile, averaged over a group's runs (layers all of them have)."""
+    out = {}
+    for g in c.groups:
+        profiles = [c.profiles[i].values for i in g.members if c.profiles[i].values]
+        depth = min(map(len, profiles), default=0)
+        out[g.label] = [sum(p[layer] for p in profiles) / len(profiles) for layer in range(depth)]
+    return out
+
+
+def tables(c: Comparison, width: int | None = None) -> list[Table | Text]:
     """Rich tables for the terminal (a section without rows is its title alone). Cells are Text,
-    never markup: a value like [grad, act] stays as it is."""
+    never markup: a value like [grad, act] stays as it is. A table wider than `width` is turned
+    round, one run (or group) per row, rather than have rich cut its columns."""
     out: list[Table | Text] = []
     for s in sections(c):
         if not s.rows:
             out.append(Text(s.title))
             continue
-        table = Table(title=Text(s.title), title_justify="left")
-        for i, name in enumerate(s.header):
-            table.add_column(Text(name), justify="left" if i == 0 else "right")
-        for r, row in enumerate(s.rows):
-            table.add_row(*(Text(cell, style=BEST_STYLE if (r, col - 1) in s.best else "")
-                            for col, cell in enumerate(row)))
+        table = _section_table(s)
+        out.append(_section_table(s, turned=True) if width and natural_width(table) > width else table)
+    columns = group_profiles(c) if c.grouped else c.profile_columns
+    if any(columns.values()):
+        table = profile_table(escape(c.profile_title), {escape(h): v for h, v in columns.items()}, spread=True)
+        if width and natural_width(table) > width:
+            body, footer = profile_rows(columns, spread=True)
+            table = _section_table(Section(c.profile_title, ["layer", *columns], body + footer, set()),
+                                   turned=True)
         out.append(table)
-    if any(p.values for p in c.profiles):
-        columns = {escape(h): v for h, v in c.profile_columns.items()}
-        out.append(profile_table(escape(c.profile_title), columns, spread=True))
     for table in out:
         if isinstance(table, Table):
             table.min_width = len(str(table.title))  # rich wraps a title to the table's width otherwise
     return out
 
 
+def _section_table(s: Section, turned: bool = False) -> Table:
+    """A section as a table: its rows as rows, or `turned`, its columns (the runs) as rows."""
+    header, rows = s.header, s.rows
+    best = s.best
+    if turned:
+        header = [header[0] or "run", *(row[0] for row in s.rows)]
+        rows = [[s.header[col], *(row[col] for row in s.rows)] for col in range(1, len(s.header))]
+        best = {(col, r) for r, col in s.best}
+    table = Table(title=Text(s.title), title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold")
+    for r, row in enumerate(rows):
+        table.add_row(*(Text(cell, style=BEST_STYLE if (r, col - 1) in best else "")
+                        for col, cell in enumerate(row)))
+    return table
+
+
+def natural_width(table: Table) -> int:
+    """The width a table takes uncut."""
+    from rich.console import Console
+
+    console = Console(width=100_000)
+    return console.measure(table).maximum
+
+
 def markdown(c: Comparison) -> str:
     parts = [_markdown_table(s.title, s.header, s.rows, s.best) for s in sections(c)]
-    if any(p.values for p in c.profiles):
-        columns = c.profile_columns
+    columns = group_profiles(c) if c.grouped else c.profile_columns
+    if any(columns.values()):
         body, footer = profile_rows(columns, spread=True)
         parts.append(_markdown_table(c.profile_title, ["layer", *columns], body + footer, set()))
     return "\n\n".join(parts) + "\n"
@@ -323,6 +474,13 @@ def to_json(c: Comparison) -> str:
         "profile": {"probe": c.probe, "param": c.param, "at": c.at},
         "notes": c.notes,
     }
+    if c.grouped:
+        profiles = group_profiles(c)
+        data["groups"] = [
+            {"label": g.label, "runs": [c.headers[i] for i in g.members], "profile": profiles[g.label],
+             "outcome": {key: dict(zip(("mean", "std", "n"), group_stats(c, g, key)))
+                         for key, _, better in OUTCOME if key != "status"}}
+            for g in c.groups]
     return json.dumps(_json_safe(data), indent=2)
 
 
@@ -340,12 +498,16 @@ LISTING_TAIL = 50  # metrics lines a listing reads, from the end: enough for a r
 
 
 def find_runs(root: Path) -> list[Run]:
-    """The runs in `root` and one level below (a sweep's folder), newest first. Probes are not read."""
+    """The runs in `root` and one level below (a sweep's folder), newest first. Probes are not read,
+    and only the tail of metrics.jsonl, unless a run without a summary has no validation loss there."""
     paths = sorted({p.parent for pattern in ("*/meta.json", "*/*/meta.json") for p in root.glob(pattern)})
     runs = []
     for path in paths:
         try:
-            runs.append(load_run(path, probes=False, tail=LISTING_TAIL))
+            run = load_run(path, probes=False, tail=LISTING_TAIL)
+            if not run.summary and not any(m.get("val_loss") is not None for m in run.metrics):
+                run = load_run(path, probes=False)  # its last validation was further back
+            runs.append(run)
         except RunError:
             continue  # vanished between the glob and the read
     return sorted(runs, key=_started, reverse=True)
@@ -363,13 +525,22 @@ def runs_table(runs: list[Run], root: Path) -> Table:
     table = Table(title=Text(f"runs in {root}, newest first"), title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     for name in ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date"):
+        # the name folds onto a second line rather than lose its end (cells told apart by it)
         table.add_column(name, justify="right" if name in ("warm-up", "steps", "val loss") else "left",
-                         no_wrap=name in ("name", "status", "date"))
+                         no_wrap=name in ("status", "date"), overflow="fold")
     for run in runs:
         o, cfg = outcome(run), run.config
         total = cfg.get("train", {}).get("steps")
         table.add_row(*map(Text, (
             str(run.path.relative_to(root)), _status(o), layout(cfg), fmt(cfg.get("optim", {}).get("name")),
             fmt(cfg.get("schedule", {}).get("warmup_steps")), f"{fmt(o['steps_done'])}/{fmt(total)}",
-            fmt(o["final_val_loss"]), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M"))))
+            _val_loss(run, o), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M"))))
     return table
+
+
+def _val_loss(run: Run, o: dict[str, Any]) -> str:
+    """A finished run's final validation loss; an unfinished run's last measured one, at its step."""
+    if run.summary:
+        return fmt(o["final_val_loss"])
+    last = next((m for m in reversed(run.metrics) if _finite(m.get("val_loss"))), None)
+    return f"{fmt(last['val_loss'])} @ {last['step']}" if last else "-"

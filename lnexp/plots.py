@@ -19,8 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FormatStrFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
-from lnexp.compare import Comparison  # noqa: E402
+from lnexp.compare import Comparison, band, group_profiles  # noqa: E402
 from lnexp.runs import (  # noqa: E402
     FEATURE_STATS,
     MEASURES,
@@ -55,9 +63,30 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+BYTE_SOURCES = ("stdlib", "text", "pairs")  # byte-level data: a token is a byte
+# One y scale per quantity, whatever the data's range, so two runs' figures can be put side by side:
+# log for magnitudes (norms, RMS, ratios), linear for the rest (ranks, anisotropy, loss changes).
+LOG_PROBES = ("grad", "act", "update", "adam_v_q10", "adam_v_q50", "adam_v_q90", "output_change")
+LOG_PARAMS = ("dloss_dx",)
+
+
+def loss_label(config: dict[str, Any]) -> str:
+    """`loss (nats per byte)` for byte-level data, else `loss (nats per token)`."""
+    source = config.get("data", {}).get("source", "stdlib")
+    return f"loss (nats per {'byte' if source in BYTE_SOURCES else 'token'})"
+
+
+def warmup_steps(run: Run) -> int:
+    value = run.config.get("schedule", {}).get("warmup_steps")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+DENSE_EVALS = 12  # with this many validation points a line between them no longer misleads
+
+
 def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
-    """Training loss (running mean, raw values faint) solid, validation loss dashed with dots, and a
-    cross where a run diverged."""
+    """Training loss (running mean, raw values faint) solid, validation loss as dots (joined only
+    when evals are dense), a cross where a run diverged, a dotted line at the end of warm-up."""
     train = [(m["step"], m["loss"]) for m in run.metrics if m.get("loss") is not None]
     finite = [(s, v) for s, v in train if math.isfinite(v)]
     if finite:
@@ -68,66 +97,173 @@ def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
         ax.plot(steps, smooth(list(losses), window), color=color, linewidth=1.6)
     val = [(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None]
     if val:
-        ax.plot(*zip(*val), color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.2)
+        ax.plot(*zip(*val), color=color, linestyle="--" if len(val) >= DENSE_EVALS else "none",
+                marker="o", markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, linewidth=1)
     diverged = run.summary.get("diverged_step")
     if diverged is not None and finite:
         ax.plot([diverged], [finite[-1][1]], color=color, marker="x", markersize=11, markeredgewidth=2.5)
-    ax.set(xlabel="step", ylabel="loss", title="loss: train (solid), val (dashed)")
+    if warmup_steps(run):
+        ax.axvline(warmup_steps(run), color=color, linestyle=":", linewidth=1)
+    ax.set(xlabel="step", ylabel=loss_label(run.config), title="loss")
     if log_scale:
         ax.set_yscale("log")
+
+
+def loss_legend(ax: Axes, runs: list[Run]) -> None:
+    """What the marks of a loss panel mean, in grey (the colours name the runs elsewhere)."""
+    grey = dict(color="grey")
+    handles = [Line2D([], [], linewidth=1.6, label="train (running mean)", **grey),
+               Line2D([], [], linestyle="none", marker="o", markeredgecolor="black", label="validation",
+                      **grey)]
+    if any(r.summary.get("diverged_step") is not None for r in runs):
+        handles.append(Line2D([], [], linestyle="none", marker="x", markeredgewidth=2.5, label="diverged",
+                              **grey))
+    if any(warmup_steps(r) for r in runs):
+        handles.append(Line2D([], [], linestyle=":", label="end of warm-up", **grey))
+    ax.legend(handles=handles, fontsize=8)
 
 
 def lr_panel(ax: Axes, run: Run, color: Any, width: float = 1.6) -> None:
     points = [(m["step"], m["lr"]) for m in run.metrics if m.get("lr") is not None]
     if points:
         ax.plot(*zip(*points), color=color, linewidth=width)
+
+
+def lr_axis(ax: Axes) -> None:
+    """Once every run's schedule is drawn: from 0, so a warm-up or decay reads as a fraction of the
+    peak (setting the limit before drawing would freeze autoscaling at the first run's curve)."""
     ax.set(xlabel="step", ylabel="learning rate", title="learning-rate schedule")
-    ax.set_ylim(bottom=0)  # a warm-up or decay reads as a fraction of the peak
+    ax.set_ylim(bottom=0)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
+def uses_log_scale(probe: str, param: str) -> bool:
+    return probe in LOG_PROBES or param in LOG_PARAMS
+
+
+def label_log_axis(axis: Any) -> None:
+    """Plain-number tick labels on a log axis, at 1-2-5 (or every digit when the axis spans less than
+    a decade), so that a narrow range has more than one labelled tick."""
+    low, high = sorted(axis.get_view_interval())
+    if low <= 0:
+        return
+    if math.log10(high / low) > 1:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:  # evenly spaced round numbers, as on a linear axis
+        axis.set_major_locator(FixedLocator([t for t in MaxNLocator(6).tick_values(low, high)
+                                             if low <= t <= high]))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> None:
     depth = max(map(len, values), default=0)
     ax.set_xticks(range(depth))
     leaves_last = profile_depth(probe, param, 0) == 1  # a residual-stream measure
-    ax.set_xlabel("layer (last = leaving the last block)" if leaves_last else "layer")
-    flat = [v for vs in values for v in vs if math.isfinite(v)]
-    if flat and min(flat) > 0 and max(flat) / min(flat) > 20:  # log only where it spans decades
+    ax.set_xlabel("layer (from 0; last = leaving the last block)" if leaves_last else "layer (from 0)")
+    if uses_log_scale(probe, param):
+        ax.set_yscale("log")
+        label_log_axis(ax.yaxis)
+
+
+def colors(n: int) -> list[Any]:
+    """n distinct colours: tab10, tab20 up to 20, then evenly spaced along a perceptual colour map."""
+    if n <= 10:
+        return list(COLORS[:n])
+    if n <= 20:
+        return list(plt.get_cmap("tab20").colors[:n])
+    cmap = plt.get_cmap("turbo")
+    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+
+
+def _band(ax: Axes, curves: list[list[tuple[int, float]]], color: Any, **line: Any) -> None:
+    """The mean of several runs' curves at the steps they all have, with their min-max as a band."""
+    steps, mean, low, high = band(curves)
+    if steps:
+        ax.plot(steps, mean, color=color, **line)
+        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = False) -> None:
+    """Like loss_panel for several runs (seeds): the running mean of the training loss and the
+    validation loss averaged over them, each with a min-max band; crosses where one diverged."""
+    train = []
+    for run in runs:
+        points = [(m["step"], m["loss"]) for m in run.metrics if m.get("loss") is not None
+                  and math.isfinite(m["loss"])]
+        window = max(1, len(points) // 30)
+        train.append(list(zip([s for s, _ in points], smooth([v for _, v in points], window))))
+    _band(ax, train, color, linewidth=1.6)
+    val = [[(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None] for run in runs]
+    steps, mean, low, high = band(val)
+    if steps:
+        ax.errorbar(steps, mean, yerr=[[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]],
+                    color=color, linestyle="--" if len(steps) >= DENSE_EVALS else "none", marker="o",
+                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, capsize=2)
+    for run in runs:
+        diverged = run.summary.get("diverged_step")
+        finite = [m["loss"] for m in run.metrics if m.get("loss") is not None and math.isfinite(m["loss"])]
+        if diverged is not None and finite:
+            ax.plot([diverged], [finite[-1]], color=color, marker="x", markersize=11, markeredgewidth=2.5)
+    for steps_w in {warmup_steps(r) for r in runs} - {0}:
+        ax.axvline(steps_w, color=color, linestyle=":", linewidth=1)
+    ax.set(xlabel="step", ylabel=loss_label(runs[0].config), title="loss (mean of a group's runs, band: "
+           "min to max)")
+    if log_scale:
         ax.set_yscale("log")
 
 
 def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
-    """Loss curves overlaid, the chosen per-layer profile of every run, and the learning rates: one
-    colour per run in every panel, labelled by the config keys that differ."""
+    """Loss curves overlaid, the chosen per-layer profile of every run (or group), and the learning
+    rates: one colour per run or group in every panel; the legend names the values of the keys that
+    differ (its title the keys)."""
     fig, (ax_loss, ax_prof, ax_lr) = plt.subplots(1, 3, figsize=(16, 5.2))
     handles = []
     steps = {p.step for p in c.profiles if p.step is not None}
-    for i, (run, legend, profile) in enumerate(zip(c.runs, c.legends, c.profiles)):
-        color = COLORS[i % len(COLORS)]
-        loss_panel(ax_loss, run, color, log_loss)
+    profiles = group_profiles(c)
+    palette = colors(len(c.groups))
+    for i, (group, color) in enumerate(zip(c.groups, palette)):
+        runs = [c.runs[m] for m in group.members]
+        if len(runs) == 1:
+            loss_panel(ax_loss, runs[0], color, log_loss)
+        else:
+            group_loss_panel(ax_loss, runs, color, log_loss)
         # runs often share a schedule: earlier runs drawn wider, so identical curves stay visible
-        lr_panel(ax_lr, run, color, width=1.4 + 2.5 * (len(c.runs) - 1 - i) / max(1, len(c.runs) - 1))
-        label = legend + (f" (step {profile.step})" if len(steps) > 1 and profile.step is not None else "")
-        (line,) = ax_prof.plot(range(len(profile.values)), profile.values, color=color, marker="o",
-                               linewidth=1.6, label=label)
+        width = 1.4 + 2.5 * (len(c.groups) - 1 - i) / max(1, len(c.groups) - 1)
+        lr_panel(ax_lr, runs[0], color, width)
+        step = c.profiles[group.members[0]].step
+        label = group.label + (f" (step {step})" if len(steps) > 1 and step is not None else "")
+        values = profiles[group.label]
+        (line,) = ax_prof.plot(range(len(values)), values, color=color, marker="o", linewidth=1.6, label=label)
+        if len(runs) > 1:
+            _band(ax_prof, [list(enumerate(c.profiles[m].values)) for m in group.members], color,
+                  linewidth=0)
         handles.append(line)
-    _layer_axis(ax_prof, [p.values for p in c.profiles], c.probe, c.param)
+    loss_legend(ax_loss, c.runs)
+    lr_axis(ax_lr)
+    _layer_axis(ax_prof, [c.profiles[m].values for g in c.groups for m in g.members], c.probe, c.param)
     ax_prof.set_title(c.profile_title, fontsize=10)
-    ncol = min(len(handles), 3)
+    ax_prof.set_ylabel(c.profile_quantity)
+    ncol = min(len(handles), 3 if len(handles) <= 12 else 4)
     rows = -(-len(handles) // ncol)
-    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=ncol, frameon=False)
-    fig.tight_layout(rect=(0, 0.045 * rows + 0.01, 1, 1))
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=ncol, frameon=False,
+               title=c.legend_title or None, fontsize=9 if len(handles) <= 12 else 7)
+    fig.tight_layout(rect=(0, 0.04 * rows + 0.05, 1, 1))
     return _save(fig, path)
 
 
-def run_figures(run: Run, out_dir: Path, suffix: str = ".png") -> tuple[list[Path], list[str]]:
+def run_figures(run: Run, out_dir: Path, suffix: str = ".png", skip_init: bool = False
+                ) -> tuple[list[Path], list[str]]:
     """Write one run's figures into `out_dir`. Returns their paths and notes on what was left out
-    (a probe the run did not log)."""
+    (a probe the run did not log). `skip_init` leaves step 0 out of the gradient heatmap, whose
+    initial gradients can be orders of magnitude above the rest and take up the colour scale."""
     paths, notes = [], []
     if run.metrics:
         fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
         loss_panel(ax_loss, run, COLORS[0])
+        loss_legend(ax_loss, [run])
         lr_panel(ax_lr, run, COLORS[0])
+        lr_axis(ax_lr)
         fig.suptitle(run.name)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"curves{suffix}"))
@@ -136,7 +272,8 @@ def run_figures(run: Run, out_dir: Path, suffix: str = ".png") -> tuple[list[Pat
     grads = _by_step(run.probes, "grad")
     roles = weight_roles(run.probes)
     if roles:
-        paths.append(_save(_heatmaps(run.name, grads, roles), out_dir / f"grad_heatmap{suffix}"))
+        shown = {s: rows for s, rows in grads.items() if s > 0} if skip_init and len(grads) > 1 else grads
+        paths.append(_save(_heatmaps(run.name, shown, roles), out_dir / f"grad_heatmap{suffix}"))
         paths.append(_save(_grad_profiles(run.name, grads, roles), out_dir / f"grad_profile{suffix}"))
     else:
         notes.append("no grad probe logged: no gradient heatmap or profile")
@@ -172,24 +309,30 @@ def _grid(n: int, width: float, height: float, cols: int = 4) -> tuple[Figure, l
 
 
 def _heatmaps(name: str, grads: dict[int, list[dict[str, Any]]], roles: list[str]) -> Figure:
-    """Gradient norm, layer x step, one panel per weight role; log colour scale per panel (roles
-    differ by orders of magnitude)."""
+    """Gradient norm, layer x step, one panel per weight role, on one shared log colour scale (so a
+    colour means the same norm in every panel)."""
     steps = list(grads)
     fig, axes = _grid(len(roles), 4.2, 3.2)
-    for ax, role in zip(axes, roles):
+    grids = {}
+    for role in roles:
         columns = [layer_profile(grads[s], "grad", role, s) for s in steps]
         depth = max(map(len, columns))
-        grid = [[col[layer] if layer < len(col) else math.nan for col in columns] for layer in range(depth)]
-        positive = [v for row in grid for v in row if v > 0]
-        norm = LogNorm(min(positive), max(positive)) if positive else None
-        half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
+        grids[role] = [[col[layer] if layer < len(col) else math.nan for col in columns]
+                       for layer in range(depth)]
+    positive = [v for grid in grids.values() for row in grid for v in row if v > 0]
+    norm = LogNorm(min(positive), max(positive)) if positive else None
+    half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
+    image = None
+    for ax, role in zip(axes, roles):
+        depth = len(grids[role])
         extent = (steps[0] - half, steps[-1] + half, -0.5, depth - 0.5)  # cells centred on step, layer
-        image = ax.imshow(grid, aspect="auto", origin="lower", norm=norm, cmap="viridis",
+        image = ax.imshow(grids[role], aspect="auto", origin="lower", norm=norm, cmap="viridis",
                           interpolation="nearest", extent=extent)
-        ax.set(title=role, xlabel="step", ylabel="layer", yticks=range(depth))
-        fig.colorbar(image, ax=ax)
-    fig.suptitle(f"{name}: gradient norm by layer and step")
-    fig.tight_layout()
+        ax.set(title=role, xlabel="step", ylabel="layer (from 0)", yticks=range(depth))
+    fig.suptitle(f"{name}: gradient norm by layer and step" + (f" (from step {steps[0]})" if steps[0] else ""))
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="gradient norm (log scale, shared)", fraction=0.03, pad=0.02)
     return fig
 
 
