@@ -401,7 +401,8 @@ def tables(c: Comparison, width: int | None = None) -> list[Table | Text]:
         out.append(_section_table(s, turned=True) if width and natural_width(table) > width else table)
     columns = group_profiles(c) if c.grouped else c.profile_columns
     if any(columns.values()):
-        table = profile_table(escape(c.profile_title), {escape(h): v for h, v in columns.items()}, spread=True)
+        escaped = {escape(h): v for h, v in columns.items()}
+        table = profile_table(escape(c.profile_title), escaped, spread=True)
         if width and natural_width(table) > width:
             body, footer = profile_rows(columns, spread=True)
             table = _section_table(Section(c.profile_title, ["layer", *columns], body + footer, set()),

@@ -197,7 +197,8 @@ def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = Fa
     val = [[(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None] for run in runs]
     steps, mean, low, high = band(val)
     if steps:
-        ax.errorbar(steps, mean, yerr=[[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]],
+        spread = [[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]]
+        ax.errorbar(steps, mean, yerr=spread,
                     color=color, linestyle="--" if len(steps) >= DENSE_EVALS else "none", marker="o",
                     markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, capsize=2)
     for run in runs:
@@ -234,7 +235,8 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
         step = c.profiles[group.members[0]].step
         label = group.label + (f" (step {step})" if len(steps) > 1 and step is not None else "")
         values = profiles[group.label]
-        (line,) = ax_prof.plot(range(len(values)), values, color=color, marker="o", linewidth=1.6, label=label)
+        (line,) = ax_prof.plot(range(len(values)), values, color=color, marker="o", linewidth=1.6,
+                               label=label)
         if len(runs) > 1:
             _band(ax_prof, [list(enumerate(c.profiles[m].values)) for m in group.members], color,
                   linewidth=0)
@@ -329,7 +331,8 @@ def _heatmaps(name: str, grads: dict[int, list[dict[str, Any]]], roles: list[str
         image = ax.imshow(grids[role], aspect="auto", origin="lower", norm=norm, cmap="viridis",
                           interpolation="nearest", extent=extent)
         ax.set(title=role, xlabel="step", ylabel="layer (from 0)", yticks=range(depth))
-    fig.suptitle(f"{name}: gradient norm by layer and step" + (f" (from step {steps[0]})" if steps[0] else ""))
+    fig.suptitle(f"{name}: gradient norm by layer and step"
+                 + (f" (from step {steps[0]})" if steps[0] else ""))
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     if image is not None:
         fig.colorbar(image, ax=axes, label="gradient norm (log scale, shared)", fraction=0.03, pad=0.02)

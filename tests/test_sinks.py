@@ -47,7 +47,8 @@ def assert_events_match(folder: Path, run) -> None:
         assert set(got[tag]) == set(values), tag
         for step, value in values.items():
             assert got[tag][step] == pytest.approx(value, rel=1e-6, abs=1e-30), (tag, step)  # float32
-    assert got["final/final_val_loss"] == {run.summary["steps_done"]: pytest.approx(run.summary["final_val_loss"])}
+    final = run.summary["final_val_loss"]
+    assert got["final/final_val_loss"] == {run.summary["steps_done"]: pytest.approx(final)}
     # the HParams plugin: the config's keys and the status, the final metrics
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -117,7 +118,8 @@ def wandb_records(path: Path) -> list:
 def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = write_config("wb", run={"name": "wb"}, log={"wandb": {"project": "lnexp-test", "mode": "offline"}})
+    config = write_config("wb", run={"name": "wb"},
+                          log={"wandb": {"project": "lnexp-test", "mode": "offline"}})
     result = invoke("train", config, "--quiet")
     assert result.exit_code == 0, result.output
     run = load_run(tmp_path / "runs" / "wb")
