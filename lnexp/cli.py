@@ -153,7 +153,7 @@ def compare(
 
 @app.command()
 def plot(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: Annotated[Path, typer.Argument(help="Run folder, or a sweep's folder.")],
     format_: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
     skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
                                             "heatmap (its initial gradients can take up the colour "
@@ -161,12 +161,17 @@ def plot(
 ) -> None:
     """Write figures for one RUN into RUN/plots/ and print their paths.
 
-    Loss and lr curves, gradient-norm heatmaps (layer x step) and profiles, residual-stream norms."""
+    Loss and lr curves, gradient-norm heatmaps (layer x step) and profiles, residual-stream norms.
+    For a sweep's folder: the final validation loss against the first numeric grid key and, for a
+    grid over optim.lr and model.n_layers, the stability map."""
     from lnexp import console
-    from lnexp.runs import RunError, load_run
+    from lnexp.runs import RunError, is_run, load_run
 
     if format_ not in ("png", "svg", "pdf"):
         raise fail(f"--format: must be png, svg or pdf, got {format_!r}")
+    if (run / "sweep.json").exists() and not is_run(run):
+        _sweep_figures(run, f".{format_}")
+        return
     try:
         loaded = load_run(run)
     except RunError as exc:
@@ -206,6 +211,23 @@ def export(
         typer.echo(str(path))
     if not written:
         raise fail("nothing exported")
+
+
+def _sweep_figures(root: Path, suffix: str = ".png") -> None:
+    """Write a sweep's figures and print their paths (stdout), its notes (stderr)."""
+    from lnexp import console, plots
+    from lnexp.runs import RunError
+
+    try:
+        paths, notes = plots.sweep_figures(root, suffix)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{root / 'plots'}: {exc.strerror or exc}") from None
+    for note in notes:
+        console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
+    for path in paths:
+        typer.echo(str(path))
 
 
 @app.command("runs")
@@ -274,6 +296,8 @@ def sweep(
     for warning in warnings:  # after the sweep's checks, so that an error stays one line
         console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
+    if not any(r.get("status") == "interrupted" for r in results.values()):
+        _sweep_figures(plan.root)
     failed = [n for n, r in results.items() if r.get("status") == "failed"]
     if any(r.get("status") == "interrupted" for r in results.values()):
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130)

@@ -25,9 +25,10 @@ from typing import Any
 
 from lnexp.reproduce.engine import PRE_GPT2, Context, Scale, Spec
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm, num
-from lnexp.reproduce.suites import LAYOUT_LABELS, Suite, depth_axis, register
+from lnexp.reproduce.suites import LAYOUT_LABELS, Suite, register
 from lnexp.reproduce.verdicts import above, below, check, fit_line, usable
 from lnexp.runs import Run, layer_profile, logged_steps
+from lnexp.stability import depth_axis
 
 # The claim's three layouts first; the registry's others come along (cheap at these scales).
 FEATURE_LAYOUTS = {

@@ -29,7 +29,6 @@ from lnexp.reproduce.verdicts import (
     check,
     deepest,
     difference,
-    largest_index,
     power_exponent,
     stream_growth,
     stream_increment,
@@ -38,6 +37,7 @@ from lnexp.reproduce.verdicts import (
     within,
 )
 from lnexp.runs import Run, layer_profile, logged_steps
+from lnexp.stability import depth_axis, largest_index, largest_lr_panel
 
 POST, PRE = {"model.norm": "post"}, {"model.norm": "pre"}
 # Xiong et al.'s Figure 3 setting in miniature: an encoder-decoder (n_layers per stack) on the
@@ -684,17 +684,8 @@ def map_analyse(ctx: Context) -> Analysis:
 
     def lines(plt: Any):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for i, name in enumerate(named):
-            for k, s in enumerate(seeds):
-                ys = [index[name, n, s] for n in depths]
-                if all(y is not None for y in ys):
-                    jitter = (i - len(named) / 2) * 0.03 + k * 0.01
-                    ax.plot([n * (1 + jitter) for n in depths], ys, marker="o", color=f"C{i}", alpha=0.8,
-                            label=name if k == 0 else None)
-        ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
-        depth_axis(ax, depths, "depth (layers)")
-        ax.set_ylabel("largest learning rate that converges")
-        ax.legend(fontsize=8)
+        largest_lr_panel(ax, lrs, depths, {name: [[index[name, n, s] for n in depths] for s in seeds]
+                                           for name in named})
         fig.tight_layout()
         return fig
 
@@ -1059,11 +1050,3 @@ def register(suite: Suite) -> Suite:
     """Add a suite to SUITES (the CLI, `all` and the index read it from there)."""
     SUITES[suite.name] = suite
     return suite
-
-
-def depth_axis(ax: Any, depths: Sequence[int], label: str) -> None:
-    """A log-scaled x axis ticked at exactly the depths trained."""
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(depths, [str(n) for n in depths])
-    ax.set_xlabel(label)
