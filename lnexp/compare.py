@@ -521,22 +521,38 @@ def _started(run: Run) -> float:
         return (run.path / "meta.json").stat().st_mtime
 
 
-def runs_table(runs: list[Run], root: Path) -> Table:
+RUNS_COLUMNS = ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date")
+
+
+def runs_table(runs: list[Run], root: Path, width: int | None = None) -> Table | Text:
+    """A row per run; wider than `width`, a run per two lines instead: its name whole, then the rest
+    (a name is never cut: sweep cells are told apart by its end)."""
+    title = f"runs in {root}, newest first"
+    rows = [_runs_row(run, root) for run in runs]
     # no rules between columns, no edge padding: the eight columns fit an 80-column terminal
-    table = Table(title=Text(f"runs in {root}, newest first"), title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True)
-    for name in ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date"):
-        # the name folds onto a second line rather than lose its end (cells told apart by it)
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for name in RUNS_COLUMNS:
         table.add_column(name, justify="right" if name in ("warm-up", "steps", "val loss") else "left",
-                         no_wrap=name in ("status", "date"), overflow="fold")
-    for run in runs:
-        o, cfg = outcome(run), run.config
-        total = cfg.get("train", {}).get("steps")
-        table.add_row(*map(Text, (
-            str(run.path.relative_to(root)), _status(o), layout(cfg), fmt(cfg.get("optim", {}).get("name")),
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*map(Text, row))
+    if not width or natural_width(table) <= width:
+        return table
+    text = Text(title + "\n")
+    for name, *rest in rows:
+        text.append(name + "\n", style="bold")
+        text.append("    " + " · ".join(f"{column} {value}" if column not in ("status", "date") else value
+                                        for column, value in zip(RUNS_COLUMNS[1:], rest)) + "\n")
+    return text
+
+
+def _runs_row(run: Run, root: Path) -> list[str]:
+    o, cfg = outcome(run), run.config
+    total = cfg.get("train", {}).get("steps")
+    return [str(run.path.relative_to(root)), _status(o), layout(cfg), fmt(cfg.get("optim", {}).get("name")),
             fmt(cfg.get("schedule", {}).get("warmup_steps")), f"{fmt(o['steps_done'])}/{fmt(total)}",
-            _val_loss(run, o), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M"))))
-    return table
+            _val_loss(run, o), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M")]
 
 
 def _val_loss(run: Run, o: dict[str, Any]) -> str:

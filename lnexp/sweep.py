@@ -607,8 +607,8 @@ def summary_table(sweep: Sweep, results: dict[str, dict[str, Any]]):
     from lnexp.console import fmt
 
     rows = summarise(sweep.cells, results)
-    table = Table(title=f"{sweep.root}: final validation loss over {sweep.seeds} seed(s)",
-                  title_justify="left")
+    title = f"{sweep.root}: final validation loss over {sweep.seeds} seed(s)"
+    table = Table(title=title, title_justify="left", min_width=len(title))
     labels = list(rows[0]["labels"]) if rows else []
     for label in labels:
         table.add_column(label)
