@@ -390,28 +390,29 @@ def group_profiles(c: Comparison) -> dict[str, list[float]]:
 
 def tables(c: Comparison, width: int | None = None) -> list[Table | Text]:
     """Rich tables for the terminal (a section without rows is its title alone). Cells are Text,
-    never markup: a value like [grad, act] stays as it is. A table wider than `width` is turned
-    round, one run (or group) per row, rather than have rich cut its columns."""
+    never markup: a value like [grad, act] stays as it is. A table wider than `width` (many runs) is
+    turned round, one run (or group) per row, where that makes it narrower; cells fold, never cut."""
     out: list[Table | Text] = []
     for s in sections(c):
-        if not s.rows:
-            out.append(Text(s.title))
-            continue
-        table = _section_table(s)
-        out.append(_section_table(s, turned=True) if width and natural_width(table) > width else table)
+        out.append(_fit(_section_table(s), s, width) if s.rows else Text(s.title))
     columns = group_profiles(c) if c.grouped else c.profile_columns
     if any(columns.values()):
+        body, footer = profile_rows(columns, spread=True)
+        s = Section(c.profile_title, ["layer", *columns], body + footer, set())
         escaped = {escape(h): v for h, v in columns.items()}
-        table = profile_table(escape(c.profile_title), escaped, spread=True)
-        if width and natural_width(table) > width:
-            body, footer = profile_rows(columns, spread=True)
-            table = _section_table(Section(c.profile_title, ["layer", *columns], body + footer, set()),
-                                   turned=True)
-        out.append(table)
+        out.append(_fit(profile_table(escape(c.profile_title), escaped, spread=True), s, width))
     for table in out:
         if isinstance(table, Table):
             table.min_width = len(str(table.title))  # rich wraps a title to the table's width otherwise
     return out
+
+
+def _fit(table: Table, s: Section, width: int | None) -> Table:
+    """The table, or, wider than `width` with more runs than rows, turned round: the longer side
+    down the page."""
+    if width and natural_width(table) > width and len(s.header) - 1 > len(s.rows):
+        return _section_table(s, turned=True)
+    return table
 
 
 def _section_table(s: Section, turned: bool = False) -> Table:
@@ -419,12 +420,14 @@ def _section_table(s: Section, turned: bool = False) -> Table:
     header, rows = s.header, s.rows
     best = s.best
     if turned:
-        header = [header[0] or "run", *(row[0] for row in s.rows)]
+        header = ["run" if header[0] in ("", "key") else header[0], *(row[0] for row in s.rows)]
         rows = [[s.header[col], *(row[col] for row in s.rows)] for col in range(1, len(s.header))]
         best = {(col, r) for r, col in s.best}
     table = Table(title=Text(s.title), title_justify="left")
-    for i, name in enumerate(header):
-        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold")
+    labels = max((len(row[0]) for row in rows), default=0)
+    for i, name in enumerate(header):  # the labels whole (up to 40 characters); values fold, never cut
+        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold",
+                         min_width=min(labels, 40) if i == 0 else None)
     for r, row in enumerate(rows):
         table.add_row(*(Text(cell, style=BEST_STYLE if (r, col - 1) in best else "")
                         for col, cell in enumerate(row)))
