@@ -98,9 +98,12 @@ class TensorBoard:
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
         """The config and final metrics through the HParams plugin (filter, group, parallel
-        coordinates across a sweep's cells)."""
+        coordinates across a sweep's cells). Not for an interrupted run: its resumption says them."""
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+        if status == "interrupted":
+            self.writer.close()
+            return
         metrics = final_metrics(summary)
         file_writer = self.writer._get_file_writer()
         for proto in hparams_summaries({**hparams(self.config), "status": status}, metrics):

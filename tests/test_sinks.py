@@ -149,3 +149,38 @@ def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch
     assert config_items["model.norm"] == "post"
     assert summary["final/final_val_loss"] == pytest.approx(run.summary["final_val_loss"])
     assert summary["status"] == "completed"
+
+
+def test_a_missing_extra_is_one_line_and_nothing_written(tmp_path, write_config, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    config = write_config("nowb", run={"name": "nowb"}, log={"wandb": {"project": "p", "mode": "offline"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == \
+        f"error: {config}: log.wandb: needs the wandb package (pip install 'lnexp[wandb]')"
+    assert not (tmp_path / "runs" / "nowb").exists()
+
+
+def test_resumed_run_hides_the_redone_steps(tmp_path, write_config):
+    """Killed after a checkpoint: the events past it are purged on resume, as the jsonl lines are."""
+    config = write_config("res", run={"name": "res"}, train={"checkpoint_every": 4},
+                          log={"tensorboard": True, "loss_every": 2})
+    from lnexp.config import load_config
+    from lnexp.train import Stop, resume, train
+
+    stop = Stop()
+
+    def progress(done, total, row):
+        if done >= 6:
+            stop.requested = True
+
+    outcome = train(load_config(config), str(config), progress=progress, stop=stop)
+    assert outcome.status == "interrupted"
+    resume(outcome.path)
+    run = load_run(outcome.path)
+    assert run.status == "completed"
+    assert_events_match(run.path / "tb", run)
