@@ -281,15 +281,14 @@ def make_groups(runs: list[Run], headers: list[str], differing: dict[str, list[A
         order = sorted(members, key=lambda values: [natural_key(v) for v in values])
         return [Group(", ".join(v) + f" ({len(members[v])} runs)", members[v]) for v in order], \
             ", ".join(group_by)
-    keys = list(differing)[:LEGEND_KEYS]
+    keys = list(differing)
     values = [", ".join(fmt(differing[k][i]) for k in keys) for i in range(len(runs))]
-    unique = keys and len(set(values)) == len(values) and len(keys) == len(differing)
-    labels = values if unique else [f"{h}: {v}" if v else h for h, v in zip(headers, values)]
-    return [Group(label, [i]) for i, label in enumerate(labels)], ", ".join(keys) + \
-        (", …" if len(differing) > len(keys) else "")
+    if keys and len(keys) <= LEGEND_KEYS and len(set(values)) == len(values):
+        return [Group(label, [i]) for i, label in enumerate(values)], ", ".join(keys)
+    return [Group(h, [i]) for i, h in enumerate(headers)], ""  # too many keys: the runs' names say them
 
 
-LEGEND_KEYS = 3
+LEGEND_KEYS = 5
 
 
 def _legend(header: str, keys: dict[str, Any], most: int = 3) -> str:

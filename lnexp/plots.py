@@ -222,7 +222,10 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
     """Loss curves overlaid, the chosen per-layer profile of every run (or group), and the learning
     rates: one colour per run or group in every panel; the legend names the values of the keys that
     differ (its title the keys)."""
-    fig, (ax_loss, ax_prof, ax_lr) = plt.subplots(1, 3, figsize=(16, 5.2))
+    ncol = min(len(c.groups), 3 if len(c.groups) <= 12 else 4)
+    rows = -(-len(c.groups) // ncol)
+    legend_height = 0.3 + 0.2 * rows  # inches: the figure grows with its legend, the panels keep theirs
+    fig, (ax_loss, ax_prof, ax_lr) = plt.subplots(1, 3, figsize=(16, 4.8 + legend_height))
     handles = []
     steps = {p.step for p in c.profiles if p.step is not None}
     profiles = group_profiles(c)
@@ -235,7 +238,8 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
             group_loss_panel(ax_loss, runs, color, log_loss)
         # runs often share a schedule: earlier runs drawn wider, so identical curves stay visible
         width = 1.4 + 2.5 * (len(c.groups) - 1 - i) / max(1, len(c.groups) - 1)
-        lr_panel(ax_lr, runs[0], color, width)
+        for run in runs:
+            lr_panel(ax_lr, run, color, width)
         step = c.profiles[group.members[0]].step
         label = group.label + (f" (step {step})" if len(steps) > 1 and step is not None else "")
         values = profiles[group.label]
@@ -250,11 +254,9 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
     _layer_axis(ax_prof, [c.profiles[m].values for g in c.groups for m in g.members], c.probe, c.param)
     ax_prof.set_title(c.profile_title, fontsize=10)
     ax_prof.set_ylabel(c.profile_quantity)
-    ncol = min(len(handles), 3 if len(handles) <= 12 else 4)
-    rows = -(-len(handles) // ncol)
     fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=ncol, frameon=False,
                title=c.legend_title or None, fontsize=9 if len(handles) <= 12 else 7)
-    fig.tight_layout(rect=(0, 0.04 * rows + 0.05, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     return _save(fig, path)
 
 

@@ -313,6 +313,8 @@ def init_analyse(ctx: Context) -> Analysis:
     ]
 
     def profiles(plt: Any):
+        from lnexp.plots import label_log_axis
+
         shown = _init_depths(scale)
         fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
         for ax, n in zip(axes[0], shown):
@@ -323,6 +325,8 @@ def init_analyse(ctx: Context) -> Analysis:
                         ax.plot(range(len(p)), p, color=f"C{i}", alpha=0.8, marker=".",
                                 label=f"{norm}-LN" if k == 0 else None)
             ax.set_yscale("log")
+            label_log_axis(ax.yaxis)
+            ax.set_xticks(range(n))
             ax.set_title(f"L = {n}")
             ax.set_xlabel("layer (from 0)")
         axes[0][0].set_ylabel("‖∇W_FC2‖ at initialisation")
@@ -373,7 +377,8 @@ def init_analyse(ctx: Context) -> Analysis:
         xs = list(range(deepest_l + 1))
         ax.fill_between(xs, [x / 2 for x in xs], [1.5 * x for x in xs], color="grey", alpha=0.2,
                         label="lemma (Pre-LN): [l/2, 3l/2]")
-        ax.set_xlabel("layer boundary l")
+        ax.set_xticks(xs)
+        ax.set_xlabel("layer boundary l (0: the input; l: leaving layer l − 1)")
         ax.set_ylabel("RMS² − RMS² of the input")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -385,6 +390,8 @@ def init_analyse(ctx: Context) -> Analysis:
               ("enc-dec encoder stack", lambda norm, seed: encdec[norm, "enc", seed], "enc.ffn.fc2"))
 
     def encdec_plot(plt: Any):
+        from lnexp.plots import label_log_axis
+
         fig, axes = plt.subplots(1, len(stacks), figsize=(4.4 * len(stacks), 3.7), squeeze=False, sharey=True)
         for ax, (title, get, role) in zip(axes[0], stacks):
             for i, norm in enumerate(("post", "pre")):
@@ -396,6 +403,7 @@ def init_analyse(ctx: Context) -> Analysis:
                         ax.plot(range(len(p)), p, color=f"C{i}", alpha=0.8, marker=".",
                                 label=label if k == 0 else None)
             ax.set_yscale("log")
+            label_log_axis(ax.yaxis)
             ax.set_title(f"{title}, L = {f3}\n{role}", fontsize=10)
             ax.set_xlabel("layer within its stack (from 0)")
             ax.set_xticks(range(f3))
