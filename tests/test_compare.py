@@ -138,7 +138,7 @@ def test_plot_compare_writes_a_png(pair, tmp_path):
     header = out.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
-    assert (width, height) == (16 * 120, int(5.2 * 120))  # figsize x dpi
+    assert (width, height) == (16 * 120, round((4.8 + 0.3 + 0.2) * 120))  # figsize x dpi, a legend row
     assert invoke("compare", *pair, "--plot", tmp_path / "x.svg").exit_code == 0
     assert (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
     bad = invoke("compare", *pair, "--plot", tmp_path / "x.gif")
