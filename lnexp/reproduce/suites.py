@@ -919,6 +919,8 @@ def layouts_analyse(ctx: Context) -> Analysis:
         return fig
 
     def init_plot(plt: Any):
+        from lnexp.plots import label_log_axis
+
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
         for i, name in enumerate(LAYOUT_NAMES):
             for k, s in enumerate(init_seeds):
@@ -942,6 +944,8 @@ def layouts_analyse(ctx: Context) -> Analysis:
         axes[1].set_ylabel("residual-stream RMS² / RMS² leaving layer 0")
         axes[1].axhspan(0.8, 1.25, color="grey", alpha=0.15, label="normalised: [0.8, 1.25]")
         axes[1].legend(fontsize=7)
+        for ax in axes:
+            label_log_axis(ax.yaxis)
         fig.tight_layout()
         return fig
 
