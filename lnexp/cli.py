@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(help="Where should LayerNorm sit in a Transformer? Train, measure, compare.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 # Options several commands share, defined once.
@@ -26,15 +27,16 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="Train a model from a config, or resume a run.")
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config file.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set optim.lr=3e-3 "
                                             "(repeatable).")] = [],  # noqa: B006 (typer reads it)
     resume: Annotated[Path | None, typer.Option(help="Continue this run folder from its checkpoint.",
                                                 show_default=False)] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing run folder of the same name.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run folder of the same "
+                                        "name.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Train one model from CONFIG and write its run folder (runs/<name>/), or --resume one.
@@ -93,7 +95,7 @@ def train(
         raise typer.Exit(130)
 
 
-@app.command()
+@app.command(short_help="Put runs side by side: config, outcome, profile.")
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Run folders, or globs (quoted: lnexp expands them).")],
     all_: Annotated[bool, typer.Option("--all", help="Every config key, not only the differing.")] = False,
@@ -108,9 +110,14 @@ def compare(
     at: Annotated[str, typer.Option(help="Step of the profile: a number (0 = initialisation; else the "
                                     "nearest logged step) or last.")] = "0",
     json_: Annotated[bool, typer.Option("--json", help="Print the data as JSON, for scripts.")] = False,
-    markdown: Annotated[bool, typer.Option(help="Print markdown tables, for a report.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables, for a "
+                                           "report.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write a figure: FILE.png, .svg or .pdf.")] = None,
-    log_loss: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    log_loss: Annotated[bool, typer.Option("--log-loss", help="Log-scale loss axis in the figure.")] = False,
+    group_by: Annotated[list[str], typer.Option(
+        "--group-by", help="Aggregate the runs that share this config key's value (repeatable), e.g. "
+        "the seeds of a sweep cell: mean ± std in the tables, mean and min-max band in the "
+        "figure.")] = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
@@ -129,7 +136,12 @@ def compare(
     if probe not in row_titles():
         raise fail(f"--probe: must be one of {', '.join(row_titles())}, got {probe!r}")
     param = param or default_param(probe)
-    c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes)
+    from lnexp.config import ConfigError
+
+    try:
+        c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes, group_by)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     for note in c.notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
     if json_:
@@ -137,7 +149,7 @@ def compare(
     elif markdown:
         typer.echo(comparison.markdown(c), nl=False)
     else:
-        for table in comparison.tables(c):
+        for table in comparison.tables(c, console.stdout.width):
             console.stdout.print(table)
     if plot is not None:
         from lnexp import plots
@@ -149,19 +161,27 @@ def compare(
         console.stderr.print(f"wrote {written}", markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Write a run's or a sweep's figures.")
 def plot(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: Annotated[Path, typer.Argument(help="Run folder, or a sweep's folder.")],
     format_: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
+    skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
+                                            "heatmap (its initial gradients can take up the colour "
+                                            "scale).")] = False,
 ) -> None:
     """Write figures for one RUN into RUN/plots/ and print their paths.
 
-    Loss and lr curves, gradient-norm heatmaps (layer x step) and profiles, residual-stream norms."""
+    Loss and lr curves, gradient-norm heatmaps (layer x step) and profiles, residual-stream norms.
+    For a sweep's folder: the final validation loss against the first numeric grid key and, for a
+    grid over optim.lr and model.n_layers, the stability map."""
     from lnexp import console
-    from lnexp.runs import RunError, load_run
+    from lnexp.runs import RunError, is_run, load_run
 
     if format_ not in ("png", "svg", "pdf"):
         raise fail(f"--format: must be png, svg or pdf, got {format_!r}")
+    if (run / "sweep.json").exists() and not is_run(run):
+        _sweep_figures(run, f".{format_}")
+        return
     try:
         loaded = load_run(run)
     except RunError as exc:
@@ -169,7 +189,7 @@ def plot(
     from lnexp import plots
 
     try:
-        paths, notes = plots.run_figures(loaded, run / "plots", f".{format_}")
+        paths, notes = plots.run_figures(loaded, run / "plots", f".{format_}", skip_init)
     except OSError as exc:
         raise fail(f"{run / 'plots'}: {exc.strerror or exc}") from None
     for note in loaded.notes + notes:
@@ -180,7 +200,47 @@ def plot(
         typer.echo(str(path))
 
 
-@app.command("runs")
+@app.command(short_help="Write TensorBoard files for existing runs.")
+def export(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, or folders of them (a sweep, runs/).")],
+    to: Annotated[str, typer.Option(help="Format: tensorboard (event files in RUN/tb/).")] = "tensorboard",
+) -> None:
+    """Write TensorBoard event files for existing runs, so `tensorboard --logdir runs/` shows them.
+
+    The same scalars and HParams as a run with log.tensorboard: true; RUN/tb/ is replaced."""
+    from lnexp import console, sinks
+    from lnexp.runs import RunError
+
+    try:
+        written, notes = sinks.export(runs, to)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+    for note in notes:
+        console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
+    for path in written:
+        typer.echo(str(path))
+    if not written:
+        raise fail("nothing exported")
+
+
+def _sweep_figures(root: Path, suffix: str = ".png") -> None:
+    """Write a sweep's figures and print their paths (stdout), its notes (stderr)."""
+    from lnexp import console, plots
+    from lnexp.runs import RunError
+
+    try:
+        paths, notes = plots.sweep_figures(root, suffix)
+    except RunError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{root / 'plots'}: {exc.strerror or exc}") from None
+    for note in notes:
+        console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command("runs", short_help="List the runs in a folder, newest first.")
 def list_runs(
     directory: Annotated[Path, typer.Argument(help="Folder of run folders.")] = Path("runs"),
 ) -> None:
@@ -197,10 +257,10 @@ def list_runs(
     for run in found:
         for note in run.notes:
             console.stderr.print(f"note: {run.path}: {note}", markup=False, soft_wrap=True)
-    console.stdout.print(comparison.runs_table(found, directory))
+    console.stdout.print(comparison.runs_table(found, directory, console.stdout.width))
 
 
-@app.command()
+@app.command(short_help="Train a grid of configs x seeds; table, figures.")
 def sweep(
     config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell.")],
     grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,...: values of one key (repeatable; "
@@ -214,9 +274,9 @@ def sweep(
                                              "(default: the config's stem).", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells; train and write "
                                           "nothing.")] = False,
-    force: Annotated[bool, typer.Option(help="Train finished cells again (replacing their "
+    force: Annotated[bool, typer.Option("--force", help="Train finished cells again (replacing their "
                                         "folders).")] = False,
-    quiet: Annotated[bool, typer.Option(help="No line per cell on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No line per cell on stderr.")] = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Train the cartesian product of the --grid values x --seeds, one run folder per cell.
@@ -247,6 +307,8 @@ def sweep(
     for warning in warnings:  # after the sweep's checks, so that an error stays one line
         console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
+    if not any(r.get("status") == "interrupted" for r in results.values()):
+        _sweep_figures(plan.root)
     failed = [n for n, r in results.items() if r.get("status") == "failed"]
     if any(r.get("status") == "interrupted" for r in results.values()):
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130)
@@ -254,7 +316,7 @@ def sweep(
         raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {results[failed[0]].get('error')}", 1)
 
 
-@app.command()
+@app.command(short_help="Continue a prompt with a trained model.")
 def generate(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt).")],
     prompt: Annotated[str, typer.Option(help="Text to continue (its UTF-8 bytes are the tokens).",
@@ -328,11 +390,13 @@ def generate(
         typer.echo(dec.printable(dec.to_text(out.ids)))
 
 
-@app.command("decode-stats")
+@app.command("decode-stats", short_help="Compare decoding strategies on the same prompts.")
 def decode_stats(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt).")],
-    prompts: Annotated[Path | None, typer.Option(help="Text file, one prompt per line (default: a few "
-                                                 "beginnings of Python code).", show_default=False)] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Text file, one prompt per line (default: "
+                                                 "beginnings of Python code for a run on the stdlib, else "
+                                                 "beginnings of lines of the run's validation text).",
+                                                 show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt for sample, top-k and top-p.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens (bytes) generated per output.")] = 64,
     temperature: Annotated[float, typer.Option(help="Temperature of the samplers.")] = 1.0,
@@ -409,7 +473,7 @@ def decode_stats(
     typer.echo(f"wrote {figure}", err=True)
 
 
-@app.command()
+@app.command(short_help="Test the papers' claims; write a report.")
 def reproduce(
     suite: Annotated[str, typer.Argument(help="xiong2020-init, xiong2020-warmup, radam, depth, "
                                          "stability-map, gpt2-scaling, layouts, feature-dimension, or all.")],
@@ -419,7 +483,7 @@ def reproduce(
                                       "the CPU threads.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option(help="No line per run on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No line per run on stderr.")] = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
     layouts: Annotated[str | None, typer.Option(help="The layouts suite's layouts, comma-separated "
                                                 "(default: every registered one).")] = None,
@@ -459,6 +523,17 @@ def reproduce(
                    f"{error}", 1)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lnexp import __version__
+
+        typer.echo(f"lnexp {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print lnexp's version and exit.",
+                                          callback=_print_version, is_eager=True)] = False,
+) -> None:
     """Where should LayerNorm sit in a Transformer? Train, measure, compare."""

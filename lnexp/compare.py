@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from glob import glob
 from pathlib import Path
@@ -77,7 +78,7 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
     seen: set[Path] = set()
     for pattern in patterns:
         # The shell expands unquoted globs; a quoted one is expanded here.
-        matches = sorted(glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        matches = sorted(glob(pattern), key=natural_key) if any(c in pattern for c in "*?[") else [pattern]
         if not matches:
             notes.append(f"{pattern}: matches nothing")
         for match in matches:
@@ -94,6 +95,18 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
             notes.extend(f"{path}: {note}" for note in run.notes)
             notes.extend(f"{path}: {note}" for note in load_plugins(run))
     return runs, notes
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def natural_key(text: Any) -> tuple:
+    """Sort key that reads numbers as numbers: lr=3e-4 before lr=3e-3, L2 before L10."""
+    text, key, at = str(text), [], 0
+    for match in _NUMBER.finditer(text):
+        key += [(1, text[at:match.start()], 0.0), (0, "", float(match.group()))]
+        at = match.end()
+    return (*key, (1, text[at:], 0.0))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -142,6 +155,19 @@ def partial_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
             "tokens_per_s": len(speeds) / sum(1 / s for s in speeds) if speeds else None}
 
 
+def band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Pointwise mean, min and max over curves (step, value), at the steps every curve has a finite
+    value."""
+    if not curves:
+        return [], [], [], []
+    common = set.intersection(*({s for s, v in c if _finite(v)} for c in curves))
+    steps = sorted(common)
+    by_curve = [dict(c) for c in curves]
+    columns = [[d[s] for d in by_curve] for s in steps]
+    return steps, [sum(col) / len(col) for col in columns], [min(col) for col in columns], \
+        [max(col) for col in columns]
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -175,6 +201,14 @@ def run_profile(run: Run, probe: str, param: str, at: Step, notes: list[str], wh
 
 
 @dataclass
+class Group:
+    """Runs aggregated as one (--group-by): their indices in Comparison.runs and their label."""
+
+    label: str
+    members: list[int]
+
+
+@dataclass
 class Comparison:
     runs: list[Run]
     headers: list[str]  # a column header per run: its name, or its path where names repeat
@@ -187,13 +221,20 @@ class Comparison:
     at: Step
     profiles: list[Profile]
     notes: list[str]
+    groups: list[Group] = field(default_factory=list)  # one per run unless grouped
+    legend_title: str = ""  # the keys the figure's legend entries give the values of
+    grouped: bool = False
+
+    @property
+    def profile_quantity(self) -> str:
+        kind, title = by_row(self.probe), row_titles()[self.probe]
+        weights = "all weights" if self.param == "all" else self.param
+        return title if kind.entries == "layer" else kind.measures.get(self.param, self.param) \
+            if kind.entries == "measures" else f"{title} of {weights}"
 
     @property
     def profile_title(self) -> str:
-        kind, title = by_row(self.probe), row_titles()[self.probe]
-        weights = "all weights" if self.param == "all" else self.param
-        what = title if kind.entries == "layer" else kind.measures.get(self.param, self.param) \
-            if kind.entries == "measures" else f"{title} of {weights}"
+        what = self.profile_quantity
         steps = {p.step for p in self.profiles if p.step is not None}
         when = f"step {steps.pop()}" if len(steps) == 1 else \
             "each run's last logged step" if self.at == "last" else f"the logged step nearest {self.at}"
@@ -208,7 +249,8 @@ class Comparison:
 
 
 def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step = 0,
-          all_keys: bool = False, notes: list[str] | None = None) -> Comparison:
+          all_keys: bool = False, notes: list[str] | None = None, group_by: list[str] = ()) -> Comparison:
+    """Raises ConfigError for a --group-by key that no run's config has."""
     notes = list(notes or [])
     names = [run.name for run in runs]
     headers = [run.name if names.count(run.name) == 1 else str(run.path) for run in runs]
@@ -221,8 +263,37 @@ def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step
         if o["status"] in ("running", "stale"):
             notes.append(f"{header}: {o['status']}; outcome so far, from metrics.jsonl")
     profiles = [run_profile(run, probe, param, at, notes, h) for run, h in zip(runs, headers)]
+    groups, legend_title = make_groups(runs, headers, differing, list(group_by))
     return Comparison(runs, headers, legends, config_diff(runs, all_keys), all_keys, outcomes, probe, param,
-                      at, profiles, notes)
+                      at, profiles, notes, groups, legend_title, bool(group_by))
+
+
+def make_groups(runs: list[Run], headers: list[str], differing: dict[str, list[Any]], group_by: list[str]
+                ) -> tuple[list[Group], str]:
+    """The legend's entries: with `group_by`, one per combination of those keys' values (numbers in
+    numeric order); else one per run. An entry names the values only; the legend's title names the
+    keys, once. Where the values do not tell runs apart, the run's header leads."""
+    flat = [flatten(run.config) for run in runs]
+    for key in group_by:
+        if all(key not in f for f in flat):
+            from lnexp.config import ConfigError
+
+            raise ConfigError(f"--group-by {key}: not a config key of these runs (e.g. model.norm)")
+    if group_by:
+        members: dict[tuple[str, ...], list[int]] = {}
+        for i, f in enumerate(flat):
+            members.setdefault(tuple(fmt(f.get(k)) for k in group_by), []).append(i)
+        order = sorted(members, key=lambda values: [natural_key(v) for v in values])
+        return [Group(", ".join(v) + f" ({len(members[v])} runs)", members[v]) for v in order], \
+            ", ".join(group_by)
+    keys = list(differing)
+    values = [", ".join(fmt(differing[k][i]) for k in keys) for i in range(len(runs))]
+    if keys and len(keys) <= LEGEND_KEYS and len(set(values)) == len(values):
+        return [Group(label, [i]) for i, label in enumerate(values)], ", ".join(keys)
+    return [Group(h, [i]) for i, h in enumerate(headers)], ""  # too many keys: the runs' names say them
+
+
+LEGEND_KEYS = 5
 
 
 def _legend(header: str, keys: dict[str, Any], most: int = 3) -> str:
@@ -255,7 +326,10 @@ class Section:
 
 
 def sections(c: Comparison) -> list[Section]:
-    """The config diff and the outcome (the profile table is console.profile_table's)."""
+    """The config diff and the outcome (the profile table is console.profile_table's); grouped, a
+    column per group, the outcome's numbers as mean ± std over its runs."""
+    if c.grouped:
+        return grouped_sections(c)
     title = "config: " + ("every key" if c.all_keys else "keys that differ" if c.diff else
                           "no key differs (besides run.name, run.dir)")
     diff = Section(title, ["key", *c.headers], [[key, *map(fmt, values)] for key, values in c.diff.items()],
@@ -268,34 +342,114 @@ def sections(c: Comparison) -> list[Section]:
     return [diff, Section("outcome (best in each row highlighted)", ["", *c.headers], rows, best)]
 
 
-def tables(c: Comparison) -> list[Table | Text]:
+def group_stats(c: Comparison, group: Group, key: str) -> tuple[float, float, int]:
+    """Mean, sample std and count of an outcome number over a group's runs (finite values only)."""
+    from lnexp.sweep import mean_std
+
+    values = [c.outcomes[i][key] for i in group.members if _finite(c.outcomes[i][key])]
+    mean, std = mean_std(values)
+    return mean, std, len(values)
+
+
+def _group_cell(c: Comparison, group: Group, key: str) -> str:
+    if key == "status":
+        counts: dict[str, int] = {}
+        for i in group.members:
+            status = c.outcomes[i]["status"]
+            counts[status] = counts.get(status, 0) + 1
+        return ", ".join(f"{n} {status}" for status, n in counts.items())
+    mean, std, n = group_stats(c, group, key)
+    if n == 0:
+        return "-"
+    return fmt(mean) if n == 1 else f"{fmt(mean)} ± {fmt(std, 2)}"
+
+
+def grouped_sections(c: Comparison) -> list[Section]:
+    labels = [g.label for g in c.groups]
+    diff_rows = []
+    for key, values in c.diff.items():
+        cells = [", ".join(dict.fromkeys(fmt(values[i]) for i in g.members)) for g in c.groups]
+        diff_rows.append([key, *cells])
+    diff = Section(f"config by group ({c.legend_title}): values of the keys that differ", ["key", *labels],
+                   diff_rows, set())
+    rows, best = [], set()
+    for r, (key, label, better) in enumerate(OUTCOME):
+        rows.append([label, *(_group_cell(c, g, key) for g in c.groups)])
+        if key != "status":
+            means = [group_stats(c, g, key)[0] for g in c.groups]
+            best |= {(r, col) for col in best_runs(means, better)}
+    return [diff, Section("outcome: mean ± std over each group's runs (best mean highlighted)",
+                          ["", *labels], rows, best)]
+
+
+def group_profiles(c: Comparison) -> dict[str, list[float]]:
+    """Label -> the per-layer profile, averaged over a group's runs (layers all of them have)."""
+    out = {}
+    for g in c.groups:
+        profiles = [c.profiles[i].values for i in g.members if c.profiles[i].values]
+        depth = min(map(len, profiles), default=0)
+        out[g.label] = [sum(p[layer] for p in profiles) / len(profiles) for layer in range(depth)]
+    return out
+
+
+def tables(c: Comparison, width: int | None = None) -> list[Table | Text]:
     """Rich tables for the terminal (a section without rows is its title alone). Cells are Text,
-    never markup: a value like [grad, act] stays as it is."""
+    never markup: a value like [grad, act] stays as it is. A table wider than `width` (many runs) is
+    turned round, one run (or group) per row, where that makes it narrower; cells fold, never cut."""
     out: list[Table | Text] = []
     for s in sections(c):
-        if not s.rows:
-            out.append(Text(s.title))
-            continue
-        table = Table(title=Text(s.title), title_justify="left")
-        for i, name in enumerate(s.header):
-            table.add_column(Text(name), justify="left" if i == 0 else "right")
-        for r, row in enumerate(s.rows):
-            table.add_row(*(Text(cell, style=BEST_STYLE if (r, col - 1) in s.best else "")
-                            for col, cell in enumerate(row)))
-        out.append(table)
-    if any(p.values for p in c.profiles):
-        columns = {escape(h): v for h, v in c.profile_columns.items()}
-        out.append(profile_table(escape(c.profile_title), columns, spread=True))
+        out.append(_fit(_section_table(s), s, width) if s.rows else Text(s.title))
+    columns = group_profiles(c) if c.grouped else c.profile_columns
+    if any(columns.values()):
+        body, footer = profile_rows(columns, spread=True)
+        s = Section(c.profile_title, ["layer", *columns], body + footer, set())
+        escaped = {escape(h): v for h, v in columns.items()}
+        out.append(_fit(profile_table(escape(c.profile_title), escaped, spread=True), s, width))
     for table in out:
         if isinstance(table, Table):
             table.min_width = len(str(table.title))  # rich wraps a title to the table's width otherwise
     return out
 
 
+def _fit(table: Table, s: Section, width: int | None) -> Table:
+    """The table, or, wider than `width` with more runs than rows, turned round: the longer side
+    down the page."""
+    if width and natural_width(table) > width and len(s.header) - 1 > len(s.rows):
+        return _section_table(s, turned=True)
+    return table
+
+
+def _section_table(s: Section, turned: bool = False) -> Table:
+    """A section as a table: its rows as rows, or `turned`, its columns (the runs) as rows."""
+    header, rows = s.header, s.rows
+    best = s.best
+    if turned:
+        header = ["run" if header[0] in ("", "key") else header[0], *(row[0] for row in s.rows)]
+        rows = [[s.header[col], *(row[col] for row in s.rows)] for col in range(1, len(s.header))]
+        best = {(col, r) for r, col in s.best}
+    table = Table(title=Text(s.title), title_justify="left")
+    labels = max((len(row[0]) for row in rows), default=0)
+    for i, name in enumerate(header):  # the labels whole (up to 40 characters); values fold, never cut
+        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold",
+                         min_width=min(labels, 40) if i == 0 else None)
+    for r, row in enumerate(rows):
+        table.add_row(*(Text(cell, style=BEST_STYLE if (r, col - 1) in best else "")
+                        for col, cell in enumerate(row)))
+    return table
+
+
+def natural_width(table: Table) -> int:
+    """The width a table takes uncut."""
+    from rich.console import Console
+
+    console = Console(width=100_000)
+    return console.measure(table).maximum
+
+
 def markdown(c: Comparison) -> str:
     parts = [_markdown_table(s.title, s.header, s.rows, s.best) for s in sections(c)]
-    if any(p.values for p in c.profiles):
-        columns = c.profile_columns
+    columns = group_profiles(c) if c.grouped else c.profile_columns
+    if any(columns.values()):
         body, footer = profile_rows(columns, spread=True)
         parts.append(_markdown_table(c.profile_title, ["layer", *columns], body + footer, set()))
     return "\n\n".join(parts) + "\n"
@@ -328,6 +482,13 @@ def to_json(c: Comparison) -> str:
         "profile": {"probe": c.probe, "param": c.param, "at": c.at},
         "notes": c.notes,
     }
+    if c.grouped:
+        profiles = group_profiles(c)
+        data["groups"] = [
+            {"label": g.label, "runs": [c.headers[i] for i in g.members], "profile": profiles[g.label],
+             "outcome": {key: dict(zip(("mean", "std", "n"), group_stats(c, g, key)))
+                         for key, _, better in OUTCOME if key != "status"}}
+            for g in c.groups]
     return json.dumps(_json_safe(data), indent=2)
 
 
@@ -345,12 +506,16 @@ LISTING_TAIL = 50  # metrics lines a listing reads, from the end: enough for a r
 
 
 def find_runs(root: Path) -> list[Run]:
-    """The runs in `root` and one level below (a sweep's folder), newest first. Probes are not read."""
+    """The runs in `root` and one level below (a sweep's folder), newest first. Probes are not read,
+    and only the tail of metrics.jsonl, unless a run without a summary has no validation loss there."""
     paths = sorted({p.parent for pattern in ("*/meta.json", "*/*/meta.json") for p in root.glob(pattern)})
     runs = []
     for path in paths:
         try:
-            runs.append(load_run(path, probes=False, tail=LISTING_TAIL))
+            run = load_run(path, probes=False, tail=LISTING_TAIL)
+            if not run.summary and not any(m.get("val_loss") is not None for m in run.metrics):
+                run = load_run(path, probes=False)  # its last validation was further back
+            runs.append(run)
         except RunError:
             continue  # vanished between the glob and the read
     return sorted(runs, key=_started, reverse=True)
@@ -363,19 +528,44 @@ def _started(run: Run) -> float:
         return (run.path / "meta.json").stat().st_mtime
 
 
-def runs_table(runs: list[Run], root: Path) -> Table:
+RUNS_COLUMNS = ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date")
+
+
+def runs_table(runs: list[Run], root: Path, width: int | None = None) -> Table | Text:
+    """A row per run; wider than `width`, a run per two lines instead: its name whole, then the rest
+    (a name is never cut: sweep cells are told apart by its end)."""
+    title = f"runs in {root}, newest first"
+    rows = [_runs_row(run, root) for run in runs]
     # no rules between columns, no edge padding: the eight columns fit an 80-column terminal
-    table = Table(title=Text(f"runs in {root}, newest first"), title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True)
-    for name in ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date"):
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for name in RUNS_COLUMNS:
         table.add_column(name, justify="right" if name in ("warm-up", "steps", "val loss") else "left",
-                         no_wrap=name in ("name", "status", "date"))
-    for run in runs:
-        o, cfg = outcome(run), run.config
-        total = cfg.get("train", {}).get("steps")
-        table.add_row(*map(Text, (
-            str(run.path.relative_to(root)), _status(o), layout_label(cfg),
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*map(Text, row))
+    if not width or natural_width(table) <= width:
+        return table
+    text = Text(title + "\n")
+    for name, *rest in rows:
+        text.append(name + "\n", style="bold")
+        text.append("    " + " · ".join(f"{column} {value}" if column not in ("status", "date") else value
+                                        for column, value in zip(RUNS_COLUMNS[1:], rest)) + "\n")
+    return text
+
+
+def _runs_row(run: Run, root: Path) -> list[str]:
+    o, cfg = outcome(run), run.config
+    total = cfg.get("train", {}).get("steps")
+    return [str(run.path.relative_to(root)), _status(o), layout_label(cfg),
             fmt(cfg.get("optim", {}).get("name")),
             fmt(cfg.get("schedule", {}).get("warmup_steps")), f"{fmt(o['steps_done'])}/{fmt(total)}",
-            fmt(o["final_val_loss"]), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M"))))
-    return table
+            _val_loss(run, o), datetime.fromtimestamp(_started(run)).strftime("%Y-%m-%d %H:%M")]
+
+
+def _val_loss(run: Run, o: dict[str, Any]) -> str:
+    """A finished run's final validation loss; an unfinished run's last measured one, at its step."""
+    if run.summary:
+        return fmt(o["final_val_loss"])
+    last = next((m for m in reversed(run.metrics) if _finite(m.get("val_loss"))), None)
+    return f"{fmt(last['val_loss'])} @ {last['step']}" if last else "-"

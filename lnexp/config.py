@@ -142,6 +142,11 @@ class TrainConfig(Section):
     peak_tflops: Float | None = Field(None, gt=0.0)
 
 
+class WandbConfig(Section):
+    project: str = Field(min_length=1)
+    mode: Literal["online", "offline"] = "online"  # offline: files in RUN/wandb/, `wandb sync` later
+
+
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
     probes: list[ProbeName] = ["grad", "act"]  # lnexp/probe_kinds.py
@@ -149,6 +154,8 @@ class LogConfig(Section):
     # sensitivity's noise ablation: one forward per layer, so only at these steps
     ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     loss_every: Int = Field(10, ge=1)
+    tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
+    wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
 
 
 class RunConfig(Section):

@@ -59,7 +59,7 @@ def profile_rows(columns: dict[str, list[float]], spread: bool = False
 
 def profile_table(title: str, columns: dict[str, list[float]], spread: bool = False) -> Table:
     """Layers as rows, one column per profile, the last/first-layer ratio (and max/min) underneath."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title))  # the title on one line
     table.add_column("layer", justify="right")
     for name in columns:
         table.add_column(name, justify="right")
@@ -73,7 +73,7 @@ def profile_table(title: str, columns: dict[str, list[float]], spread: bool = Fa
 
 
 def summary_table(title: str, summary: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=title, show_header=False, title_justify="left", min_width=len(title))
     for key, value in summary.items():
         table.add_row(key, fmt(value))
     return table

@@ -383,12 +383,28 @@ def _by_step(series: list[list[float]]) -> list[float]:
     return [_mean([s[i] for s in series if i < len(s)]) for i in range(longest)]
 
 
+PROMPT_BYTES = 16  # a default prompt from a run's own validation text: the start of one of its lines
+
+
 def default_prompts(config: Any, vocab_size: int, seed: int = 0) -> list[list[int]]:
-    """Byte-level runs: DEFAULT_PROMPTS. Synthetic runs: 8 prompts of 8 random tokens."""
-    if config.data.source != "synthetic":
-        return [encode(text) for text in DEFAULT_PROMPTS]
+    """Runs on the stdlib: DEFAULT_PROMPTS (beginnings of Python code). Other byte-level runs: the
+    first PROMPT_BYTES bytes of 8 lines of the run's own validation text, chosen with `seed`.
+    Synthetic runs: 8 prompts of 8 random tokens."""
     rng = random.Random(seed)
-    return [[rng.randrange(vocab_size) for _ in range(8)] for _ in range(8)]
+    if config.data.source == "stdlib":
+        return [encode(text) for text in DEFAULT_PROMPTS]
+    if config.data.source == "synthetic":
+        return [[rng.randrange(vocab_size) for _ in range(8)] for _ in range(8)]
+    from lnexp.data import load_data
+
+    text = load_data(config.data).val.numpy().tobytes()
+    # whole lines only (the split's first and last may be cut), with some text in them
+    lines = [line[:PROMPT_BYTES] for line in text.split(b"\n")[1:-1]
+             if len(line.strip()) >= PROMPT_BYTES // 2]
+    if len(lines) < 8:  # few line breaks: windows at random places instead
+        starts = [rng.randrange(max(1, len(text) - PROMPT_BYTES)) for _ in range(8)]
+        lines = [text[s: s + PROMPT_BYTES] for s in starts]
+    return [list(line) for line in rng.sample(lines, 8)]
 
 
 def stats_settings(n: int, temperature: float, k: int, p: float, beams: int) -> list[tuple[str, str, dict]]:

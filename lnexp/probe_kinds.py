@@ -45,6 +45,7 @@ class ProbeKind:
     schedule: str | None = None
     evaluate: Callable[..., dict[str, Any]] | str | None = None
     training_step: bool = False  # measured on the training step's own forward and backward
+    log_scale: bool | tuple[str, ...] = False  # figures' y scale: log for all, or for these measures
 
     def row_titles(self) -> dict[str, str]:
         return self.rows or {self.name: self.title}
@@ -94,14 +95,16 @@ def profile_depth(probe: str, param: str, n_layers: int) -> int:
     return n_layers + bool(kind and param.startswith(kind.stream or ("\0",)))
 
 
-register_probe(ProbeKind("grad", "gradient norm", "weight", training_step=True))
-register_probe(ProbeKind("act", "residual-stream RMS", "layer", stream=("resid",), training_step=True))
-register_probe(ProbeKind("update", "update/weight ratio", "weight", training_step=True))
+register_probe(ProbeKind("grad", "gradient norm", "weight", training_step=True, log_scale=True))
+register_probe(ProbeKind("act", "residual-stream RMS", "layer", stream=("resid",), training_step=True,
+                         log_scale=True))
+register_probe(ProbeKind("update", "update/weight ratio", "weight", training_step=True, log_scale=True))
 register_probe(ProbeKind("adam", "Adam v_t quantiles", "weight", rows={
     "adam_v_q10": "Adam v_t 10% quantile", "adam_v_q50": "Adam v_t median",
-    "adam_v_q90": "Adam v_t 90% quantile"}, training_step=True))
+    "adam_v_q90": "Adam v_t 90% quantile"}, training_step=True, log_scale=True))
 register_probe(ProbeKind("output_change", "output change under perturbation", "layer",
-                         schedule="output_change_steps", evaluate="lnexp.probes:output_change"))
+                         schedule="output_change_steps", evaluate="lnexp.probes:output_change",
+                         log_scale=True))
 register_probe(ProbeKind(
     "rank", "feature dimensionality", "measures",
     {f"{where}.{stat}": f"{title} of the {what}"
@@ -113,5 +116,6 @@ register_probe(ProbeKind(
     "sensitivity", "loss sensitivity", "measures",
     {"dloss_dx": "‖∂loss/∂x‖ of the residual stream",
      "noise_loss_change": "relative loss change, branch outputs replaced by noise"},
-    stream=("dloss_dx",), schedule="ablation_steps", evaluate="lnexp.probes:ablation", training_step=True))
+    stream=("dloss_dx",), schedule="ablation_steps", evaluate="lnexp.probes:ablation", training_step=True,
+    log_scale=("dloss_dx",)))
 PROBE_KINDS.seal()

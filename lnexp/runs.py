@@ -17,6 +17,7 @@ import secrets
 import shutil
 import stat
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,7 +43,7 @@ RESERVE_BYTES = 64 * 1024
 # What a run folder may hold. A folder of these alone, without meta.json, is a run killed while it
 # was being created: --force and sweeps may replace it.
 RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "probes.jsonl", "summary.json", "model.pt",
-             "checkpoint.pt", "plots", LOCK, RESERVE}
+             "checkpoint.pt", "plots", "tb", "wandb", LOCK, RESERVE}
 FINISHED = ("completed", "diverged")  # a run that ended as a result: never resumed, never re-run
 JSON_LIMIT = 16 * 2**20  # meta.json and summary.json are a few KiB; anything this large is damage
 
@@ -201,6 +202,7 @@ class RunWriter:
 
     def _claim(self, path: Path) -> None:
         self.path, self._fds = path, []
+        self.sinks: Any = None  # lnexp.sinks.Sinks: TensorBoard, W&B, fed the same rows as the files
         try:
             self._dir = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
@@ -242,9 +244,13 @@ class RunWriter:
 
     def metrics(self, rows: list[dict[str, Any]]) -> None:
         self._append(self._metrics, "metrics.jsonl", rows)
+        if self.sinks:
+            self.sinks.add_metrics(rows)
 
     def probes(self, rows: list[dict[str, Any]]) -> None:
         self._append(self._probes, "probes.jsonl", rows)
+        if self.sinks:
+            self.sinks.add_probes(rows)
 
     def _append(self, fd: int, name: str, rows: list[dict[str, Any]]) -> None:
         data = memoryview("".join(json.dumps(row) + "\n" for row in rows).encode())
@@ -269,6 +275,12 @@ class RunWriter:
                 action()
             except OSError:
                 pass
+        if self.sinks:
+            try:
+                self.sinks.finish(status, summary)
+            except Exception as exc:  # the run's own files are written: a sink must not mask them
+                warnings.warn(f"{self.path}: logging the summary failed: {type(exc).__name__}: {exc}",
+                              stacklevel=2)
         self.close()
 
     def close(self) -> None:

@@ -533,6 +533,50 @@ def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dic
     return rows
 
 
+# --- reading a sweep folder back (figures) ---------------------------------------------------------
+
+@dataclass
+class CellResult:
+    """A sweep cell as its folder says it ended."""
+
+    name: str
+    values: dict[str, str]  # grid key -> value text (train.seed left out)
+    seed: int | None
+    status: str | None
+    final_val_loss: float | None
+    collapsed: bool
+
+    @property
+    def converged(self) -> bool | None:
+        """Completed, not collapsed (lnexp.train's detector), a finite final loss; None: no result."""
+        if self.status not in FINISHED:
+            return None
+        loss = self.final_val_loss
+        return self.status == "completed" and not self.collapsed and loss is not None and math.isfinite(loss)
+
+
+def read_sweep(root: Path) -> tuple[list[tuple[str, list[str]]], list[CellResult]]:
+    """A sweep folder's grid (sweep.json) and its cells' outcomes (their summary.json). RunError for
+    a folder without a readable sweep.json."""
+    try:
+        record = json.loads((root / "sweep.json").read_text())
+        grid = [(k, [str(v) for v in values]) for k, values in record["grid"].items()]
+        entries = record["cells"]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        raise RunError(f"{root}: not a sweep folder (no readable sweep.json)") from None
+    cells = []
+    for entry in entries:
+        path = root / str(entry.get("name"))
+        summary = read_summary(path)
+        values = dict(o.split("=", 1) for o in entry.get("overrides", []) if "=" in o)
+        seed = values.pop("train.seed", entry.get("seed"))
+        loss = summary.get("final_val_loss")
+        cells.append(CellResult(path.name, values, int(seed) if str(seed).isdigit() else None,
+                                folder_status(path), loss if isinstance(loss, (int, float)) else None,
+                                summary.get("collapsed") is True))
+    return [(k, v) for k, v in grid if k != "train.seed"], cells
+
+
 # --- terminal output -------------------------------------------------------------------------------
 
 def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, Any]) -> None:
@@ -569,8 +613,8 @@ def summary_table(sweep: Sweep, results: dict[str, dict[str, Any]]):
     from lnexp.console import fmt
 
     rows = summarise(sweep.cells, results)
-    table = Table(title=f"{sweep.root}: final validation loss over {sweep.seeds} seed(s)",
-                  title_justify="left")
+    title = f"{sweep.root}: final validation loss over {sweep.seeds} seed(s)"
+    table = Table(title=title, title_justify="left", min_width=len(title))
     labels = list(rows[0]["labels"]) if rows else []
     for label in labels:
         table.add_column(label)

@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from lnexp import __version__, plugins
+from lnexp import __version__, plugins, sinks
 from lnexp.config import Config, ConfigError, dump_yaml, validate
 from lnexp.data import Data, load_data
 from lnexp.hardware import (
@@ -264,6 +264,7 @@ def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
     if t.threads:
         torch.set_num_threads(t.threads)
     try:
+        sinks.check(config)
         data = load_data(config.data)
         data.check(t.seq_len)
         dist, device = init_distributed(t.device)
@@ -409,6 +410,8 @@ def _run(trainer: Trainer, writer: RunWriter | None, path: Path, progress: Progr
          history: History, stop: Stop | None = None) -> Outcome:
     status, summary, error = "failed", {}, None
     try:
+        if writer:
+            writer.sinks = sinks.Sinks.open(trainer.config.to_dict(), path, start)
         with _stop_on_signals(stop) as stop:
             status, summary = _loop(trainer, writer, progress, start, history, stop)
         if writer and status in FINISHED:

@@ -138,7 +138,7 @@ def test_plot_compare_writes_a_png(pair, tmp_path):
     header = out.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
-    assert (width, height) == (16 * 120, int(5.2 * 120))  # figsize x dpi
+    assert (width, height) == (16 * 120, round((4.8 + 0.3 + 0.2) * 120))  # figsize x dpi, a legend row
     assert invoke("compare", *pair, "--plot", tmp_path / "x.svg").exit_code == 0
     assert (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
     bad = invoke("compare", *pair, "--plot", tmp_path / "x.gif")
@@ -229,3 +229,75 @@ def test_commands_do_not_import_torch_or_matplotlib_at_startup():
             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_group_by_aggregates_runs(pair, tmp_path):
+    post, pre = pair
+    twin = tmp_path / "runs" / "post2"
+    shutil.copytree(post, twin)  # the same config as post: one group of two
+    result = invoke("compare", post, twin, pre, "--group-by", "model.norm", "--json")
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)["groups"]
+    assert [g["label"] for g in groups] == ["post (2 runs)", "pre (1 runs)"]
+    assert groups[0]["runs"] == ["post", "post2"]
+    assert groups[0]["outcome"]["final_val_loss"]["n"] == 2
+    loss = load_run(post).summary["final_val_loss"]
+    assert groups[0]["outcome"]["final_val_loss"]["mean"] == pytest.approx(loss)
+    assert groups[0]["outcome"]["final_val_loss"]["std"] == 0
+    table = invoke("compare", post, twin, pre, "--group-by", "model.norm").stdout
+    assert rows_of(table, "final val loss")[0][0] == f"{loss:.4g} ± 0"
+    assert rows_of(table, "status") == [["2 completed", "1 completed"]]
+    bad = invoke("compare", post, pre, "--group-by", "model.nrom")
+    assert bad.exit_code == 2 and "--group-by model.nrom" in bad.stderr
+
+
+def test_numbers_sort_as_numbers_and_wide_tables_turn(pair, tmp_path, monkeypatch):
+    from lnexp import console
+    from lnexp.compare import natural_key
+
+    assert sorted(["lr=3e-3", "lr=3e-4", "lr=1e-2"], key=natural_key) == ["lr=3e-4", "lr=3e-3", "lr=1e-2"]
+    assert sorted(["L10", "L2"], key=natural_key) == ["L2", "L10"]
+    post, _ = pair
+    for name in ("lr=3e-3", "lr=3e-4"):
+        shutil.copytree(post, tmp_path / "runs" / name)
+    glob = invoke("compare", str(tmp_path / "runs" / "lr=*"), "--json")
+    assert [r["name"] for r in json.loads(glob.stdout)["runs"]] == ["lr=3e-4", "lr=3e-3"]
+    cells = [tmp_path / "runs" / f"cell-{i:02d}" for i in range(14)]  # a sweep's worth of columns
+    for cell in cells:
+        shutil.copytree(post, cell)
+    monkeypatch.setattr(console.stdout, "width", 120)
+    narrow = invoke("compare", *cells)
+    assert narrow.exit_code == 0
+    # a row per run: each run's name starts a row whole, the outcome labels head the columns
+    assert all(len(rows_of(narrow.stdout, cell.name)) == 2 for cell in cells)  # outcome and profile
+    assert not rows_of(narrow.stdout, "final val loss")
+    assert "…" not in narrow.stdout
+    assert rows_of(invoke("compare", *pair).stdout, "final val loss")  # two runs fit: not turned
+
+
+def test_runs_shows_an_unfinished_runs_last_val_loss_at_its_step(pair, tmp_path, monkeypatch):
+    from lnexp import console
+
+    post, pre = pair
+    (pre / "summary.json").unlink()
+    last = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line).get("val_loss") is not None and json.loads(line)["step"] < 12][-1]
+    lines = [line for line in (pre / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["step"] < 12]  # the final evaluation's line not written yet
+    (pre / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = invoke("runs", tmp_path / "runs")
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("pre "))
+    assert f"{last['val_loss']:.4g} @ {last['step']}" in row
+    monkeypatch.setattr(console.stdout, "width", 30)
+    narrow = invoke("runs", tmp_path / "runs")
+    assert narrow.exit_code == 0 and "pre" in narrow.stdout.splitlines()  # the whole name, on its own line
+
+
+def test_version_and_short_help():
+    from lnexp import __version__
+
+    assert invoke("--version").stdout.strip() == f"lnexp {__version__}"
+    helped = invoke("train", "-h")
+    assert helped.exit_code == 0 and "--force " in helped.stdout and "<bool>" not in helped.stdout
+    top = invoke("-h").stdout
+    assert "..." not in top.split("Commands:")[1]  # each command's line a whole sentence

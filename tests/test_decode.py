@@ -334,3 +334,20 @@ def test_decode_stats_table_json_and_figure(run_dir, tmp_path):
     empty.write_text("\n")
     result = runner.invoke(app, ["decode-stats", str(run_dir), "--prompts", str(empty)])
     assert result.exit_code == 2 and "no prompts" in result.stderr
+
+
+def test_default_prompts_come_from_the_runs_own_text(tmp_path):
+    """A run on a user's text gets prompts from its validation lines, not Python code."""
+    from lnexp.config import Config
+
+    lines = [f"line {i}: the quick brown fox jumps over the lazy dog {i}" for i in range(200)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    config = Config.model_validate({"data": {"source": "text", "path": str(corpus), "val_fraction": 0.2}})
+    prompts = dec.default_prompts(config, 256, seed=0)
+    assert len(prompts) == 8 and all(len(p) == dec.PROMPT_BYTES for p in prompts)
+    validation = {line[: dec.PROMPT_BYTES] for line in lines[160:]}  # the last fifth of the text
+    assert {bytes(p).decode() for p in prompts} <= validation
+    assert dec.default_prompts(config, 256, seed=0) == prompts  # the seed decides
+    stdlib = Config.model_validate({})
+    assert dec.default_prompts(stdlib, 256) == [dec.encode(t) for t in dec.DEFAULT_PROMPTS]

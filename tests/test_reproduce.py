@@ -19,7 +19,6 @@ from lnexp.reproduce.verdicts import (
     check,
     decide,
     fit_line,
-    largest_index,
     mean_std,
     power_exponent,
     stream_growth,
@@ -27,6 +26,7 @@ from lnexp.reproduce.verdicts import (
     trend_ratio,
     within,
 )
+from lnexp.stability import largest_index
 
 # A scale even tinier than `tiny`, on synthetic data (vocab 16: the unigram baseline is ln 16).
 MODEL = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16}

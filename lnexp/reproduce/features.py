@@ -26,9 +26,10 @@ from typing import Any
 from lnexp.layouts import LAYOUTS, POST, PRE
 from lnexp.reproduce.engine import PRE_GPT2, Context, Scale, Spec
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm, num
-from lnexp.reproduce.suites import Suite, depth_axis, register
+from lnexp.reproduce.suites import Suite, register
 from lnexp.reproduce.verdicts import above, below, check, fit_line, usable
 from lnexp.runs import Run, layer_profile, logged_steps
+from lnexp.stability import depth_axis
 
 # The claim's three layouts first; the registry's others come along (cheap at these scales).
 GPT2_SCALED = f"{PRE.name}+gpt2"

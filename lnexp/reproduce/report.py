@@ -144,9 +144,7 @@ def _json(values: Sequence[float | None]) -> list[Any]:
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
     """Pointwise mean over seeds at the steps every curve has (finite values only)."""
-    if not curves:
-        return [], []
-    common = set.intersection(*({s for s, v in c if math.isfinite(v)} for c in curves))
-    steps = sorted(common)
-    by_seed = [dict(c) for c in curves]
-    return steps, [sum(d[s] for d in by_seed) / len(by_seed) for s in steps]
+    from lnexp.compare import band
+
+    steps, mean, _, _ = band(curves)
+    return steps, mean

@@ -32,7 +32,7 @@ from lnexp.reproduce.verdicts import (
     check,
     deepest,
     difference,
-    largest_index,
+    fit_line,
     power_exponent,
     stream_growth,
     stream_increment,
@@ -41,6 +41,7 @@ from lnexp.reproduce.verdicts import (
     within,
 )
 from lnexp.runs import Run, layer_profile, logged_steps
+from lnexp.stability import depth_axis, largest_index, largest_lr_panel
 
 POST, PRE = {"model.norm": POST_LN.name}, {"model.norm": PRE_LN.name}  # as cell overrides
 POST_PRE = (POST_LN.name, PRE_LN.name)
@@ -249,9 +250,11 @@ def init_analyse(ctx: Context) -> Analysis:
     depth_text = ", ".join(map(str, depths))
     quantity_b = f"exponent b of ‖∇W_FC2‖ ∝ L^b in the last layer, fitted over L ∈ {{{depth_text}}}"
     quantity_r = "last/first-layer ratio of the log-linear trend of ‖∇W_FC2‖ by layer, L = {}"
-    quantity_i = (f"RMS² of the residual stream leaving layer {deepest_l} minus RMS² of its input "
+    quantity_i = (f"RMS² of the residual stream leaving layer {deepest_l - 1} (the last) minus RMS² of its "
+                  "input "
                   f"(E‖x_L‖²/d − E‖x_0‖²/d), L = {deepest_l}")
-    quantity_g = f"RMS² of the residual stream leaving layer {deepest_l} / leaving layer 1, L = {deepest_l}"
+    quantity_g = (f"RMS² of the residual stream leaving layer {deepest_l - 1} (the last) / leaving layer 0, "
+                  f"L = {deepest_l}")
     low, high = deepest_l / 2, 3 * deepest_l / 2
     verdicts = [
         check("Theorem 1: Post-LN's last-layer FFN gradient at initialisation does not shrink with depth",
@@ -314,6 +317,8 @@ def init_analyse(ctx: Context) -> Analysis:
     ]
 
     def profiles(plt: Any):
+        from lnexp.plots import label_log_axis
+
         shown = _init_depths(scale)
         fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
         for ax, n in zip(axes[0], shown):
@@ -321,33 +326,47 @@ def init_analyse(ctx: Context) -> Analysis:
                 for k, seed in enumerate(seeds):
                     p = grad[norm, n, seed]
                     if p:
-                        ax.plot(range(1, len(p) + 1), p, color=f"C{i}", alpha=0.8, marker=".",
+                        ax.plot(range(len(p)), p, color=f"C{i}", alpha=0.8, marker=".",
                                 label=f"{norm}-LN" if k == 0 else None)
             ax.set_yscale("log")
+            label_log_axis(ax.yaxis)
+            ax.set_xticks(range(n))
             ax.set_title(f"L = {n}")
-            ax.set_xlabel("layer")
+            ax.set_xlabel("layer (from 0)")
         axes[0][0].set_ylabel("‖∇W_FC2‖ at initialisation")
         axes[0][0].legend()
         fig.tight_layout()
         return fig
 
     def depth_plot(plt: Any):
-        fig, ax = plt.subplots(figsize=(5, 3.8))
+        """Measured points, and the fitted power law a·L^b each verdict is about, per seed."""
+        from lnexp.plots import label_log_axis
+
+        def power_law(ys: list[float]) -> list[float]:
+            a, b = fit_line([math.log(n) for n in depths], [math.log(y) for y in ys])
+            return [math.exp(a) * n**b for n in depths]
+
+        fig, ax = plt.subplots(figsize=(5.6, 4.2))
         for i, norm in enumerate(POST_PRE):
             for k, seed in enumerate(seeds):
-                ys = [last(norm, n, seed) for n in depths]
-                if all(usable(y) for y in ys):
-                    b = exponent[norm][k]
-                    ax.plot(depths, ys, color=f"C{i}", marker="o", alpha=0.8,
-                            label=f"{norm}-LN, seed {seed}: b = {num(b, 2)}")
-                ys = [tied_last[norm, n, seed] for n in depths]
-                if all(usable(y) for y in ys):
-                    ax.plot(depths, ys, color=f"C{i}", marker="x", linestyle=":", alpha=0.6,
-                            label=f"{norm}-LN tied, seed {seed}: b = {num(exponent_tied[norm][k], 2)}")
+                untied = [last(norm, n, seed) for n in depths]
+                tied = [tied_last[norm, n, seed] for n in depths]
+                for ys, b, marker, style, what in ((untied, exponent[norm][k], "o", "-", ""),
+                                                   (tied, exponent_tied[norm][k], "x", ":", " tied")):
+                    if all(usable(y) and y > 0 for y in ys):
+                        ax.plot(depths, ys, color=f"C{i}", marker=marker, linestyle="none", alpha=0.8)
+                        ax.plot(depths, power_law(ys), color=f"C{i}", linestyle=style, alpha=0.7,
+                                label=f"{norm}-LN{what}, seed {seed}: fit b = {num(b, 2)}")
+        pre = [y for y in (last(PRE_LN.name, min(depths), s) for s in seeds) if usable(y)]
+        if pre:  # Theorem 1's Pre-LN rate, through the Pre-LN seeds' mean at the shallowest depth
+            anchor = sum(pre) / len(pre)
+            ax.plot(depths, [anchor * math.sqrt(min(depths) / n) for n in depths], color="grey",
+                    linestyle="--", linewidth=1.2, label="1/√L reference")
         ax.set_yscale("log")
         depth_axis(ax, depths, "depth L")
+        label_log_axis(ax.yaxis)
         ax.set_ylabel("last layer ‖∇W_FC2‖ at initialisation")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5)
         fig.tight_layout()
         return fig
 
@@ -362,7 +381,8 @@ def init_analyse(ctx: Context) -> Analysis:
         xs = list(range(deepest_l + 1))
         ax.fill_between(xs, [x / 2 for x in xs], [1.5 * x for x in xs], color="grey", alpha=0.2,
                         label="lemma (Pre-LN): [l/2, 3l/2]")
-        ax.set_xlabel("layer boundary l")
+        ax.set_xticks(xs)
+        ax.set_xlabel("layer boundary l (0: the input; l: leaving layer l − 1)")
         ax.set_ylabel("RMS² − RMS² of the input")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -374,6 +394,8 @@ def init_analyse(ctx: Context) -> Analysis:
               ("enc-dec encoder stack", lambda norm, seed: encdec[norm, "enc", seed], "enc.ffn.fc2"))
 
     def encdec_plot(plt: Any):
+        from lnexp.plots import label_log_axis
+
         fig, axes = plt.subplots(1, len(stacks), figsize=(4.4 * len(stacks), 3.7), squeeze=False, sharey=True)
         for ax, (title, get, role) in zip(axes[0], stacks):
             for i, norm in enumerate(POST_PRE):
@@ -382,12 +404,13 @@ def init_analyse(ctx: Context) -> Analysis:
                     p = get(norm, seed)
                     if p:
                         label = f"{norm}-LN (fitted last/first {mean_pm(fitted)})"
-                        ax.plot(range(1, len(p) + 1), p, color=f"C{i}", alpha=0.8, marker=".",
+                        ax.plot(range(len(p)), p, color=f"C{i}", alpha=0.8, marker=".",
                                 label=label if k == 0 else None)
             ax.set_yscale("log")
+            label_log_axis(ax.yaxis)
             ax.set_title(f"{title}, L = {f3}\n{role}", fontsize=10)
-            ax.set_xlabel("layer (within its stack)")
-            ax.set_xticks(range(1, f3 + 1))
+            ax.set_xlabel("layer within its stack (from 0)")
+            ax.set_xticks(range(f3))
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel("‖∇W_FC2‖ at initialisation")
         fig.tight_layout()
@@ -691,17 +714,8 @@ def map_analyse(ctx: Context) -> Analysis:
 
     def lines(plt: Any):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for i, name in enumerate(named):
-            for k, s in enumerate(seeds):
-                ys = [index[name, n, s] for n in depths]
-                if all(y is not None for y in ys):
-                    jitter = (i - len(named) / 2) * 0.03 + k * 0.01
-                    ax.plot([n * (1 + jitter) for n in depths], ys, marker="o", color=f"C{i}", alpha=0.8,
-                            label=name if k == 0 else None)
-        ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
-        depth_axis(ax, depths, "depth (layers)")
-        ax.set_ylabel("largest learning rate that converges")
-        ax.legend(fontsize=8)
+        largest_lr_panel(ax, lrs, depths, {name: [[index[name, n, s] for n in depths] for s in seeds]
+                                           for name in named})
         fig.tight_layout()
         return fig
 
@@ -782,8 +796,8 @@ def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float
     if flat or grows:
         listed = ", ".join(f"{LAYOUTS[n].label} {num(mean(growth[n]))}" for n in growth
                            if mean(growth[n]) is not None)
-        out.append(f"Residual stream at initialisation (RMS² leaving layer {depth} / leaving layer 1, seed "
-                   f"mean): {listed}. "
+        out.append(f"Residual stream at initialisation (RMS² leaving layer {depth - 1} / leaving layer 0, "
+                   f"seed mean): {listed}. "
                    + (f"{', '.join(LAYOUTS[n].label for n in flat)} keep it normalised (in [0.8, 1.25])"
                       if flat else "No layout keeps it in [0.8, 1.25]")
                    + (f"; {', '.join(LAYOUTS[n].label for n in grows)} let it grow (> 1.25)." if grows
@@ -818,7 +832,8 @@ def layouts_analyse(ctx: Context) -> Analysis:
     def steps(a: str, b: str) -> list[float | None]:
         return [difference(x, y) for x, y in zip(index[a], index[b])]
 
-    quantity_g = (f"RMS² of the residual stream leaving layer {n} / leaving layer 1 at initialisation, "
+    quantity_g = (f"RMS² of the residual stream leaving layer {n - 1} (the last) / leaving layer 0 at "
+                  "initialisation, "
                   f"L = {n}")
     quantity_lr = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = " + str(n)
     post, pre, sandwich, deepnorm, admin, mix, reordered = (
@@ -931,29 +946,33 @@ def layouts_analyse(ctx: Context) -> Analysis:
         return fig
 
     def init_plot(plt: Any):
+        from lnexp.plots import label_log_axis
+
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
         for i, name in enumerate(names):
             for k, s in enumerate(init_seeds):
                 g, a = grad[name, s], act[name, s]
                 label = LAYOUTS[name].label if k == 0 else None
                 if g:
-                    axes[0].plot(range(1, len(g) + 1), g, color=f"C{i}", marker=".", alpha=0.8, label=label)
-                if a:
-                    axes[1].plot(range(1, len(a)), [(v / a[1]) ** 2 for v in a[1:]], color=f"C{i}",
+                    axes[0].plot(range(len(g)), g, color=f"C{i}", marker=".", alpha=0.8, label=label)
+                if a:  # a[l + 1]: the stream leaving layer l
+                    axes[1].plot(range(len(a) - 1), [(v / a[1]) ** 2 for v in a[1:]], color=f"C{i}",
                                  marker=".", alpha=0.8, label=label)
         axes[0].set_yscale("log")
-        axes[0].set_xlabel("layer")
-        axes[0].set_xticks(range(1, n + 1))
+        axes[0].set_xlabel("layer (from 0)")
+        axes[0].set_xticks(range(n))
         axes[0].set_ylabel("‖∇W_FC2‖ at initialisation")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper center", ncol=len(names), fontsize=8,
                    bbox_to_anchor=(0.5, 1.07))
         axes[1].set_yscale("log")
-        axes[1].set_xlabel("layer boundary l")
-        axes[1].set_xticks(range(1, n + 1))
-        axes[1].set_ylabel("residual-stream RMS² / RMS² leaving layer 1")
+        axes[1].set_xlabel("leaving layer (from 0)")
+        axes[1].set_xticks(range(n))
+        axes[1].set_ylabel("residual-stream RMS² / RMS² leaving layer 0")
         axes[1].axhspan(0.8, 1.25, color="grey", alpha=0.15, label="normalised: [0.8, 1.25]")
         axes[1].legend(fontsize=7)
+        for ax in axes:
+            label_log_axis(ax.yaxis)
         fig.tight_layout()
         return fig
 
@@ -1086,11 +1105,3 @@ def register(suite: Suite) -> Suite:
     """Add a suite to SUITES (the CLI, `all` and the index read it from there)."""
     SUITES[suite.name] = suite
     return suite
-
-
-def depth_axis(ax: Any, depths: Sequence[int], label: str) -> None:
-    """A log-scaled x axis ticked at exactly the depths trained."""
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(depths, [str(n) for n in depths])
-    ax.set_xlabel(label)

@@ -151,14 +151,6 @@ def difference(a: float | None, b: float | None) -> float | None:
     return a - b
 
 
-def largest_index(flags: Sequence[bool | None]) -> int | None:
-    """Index of the largest grid value that converged (flags ordered by value); −1 if none did;
-    None if a cell has no result."""
-    if any(f is None for f in flags):
-        return None
-    return max((i for i, f in enumerate(flags) if f), default=-1)
-
-
 def deepest(depths: Sequence[int], flags: Sequence[bool | None]) -> int | None:
     """The deepest depth that converged (0 if none), None if a result is missing."""
     if any(f is None for f in flags):

@@ -1,0 +1,186 @@
+"""TensorBoard and W&B: what a run logs there equals its metrics.jsonl and probes.jsonl, live and exported."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lnexp.cli import app
+from lnexp.runs import load_run
+from lnexp.sinks import METRIC_TAGS, probe_tag
+
+runner = CliRunner()
+pytest.importorskip("tensorboard")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def read_events(folder: Path) -> tuple[dict[str, dict[int, float]], object]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}, acc
+
+
+def expected_scalars(run) -> dict[str, dict[int, float]]:
+    """Every scalar the run folder's jsonl files hold, by tag and step."""
+    want: dict[str, dict[int, float]] = {}
+    for row in run.metrics:
+        for key, tag in METRIC_TAGS.items():
+            if row.get(key) is not None:
+                want.setdefault(tag, {})[row["step"]] = row[key]
+    for row in run.probes:
+        want.setdefault(probe_tag(row), {})[row["step"]] = row["value"]
+    return want
+
+
+def assert_events_match(folder: Path, run) -> None:
+    got, acc = read_events(folder)
+    want = expected_scalars(run)
+    assert "grad/ffn.fc2/layer_01" in want and "act/resid/layer_00" in want and "val/loss" in want
+    for tag, values in want.items():
+        assert set(got[tag]) == set(values), tag
+        for step, value in values.items():
+            assert got[tag][step] == pytest.approx(value, rel=1e-6, abs=1e-30), (tag, step)  # float32
+    final = run.summary["final_val_loss"]
+    assert got["final/final_val_loss"] == {run.summary["steps_done"]: pytest.approx(final)}
+    # the HParams plugin: the config's keys and the status, the final metrics
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = session.session_start_info.hparams
+    assert hp["model.n_layers"].number_value == run.config["model"]["n_layers"]
+    assert hp["model.norm"].string_value == run.config["model"]["norm"]
+    assert hp["status"].string_value == run.status
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert "final/final_val_loss" in {m.name.tag for m in experiment.metric_infos}
+
+
+def test_live_tensorboard_equals_the_jsonl_files(tmp_path, write_config):
+    config = write_config("tb", run={"name": "tb"}, log={"tensorboard": True, "grad_every": 5,
+                                                         "loss_every": 4})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "tb")
+    assert_events_match(run.path / "tb", run)
+
+
+def test_export_of_an_old_run_and_a_sweep(tmp_path, write_config):
+    config = write_config("sw", train={"steps": 8})
+    result = invoke("sweep", config, "--grid", "model.norm=post,pre", "--quiet")
+    assert result.exit_code == 0, result.output
+    sweep = tmp_path / "runs" / "sw"
+    cells = sorted(p for p in sweep.iterdir() if (p / "meta.json").exists())
+    assert len(cells) == 2 and not any((c / "tb").exists() for c in cells)
+    result = invoke("export", sweep, "--to", "tensorboard")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(c / "tb") for c in cells]
+    for cell in cells:
+        assert_events_match(cell / "tb", load_run(cell))
+    # again on one run: its tb/ is replaced, not appended to
+    result = invoke("export", cells[0])
+    assert result.exit_code == 0, result.output
+    assert len(list((cells[0] / "tb").iterdir())) == 1
+    assert_events_match(cells[0] / "tb", load_run(cells[0]))
+    bad = invoke("export", cells[0], "--to", "csv")
+    assert bad.exit_code == 2 and "--to" in bad.output
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a W&B .wandb file: a 7-byte header, then LevelDB-log blocks of 32 KiB whose
+    records are a 7-byte header (crc, length, type) and a protobuf `Record` (maybe in fragments)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, offset, block = [], b"", 7, 32768
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # a block's tail too short for a header is padding
+            offset += block - offset % block
+            continue
+        length, kind = struct.unpack("<HB", data[offset + 4: offset + 7])
+        pending += data[offset + 7: offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):  # full or last fragment
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+        elif kind == 0:
+            break
+    return records
+
+
+def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = write_config("wb", run={"name": "wb"},
+                          log={"wandb": {"project": "lnexp-test", "mode": "offline"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "wb")
+    files = list((run.path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = wandb_records(files[0])
+    got: dict[str, dict[int, float]] = {}
+    config_items, summary = {}, {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            step = record.history.step.num
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                if not key.startswith("_"):
+                    got.setdefault(key, {})[step] = json.loads(item.value_json)
+        elif kind in ("config", "run"):
+            update = record.config.update if kind == "config" else record.run.config.update
+            config_items.update({i.key: json.loads(i.value_json) for i in update})
+        elif kind == "summary":
+            summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                            for i in record.summary.update})
+    want = expected_scalars(run)
+    assert got.keys() == want.keys()
+    for tag, values in want.items():
+        assert got[tag] == pytest.approx(values, rel=1e-12), tag
+    assert config_items["model.norm"] == "post"
+    assert summary["final/final_val_loss"] == pytest.approx(run.summary["final_val_loss"])
+    assert summary["status"] == "completed"
+
+
+def test_a_missing_extra_is_one_line_and_nothing_written(tmp_path, write_config, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    config = write_config("nowb", run={"name": "nowb"}, log={"wandb": {"project": "p", "mode": "offline"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == \
+        f"error: {config}: log.wandb: needs the wandb package (pip install 'lnexp[wandb]')"
+    assert not (tmp_path / "runs" / "nowb").exists()
+
+
+def test_resumed_run_hides_the_redone_steps(tmp_path, write_config):
+    """Killed after a checkpoint: the events past it are purged on resume, as the jsonl lines are."""
+    config = write_config("res", run={"name": "res"}, train={"checkpoint_every": 4},
+                          log={"tensorboard": True, "loss_every": 2})
+    from lnexp.config import load_config
+    from lnexp.train import Stop, resume, train
+
+    stop = Stop()
+
+    def progress(done, total, row):
+        if done >= 6:
+            stop.requested = True
+
+    outcome = train(load_config(config), str(config), progress=progress, stop=stop)
+    assert outcome.status == "interrupted"
+    resume(outcome.path)
+    run = load_run(outcome.path)
+    assert run.status == "completed"
+    assert_events_match(run.path / "tb", run)
