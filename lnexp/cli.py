@@ -104,6 +104,8 @@ def compare(
     markdown: Annotated[bool, typer.Option(help="Print markdown tables, for a report.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write a figure: FILE.png, .svg or .pdf.")] = None,
     log_loss: Annotated[bool, typer.Option(help="Log-scale loss axis in the figure.")] = False,
+    metric: Annotated[str, typer.Option(help="The figure's curves: loss, or a translation score that "
+                                        "train.eval_bleu_every logged: bleu, chrf, exact_match.")] = "loss",
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
@@ -119,10 +121,16 @@ def compare(
         raise fail("--json and --markdown: choose one")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
+    if metric not in ("loss", "bleu", "chrf", "exact_match"):
+        raise fail(f"--metric: must be one of loss, bleu, chrf, exact_match, got {metric!r}")
+    if metric != "loss" and plot is None:
+        raise fail("--metric: chooses the curves of the figure; give --plot FILE")
     loaded, notes = comparison.load_runs(runs)
     if not loaded:
         raise fail("nothing to compare: " + "; ".join(notes))
     c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes)
+    if metric != "loss" and not any(m.get(metric) is not None for run in loaded for m in run.metrics):
+        c.notes.append(f"no run logged {metric} (train.eval_bleu_every logs it, on encoder-decoder runs)")
     for note in c.notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
     if json_:
@@ -136,7 +144,7 @@ def compare(
         from lnexp import plots
 
         try:
-            written = plots.compare_figure(c, plot, log_loss)
+            written = plots.compare_figure(c, plot, log_loss, metric)
         except OSError as exc:
             raise fail(f"{plot}: {exc.strerror or exc}") from None
         console.stderr.print(f"wrote {written}", markup=False, soft_wrap=True)

@@ -77,6 +77,17 @@ def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
         ax.set_yscale("log")
 
 
+SCORES = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match"}  # train.eval_bleu_every's
+
+
+def score_panel(ax: Axes, run: Run, color: Any, metric: str) -> None:
+    """A translation score (metrics.jsonl's `metric`, train.eval_bleu_every) against the step."""
+    points = [(m["step"], m[metric]) for m in run.metrics if m.get(metric) is not None]
+    if points:
+        ax.plot(*zip(*points), color=color, marker="o", markersize=3.5, linewidth=1.6)
+    ax.set(xlabel="step", ylabel=SCORES[metric], title=f"validation {SCORES[metric]} (greedy)")
+
+
 def lr_panel(ax: Axes, run: Run, color: Any, width: float = 1.6) -> None:
     points = [(m["step"], m["lr"]) for m in run.metrics if m.get("lr") is not None]
     if points:
@@ -96,15 +107,18 @@ def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> 
         ax.set_yscale("log")
 
 
-def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
-    """Loss curves overlaid, the chosen per-layer profile of every run, and the learning rates: one
-    colour per run in every panel, labelled by the config keys that differ."""
+def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: str = "loss") -> Path:
+    """Loss curves (or the `metric` of SCORES) overlaid, the chosen per-layer profile of every run, and
+    the learning rates: one colour per run in every panel, labelled by the config keys that differ."""
     fig, (ax_loss, ax_prof, ax_lr) = plt.subplots(1, 3, figsize=(16, 5.2))
     handles = []
     steps = {p.step for p in c.profiles if p.step is not None}
     for i, (run, legend, profile) in enumerate(zip(c.runs, c.legends, c.profiles)):
         color = COLORS[i % len(COLORS)]
-        loss_panel(ax_loss, run, color, log_loss)
+        if metric == "loss":
+            loss_panel(ax_loss, run, color, log_loss)
+        else:
+            score_panel(ax_loss, run, color, metric)
         # runs often share a schedule: earlier runs drawn wider, so identical curves stay visible
         lr_panel(ax_lr, run, color, width=1.4 + 2.5 * (len(c.runs) - 1 - i) / max(1, len(c.runs) - 1))
         label = legend + (f" (step {profile.step})" if len(steps) > 1 and profile.step is not None else "")
