@@ -456,7 +456,7 @@ def _tokens_corpus(cfg: DataConfig) -> Corpus:
         train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
     for key, split in (("data.path", ids), ("data.val_path", val)):
         # an id past the embedding would fail mid-run, on the first batch that draws it
-        top = max((int(chunk.max()) for chunk in split.split(2**24) if len(chunk)), default=-1)
+        top = max((int(chunk.long().max()) for chunk in split.split(2**24) if len(chunk)), default=-1)
         if top >= cfg.vocab_size:
             raise ConfigError(f"{key}: {getattr(cfg, key[5:]) or cfg.path} holds id {top}, outside "
                               f"data.vocab_size ({cfg.vocab_size})")

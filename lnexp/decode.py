@@ -78,8 +78,8 @@ def load_model(path: str | Path, arch: str = "decoder") -> Loaded:
     except ConfigError as exc:
         raise DecodeError(str(exc)) from None
     if config.model.arch != arch:
-        command = "translate" if arch == "encoder_decoder" else "generate and decode-stats"
-        raise DecodeError(f"{path}: {command} work on {arch} runs; this one is {config.model.arch}")
+        command = "translate" if arch == "encoder_decoder" else "decoding"
+        raise DecodeError(f"{path}: {command} needs a model.arch {arch} run; this one is {config.model.arch}")
     weights = path / "model.pt"
     if not weights.is_file():
         raise DecodeError(f"{path}: no model.pt (run status: {run.status}; a run writes it when it ends)")
