@@ -84,7 +84,7 @@ class DataConfig(Section):
     split: str = "train"
     val_split: str | None = None  # else the last val_fraction of `split`
     text_field: str = "text"
-    source_field: str | None = None  # with model.arch encoder_decoder
+    source_field: str | None = None  # with model.arch encoder_decoder; `column.key` reaches into a mapping
     target_field: str | None = None
     max_bytes: Int = Field(4_000_000, ge=1024, le=2**40)
     val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)

@@ -427,7 +427,10 @@ TOKEN_DTYPES = {"uint16": torch.uint16, "uint32": torch.uint32}
 def _token_ids(path: Path, key: str, dtype: str) -> torch.Tensor:
     """A .npy's or raw .bin's ids, memory-mapped (nothing is read until a batch needs it)."""
     if path.suffix == ".npy":
-        import numpy as np
+        try:
+            import numpy as np
+        except ImportError:
+            raise ConfigError(f"{key}: reading a .npy needs numpy (pip install numpy)") from None
 
         _read(path, key)  # a regular file, or one line saying why not
         try:
@@ -470,21 +473,14 @@ def _hf_data(cfg: DataConfig, seq2seq: bool) -> Corpus | PairsCorpus:
     if cfg.val_split:
         splits["data.val_split"] = _hf_split(cfg, cfg.val_split, "data.val_split")
     fields = ("source_field", "target_field") if seq2seq else ("text_field",)
-    for split_key, split in splits.items():
-        for field in fields:
-            name = getattr(cfg, field)
-            if name not in split.column_names:
-                raise ConfigError(f"data.{field}: {name!r} is not a column of {cfg.dataset} "
-                                  f"({split_key} {getattr(cfg, split_key[5:])}; columns: "
-                                  f"{', '.join(split.column_names)})")
+    columns = [{field: _column(cfg, split, field, key) for field in fields} for key, split in splits.items()]
     description = f"Hugging Face dataset {cfg.dataset}" + (f" ({cfg.config})" if cfg.config else "")
     if seq2seq:
-        rows = [list(zip(s[cfg.source_field], s[cfg.target_field])) for s in splits.values()]
+        rows = [list(zip(c["source_field"], c["target_field"])) for c in columns]
         train, val = rows if cfg.val_split else _split(rows[0], cfg.val_fraction, "data.split", cfg.split,
                                                        "rows")
         return _pairs_corpus(train, val, cfg, description)
-    texts = ["".join(t if t.endswith("\n") else t + "\n" for t in split[cfg.text_field])
-             for split in splits.values()]
+    texts = ["".join(t if t.endswith("\n") else t + "\n" for t in c["text_field"]) for c in columns]
     if cfg.val_split:
         train, val = (_utf8(t) for t in texts)
     else:
@@ -493,6 +489,26 @@ def _hf_data(cfg: DataConfig, seq2seq: bool) -> Corpus | PairsCorpus:
         train, val = raw[: len(raw) - n_val], raw[len(raw) - n_val:]
     as_tensor = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # noqa: E731
     return _text_corpus(as_tensor(train), as_tensor(val), description, cfg)
+
+
+def _column(cfg: DataConfig, split: Any, field: str, split_key: str) -> list[str]:
+    """A split's strings in `data.<field>`: a column, or `column.key` inside a column of mappings
+    (iwslt2017's `translation.de`)."""
+    name = getattr(cfg, field)
+    column, *keys = name.split(".")
+    where = f"{cfg.dataset} ({split_key} {getattr(cfg, split_key[5:])}"
+    if column not in split.column_names:
+        raise ConfigError(f"data.{field}: {column!r} is not a column of {where}; columns: "
+                          f"{', '.join(split.column_names)})")
+    values = split[column]
+    for key in keys:
+        if not all(isinstance(v, dict) and key in v for v in values):
+            raise ConfigError(f"data.{field}: {name!r}: not every row's {column} has the key {key!r} "
+                              f"({where})")
+        values = [v[key] for v in values]
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"data.{field}: {name!r} is not a column of strings ({where})")
+    return values
 
 
 def _hf_split(cfg: DataConfig, split: str, key: str) -> Any:

@@ -155,7 +155,8 @@ def local_dataset(tmp_path: Path) -> Path:
     text = sample_text(40).splitlines()
     for split, lines in (("train", text[:30]), ("validation", text[30:])):
         (folder / f"{split}.jsonl").write_text("".join(
-            json.dumps({"text": line, "en": line, "rev": " ".join(reversed(line.split()))}) + "\n"
+            json.dumps({"text": line, "translation": {"en": line, "rev": " ".join(reversed(line.split()))},
+                        "n": len(line)}) + "\n"
             for line in lines))
     return folder
 
@@ -166,8 +167,8 @@ def test_hf_source_reads_a_local_dataset_through_load_dataset(local_dataset):
     assert bytes(corpus.train.tolist()).decode() == "".join(line + "\n" for line in lines[:30])
     assert bytes(corpus.val.tolist()).decode() == "".join(line + "\n" for line in lines[30:])
     assert "Hugging Face dataset" in corpus.description
-    pairs = load_data(DataConfig(source="hf", dataset=str(local_dataset), source_field="en",
-                                 target_field="rev", val_fraction=0.1), seq2seq=True)
+    pairs = load_data(DataConfig(source="hf", dataset=str(local_dataset), source_field="translation.en",
+                                 target_field="translation.rev", val_fraction=0.1), seq2seq=True)
     assert len(pairs.train) == 27 and len(pairs.val) == 3  # the last tenth of the train split
     assert pairs.references[0] == " ".join(reversed(lines[27].split()))
     assert pairs.tokenizer.decode(pairs.val[0][0]) == lines[27]
@@ -177,6 +178,8 @@ def test_hf_bad_field_or_split_is_a_one_line_error(local_dataset, write_config):
     cases = [({"text_field": "body"}, "data.text_field: 'body' is not a column of"),
              ({"split": "tarin"}, "data.split: " + str(local_dataset) + ": Unknown split \"tarin\""),
              ({"val_split": "dev"}, "data.val_split:"),
+             ({"text_field": "n"}, "data.text_field: 'n' is not a column of strings"),
+             ({"text_field": "translation.fr"}, "not every row's translation has the key 'fr'"),
              ({"dataset": str(local_dataset / "nowhere")}, "data.dataset:")]
     for extra, message in cases:
         config = write_config(data={"source": "hf", "dataset": str(local_dataset), **extra})
