@@ -368,7 +368,11 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
         writer = RunWriter(path, dump_yaml(config), meta, force)
         tokenizer = data.tokenizer.to_json()  # a trained tokenizer (bpe, word): decoding needs it
         if tokenizer is not None:
-            writer.write_file(TOKENIZER_FILE, lambda f: f.write(tokenizer.encode()))
+            try:
+                writer.write_file(TOKENIZER_FILE, lambda f: f.write(tokenizer.encode()))
+            except OSError as exc:
+                writer.finish("failed", {}, failure_message(exc))
+                raise RunError(f"{path}: cannot write {TOKENIZER_FILE} ({exc.strerror})") from None
     return _run(trainer, writer, path, progress, start=0, history=History(), stop=stop)
 
 
@@ -586,11 +590,11 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
     if writer:
         probes = read_jsonl(writer.path / "probes.jsonl")
         summary.update(collapse_report(probes, trainer.data.unigram_entropy(), summary["final_val_loss"]))
-    summary.update(loss_units(summary["final_val_loss"], trainer.data, history))
+    summary.update(final_measures(summary["final_val_loss"], trainer.data, history))
     return status, summary
 
 
-def loss_units(final_val_loss: float | None, data: Data, history: History) -> dict[str, Any]:
+def final_measures(final_val_loss: float | None, data: Data, history: History) -> dict[str, Any]:
     """The final validation loss in bits per byte (text only: comparable across tokenizers), and the
     last translation scores (train.eval_bleu_every) as final_bleu, final_chrf, final_exact_match."""
     bpb = bits_per_byte(final_val_loss, data)
