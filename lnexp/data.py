@@ -427,10 +427,7 @@ TOKEN_DTYPES = {"uint16": torch.uint16, "uint32": torch.uint32}
 def _token_ids(path: Path, key: str, dtype: str) -> torch.Tensor:
     """A .npy's or raw .bin's ids, memory-mapped (nothing is read until a batch needs it)."""
     if path.suffix == ".npy":
-        try:
-            import numpy as np
-        except ImportError:
-            raise ConfigError(f"{key}: reading a .npy needs numpy (pip install numpy)") from None
+        import numpy as np  # installed with matplotlib
 
         _read(path, key)  # a regular file, or one line saying why not
         try:

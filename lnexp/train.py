@@ -261,9 +261,9 @@ class History:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     val_losses: dict[int, float] = field(default_factory=dict)
-    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # train.eval_bleu_every's, by step
     wall_before: float = 0.0
     steps_done: int = 0
+    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # train.eval_bleu_every's, by step
 
 
 def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:

@@ -186,3 +186,17 @@ def test_hf_bad_field_or_split_is_a_one_line_error(local_dataset, write_config):
         result = runner.invoke(app, ["train", str(config)])
         assert result.exit_code == 2, result.output
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("data,arch,message", [
+    ({"source": "synthetic", "tokenizer": "bpe"}, "decoder", "data.tokenizer: applies to text"),
+    ({"source": "stdlib", "tokenizer": "bpe", "vocab_size": 100}, "decoder",
+     "data.vocab_size: must be >= 260"),
+    ({"source": "hf"}, "decoder", "data.dataset: required when data.source is hf"),
+    ({"source": "hf", "dataset": "d", "source_field": "en"}, "encoder_decoder",
+     "data.target_field: required when data.source is hf with model.arch encoder_decoder"),
+])
+def test_tokenizer_and_source_keys_are_checked_together(write_config, data, arch, message):
+    config = write_config(data=data, model={"arch": arch})
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
