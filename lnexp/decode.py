@@ -104,7 +104,7 @@ def encode(tokenizer: Tokenizer, text: str, what: str = "the text") -> list[int]
     try:
         return tokenizer.encode(text)
     except ValueError as exc:
-        raise DecodeError(f"{what}: {exc}") from None
+        raise DecodeError(f"{what} {exc}") from None  # the tokenizer says "is not ..."
 
 
 def printable(text: str) -> str:

@@ -39,7 +39,7 @@ class ByteTokenizer:
         try:
             return [b + self.offset for b in text.encode("utf-8")]
         except UnicodeEncodeError:
-            raise ValueError("not valid UTF-8 text") from None
+            raise ValueError("is not valid UTF-8 text") from None
 
     def decode(self, ids: Sequence[int]) -> str:
         """Bytes decoded as UTF-8, invalid bytes as \\xNN escapes, specials dropped. Ids above the
@@ -66,7 +66,7 @@ class SymbolTokenizer:
         try:
             return [int(word) + self.offset for word in text.split()]
         except ValueError:
-            raise ValueError("expected symbols as space-separated numbers, e.g. '3 17 5'") from None
+            raise ValueError("is not symbols as space-separated numbers, e.g. '3 17 5'") from None
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(str(i - self.offset) for i in ids if i >= self.offset)
@@ -86,7 +86,7 @@ class HFTokenizer:
         try:
             return self.tokenizer.encode(text).ids
         except TypeError:  # lone surrogates: the Rust side takes only valid Unicode
-            raise ValueError("not valid UTF-8 text") from None
+            raise ValueError("is not valid UTF-8 text") from None
 
     def encode_all(self, texts: list[str]) -> list[list[int]]:
         """Many texts at once (in parallel threads)."""

@@ -142,7 +142,7 @@ def trained(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("args,message", [
     ([], "give one of --text, --input FILE or --eval"),
     (["--text", "1 2", "--eval"], "give one of"),
-    (["--text", "1 x"], "expected symbols as space-separated numbers"),
+    (["--text", "1 x"], "the source is not symbols as space-separated numbers"),
     (["--text", "1 2", "--strategy", "top-k"], "--strategy must be greedy or beam"),
     (["--input", "/nonexistent/file"], "/nonexistent/file: cannot read (no such file)"),
 ])
