@@ -111,6 +111,8 @@ def compare(
         "--group-by", help="Aggregate the runs that share this config key's value (repeatable), e.g. "
         "the seeds of a sweep cell: mean ± std in the tables, mean and min-max band in the "
         "figure.")] = [],  # noqa: B006 (typer reads it)
+    metric: Annotated[str, typer.Option(help="The figure's curves: loss, or a translation score that "
+                                        "train.eval_bleu_every logged: bleu, chrf, exact_match.")] = "loss",
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
@@ -126,6 +128,10 @@ def compare(
         raise fail("--json and --markdown: choose one")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
+    if metric not in ("loss", "bleu", "chrf", "exact_match"):
+        raise fail(f"--metric: must be one of loss, bleu, chrf, exact_match, got {metric!r}")
+    if metric != "loss" and plot is None:
+        raise fail("--metric: chooses the curves of the figure; give --plot FILE")
     loaded, notes = comparison.load_runs(runs)
     if not loaded:
         raise fail("nothing to compare: " + "; ".join(notes))
@@ -135,6 +141,8 @@ def compare(
         c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes, group_by)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if metric != "loss" and not any(m.get(metric) is not None for run in loaded for m in run.metrics):
+        c.notes.append(f"no run logged {metric} (train.eval_bleu_every logs it, on encoder-decoder runs)")
     for note in c.notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
     if json_:
@@ -148,7 +156,7 @@ def compare(
         from lnexp import plots
 
         try:
-            written = plots.compare_figure(c, plot, log_loss)
+            written = plots.compare_figure(c, plot, log_loss, metric)
         except OSError as exc:
             raise fail(f"{plot}: {exc.strerror or exc}") from None
         console.stderr.print(f"wrote {written}", markup=False, soft_wrap=True)
@@ -311,13 +319,14 @@ def sweep(
 @app.command(short_help="Continue a prompt with a trained model.")
 def generate(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt).")],
-    prompt: Annotated[str, typer.Option(help="Text to continue (its UTF-8 bytes are the tokens).",
+    prompt: Annotated[str, typer.Option(help="Text to continue (in the run's tokens: UTF-8 bytes, or its "
+                                        "tokenizer.json's).",
                                         show_default=False)],
     strategy: Annotated[str, typer.Option(help="greedy (argmax), sample (multinomial from the softmax), "
                                           "top-k, top-p (nucleus) or beam.")] = "greedy",
     n: Annotated[int, typer.Option("--n", help="Samples to draw (sample, top-k, top-p), or best "
                                    "hypotheses to return (beam, at most --beams); greedy gives one.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens (bytes) to generate per output.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per output.")] = 100,
     temperature: Annotated[float, typer.Option(help="Divides the logits before sampling (sample, "
                                                "top-k, top-p).")] = 1.0,
     k: Annotated[int, typer.Option("--k", help="top-k: sample among the k most probable tokens.")] = 40,
@@ -355,10 +364,10 @@ def generate(
             raise dec.DecodeError("--prompt is empty")
         if stop == "":
             raise dec.DecodeError("--stop is empty")
-        prompt_ids = dec.encode(prompt, "--prompt")
-        stop_ids = dec.encode(stop, "--stop") if stop else []
-        model, _ = dec.load_model(run)
-        outputs = dec.decode(model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
+        loaded = dec.load_model(run)
+        prompt_ids = dec.encode(loaded.tokenizer, prompt, "--prompt")
+        stop_ids = dec.encode(loaded.tokenizer, stop, "--stop") if stop else []
+        outputs = dec.decode(loaded.model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
                              temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
                              seed=seed, stop=stop_ids)
     except dec.DecodeError as exc:
@@ -371,7 +380,7 @@ def generate(
         typer.echo(json.dumps({
             "run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": prompt_ids,
             "settings": settings,
-            "outputs": [{"text": dec.to_text(o.ids), "ids": o.ids, "logprob": o.logprob,
+            "outputs": [{"text": loaded.tokenizer.decode(o.ids), "ids": o.ids, "logprob": o.logprob,
                          **({"score": o.score} if o.score is not None else {})} for o in outputs],
         }, indent=2))
         return
@@ -379,7 +388,7 @@ def generate(
         if len(outputs) > 1:
             score = f", score {out.score:.4g}" if out.score is not None else ""
             typer.echo(f"--- {i + 1}/{len(outputs)} (log p {out.logprob:.4g}{score}) ---")
-        typer.echo(dec.printable(dec.to_text(out.ids)))
+        typer.echo(dec.printable(loaded.tokenizer.decode(out.ids)))
 
 
 @app.command("decode-stats", short_help="Compare decoding strategies on the same prompts.")
@@ -390,7 +399,7 @@ def decode_stats(
                                                  "beginnings of lines of the run's validation text).",
                                                  show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt for sample, top-k and top-p.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens (bytes) generated per output.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per output.")] = 64,
     temperature: Annotated[float, typer.Option(help="Temperature of the samplers.")] = 1.0,
     k: Annotated[int, typer.Option("--k", help="k of top-k.")] = 40,
     p: Annotated[float, typer.Option("--p", help="p of top-p.")] = 0.9,
@@ -434,9 +443,10 @@ def decode_stats(
             texts = [line for line in lines if line.strip()]
             if not texts:
                 raise dec.DecodeError(f"{prompts}: no prompts (one per line)")
-        model, config = dec.load_model(run)
-        ids = [dec.encode(t) for t in texts] if prompts is not None else \
-            dec.default_prompts(config, model.vocab_size, seed)
+        loaded = dec.load_model(run)
+        model = loaded.model
+        ids = [dec.encode(loaded.tokenizer, t, str(prompts)) for t in texts] if prompts is not None else \
+            dec.default_prompts(loaded, seed)
         for prompt in ids:
             dec.check_prompt(prompt, model.vocab_size)
         spinner = console.stderr.status("decoding") if console.stderr.is_terminal else nullcontext()
@@ -456,13 +466,75 @@ def decode_stats(
     except OSError as exc:
         raise fail(f"{figure}: {exc.strerror or exc}") from None
     if json_:
-        typer.echo(json.dumps({"run": str(run), "prompts": [dec.to_text(i) for i in ids], "n": n,
+        typer.echo(json.dumps({"run": str(run), "prompts": [loaded.tokenizer.decode(i) for i in ids], "n": n,
                                "max_new_tokens": max_new_tokens, "seed": seed, "strategies": rows,
                                "figure": str(figure), "beam_ge_greedy": [better, total]}, indent=2))
         return
     console.stdout.print(dec.stats_table(f"{run}: {total} prompts x {max_new_tokens} tokens", rows))
     typer.echo(f"beam's joint log p >= greedy's on {better} of {total} prompts")
     typer.echo(f"wrote {figure}", err=True)
+
+
+@app.command(short_help="Translate with an encoder-decoder run, or score it.")
+def translate(
+    run: Annotated[Path, typer.Argument(help="Encoder-decoder run folder (with model.pt).")],
+    text: Annotated[str | None, typer.Option(help="A source to translate.", show_default=False)] = None,
+    input_: Annotated[Path | None, typer.Option("--input", help="A file of sources, one per line.",
+                                                show_default=False)] = None,
+    eval_: Annotated[bool, typer.Option("--eval", help="Score the run's validation pairs: BLEU, chrF "
+                                        "(sacrebleu) and exact match.")] = False,
+    n: Annotated[int, typer.Option("--n", help="--eval: validation pairs scored.")] = 100,
+    strategy: Annotated[str, typer.Option(help="greedy or beam.")] = "greedy",
+    beams: Annotated[int, typer.Option(help="beam: hypotheses kept at each step.")] = 4,
+    length_penalty: Annotated[float, typer.Option(help="beam: alpha of GNMT's ((5+L)/6)^alpha.")] = 0.6,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest translation, in tokens (default: "
+                                                       "train.seq_len).", show_default=False)] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+) -> None:
+    """Translate --text or --input FILE with the encoder-decoder of RUN, or score it with --eval.
+
+    Sources and translations go through the run's tokenizer. --eval prints corpus BLEU and chrF of its
+    translations of the run's first --n validation pairs, and the share translated exactly.
+    """
+    import json
+
+    import torch
+
+    from lnexp import decode as dec
+    from lnexp import translate as translation
+
+    if sum((text is not None, input_ is not None, eval_)) != 1:
+        raise fail("give one of --text, --input FILE or --eval")
+    if threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}")
+    if n < 1:
+        raise fail(f"--n must be >= 1, got {n}")
+    torch.set_num_threads(threads)
+    try:
+        if strategy not in ("greedy", "beam"):
+            raise dec.DecodeError(f"--strategy must be greedy or beam, got {strategy!r}")
+        dec.check_settings(strategy, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens or 1)
+        sources = translation.read_sources(input_) if input_ is not None else [text] if text is not None \
+            else []
+        loaded = translation.load(run)
+        if eval_:
+            result = translation.evaluate_run(run, loaded, n, strategy, beams, length_penalty)
+        else:
+            result = {"translations": translation.translate_texts(loaded, sources, strategy, beams,
+                                                                  length_penalty, max_new_tokens)}
+    except dec.DecodeError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    if json_:
+        typer.echo(json.dumps({"run": str(run), "strategy": strategy, **result}, indent=2))
+    elif eval_:
+        typer.echo(f"{run}: {result['pairs']} validation pairs, {strategy}: BLEU {result['bleu']:.2f}  "
+                   f"chrF {result['chrf']:.2f}  exact match {result['exact_match']:.1%}")
+    else:
+        for line in result["translations"]:
+            typer.echo(dec.printable(line))
 
 
 @app.command(short_help="Test the papers' claims; write a report.")

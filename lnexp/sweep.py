@@ -272,7 +272,7 @@ def preflight(cells: list[Cell]) -> None:
         key = (json.dumps(c.data.model_dump(mode="json"), sort_keys=True), c.train.seq_len)
         if key not in seen:
             seen.add(key)
-            data = load_data(c.data)
+            data = load_data(c.data, seq2seq=c.model.arch == "encoder_decoder")
             data.check(c.train.seq_len)
     if any(cell.config.train.device == "cuda" for cell in cells):
         import torch
