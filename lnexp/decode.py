@@ -430,7 +430,7 @@ PROMPT_BYTES = 16  # a default prompt from a run's own validation text: the star
 def default_prompts(loaded: Loaded, seed: int = 0) -> list[list[int]]:
     """Runs on the stdlib: DEFAULT_PROMPTS (beginnings of Python code) in the run's tokens. Other text:
     the first PROMPT_BYTES characters of 8 lines of the run's own validation text, chosen with
-    `seed`, in the run's tokens. Synthetic runs and pre-tokenised corpora: 8 prompts of 8 random
+    `seed`, in the run's tokens (DEFAULT_PROMPTS if the corpus is no longer there). Synthetic runs and pre-tokenised corpora: 8 prompts of 8 random
     tokens."""
     config, vocab_size = loaded.config, loaded.model.vocab_size
     rng = random.Random(seed)
@@ -438,9 +438,13 @@ def default_prompts(loaded: Loaded, seed: int = 0) -> list[list[int]]:
         return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
     if config.data.source in ("synthetic", "tokens"):
         return [[rng.randrange(vocab_size) for _ in range(8)] for _ in range(8)]
+    from lnexp.config import ConfigError
     from lnexp.data import load_data
 
-    text = loaded.tokenizer.decode(load_data(config.data).val.tolist())
+    try:
+        text = loaded.tokenizer.decode(load_data(config.data).val.tolist())
+    except ConfigError:  # the corpus is gone: decoding needs only the run folder
+        return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
     # whole lines only (the split's first and last may be cut), with some text in them
     lines = [line[:PROMPT_BYTES] for line in text.split("\n")[1:-1]
              if len(line.strip()) >= PROMPT_BYTES // 2]
