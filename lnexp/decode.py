@@ -430,8 +430,8 @@ PROMPT_BYTES = 16  # a default prompt from a run's own validation text: the star
 def default_prompts(loaded: Loaded, seed: int = 0) -> list[list[int]]:
     """Runs on the stdlib: DEFAULT_PROMPTS (beginnings of Python code) in the run's tokens. Other text:
     the first PROMPT_BYTES characters of 8 lines of the run's own validation text, chosen with
-    `seed`, in the run's tokens (DEFAULT_PROMPTS if the corpus is no longer there). Synthetic runs and pre-tokenised corpora: 8 prompts of 8 random
-    tokens."""
+    `seed`, in the run's tokens (DEFAULT_PROMPTS if the corpus is no longer there). Synthetic runs
+    and pre-tokenised corpora: 8 prompts of 8 random tokens."""
     config, vocab_size = loaded.config, loaded.model.vocab_size
     rng = random.Random(seed)
     if config.data.source == "stdlib":
