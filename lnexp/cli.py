@@ -193,9 +193,44 @@ def list_runs(
     console.stdout.print(comparison.runs_table(found, directory))
 
 
+# Where sweep and reproduce cells run (lnexp.launch): the same options on both commands.
+LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; one "
+                                                  "GPU per worker) or slurm (one job per cell, a job "
+                                                  "array, through submitit).", show_default=False)]
+LauncherConfig = Annotated[Path | None, typer.Option("--launcher-config", help="YAML file with a launcher: "
+                                                     "block (kind, partition, gpus_per_cell, ...); the "
+                                                     "options below override it.", show_default=False)]
+Partition = Annotated[str | None, typer.Option(help="slurm: partition.", show_default=False)]
+GpusPerCell = Annotated[int | None, typer.Option(help="slurm: GPUs per job (default 1).", show_default=False)]
+CpusPerCell = Annotated[int | None, typer.Option(help="slurm: CPUs per job (also the run's threads).",
+                                                 show_default=False)]
+Mem = Annotated[str | None, typer.Option(help="slurm: memory per job, e.g. 32G.", show_default=False)]
+Time = Annotated[str | None, typer.Option("--time", help="slurm: time limit per job, minutes or H:MM:SS "
+                                          "(default 60); a job past it checkpoints and is requeued.",
+                                          show_default=False)]
+Slurm = Annotated[list[str], typer.Option("--slurm", help="slurm: any other sbatch option, K=V (repeatable): "
+                                          "--slurm account=proj --slurm qos=high.")]
+Detach = Annotated[bool, typer.Option(help="slurm: submit and return; run the same command again (or "
+                                      "lnexp sweep status) to see and collect the cells.")]
+
+
+def _launcher(kind: str | None, file: Path | None, partition: str | None, gpus: int | None,
+              cpus: int | None, mem: str | None, time: str | None, slurm: list[str]):
+    """The launcher from --launcher-config and the options (None: the local pool); ConfigError on bad
+    input."""
+    from lnexp import launch
+
+    options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus, "cpus_per_cell": cpus,
+               "mem": mem, "time": time, "slurm": launch.parse_slurm(slurm)}
+    return launch.load_launcher(file, options) if file or any(options.values()) else None
+
+
 @app.command()
 def sweep(
-    config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell.")],
+    config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell; or `status`, "
+                                           "then the sweep's NAME or folder.")],
+    status_of: Annotated[str | None, typer.Argument(metavar="[NAME]", help="With `status`: the sweep.",
+                                                    show_default=False)] = None,
     grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,...: values of one key (repeatable; "
                                             "the cells are the cartesian product).")] = [],  # noqa: B006
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell: train.seed, train.seed+1, ...")] = 1,
@@ -210,20 +245,46 @@ def sweep(
     force: Annotated[bool, typer.Option(help="Train finished cells again (replacing their "
                                         "folders).")] = False,
     quiet: Annotated[bool, typer.Option(help="No line per cell on stderr.")] = False,
+    launcher: LauncherKind = None,
+    launcher_config: LauncherConfig = None,
+    partition: Partition = None,
+    gpus_per_cell: GpusPerCell = None,
+    cpus_per_cell: CpusPerCell = None,
+    mem: Mem = None,
+    time: Time = None,
+    slurm: Slurm = [],  # noqa: B006 (typer reads it)
+    detach: Detach = False,
 ) -> None:
     """Train the cartesian product of the --grid values x --seeds, one run folder per cell.
 
     Cells go to <run.dir>/<name>/<cell>/ with sweep.json beside them. Re-running the same command
     skips finished cells (completed or diverged), so an interrupted sweep resumes. Ends with a table:
-    final validation loss mean ± std over seeds, and how many diverged.
+    final validation loss mean ± std over seeds, and how many diverged. `lnexp sweep status NAME`
+    shows every cell's state (and its SLURM job's) and, once all are done, the table.
     """
     from lnexp import console
     from lnexp import sweep as sweeps
     from lnexp.config import ConfigError, config_warnings
     from lnexp.runs import RunError
 
+    if str(config) == "status" and not config.exists():
+        if status_of is None:
+            raise fail("lnexp sweep status NAME: give the sweep's name or folder")
+        try:
+            found = sweeps.find_sweep(status_of)
+            table, states = sweeps.status_table(found)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        console.stdout.print(table)
+        if all(s in ("completed", "diverged", "failed", "interrupted") for s in states):
+            console.stdout.print(sweeps.summary_table(found, {}))
+        return
+    if status_of is not None:
+        raise fail(f"unexpected argument {status_of!r} (only `lnexp sweep status NAME` takes a second one)")
     try:
         plan = sweeps.expand(config, grid, seeds, set_, name, jobs)
+        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                           slurm)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
@@ -231,11 +292,17 @@ def sweep(
         console.stdout.print(sweeps.cells_table(plan))
         return
     try:
-        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event)
+        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, launch,
+                                   detach)
     except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
+    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
+    if waiting:  # detached: the jobs run on
+        console.stderr.print(f"{waiting} cell(s) queued or running; see them with: lnexp sweep status "
+                             f"{plan.root}", markup=False, soft_wrap=True)
+        return
     for warning in warnings:  # after the sweep's checks, so that an error stays one line
         console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
