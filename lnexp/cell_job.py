@@ -13,13 +13,15 @@ class CellJob(Checkpointable):
 
     def __call__(self, config: dict[str, Any], source: str, command: list[str], replace: bool
                  ) -> dict[str, Any]:
+        from lnexp.console import plain_progress
         from lnexp.launch import defer_preemption
         from lnexp.sweep import run_cell
         from lnexp.train import Stop
 
         stop = Stop()
         hand_over = defer_preemption(stop)  # the step ends and the checkpoint is written first
-        result = run_cell(config, source, command, replace, stop=stop, resume=not replace)
+        progress = plain_progress(config["log"].get("print_every"))  # the job's log: a line now and then
+        result = run_cell(config, source, command, replace, stop=stop, resume=not replace, progress=progress)
         hand_over()
         return result
 

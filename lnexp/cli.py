@@ -60,8 +60,8 @@ def train(
                 cfg.run.name = renamed
         from lnexp import train as training
 
-        with console.training_progress(cfg.run.name or config.stem if cfg else resume.name,
-                                       quiet) as progress:
+        with console.training_progress(cfg.run.name or config.stem if cfg else resume.name, quiet,
+                                       cfg.log.print_every if cfg else None) as progress:
             outcome = training.train(cfg, str(config), command, force=force, progress=progress,
                                      on_ready=warn) \
                 if cfg else training.resume(resume, command, progress=progress)

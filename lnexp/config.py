@@ -128,6 +128,9 @@ class LogConfig(Section):
     # sensitivity's noise ablation: one forward per layer, so only at these steps
     ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     loss_every: Int = Field(10, ge=1)
+    # the plain progress line where stderr is not a terminal (batch jobs, nohup, CI): every this many
+    # steps (rounded up to loss_every), or None: about every 10 seconds
+    print_every: Int | None = Field(None, ge=1)
 
 
 class RunConfig(Section):

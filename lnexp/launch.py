@@ -160,10 +160,10 @@ def job_live(root: Path, record: dict[str, Any], handle: Any = None) -> bool:
 def cell_state(root: Path, cell: Cell, record: dict[str, Any] | None, live: bool) -> tuple[str, str]:
     """(state, detail): queued, running, requeued, completed, diverged, interrupted, failed, new."""
     status = folder_status(cell.path)
-    if status in FINISHED:
-        return status, ""
     if record is None:
         return "new" if status is None else status, ""
+    if status in FINISHED:
+        return status, f"job {record['id']}"
     log = str(job_paths(root, record).stderr)
     if live:
         state = {"running": "running", "interrupted": "requeued"}.get(status, "queued")
