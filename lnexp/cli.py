@@ -194,8 +194,8 @@ def list_runs(
 
 
 # Where sweep and reproduce cells run (lnexp.launch): the same options on both commands.
-LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; one "
-                                                  "GPU per worker) or slurm (one job per cell, a job "
+LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; "
+                                                  "one GPU per worker) or slurm (one job per cell, a job "
                                                   "array, through submitit).", show_default=False)]
 LauncherConfig = Annotated[Path | None, typer.Option("--launcher-config", help="YAML file with a launcher: "
                                                      "block (kind, partition, gpus_per_cell, ...); the "
@@ -479,6 +479,21 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(help="No line per run on stderr.")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key in every run: --set "
+                                            "train.device=cuda (repeatable). Finished runs with another "
+                                            "config are trained again: use another --out to keep "
+                                            "both.")] = [],  # noqa: B006 (typer reads it)
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per run (default: the cores "
+                                                "split over --jobs).", show_default=False)] = None,
+    launcher: LauncherKind = None,
+    launcher_config: LauncherConfig = None,
+    partition: Partition = None,
+    gpus_per_cell: GpusPerCell = None,
+    cpus_per_cell: CpusPerCell = None,
+    mem: Mem = None,
+    time: Time = None,
+    slurm: Slurm = [],  # noqa: B006 (typer reads it)
+    detach: Detach = False,
 ) -> None:
     """Test the papers' claims: run a SUITE and write a report with verdicts computed from its runs.
 
@@ -495,13 +510,24 @@ def reproduce(
         raise fail(f"unknown suite {suite!r}; choose one of: {', '.join(reproduction.suite_names())}")
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
+    from lnexp.runs import RunError
+
     try:
-        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event)
-    except ConfigError as exc:
+        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                           slurm)
+        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
+                                         set_, threads, launch, detach)
+    except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
+    except reproduction.Stopped as exc:
+        raise fail(str(exc), 130) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume (finished runs are kept)",
                    130) from None
+    if outcome.waiting:
+        console.stderr.print(f"{outcome.waiting} run(s) queued or running; run the same command again to "
+                             "see them, and to write the report once all are done", markup=False)
+        return
     console.stdout.print(reproduction.verdicts_table(outcome))
     for path in outcome.reports.values():
         console.stdout.print(f"wrote {path}", markup=False)

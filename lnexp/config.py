@@ -181,6 +181,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     raise ConfigError(f"--set {named}: {message}")
 
 
+def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """A copy of parsed YAML with `--set KEY=VALUE` items applied (not yet validated)."""
+    raw = copy.deepcopy(raw)
+    for item in sets:
+        _apply_override(raw, item, *_parse_override(item))
+    return raw
+
+
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
     """A Config from parsed YAML (a file, a checkpoint's config); ConfigError names `source`."""
     fault = _fault(raw)

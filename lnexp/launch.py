@@ -83,8 +83,9 @@ def load_launcher(file: Path | None, options: dict[str, Any]) -> Launcher:
     given = {k: v for k, v in options.items() if v is not None and v != {}}
     merged = {**raw, **given, "slurm": {**(raw.get("slurm") or {}), **given.get("slurm", {})}}
     launcher = _validate(merged, lambda key: f"--{key.split('.')[0].replace('_', '-')}")
-    if launcher.kind == "local" and given.keys() - {"kind"}:
-        raise ConfigError(f"--{sorted(given.keys() - {'kind'})[0].replace('_', '-')}: only with --launcher slurm")
+    slurm_only = sorted(given.keys() - {"kind"})
+    if launcher.kind == "local" and slurm_only:
+        raise ConfigError(f"--{slurm_only[0].replace('_', '-')}: only with --launcher slurm")
     return launcher
 
 

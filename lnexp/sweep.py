@@ -395,16 +395,19 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                                                                    for a in ("--set", o))])
     args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
     if jobs <= 1 or len(args) <= 1:
-        with on_signals(_interrupt):  # between cells; a cell's run handles them itself
-            for cell, cell_args in args:
-                if on_event:
-                    on_event(done, total, cell, "started", {})
-                results[cell.key] = run_cell(*cell_args)
-                done += 1
-                if on_event:
-                    on_event(done, total, cell, "finished", results[cell.key])
-                if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
-                    break
+        try:
+            with on_signals(_interrupt):  # between cells; a cell's run handles them itself
+                for cell, cell_args in args:
+                    if on_event:
+                        on_event(done, total, cell, "started", {})
+                    results[cell.key] = run_cell(*cell_args)
+                    done += 1
+                    if on_event:
+                        on_event(done, total, cell, "finished", results[cell.key])
+                    if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
+                        break
+        except KeyboardInterrupt:
+            raise Interrupted(results) from None
         return results
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -456,13 +459,23 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                     on_event(done, total, cell, "finished", results[cell.key])
                 if not stopping:
                     start_next()
-    except BaseException:
+    except BaseException as exc:
         pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(results) from None
         raise
     pool.shutdown()
     if stopping or any(r.get("status") == "interrupted" for r in results.values()):
-        raise KeyboardInterrupt  # every started cell has checkpointed and returned
+        raise Interrupted(results)  # every started cell has checkpointed and returned
     return results
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the cells: `results` has those that returned (some `interrupted`)."""
+
+    def __init__(self, results: dict[str, dict[str, Any]]) -> None:
+        super().__init__()
+        self.results = results
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -519,8 +532,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event 
             if launcher is not None and launcher.kind == "slurm":
                 from lnexp.launch import launch
 
+                record = lambda _: write_json(sweep.root / "sweep.json", sweep_record(sweep))  # noqa: E731
                 results = launch(work, launcher, sweep.root, sweep.config_file, command, on_event, detach,
-                                 on_submit=lambda _: write_json(sweep.root / "sweep.json", sweep_record(sweep)))
+                                 on_submit=record)
             else:
                 results = execute(work, jobs, sweep.config_file, command, on_event)
         finally:
