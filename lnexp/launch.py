@@ -12,6 +12,7 @@ collects the finished ones. Everything here imports submitit (an optional extra)
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -82,7 +83,8 @@ def load_launcher(file: Path | None, options: dict[str, Any]) -> Launcher:
         _validate(raw, lambda key: f"{file}: launcher.{key}")
     given = {k: v for k, v in options.items() if v is not None and v != {}}
     merged = {**raw, **given, "slurm": {**(raw.get("slurm") or {}), **given.get("slurm", {})}}
-    launcher = _validate(merged, lambda key: f"--{key.split('.')[0].replace('_', '-')}")
+    option = {"kind": "launcher"}
+    launcher = _validate(merged, lambda key: f"--{option.get(key, key.split('.')[0]).replace('_', '-')}")
     slurm_only = sorted(given.keys() - {"kind"})
     if launcher.kind == "local" and slurm_only:
         raise ConfigError(f"--{slurm_only[0].replace('_', '-')}: only with --launcher slurm")
@@ -100,8 +102,13 @@ def _validate(raw: dict[str, Any], where: Callable[[str], str]) -> Launcher:
 def executor(launcher: Launcher, folder: Path) -> Any:
     """A submitit executor asking, per job, for what `launcher` says."""
     submitit = _submitit()
-    ex = submitit.AutoExecutor(folder=folder, cluster=launcher.cluster,
-                               slurm_max_num_timeout=launcher.max_requeues)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=launcher.cluster,
+                                   slurm_max_num_timeout=launcher.max_requeues)
+    except RuntimeError as exc:  # no srun: not on a SLURM cluster
+        from lnexp.runs import RunError
+
+        raise RunError(f"--launcher slurm: {exc}") from None
     known = submitit.SlurmExecutor._valid_parameters()
     named = {"partition": launcher.partition, "mem": launcher.mem,
              **{k: v for k, v in launcher.slurm.items() if k in known}}
@@ -153,9 +160,21 @@ def job_live(root: Path, record: dict[str, Any], handle: Any = None) -> bool:
     if handle is not None:  # submitted by this process: submitit knows (a local job's process)
         return not handle.done()
     if record["cluster"] == "local":  # the job's id is its controller's pid
-        return _alive(int(record["id"]))
+        pid = int(record["id"])
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:  # this process's child, ended: reaped, not a zombie
+                return False
+        except ChildProcessError:  # another process's (an earlier command's)
+            pass
+        return _alive(pid)
     submitit = _submitit()
     return not submitit.SlurmJob(root / JOBS, record["id"]).done(force_check=True)  # sacct
+
+
+def resumable(cell: Cell) -> bool:
+    from lnexp.sweep import config_differences
+
+    return (cell.path / "checkpoint.pt").exists() and not config_differences(cell.path, cell.config)
 
 
 def cell_state(root: Path, cell: Cell, record: dict[str, Any] | None, live: bool) -> tuple[str, str]:
@@ -182,15 +201,14 @@ def record_failure(root: Path, cell: Cell, record: dict[str, Any]) -> str:
         tail = job_paths(root, record).stderr.read_text(errors="replace")[-LOG_TAIL:]
     except OSError:
         tail = "(no stderr log)"
-    error = f"job {record['id']} ended without a finished run; stderr tail:\n{tail}"
     try:
         meta = json.loads((cell.path / "meta.json").read_text())
     except (OSError, ValueError):
         meta = {}
+    own = f"{meta['error']}\n" if meta.get("error") else ""  # the run's own message comes first
+    error = f"{own}job {record['id']} ended without a finished run; stderr tail:\n{tail}"
     cell.path.mkdir(parents=True, exist_ok=True)
-    write_json(cell.path / "meta.json", {**meta, "status": meta.get("status", "failed")
-                                         if meta.get("status") == "interrupted" else "failed",
-                                         "error": error, "job": record})
+    write_json(cell.path / "meta.json", {**meta, "status": "failed", "error": error, "job": record})
     return error
 
 
@@ -207,7 +225,8 @@ def launch(work: Plan, launcher: Launcher, root: Path, source: str, command: Cal
     handles: dict[str, Any] = {}
     live = {cell.key for cell, _ in work.todo
             if cell.key in records and job_live(root, records[cell.key])}
-    submit = [(cell, replace) for cell, replace in work.todo if cell.key not in live]
+    # an interrupted run of the same config continues from its checkpoint (a job cancelled, or stopped)
+    submit = [(cell, replace and not resumable(cell)) for cell, replace in work.todo if cell.key not in live]
     if submit:
         configs = []
         for cell, _ in submit:

@@ -616,7 +616,7 @@ def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dic
 # --- terminal output -------------------------------------------------------------------------------
 
 def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, Any]) -> None:
-    """One line on stderr per finished or skipped cell."""
+    """One line on stderr when a cell starts, ends (with its outcome), is skipped or is left to its job."""
     from lnexp.console import fmt, stderr
 
     if kind == "started":

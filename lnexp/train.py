@@ -326,6 +326,7 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "git_commit": _git_commit(),
         "data": data.description,
         "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a pool worker's or a job's GPU
     }
 
 
