@@ -310,7 +310,8 @@ def sweep(
     if any(r.get("status") == "interrupted" for r in results.values()):
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130)
     if failed:
-        raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {results[failed[0]].get('error')}", 1)
+        error = str(results[failed[0]].get("error")).partition("\n")[0]  # a job's log tail: in meta.json
+        raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {error}", 1)
 
 
 @app.command()
