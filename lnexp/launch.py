@@ -34,7 +34,7 @@ LOG_TAIL = 2000  # characters of a failed job's stderr kept in its cell's meta.j
 
 def _minutes(value: Any) -> Any:
     """`90`, `"90"`, `"1:30"` (H:MM) or `"1:30:00"` (H:MM:SS) -> minutes."""
-    if isinstance(value, str) and ":" in value:
+    if isinstance(value, str) and not value.strip().isdigit():
         parts = value.split(":")
         if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
             raise ValueError(f"must be minutes or H:MM[:SS], got {value!r}")
