@@ -62,8 +62,8 @@ def train(
                 cfg.run.name = renamed
         from lnexp import train as training
 
-        with console.training_progress(cfg.run.name or config.stem if cfg else resume.name,
-                                       quiet) as progress:
+        with console.training_progress(cfg.run.name or config.stem if cfg else resume.name, quiet,
+                                       cfg.log.print_every if cfg else None) as progress:
             outcome = training.train(cfg, str(config), command, force=force, progress=progress,
                                      on_ready=warn) \
                 if cfg else training.resume(resume, command, progress=progress)
@@ -261,9 +261,44 @@ def list_runs(
     console.stdout.print(comparison.runs_table(found, directory, console.stdout.width))
 
 
+# Where sweep and reproduce cells run (lnexp.launch): the same options on both commands.
+LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; "
+                                                  "one GPU per worker) or slurm (one job per cell, a job "
+                                                  "array, through submitit).", show_default=False)]
+LauncherConfig = Annotated[Path | None, typer.Option("--launcher-config", help="YAML file with a launcher: "
+                                                     "block (kind, partition, gpus_per_cell, ...); the "
+                                                     "options below override it.", show_default=False)]
+Partition = Annotated[str | None, typer.Option(help="slurm: partition.", show_default=False)]
+GpusPerCell = Annotated[int | None, typer.Option(help="slurm: GPUs per job (default 1).", show_default=False)]
+CpusPerCell = Annotated[int | None, typer.Option(help="slurm: CPUs per job (also the run's threads).",
+                                                 show_default=False)]
+Mem = Annotated[str | None, typer.Option(help="slurm: memory per job, e.g. 32G.", show_default=False)]
+Time = Annotated[str | None, typer.Option("--time", help="slurm: time limit per job, minutes or H:MM:SS "
+                                          "(default 60); a job past it checkpoints and is requeued.",
+                                          show_default=False)]
+Slurm = Annotated[list[str], typer.Option("--slurm", help="slurm: any other sbatch option, K=V (repeatable): "
+                                          "--slurm account=proj --slurm qos=high.")]
+Detach = Annotated[bool, typer.Option("--detach", help="slurm: submit and return; run the same command "
+                                      "again (or lnexp sweep status) to see and collect the cells.")]
+
+
+def _launcher(kind: str | None, file: Path | None, partition: str | None, gpus: int | None,
+              cpus: int | None, mem: str | None, time: str | None, slurm: list[str]):
+    """The launcher from --launcher-config and the options (None: the local pool); ConfigError on bad
+    input."""
+    from lnexp import launch
+
+    options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus, "cpus_per_cell": cpus,
+               "mem": mem, "time": time, "slurm": launch.parse_slurm(slurm)}
+    return launch.load_launcher(file, options) if file or any(options.values()) else None
+
+
 @app.command(short_help="Train a grid of configs x seeds; table, figures.")
 def sweep(
-    config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell.")],
+    config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell; or `status`, "
+                                           "then the sweep's NAME or folder.")],
+    status_of: Annotated[str | None, typer.Argument(metavar="[NAME]", help="With `status`: the sweep.",
+                                                    show_default=False)] = None,
     grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,...: values of one key (repeatable; "
                                             "the cells are the cartesian product).")] = [],  # noqa: B006
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell: train.seed, train.seed+1, ...")] = 1,
@@ -278,20 +313,46 @@ def sweep(
     force: Annotated[bool, typer.Option("--force", help="Train finished cells again (replacing their "
                                         "folders).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per cell on stderr.")] = False,
+    launcher: LauncherKind = None,
+    launcher_config: LauncherConfig = None,
+    partition: Partition = None,
+    gpus_per_cell: GpusPerCell = None,
+    cpus_per_cell: CpusPerCell = None,
+    mem: Mem = None,
+    time: Time = None,
+    slurm: Slurm = [],  # noqa: B006 (typer reads it)
+    detach: Detach = False,
 ) -> None:
     """Train the cartesian product of the --grid values x --seeds, one run folder per cell.
 
     Cells go to <run.dir>/<name>/<cell>/ with sweep.json beside them. Re-running the same command
     skips finished cells (completed or diverged), so an interrupted sweep resumes. Ends with a table:
-    final validation loss mean ± std over seeds, and how many diverged.
+    final validation loss mean ± std over seeds, and how many diverged. `lnexp sweep status NAME`
+    shows every cell's state (and its SLURM job's) and, once all are done, the table.
     """
     from lnexp import console
     from lnexp import sweep as sweeps
     from lnexp.config import ConfigError, config_warnings
     from lnexp.runs import RunError
 
+    if str(config) == "status" and not config.exists():
+        if status_of is None:
+            raise fail("lnexp sweep status NAME: give the sweep's name or folder")
+        try:
+            found = sweeps.find_sweep(status_of)
+            table, states = sweeps.status_table(found)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        console.stdout.print(table)
+        if all(s in ("completed", "diverged", "failed", "interrupted") for s in states):
+            console.stdout.print(sweeps.summary_table(found, {}))
+        return
+    if status_of is not None:
+        raise fail(f"unexpected argument {status_of!r} (only `lnexp sweep status NAME` takes a second one)")
     try:
         plan = sweeps.expand(config, grid, seeds, set_, name, jobs)
+        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                           slurm)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
@@ -299,11 +360,17 @@ def sweep(
         console.stdout.print(sweeps.cells_table(plan))
         return
     try:
-        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event)
+        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, launch,
+                                   detach)
     except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
+    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
+    if waiting:  # detached: the jobs run on
+        console.stderr.print(f"{waiting} cell(s) queued or running; see them with: lnexp sweep status "
+                             f"{plan.root}", markup=False, soft_wrap=True)
+        return
     for warning in warnings:  # after the sweep's checks, so that an error stays one line
         console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
@@ -313,7 +380,8 @@ def sweep(
     if any(r.get("status") == "interrupted" for r in results.values()):
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130)
     if failed:
-        raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {results[failed[0]].get('error')}", 1)
+        error = str(results[failed[0]].get("error")).partition("\n")[0]  # a job's log tail: in meta.json
+        raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {error}", 1)
 
 
 @app.command(short_help="Continue a prompt with a trained model.")
@@ -548,6 +616,21 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per run on stderr.")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key in every run: --set "
+                                            "train.device=cuda (repeatable). Finished runs with another "
+                                            "config are trained again: use another --out to keep "
+                                            "both.")] = [],  # noqa: B006 (typer reads it)
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per run (default: the cores "
+                                                "split over --jobs).", show_default=False)] = None,
+    launcher: LauncherKind = None,
+    launcher_config: LauncherConfig = None,
+    partition: Partition = None,
+    gpus_per_cell: GpusPerCell = None,
+    cpus_per_cell: CpusPerCell = None,
+    mem: Mem = None,
+    time: Time = None,
+    slurm: Slurm = [],  # noqa: B006 (typer reads it)
+    detach: Detach = False,
 ) -> None:
     """Test the papers' claims: run a SUITE and write a report with verdicts computed from its runs.
 
@@ -564,13 +647,24 @@ def reproduce(
         raise fail(f"unknown suite {suite!r}; choose one of: {', '.join(reproduction.suite_names())}")
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
+    from lnexp.runs import RunError
+
     try:
-        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event)
-    except ConfigError as exc:
+        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                           slurm)
+        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
+                                         set_, threads, launch, detach)
+    except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
+    except reproduction.Stopped as exc:
+        raise fail(str(exc), 130) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume (finished runs are kept)",
                    130) from None
+    if outcome.waiting:
+        console.stderr.print(f"{outcome.waiting} run(s) queued or running; run the same command again to "
+                             "see them, and to write the report once all are done", markup=False)
+        return
     console.stdout.print(reproduction.verdicts_table(outcome))
     for path in outcome.reports.values():
         console.stdout.print(f"wrote {path}", markup=False)

@@ -148,6 +148,9 @@ class LogConfig(Section):
     loss_every: Int = Field(10, ge=1)
     tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
     wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
+    # the plain progress line where stderr is not a terminal (batch jobs, nohup, CI): every this many
+    # steps (rounded up to loss_every), or None: about every 10 seconds
+    print_every: Int | None = Field(None, ge=1)
 
 
 class RunConfig(Section):
@@ -196,6 +199,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     item, set_key, _ = items[culprit - 1]
     named = set_key if key == set_key or key.startswith(set_key + ".") else f"{item}: {key}"
     raise ConfigError(f"--set {named}: {message}")
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """A copy of parsed YAML with `--set KEY=VALUE` items applied (not yet validated)."""
+    raw = copy.deepcopy(raw)
+    for item in sets:
+        _apply_override(raw, item, *_parse_override(item))
+    return raw
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:

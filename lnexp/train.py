@@ -331,6 +331,7 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "data": data.description,
         "vocab_size": data.vocab_size,
         "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a pool worker's or a job's GPU
     }
 
 
@@ -540,8 +541,9 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
             history.rows.extend(rows)
             pending.clear()
             extra.clear()
-            if progress is not None and rows:
-                progress(through + 1, t.steps, rows[-1])
+            if progress is not None and rows:  # with the latest validation loss, for the log line
+                latest = history.val_losses[max(history.val_losses)] if history.val_losses else None
+                progress(through + 1, t.steps, {**rows[-1], "val_loss": latest})
         return any_rank(diverged_step is not None or stop.requested, dist, device)
 
     halted = False
