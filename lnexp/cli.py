@@ -69,8 +69,8 @@ def train(
                 cfg.run.name = renamed
         from lnexp import train as training
 
-        with console.training_progress(cfg.run.name or config.stem if cfg else resume.name,
-                                       quiet) as progress:
+        with console.training_progress(cfg.run.name or config.stem if cfg else resume.name, quiet,
+                                       cfg.log.print_every if cfg else None) as progress:
             outcome = training.train(cfg, str(config), command, force=force, progress=progress,
                                      on_ready=warn) \
                 if cfg else training.resume(resume, command, progress=progress)
@@ -118,6 +118,8 @@ def compare(
         "--group-by", help="Aggregate the runs that share this config key's value (repeatable), e.g. "
         "the seeds of a sweep cell: mean ± std in the tables, mean and min-max band in the "
         "figure.")] = [],  # noqa: B006 (typer reads it)
+    metric: Annotated[str, typer.Option(help="The figure's curves: loss, or a translation score that "
+                                        "train.eval_bleu_every logged: bleu, chrf, exact_match.")] = "loss",
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
@@ -130,6 +132,10 @@ def compare(
         raise fail("--json and --markdown: choose one")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
+    if metric not in ("loss", "bleu", "chrf", "exact_match"):
+        raise fail(f"--metric: must be one of loss, bleu, chrf, exact_match, got {metric!r}")
+    if metric != "loss" and plot is None:
+        raise fail("--metric: chooses the curves of the figure; give --plot FILE")
     loaded, notes = comparison.load_runs(runs)  # and their plugins' probes
     if not loaded:
         raise fail("nothing to compare: " + "; ".join(notes))
@@ -142,6 +148,8 @@ def compare(
         c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes, group_by)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if metric != "loss" and not any(m.get(metric) is not None for run in loaded for m in run.metrics):
+        c.notes.append(f"no run logged {metric} (train.eval_bleu_every logs it, on encoder-decoder runs)")
     for note in c.notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
     if json_:
@@ -155,7 +163,7 @@ def compare(
         from lnexp import plots
 
         try:
-            written = plots.compare_figure(c, plot, log_loss)
+            written = plots.compare_figure(c, plot, log_loss, metric)
         except OSError as exc:
             raise fail(f"{plot}: {exc.strerror or exc}") from None
         console.stderr.print(f"wrote {written}", markup=False, soft_wrap=True)
@@ -260,9 +268,44 @@ def list_runs(
     console.stdout.print(comparison.runs_table(found, directory, console.stdout.width))
 
 
+# Where sweep and reproduce cells run (lnexp.launch): the same options on both commands.
+LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; "
+                                                  "one GPU per worker) or slurm (one job per cell, a job "
+                                                  "array, through submitit).", show_default=False)]
+LauncherConfig = Annotated[Path | None, typer.Option("--launcher-config", help="YAML file with a launcher: "
+                                                     "block (kind, partition, gpus_per_cell, ...); the "
+                                                     "options below override it.", show_default=False)]
+Partition = Annotated[str | None, typer.Option(help="slurm: partition.", show_default=False)]
+GpusPerCell = Annotated[int | None, typer.Option(help="slurm: GPUs per job (default 1).", show_default=False)]
+CpusPerCell = Annotated[int | None, typer.Option(help="slurm: CPUs per job (also the run's threads).",
+                                                 show_default=False)]
+Mem = Annotated[str | None, typer.Option(help="slurm: memory per job, e.g. 32G.", show_default=False)]
+Time = Annotated[str | None, typer.Option("--time", help="slurm: time limit per job, minutes or H:MM:SS "
+                                          "(default 60); a job past it checkpoints and is requeued.",
+                                          show_default=False)]
+Slurm = Annotated[list[str], typer.Option("--slurm", help="slurm: any other sbatch option, K=V (repeatable): "
+                                          "--slurm account=proj --slurm qos=high.")]
+Detach = Annotated[bool, typer.Option("--detach", help="slurm: submit and return; run the same command "
+                                      "again (or lnexp sweep status) to see and collect the cells.")]
+
+
+def _launcher(kind: str | None, file: Path | None, partition: str | None, gpus: int | None,
+              cpus: int | None, mem: str | None, time: str | None, slurm: list[str]):
+    """The launcher from --launcher-config and the options (None: the local pool); ConfigError on bad
+    input."""
+    from lnexp import launch
+
+    options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus, "cpus_per_cell": cpus,
+               "mem": mem, "time": time, "slurm": launch.parse_slurm(slurm)}
+    return launch.load_launcher(file, options) if file or any(options.values()) else None
+
+
 @app.command(short_help="Train a grid of configs x seeds; table, figures.")
 def sweep(
-    config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell.")],
+    config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell; or `status`, "
+                                           "then the sweep's NAME or folder.")],
+    status_of: Annotated[str | None, typer.Argument(metavar="[NAME]", help="With `status`: the sweep.",
+                                                    show_default=False)] = None,
     grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,...: values of one key (repeatable; "
                                             "the cells are the cartesian product).")] = [],  # noqa: B006
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell: train.seed, train.seed+1, ...")] = 1,
@@ -277,21 +320,47 @@ def sweep(
     force: Annotated[bool, typer.Option("--force", help="Train finished cells again (replacing their "
                                         "folders).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per cell on stderr.")] = False,
+    launcher: LauncherKind = None,
+    launcher_config: LauncherConfig = None,
+    partition: Partition = None,
+    gpus_per_cell: GpusPerCell = None,
+    cpus_per_cell: CpusPerCell = None,
+    mem: Mem = None,
+    time: Time = None,
+    slurm: Slurm = [],  # noqa: B006 (typer reads it)
+    detach: Detach = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Train the cartesian product of the --grid values x --seeds, one run folder per cell.
 
     Cells go to <run.dir>/<name>/<cell>/ with sweep.json beside them. Re-running the same command
     skips finished cells (completed or diverged), so an interrupted sweep resumes. Ends with a table:
-    final validation loss mean ± std over seeds, and how many diverged.
+    final validation loss mean ± std over seeds, and how many diverged. `lnexp sweep status NAME`
+    shows every cell's state (and its SLURM job's) and, once all are done, the table.
     """
     from lnexp import console
     from lnexp import sweep as sweeps
     from lnexp.config import ConfigError, config_warnings
     from lnexp.runs import RunError
 
+    if str(config) == "status" and not config.exists():
+        if status_of is None:
+            raise fail("lnexp sweep status NAME: give the sweep's name or folder")
+        try:
+            found = sweeps.find_sweep(status_of)
+            table, states = sweeps.status_table(found)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        console.stdout.print(table)
+        if all(s in ("completed", "diverged", "failed", "interrupted") for s in states):
+            console.stdout.print(sweeps.summary_table(found, {}))
+        return
+    if status_of is not None:
+        raise fail(f"unexpected argument {status_of!r} (only `lnexp sweep status NAME` takes a second one)")
     try:
         plan = sweeps.expand(config, grid, seeds, set_, name, jobs, [str(p) for p in plugin])
+        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                           slurm)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
@@ -299,11 +368,17 @@ def sweep(
         console.stdout.print(sweeps.cells_table(plan))
         return
     try:
-        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event)
+        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, launch,
+                                   detach)
     except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
+    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
+    if waiting:  # detached: the jobs run on
+        console.stderr.print(f"{waiting} cell(s) queued or running; see them with: lnexp sweep status "
+                             f"{plan.root}", markup=False, soft_wrap=True)
+        return
     for warning in warnings:  # after the sweep's checks, so that an error stays one line
         console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
     console.stdout.print(sweeps.summary_table(plan, results))
@@ -313,19 +388,21 @@ def sweep(
     if any(r.get("status") == "interrupted" for r in results.values()):
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130)
     if failed:
-        raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {results[failed[0]].get('error')}", 1)
+        error = str(results[failed[0]].get("error")).partition("\n")[0]  # a job's log tail: in meta.json
+        raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {error}", 1)
 
 
 @app.command(short_help="Continue a prompt with a trained model.")
 def generate(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt).")],
-    prompt: Annotated[str, typer.Option(help="Text to continue (its UTF-8 bytes are the tokens).",
+    prompt: Annotated[str, typer.Option(help="Text to continue (in the run's tokens: UTF-8 bytes, or its "
+                                        "tokenizer.json's).",
                                         show_default=False)],
     strategy: Annotated[str, typer.Option(help="greedy (argmax), sample (multinomial from the softmax), "
                                           "top-k, top-p (nucleus) or beam.")] = "greedy",
     n: Annotated[int, typer.Option("--n", help="Samples to draw (sample, top-k, top-p), or best "
                                    "hypotheses to return (beam, at most --beams); greedy gives one.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens (bytes) to generate per output.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per output.")] = 100,
     temperature: Annotated[float, typer.Option(help="Divides the logits before sampling (sample, "
                                                "top-k, top-p).")] = 1.0,
     k: Annotated[int, typer.Option("--k", help="top-k: sample among the k most probable tokens.")] = 40,
@@ -363,10 +440,10 @@ def generate(
             raise dec.DecodeError("--prompt is empty")
         if stop == "":
             raise dec.DecodeError("--stop is empty")
-        prompt_ids = dec.encode(prompt, "--prompt")
-        stop_ids = dec.encode(stop, "--stop") if stop else []
-        model, _ = dec.load_model(run)
-        outputs = dec.decode(model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
+        loaded = dec.load_model(run)
+        prompt_ids = dec.encode(loaded.tokenizer, prompt, "--prompt")
+        stop_ids = dec.encode(loaded.tokenizer, stop, "--stop") if stop else []
+        outputs = dec.decode(loaded.model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
                              temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
                              seed=seed, stop=stop_ids)
     except dec.DecodeError as exc:
@@ -379,7 +456,7 @@ def generate(
         typer.echo(json.dumps({
             "run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": prompt_ids,
             "settings": settings,
-            "outputs": [{"text": dec.to_text(o.ids), "ids": o.ids, "logprob": o.logprob,
+            "outputs": [{"text": loaded.tokenizer.decode(o.ids), "ids": o.ids, "logprob": o.logprob,
                          **({"score": o.score} if o.score is not None else {})} for o in outputs],
         }, indent=2))
         return
@@ -387,7 +464,7 @@ def generate(
         if len(outputs) > 1:
             score = f", score {out.score:.4g}" if out.score is not None else ""
             typer.echo(f"--- {i + 1}/{len(outputs)} (log p {out.logprob:.4g}{score}) ---")
-        typer.echo(dec.printable(dec.to_text(out.ids)))
+        typer.echo(dec.printable(loaded.tokenizer.decode(out.ids)))
 
 
 @app.command("decode-stats", short_help="Compare decoding strategies on the same prompts.")
@@ -398,7 +475,7 @@ def decode_stats(
                                                  "beginnings of lines of the run's validation text).",
                                                  show_default=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt for sample, top-k and top-p.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens (bytes) generated per output.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per output.")] = 64,
     temperature: Annotated[float, typer.Option(help="Temperature of the samplers.")] = 1.0,
     k: Annotated[int, typer.Option("--k", help="k of top-k.")] = 40,
     p: Annotated[float, typer.Option("--p", help="p of top-p.")] = 0.9,
@@ -442,9 +519,10 @@ def decode_stats(
             texts = [line for line in lines if line.strip()]
             if not texts:
                 raise dec.DecodeError(f"{prompts}: no prompts (one per line)")
-        model, config = dec.load_model(run)
-        ids = [dec.encode(t) for t in texts] if prompts is not None else \
-            dec.default_prompts(config, model.vocab_size, seed)
+        loaded = dec.load_model(run)
+        model = loaded.model
+        ids = [dec.encode(loaded.tokenizer, t, str(prompts)) for t in texts] if prompts is not None else \
+            dec.default_prompts(loaded, seed)
         for prompt in ids:
             dec.check_prompt(prompt, model.vocab_size)
         spinner = console.stderr.status("decoding") if console.stderr.is_terminal else nullcontext()
@@ -464,13 +542,75 @@ def decode_stats(
     except OSError as exc:
         raise fail(f"{figure}: {exc.strerror or exc}") from None
     if json_:
-        typer.echo(json.dumps({"run": str(run), "prompts": [dec.to_text(i) for i in ids], "n": n,
+        typer.echo(json.dumps({"run": str(run), "prompts": [loaded.tokenizer.decode(i) for i in ids], "n": n,
                                "max_new_tokens": max_new_tokens, "seed": seed, "strategies": rows,
                                "figure": str(figure), "beam_ge_greedy": [better, total]}, indent=2))
         return
     console.stdout.print(dec.stats_table(f"{run}: {total} prompts x {max_new_tokens} tokens", rows))
     typer.echo(f"beam's joint log p >= greedy's on {better} of {total} prompts")
     typer.echo(f"wrote {figure}", err=True)
+
+
+@app.command(short_help="Translate with an encoder-decoder run, or score it.")
+def translate(
+    run: Annotated[Path, typer.Argument(help="Encoder-decoder run folder (with model.pt).")],
+    text: Annotated[str | None, typer.Option(help="A source to translate.", show_default=False)] = None,
+    input_: Annotated[Path | None, typer.Option("--input", help="A file of sources, one per line.",
+                                                show_default=False)] = None,
+    eval_: Annotated[bool, typer.Option("--eval", help="Score the run's validation pairs: BLEU, chrF "
+                                        "(sacrebleu) and exact match.")] = False,
+    n: Annotated[int, typer.Option("--n", help="--eval: validation pairs scored.")] = 100,
+    strategy: Annotated[str, typer.Option(help="greedy or beam.")] = "greedy",
+    beams: Annotated[int, typer.Option(help="beam: hypotheses kept at each step.")] = 4,
+    length_penalty: Annotated[float, typer.Option(help="beam: alpha of GNMT's ((5+L)/6)^alpha.")] = 0.6,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest translation, in tokens (default: "
+                                                       "train.seq_len).", show_default=False)] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+) -> None:
+    """Translate --text or --input FILE with the encoder-decoder of RUN, or score it with --eval.
+
+    Sources and translations go through the run's tokenizer. --eval prints corpus BLEU and chrF of its
+    translations of the run's first --n validation pairs, and the share translated exactly.
+    """
+    import json
+
+    import torch
+
+    from lnexp import decode as dec
+    from lnexp import translate as translation
+
+    if sum((text is not None, input_ is not None, eval_)) != 1:
+        raise fail("give one of --text, --input FILE or --eval")
+    if threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}")
+    if n < 1:
+        raise fail(f"--n must be >= 1, got {n}")
+    torch.set_num_threads(threads)
+    try:
+        if strategy not in ("greedy", "beam"):
+            raise dec.DecodeError(f"--strategy must be greedy or beam, got {strategy!r}")
+        dec.check_settings(strategy, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens or 1)
+        sources = translation.read_sources(input_) if input_ is not None else [text] if text is not None \
+            else []
+        loaded = translation.load(run)
+        if eval_:
+            result = translation.evaluate_run(run, loaded, n, strategy, beams, length_penalty)
+        else:
+            result = {"translations": translation.translate_texts(loaded, sources, strategy, beams,
+                                                                  length_penalty, max_new_tokens)}
+    except dec.DecodeError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    if json_:
+        typer.echo(json.dumps({"run": str(run), "strategy": strategy, **result}, indent=2))
+    elif eval_:
+        typer.echo(f"{run}: {result['pairs']} validation pairs, {strategy}: BLEU {result['bleu']:.2f}  "
+                   f"chrF {result['chrf']:.2f}  exact match {result['exact_match']:.1%}")
+    else:
+        for line in result["translations"]:
+            typer.echo(dec.printable(line))
 
 
 @app.command(short_help="Test the papers' claims; write a report.")
@@ -484,6 +624,21 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per run on stderr.")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key in every run: --set "
+                                            "train.device=cuda (repeatable). Finished runs with another "
+                                            "config are trained again: use another --out to keep "
+                                            "both.")] = [],  # noqa: B006 (typer reads it)
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per run (default: the cores "
+                                                "split over --jobs).", show_default=False)] = None,
+    launcher: LauncherKind = None,
+    launcher_config: LauncherConfig = None,
+    partition: Partition = None,
+    gpus_per_cell: GpusPerCell = None,
+    cpus_per_cell: CpusPerCell = None,
+    mem: Mem = None,
+    time: Time = None,
+    slurm: Slurm = [],  # noqa: B006 (typer reads it)
+    detach: Detach = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
     layouts: Annotated[str | None, typer.Option(help="The layouts suite's layouts, comma-separated "
                                                 "(default: every registered one).")] = None,
@@ -503,15 +658,25 @@ def reproduce(
         raise fail(f"unknown suite {suite!r}; choose one of: {', '.join(reproduction.suite_names())}")
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
+    from lnexp.runs import RunError
+
     try:
+        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                           slurm)
         chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
         outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
-                                         [str(p) for p in plugin], chosen)
-    except ConfigError as exc:
+                                         set_, threads, launch, detach, [str(p) for p in plugin], chosen)
+    except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
+    except reproduction.Stopped as exc:
+        raise fail(str(exc), 130) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume (finished runs are kept)",
                    130) from None
+    if outcome.waiting:
+        console.stderr.print(f"{outcome.waiting} run(s) queued or running; run the same command again to "
+                             "see them, and to write the report once all are done", markup=False)
+        return
     console.stdout.print(reproduction.verdicts_table(outcome))
     for path in outcome.reports.values():
         console.stdout.print(f"wrote {path}", markup=False)

@@ -53,7 +53,13 @@ OUTCOME: tuple[tuple[str, str, Callable[..., Any] | None], ...] = (
     ("unigram_entropy", "unigram entropy", None),
     ("collapsed", "collapsed", None),
     ("dead_layers", "dead layers", min),
+    # shown where a run has them: text runs (across tokenizers), translation scores
+    ("final_val_bits_per_byte", "final val bits/byte", min),
+    ("final_bleu", "final BLEU", max),
+    ("final_chrf", "final chrF", max),
+    ("final_exact_match", "final exact match", max),
 )
+OPTIONAL_OUTCOME = ("final_val_bits_per_byte", "final_bleu", "final_chrf", "final_exact_match")
 BEST_STYLE = "bold green"
 
 
@@ -335,10 +341,12 @@ def sections(c: Comparison) -> list[Section]:
     diff = Section(title, ["key", *c.headers], [[key, *map(fmt, values)] for key, values in c.diff.items()],
                    set())
     rows, best = [], set()
-    for r, (key, label, better) in enumerate(OUTCOME):
+    for key, label, better in OUTCOME:
         values = [o[key] for o in c.outcomes]
+        if key in OPTIONAL_OUTCOME and all(v is None for v in values):
+            continue
         rows.append([label, *(_status(o) if key == "status" else fmt(v) for o, v in zip(c.outcomes, values))])
-        best |= {(r, col) for col in best_runs(values, better)}
+        best |= {(len(rows) - 1, col) for col in best_runs(values, better)}
     return [diff, Section("outcome (best in each row highlighted)", ["", *c.headers], rows, best)]
 
 

@@ -95,8 +95,19 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["stdlib", "text", "synthetic", "seq2seq", "pairs"] = "stdlib"
+    source: Literal["stdlib", "text", "synthetic", "seq2seq", "pairs", "tokens", "hf"] = "stdlib"
     path: str | None = None
+    val_path: str | None = None  # tokens: the validation ids (else the last val_fraction of path's)
+    token_dtype: Literal["uint16", "uint32"] = "uint16"  # tokens: the ids' type in a .bin (.npy says)
+    tokenizer: Literal["byte", "bpe", "word"] = "byte"
+    # hf: datasets.load_dataset(dataset, config, split=...); a local folder of data files works too
+    dataset: str | None = None
+    config: str | None = None
+    split: str = "train"
+    val_split: str | None = None  # else the last val_fraction of `split`
+    text_field: str = "text"
+    source_field: str | None = None  # with model.arch encoder_decoder; `column.key` reaches into a mapping
+    target_field: str | None = None
     max_bytes: Int = Field(4_000_000, ge=1024, le=2**40)
     val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
     task: Literal["random", "copy", "reverse", "sort", "copy_noise", "translate"] = "copy"
@@ -106,7 +117,8 @@ class DataConfig(Section):
 
 LM_TASKS = ("random", "copy", "reverse")
 SEQ2SEQ_TASKS = ("reverse", "sort", "copy_noise", "translate")
-SEQ2SEQ_SOURCES = ("seq2seq", "pairs")
+SEQ2SEQ_SOURCES = ("seq2seq", "pairs")  # and hf, with model.arch encoder_decoder
+TEXT_SOURCES = ("stdlib", "text", "pairs", "hf")  # the sources a tokenizer applies to
 
 
 class OptimConfig(Section):
@@ -134,6 +146,7 @@ class TrainConfig(Section):
     threads: Int | None = Field(None, ge=1, le=1024)
     eval_every: Int = Field(100, ge=1)
     eval_batches: Int = Field(10, ge=1, le=100_000)
+    eval_bleu_every: Int | None = Field(None, ge=1)  # encoder-decoder: BLEU/chrF into metrics.jsonl
     diverge_loss: Float | None = Field(None, gt=0.0)
     checkpoint_every: Int | None = Field(None, ge=1)
     deterministic: bool = False
@@ -156,6 +169,9 @@ class LogConfig(Section):
     loss_every: Int = Field(10, ge=1)
     tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
     wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
+    # the plain progress line where stderr is not a terminal (batch jobs, nohup, CI): every this many
+    # steps (rounded up to loss_every), or None: about every 10 seconds
+    print_every: Int | None = Field(None, ge=1)
 
 
 class RunConfig(Section):
@@ -206,6 +222,14 @@ def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] 
     item, set_key, _ = items[culprit - 1]
     named = set_key if key == set_key or key.startswith(set_key + ".") else f"{item}: {key}"
     raise ConfigError(f"--set {named}: {message}")
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """A copy of parsed YAML with `--set KEY=VALUE` items applied (not yet validated)."""
+    raw = copy.deepcopy(raw)
+    for item in sets:
+        _apply_override(raw, item, *_parse_override(item))
+    return raw
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
@@ -330,10 +354,25 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "model.n_heads", f"must divide model.d_model ({m.d_model}), got {m.n_heads}"
     if t.seq_len > m.max_seq_len:
         return "train.seq_len", f"must be <= model.max_seq_len ({m.max_seq_len}), got {t.seq_len}"
-    if d.source in ("text", "pairs") and not d.path:
+    if d.source in ("text", "pairs", "tokens") and not d.path:
         return "data.path", f"required when data.source is {d.source}"
-    if m.arch == "encoder_decoder" and d.source not in SEQ2SEQ_SOURCES:
-        return "data.source", f"must be seq2seq or pairs with model.arch encoder_decoder, got {d.source}"
+    if d.source == "tokens" and "vocab_size" not in d.model_fields_set:
+        return "data.vocab_size", "required when data.source is tokens (the ids are < vocab_size)"
+    if d.source == "hf" and not d.dataset:
+        return "data.dataset", "required when data.source is hf (a dataset name or a local folder)"
+    if d.source == "hf" and m.arch == "encoder_decoder":
+        for key in ("source_field", "target_field"):
+            if not getattr(d, key):
+                return f"data.{key}", "required when data.source is hf with model.arch encoder_decoder"
+    if d.tokenizer != "byte" and d.source not in TEXT_SOURCES:
+        return "data.tokenizer", f"applies to text (stdlib, text, pairs, hf), not data.source {d.source}"
+    if d.tokenizer == "bpe" and d.vocab_size < MIN_BPE_VOCAB:
+        return "data.vocab_size", (f"must be >= {MIN_BPE_VOCAB} with data.tokenizer bpe (256 bytes and "
+                                   f"the specials before any merge), got {d.vocab_size}")
+    if t.eval_bleu_every is not None and m.arch != "encoder_decoder":
+        return "train.eval_bleu_every", "needs model.arch encoder_decoder (BLEU scores translations)"
+    if m.arch == "encoder_decoder" and d.source not in (*SEQ2SEQ_SOURCES, "hf"):
+        return "data.source", f"must be seq2seq, pairs or hf with model.arch encoder_decoder, got {d.source}"
     if m.arch == "decoder" and d.source in SEQ2SEQ_SOURCES:
         return "data.source", f"{d.source} needs model.arch encoder_decoder, got model.arch decoder"
     tasks = {"synthetic": LM_TASKS, "seq2seq": SEQ2SEQ_TASKS}.get(d.source)
@@ -363,6 +402,7 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
     return None
 
 
+MIN_BPE_VOCAB = 260  # byte-level BPE starts from the 256 bytes and 4 specials (pad, bos, eos, unk)
 MAX_RUN_NAME = 200  # NAME_MAX is 255 bytes; the rest is room for the temp names beside a folder
 
 
@@ -370,10 +410,16 @@ def config_warnings(config: Config) -> list[str]:
     """Keys the user set that do nothing in this config (`key: why`): accepted, but worth a word."""
     d, s = config.data, config.schedule
     warnings = []
-    unused = {"max_bytes": d.source != "stdlib", "path": d.source not in ("text", "pairs"),
+    hf = d.source == "hf"
+    unused = {"max_bytes": d.source != "stdlib", "path": d.source not in ("text", "pairs", "tokens"),
+              "val_path": d.source != "tokens", "token_dtype": d.source != "tokens",
               "task": d.source not in ("synthetic", "seq2seq"),
-              "vocab_size": d.source not in ("synthetic", "seq2seq"),
-              "seed": not (d.source == "seq2seq" and d.task == "translate")}
+              "vocab_size": d.source not in ("synthetic", "seq2seq", "tokens") and d.tokenizer == "byte",
+              "seed": not (d.source == "seq2seq" and d.task == "translate"),
+              **{key: not hf for key in ("dataset", "config", "split", "val_split")},
+              "text_field": not hf or config.model.arch == "encoder_decoder",
+              **{key: not hf or config.model.arch != "encoder_decoder"
+                 for key in ("source_field", "target_field")}}
     for key, idle in unused.items():
         if idle and key in d.model_fields_set:
             warnings.append(f"data.{key}: has no effect with data.source {d.source}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,11 +29,59 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+PRINT_EVERY_S = 10.0
+
+
+def duration(seconds: float) -> str:
+    """`1m40s`, `2h05m`, `12s`."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress_line(done: int, total: int, row: dict, eta_s: float | None) -> str:
+    """nanoGPT-style: `step 120/1000 | loss 2.314 | val 2.401 | lr 1.0e-03 | 8,950 tok/s | eta 1m40s`."""
+    def num(key: str, spec: str) -> str:
+        return "-" if row.get(key) is None else format(row[key], spec)
+
+    return (f"step {done}/{total} | loss {num('loss', '.3f')} | val {num('val_loss', '.3f')} | "
+            f"lr {num('lr', '.1e')} | {num('tokens_per_s', ',.0f')} tok/s | "
+            f"eta {'-' if eta_s is None else duration(eta_s)}")
+
+
+def plain_progress(every: int | None = None, print_every_s: float = PRINT_EVERY_S
+                   ) -> Callable[[int, int, dict], None]:
+    """A progress callback for logs (stderr not a terminal): a line every `every` steps, or every
+    `print_every_s` seconds, and at the last step."""
+    first: list[tuple[float, int]] = []  # (time, step) of the first report: the rate's origin
+    last = [time.perf_counter(), 0]
+
+    def report(done: int, total: int, row: dict) -> None:
+        clock = time.perf_counter()
+        if not first:
+            first.append((clock, done))
+        due = done - last[1] >= every if every else clock - last[0] >= print_every_s
+        if not (due or done >= total):
+            return
+        t0, s0 = first[0]
+        eta = (total - done) * (clock - t0) / (done - s0) if done > s0 else None
+        last[:] = [clock, done]
+        print(progress_line(done, total, row, eta), file=sys.stderr, flush=True)
+
+    return report
+
+
 @contextmanager
-def training_progress(name: str, quiet: bool) -> Iterator[Callable[[int, int, dict], None] | None]:
-    """Yields a callback (done, total, last metrics row) that moves a progress bar, or None."""
-    if quiet or not stderr.is_terminal:
+def training_progress(name: str, quiet: bool, print_every: int | None = None
+                      ) -> Iterator[Callable[[int, int, dict], None] | None]:
+    """Yields a callback (done, total, last metrics row) that moves a progress bar on a terminal, or
+    prints a plain line now and then elsewhere (a log), or None when quiet."""
+    if quiet:
         yield None
+        return
+    if not stderr.is_terminal:
+        yield plain_progress(print_every)
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s"),

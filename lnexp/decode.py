@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from lnexp.model import KVCache, TransformerLM
+from lnexp.model import EncoderDecoder, KVCache, TransformerLM, build_model
+from lnexp.vocab import Tokenizer, run_tokenizer
 
 STRATEGIES = ("greedy", "sample", "top-k", "top-p", "beam")
 
@@ -51,8 +52,17 @@ class DecodeError(Exception):
 # --- loading a run ------------------------------------------------------------------------------------
 
 
-def load_model(path: str | Path) -> tuple[TransformerLM, Any]:
-    """The trained model of a run folder (on the CPU, eval mode) and its validated config."""
+@dataclass
+class Loaded:
+    """A run's trained model (on the CPU, eval mode), its validated config and its tokenizer."""
+
+    model: TransformerLM | EncoderDecoder
+    config: Any
+    tokenizer: Tokenizer
+
+
+def load_model(path: str | Path, arch: str = "decoder") -> Loaded:
+    """The trained model of a run folder of `model.arch` arch, with its config and tokenizer."""
     from lnexp.config import ConfigError, validate
     from lnexp.runs import RunError, load_run
 
@@ -67,36 +77,34 @@ def load_model(path: str | Path) -> tuple[TransformerLM, Any]:
         config = validate(run.config, source=str(path / "config.yaml"))
     except ConfigError as exc:
         raise DecodeError(str(exc)) from None
-    if config.model.arch != "decoder":
-        raise DecodeError(f"{path}: decoding works on decoder-only runs; this one is {config.model.arch}")
+    if config.model.arch != arch:
+        command = "translate" if arch == "encoder_decoder" else "decoding"
+        raise DecodeError(f"{path}: {command} needs a model.arch {arch} run; this one is {config.model.arch}")
     weights = path / "model.pt"
     if not weights.is_file():
         raise DecodeError(f"{path}: no model.pt (run status: {run.status}; a run writes it when it ends)")
-    vocab = config.data.vocab_size if config.data.source == "synthetic" else 256
-    model = TransformerLM(config.model, vocab)
+    try:
+        tokenizer = run_tokenizer(path, config)
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from None
+    vocab = run.meta.get("vocab_size")  # runs before it was recorded: synthetic or bytes
+    if not isinstance(vocab, int):
+        vocab = config.data.vocab_size if config.data.source == "synthetic" else tokenizer.vocab_size
+    model = build_model(config.model, vocab)
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as exc:  # a truncated file, or weights of another shape
         raise DecodeError(f"{weights}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                           ) from None
-    return model.eval(), config
+    return Loaded(model.eval(), config, tokenizer)
 
 
-def encode(text: str, what: str = "the text") -> list[int]:
-    """A prompt's token ids: its UTF-8 bytes. Text that has no UTF-8 form (an argument of invalid
-    bytes arrives as lone surrogates) is a DecodeError naming `what`."""
+def encode(tokenizer: Tokenizer, text: str, what: str = "the text") -> list[int]:
+    """Text's token ids; text the tokenizer cannot take is a DecodeError naming `what`."""
     try:
-        return list(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise DecodeError(f"{what} is not valid UTF-8 text") from None
-
-
-def to_text(ids: Sequence[int]) -> str:
-    """Token ids as text: bytes decoded as UTF-8, invalid bytes as \\xNN escapes. Ids above 255
-    (synthetic runs with a larger vocabulary) are not bytes: they are written as numbers."""
-    if any(i > 255 for i in ids):
-        return " ".join(map(str, ids))
-    return bytes(ids).decode("utf-8", errors="backslashreplace")
+        return tokenizer.encode(text)
+    except ValueError as exc:
+        raise DecodeError(f"{what} {exc}") from None  # the tokenizer says "is not ..."
 
 
 def printable(text: str) -> str:
@@ -249,6 +257,31 @@ class Context:
             self.cache.reorder(index)
 
 
+class Seq2SeqContext(Context):
+    """An encoder-decoder's target rows over their sources, (rows, source length) PAD-padded: the
+    encoder runs once, and the cache keeps the decoder's keys and values and every cross-attention's
+    keys and values of the source."""
+
+    def __init__(self, model: EncoderDecoder, rows: torch.Tensor, sources: torch.Tensor,
+                 use_cache: bool = True) -> None:
+        self.model, self.tokens = model, rows
+        self.cache = KVCache(len(model.dec), cross=True) if use_cache else None
+        self.memory, self.mask = model.encode(sources)
+
+    def next_logits(self) -> torch.Tensor:
+        """No sliding window: the target has model.max_seq_len positions at most (translate keeps to
+        them)."""
+        if self.cache is None:
+            logits = self.model.decode(self.tokens, self.memory, self.mask)
+        else:
+            logits = self.model.decode(self.tokens[:, len(self.cache):], self.memory, self.mask, self.cache)
+        return logits[:, -1].float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        super().reorder(index)
+        self.memory, self.mask = self.memory.index_select(0, index), self.mask.index_select(0, index)
+
+
 def entropy(logp: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
@@ -257,19 +290,26 @@ def ends_with(ids: list[int], stop: Sequence[int]) -> bool:
     return bool(stop) and len(ids) >= len(stop) and ids[-len(stop):] == list(stop)
 
 
-def _prompt_rows(model: TransformerLM, prompt: Sequence[int], rows: int) -> torch.Tensor:
+def _context(model: TransformerLM | EncoderDecoder, prompt: Sequence[int], rows: int, use_cache: bool,
+             sources: torch.Tensor | None) -> Context:
+    """`rows` copies of the prompt; an encoder-decoder's over `sources` (one row, or one per row)."""
     check_prompt(prompt, model.vocab_size)
     device = model.tok_emb.weight.device
-    return torch.tensor([list(prompt)], dtype=torch.long, device=device).expand(rows, -1)
+    tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device).expand(rows, -1)
+    if sources is None:
+        return Context(model, tokens, use_cache)
+    return Seq2SeqContext(model, tokens, sources.to(device).expand(rows, -1), use_cache)
 
 
 @torch.no_grad()
-def generate(model: TransformerLM, prompt: Sequence[int], pick: Picker = greedy, n: int = 1,
+def generate(model: TransformerLM | EncoderDecoder, prompt: Sequence[int], pick: Picker = greedy, n: int = 1,
              max_new_tokens: int = 100, generator: torch.Generator | None = None,
-             stop: Sequence[int] = (), use_cache: bool = True) -> list[Output]:
+             stop: Sequence[int] = (), use_cache: bool = True, sources: torch.Tensor | None = None
+             ) -> list[Output]:
     """n continuations of prompt, decoded together: max_new_tokens tokens each, or fewer for those that
-    end with `stop` (which they include)."""
-    context = Context(model, _prompt_rows(model, prompt, n), use_cache)
+    end with `stop` (which they include). An encoder-decoder's prompt is its target's beginning, and
+    `sources` the source ids, (1, S) for all n or (n, S), one per output."""
+    context = _context(model, prompt, n, use_cache, sources)
     outputs = [Output([], [], []) for _ in range(n)]
     rows = list(range(n))  # the output each batch row belongs to
     for _ in range(max_new_tokens):
@@ -298,13 +338,14 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def beam_search(model: TransformerLM, prompt: Sequence[int], beams: int = 4, n_best: int = 1,
-                max_new_tokens: int = 100, alpha: float = 0.6, stop: Sequence[int] = (),
-                use_cache: bool = True) -> list[Output]:
+def beam_search(model: TransformerLM | EncoderDecoder, prompt: Sequence[int], beams: int = 4,
+                n_best: int = 1, max_new_tokens: int = 100, alpha: float = 0.6, stop: Sequence[int] = (),
+                use_cache: bool = True, sources: torch.Tensor | None = None) -> list[Output]:
     """The n_best hypotheses (best first, `score` = logprob / length_penalty) of a beam search that
     keeps, at each step, the `beams` unfinished prefixes of highest joint log-probability. A hypothesis
-    finishes when it ends with `stop` or reaches max_new_tokens tokens."""
-    context = Context(model, _prompt_rows(model, prompt, 1), use_cache)
+    finishes when it ends with `stop` or reaches max_new_tokens tokens. `sources`: an encoder-decoder's
+    source ids, (1, S)."""
+    context = _context(model, prompt, 1, use_cache, sources)
     live = [Output([], [], [])]
     scores = torch.zeros(1, dtype=torch.float64)  # joint log-probability of each live hypothesis
     finished: list[Output] = []
@@ -386,25 +427,31 @@ def _by_step(series: list[list[float]]) -> list[float]:
 PROMPT_BYTES = 16  # a default prompt from a run's own validation text: the start of one of its lines
 
 
-def default_prompts(config: Any, vocab_size: int, seed: int = 0) -> list[list[int]]:
-    """Runs on the stdlib: DEFAULT_PROMPTS (beginnings of Python code). Other byte-level runs: the
-    first PROMPT_BYTES bytes of 8 lines of the run's own validation text, chosen with `seed`.
-    Synthetic runs: 8 prompts of 8 random tokens."""
+def default_prompts(loaded: Loaded, seed: int = 0) -> list[list[int]]:
+    """Runs on the stdlib: DEFAULT_PROMPTS (beginnings of Python code) in the run's tokens. Other text:
+    the first PROMPT_BYTES characters of 8 lines of the run's own validation text, chosen with
+    `seed`, in the run's tokens (DEFAULT_PROMPTS if the corpus is no longer there). Synthetic runs
+    and pre-tokenised corpora: 8 prompts of 8 random tokens."""
+    config, vocab_size = loaded.config, loaded.model.vocab_size
     rng = random.Random(seed)
     if config.data.source == "stdlib":
-        return [encode(text) for text in DEFAULT_PROMPTS]
-    if config.data.source == "synthetic":
+        return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
+    if config.data.source in ("synthetic", "tokens"):
         return [[rng.randrange(vocab_size) for _ in range(8)] for _ in range(8)]
+    from lnexp.config import ConfigError
     from lnexp.data import load_data
 
-    text = load_data(config.data).val.numpy().tobytes()
+    try:
+        text = loaded.tokenizer.decode(load_data(config.data).val.tolist())
+    except ConfigError:  # the corpus is gone: decoding needs only the run folder
+        return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
     # whole lines only (the split's first and last may be cut), with some text in them
-    lines = [line[:PROMPT_BYTES] for line in text.split(b"\n")[1:-1]
+    lines = [line[:PROMPT_BYTES] for line in text.split("\n")[1:-1]
              if len(line.strip()) >= PROMPT_BYTES // 2]
     if len(lines) < 8:  # few line breaks: windows at random places instead
         starts = [rng.randrange(max(1, len(text) - PROMPT_BYTES)) for _ in range(8)]
         lines = [text[s: s + PROMPT_BYTES] for s in starts]
-    return [list(line) for line in rng.sample(lines, 8)]
+    return [encode(loaded.tokenizer, line) for line in rng.sample(lines, 8)]
 
 
 def stats_settings(n: int, temperature: float, k: int, p: float, beams: int) -> list[tuple[str, str, dict]]:

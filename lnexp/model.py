@@ -23,8 +23,9 @@ stack (`Block.scale_init_`):
   `admin_profile_` measures them under `admin_init: profile`).
 
 For decoding, `forward(idx, cache=KVCache(n_layers))` keeps every layer's keys and values, so the
-next call feeds only the new tokens (positions continue from the cached length). Without a cache
-(training) nothing of this runs.
+next call feeds only the new tokens (positions continue from the cached length); an encoder-decoder's
+`decode(tgt, memory, mask, cache)` likewise, with the source's cross-attention keys and values
+computed once. Without a cache (training) nothing of this runs.
 
 `model.arch: encoder_decoder` builds `EncoderDecoder` instead (`build_model` picks): an encoder of
 `n_layers` blocks (non-causal self-attention, FFN) and a decoder of `n_layers` blocks (causal
@@ -98,8 +99,14 @@ class Attention(nn.Module):
         B, T, C = x.shape
         if memory is not None or not self.causal:
             source = x if memory is None else memory
-            q, k, v = (proj(inp).view(B, inp.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)
-                       for proj, inp in ((self.q, x), (self.k, source), (self.v, source)))
+            heads = lambda t: t.view(B, t.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)  # noqa: E731
+            q = heads(self.q(x))
+            if cache is not None and cache.k is not None:  # cross-attention while decoding: the
+                k, v = cache.k, cache.v                    # source's keys and values, computed once
+            else:
+                k, v = heads(self.k(source)), heads(self.v(source))
+                if cache is not None:
+                    cache.k, cache.v = k, v
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
             return self.out(y.transpose(1, 2).reshape(B, T, C))
@@ -133,10 +140,12 @@ class LayerCache:
 
 
 class KVCache:
-    """Every layer's keys and values of the tokens fed so far, for incremental decoding."""
+    """Every layer's keys and values of the tokens fed so far, for incremental decoding; for an
+    encoder-decoder (`cross`) also every cross-attention's keys and values of the source."""
 
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, cross: bool = False) -> None:
         self.layers = [LayerCache() for _ in range(n_layers)]
+        self.cross = [LayerCache() for _ in range(n_layers)] if cross else []
 
     def __len__(self) -> int:
         """The number of positions cached."""
@@ -145,7 +154,7 @@ class KVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` (repeats allowed): beam search's survivors and their copies."""
-        for layer in self.layers:
+        for layer in self.layers + self.cross:
             if layer.k is not None:
                 layer.k, layer.v = layer.k.index_select(0, index), layer.v.index_select(0, index)
 
@@ -250,10 +259,11 @@ class DecoderBlock(Block):
     def sublayers(self) -> list[tuple[float | nn.Parameter | None, nn.Module]]:
         return [(self.attn_skip, self.attn), (self.cross_skip, self.cross), (self.ffn_skip, self.ffn)]
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip)
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
+                cache: LayerCache | None = None, cross_cache: LayerCache | None = None) -> torch.Tensor:
+        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, cache=cache)
         x = self.residual(x, self.cross, self.cross_norm, self.cross_out_norm, self.cross_skip,
-                          memory=memory, mask=mask)
+                          memory=memory, mask=mask, cache=cross_cache)
         return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
 
 
@@ -440,16 +450,22 @@ class EncoderDecoder(Embedded):
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every target position (and the loss over the non-PAD targets if given)."""
-        memory, mask = self.encode(src)
-        x = self.embed(tgt_in)
-        for block in self.dec:
-            x = block(x, memory, mask)
-        if self.dec_final_norm is not None:
-            x = self.dec_final_norm(x)
-        logits = self.logits(x)
+        logits = self.decode(tgt_in, *self.encode(src))
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """The decoder's logits for tgt_in over an encoded source. With a cache (`KVCache(n_layers,
+        cross=True)`), tgt_in continues the cached target tokens, and the source's cross-attention keys
+        and values are computed at the first call only."""
+        x = self.embed(tgt_in, 0 if cache is None else len(cache))
+        for i, block in enumerate(self.dec):
+            x = block(x, memory, mask, *(() if cache is None else (cache.layers[i], cache.cross[i])))
+        if self.dec_final_norm is not None:
+            x = self.dec_final_norm(x)
+        return self.logits(x)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> TransformerLM | EncoderDecoder:

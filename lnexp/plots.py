@@ -113,6 +113,17 @@ def loss_legend(ax: Axes, runs: list[Run]) -> None:
     ax.legend(handles=handles, fontsize=8)
 
 
+SCORES = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match"}  # train.eval_bleu_every's
+
+
+def score_panel(ax: Axes, run: Run, color: Any, metric: str) -> None:
+    """A translation score (metrics.jsonl's `metric`, train.eval_bleu_every) against the step."""
+    points = [(m["step"], m[metric]) for m in run.metrics if m.get(metric) is not None]
+    if points:
+        ax.plot(*zip(*points), color=color, marker="o", markersize=3.5, linewidth=1.6)
+    ax.set(xlabel="step", ylabel=SCORES[metric], title=f"validation {SCORES[metric]} (greedy)")
+
+
 def lr_panel(ax: Axes, run: Run, color: Any, width: float = 1.6) -> None:
     points = [(m["step"], m["lr"]) for m in run.metrics if m.get("lr") is not None]
     if points:
@@ -207,10 +218,10 @@ def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = Fa
         ax.set_yscale("log")
 
 
-def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
-    """Loss curves overlaid, the chosen per-layer profile of every run (or group), and the learning
-    rates: one colour per run or group in every panel; the legend names the values of the keys that
-    differ (its title the keys)."""
+def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: str = "loss") -> Path:
+    """Loss curves (or the `metric` of SCORES) overlaid, the chosen per-layer profile of every run (or
+    group), and the learning rates: one colour per run or group in every panel; the legend names the
+    values of the keys that differ (its title the keys)."""
     ncol = min(len(c.groups), 3 if len(c.groups) <= 12 else 4)
     rows = -(-len(c.groups) // ncol)
     legend_height = 0.3 + 0.2 * rows  # inches: the figure grows with its legend, the panels keep theirs
@@ -221,7 +232,10 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
     palette = colors(len(c.groups))
     for i, (group, color) in enumerate(zip(c.groups, palette)):
         runs = [c.runs[m] for m in group.members]
-        if len(runs) == 1:
+        if metric != "loss":  # a score per run: seeds drawn side by side in their group's colour
+            for run in runs:
+                score_panel(ax_loss, run, color, metric)
+        elif len(runs) == 1:
             loss_panel(ax_loss, runs[0], color, log_loss)
         else:
             group_loss_panel(ax_loss, runs, color, log_loss)
@@ -238,7 +252,8 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False) -> Path:
             _band(ax_prof, [list(enumerate(c.profiles[m].values)) for m in group.members], color,
                   linewidth=0)
         handles.append(line)
-    loss_legend(ax_loss, c.runs)
+    if metric == "loss":
+        loss_legend(ax_loss, c.runs)
     lr_axis(ax_lr)
     _layer_axis(ax_prof, [c.profiles[m].values for g in c.groups for m in g.members], c.probe, c.param)
     ax_prof.set_title(c.profile_title, fontsize=10)

@@ -277,7 +277,7 @@ def preflight(cells: list[Cell]) -> None:
         key = (json.dumps(c.data.model_dump(mode="json"), sort_keys=True), c.train.seq_len)
         if key not in seen:
             seen.add(key)
-            data = load_data(c.data)
+            data = load_data(c.data, seq2seq=c.model.arch == "encoder_decoder")
             data.check(c.train.seq_len)
     if any(cell.config.train.device == "cuda" for cell in cells):
         import torch
@@ -289,11 +289,25 @@ def preflight(cells: list[Cell]) -> None:
 _worker_stop: Any = None  # a pool worker's Stop, set by a signal (see _worker_init)
 
 
-def _worker_init() -> None:
+def visible_devices() -> list[str]:
+    """The GPUs a pool may hand out, one per worker: CUDA_VISIBLE_DEVICES's entries if set, else
+    every device torch sees (none on a machine without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _worker_init(devices: Any = None) -> None:
     """A pool worker: in its own process group, so a terminal's Ctrl-C reaches only the sweep, which
     passes it on once; a signal sets the worker's Stop, so its cell checkpoints and later cells do
-    not start (a second signal would stop a run without its checkpoint)."""
+    not start (a second signal would stop a run without its checkpoint). With `devices` (a queue of
+    GPU ids) the worker takes one and sees only it: one cell per GPU."""
     global _worker_stop
+    if devices is not None:  # before torch initialises CUDA, which reads the variable once
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices.get()
     from lnexp.train import Stop
 
     os.setpgrp()
@@ -306,14 +320,31 @@ def _worker_init() -> None:
         signal.signal(sig, handler)
 
 
-def run_cell(config: dict[str, Any], source: str, command: list[str], force: bool) -> dict[str, Any]:
-    """Train one cell (in this process or a pool worker); a crash is a result: status failed."""
-    from lnexp.train import failure_message, train
+def run_cell(config: dict[str, Any], source: str, command: list[str], force: bool, stop: Any = None,
+             resume: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Train one cell (in this process, a pool worker or a batch job); a crash is a result: status
+    failed. With `resume` (a requeued job) a finished folder is kept and an unfinished one continues
+    from its checkpoint, as `lnexp train --resume` does."""
+    from lnexp.train import CHECKPOINT, failure_message, train
+    from lnexp.train import resume as resume_run
 
-    if _worker_stop is not None and _worker_stop.requested:
+    stop = stop or _worker_stop
+    if stop is not None and stop.requested:
         return {"status": "interrupted", "error": "not started: the sweep was stopped"}
     try:
-        outcome = train(validate(config, source), source, command, force=force, stop=_worker_stop)
+        cfg = validate(config, source)  # in a worker or a batch job: loads the config's plugins
+    except ConfigError as exc:
+        return {"status": "failed", "error": str(exc)}
+    path = Path(cfg.run.dir) / cfg.run.name
+    status = folder_status(path) if resume else None
+    try:
+        if status in FINISHED:
+            return {**read_summary(path), "status": status}
+        if status is not None and (path / CHECKPOINT).exists():
+            outcome = resume_run(path, ["lnexp", "train", "--resume", str(path)], progress, stop)
+        else:
+            outcome = train(cfg, source, command, force=force or status is not None, progress=progress,
+                            stop=stop)
     except (ConfigError, RunError) as exc:
         return {"status": "failed", "error": str(exc)}
     except Exception as exc:  # the run folder says "failed" and why; the other cells go on
@@ -372,24 +403,39 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                                                                    for a in ("--set", o))])
     args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
     if jobs <= 1 or len(args) <= 1:
-        with on_signals(_interrupt):  # between cells; a cell's run handles them itself
-            for cell, cell_args in args:
-                if on_event:
-                    on_event(done, total, cell, "started", {})
-                results[cell.key] = run_cell(*cell_args)
-                done += 1
-                if on_event:
-                    on_event(done, total, cell, "finished", results[cell.key])
-                if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
-                    break
+        try:
+            with on_signals(_interrupt):  # between cells; a cell's run handles them itself
+                for cell, cell_args in args:
+                    if on_event:
+                        on_event(done, total, cell, "started", {})
+                    results[cell.key] = run_cell(*cell_args)
+                    done += 1
+                    if on_event:
+                        on_event(done, total, cell, "finished", results[cell.key])
+                    if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
+                        break
+        except KeyboardInterrupt:
+            raise Interrupted(results) from None
         return results
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
     # spawn: a fresh interpreter per worker, never a fork of a process whose torch threads exist
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
+    context = multiprocessing.get_context("spawn")
+    gpus = visible_devices() if any(c.config.train.device != "cpu" for c, _ in work.todo) else []
+    devices = None
+    if gpus:  # one GPU per worker (round robin when there are more workers than GPUs)
+        devices = context.Queue()
+        for i in range(jobs):
+            devices.put(gpus[i % len(gpus)])
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                               initargs=(devices,))
     futures: dict[Future, Cell] = {}
+    queue = [cell for cell, _ in args]  # the pool starts cells in this order, `jobs` at a time
+
+    def start_next() -> None:
+        if queue and on_event:
+            on_event(done, total, queue.pop(0), "started", {})
     stopping: list[int] = []
 
     def stop_workers(signum: int, frame: Any) -> None:
@@ -406,6 +452,8 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
     try:
         with on_signals(stop_workers):
             futures.update({pool.submit(run_cell, *cell_args): cell for cell, cell_args in args})
+            for _ in range(jobs):
+                start_next()
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
@@ -417,13 +465,25 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                 done += 1
                 if on_event:
                     on_event(done, total, cell, "finished", results[cell.key])
-    except BaseException:
+                if not stopping:
+                    start_next()
+    except BaseException as exc:
         pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(results) from None
         raise
     pool.shutdown()
     if stopping or any(r.get("status") == "interrupted" for r in results.values()):
-        raise KeyboardInterrupt  # every started cell has checkpointed and returned
+        raise Interrupted(results)  # every started cell has checkpointed and returned
     return results
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the cells: `results` has those that returned (some `interrupted`)."""
+
+    def __init__(self, results: dict[str, dict[str, Any]]) -> None:
+        super().__init__()
+        self.results = results
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -445,7 +505,9 @@ def run_cells(cells: list[Cell], jobs: int = 1, force: bool = False, mismatch: s
 
 
 def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    results = results or {}
+    from lnexp.launch import read_records
+
+    results, jobs = results or {}, read_records(sweep.root)
     return {
         "name": sweep.name,
         "config_file": sweep.config_file,
@@ -453,29 +515,56 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
         "seeds": sweep.seeds,
         "set": sweep.sets,
         "updated": now(),
-        # the folder is the truth; a result only for a cell that never got one (failed before it)
+        # the folder is the truth; a result only for a cell that never got one (failed before it, queued)
         "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides,
-                   "status": folder_status(c.path) or results.get(c.key, {}).get("status")}
+                   "status": folder_status(c.path) or results.get(c.key, {}).get("status"),
+                   **({"job": jobs[c.key]} if c.key in jobs else {})}
                   for c in sweep.cells],
     }
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None
-              ) -> dict[str, dict[str, Any]]:
+def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None,
+              launcher: Any = None, detach: bool = False) -> dict[str, dict[str, Any]]:
     """Run the sweep's unfinished cells; sweep.json is written once the checks have passed. A second
-    sweep of the same folder at once is refused (RunError): the sweep holds its lock throughout."""
+    sweep of the same folder at once is refused (RunError): the sweep holds its lock throughout.
+    With a slurm `launcher` the cells are submitted as jobs (lnexp.launch), and waited for unless
+    `detach`."""
     plan(sweep.cells, force)  # raises before anything is written
     sweep.root.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(sweep.root), on_signals(_interrupt):
         work = plan(sweep.cells, force)  # again, under the lock: what another sweep finished is skipped
         write_json(sweep.root / "sweep.json", sweep_record(sweep))
         results: dict[str, dict[str, Any]] = {}
+        command = lambda cell: _train_command(sweep, cell)  # noqa: E731
         try:
-            results = execute(work, jobs, sweep.config_file, lambda cell: _train_command(sweep, cell),
-                              on_event)
+            if launcher is not None and launcher.kind == "slurm":
+                from lnexp.launch import launch
+
+                record = lambda _: write_json(sweep.root / "sweep.json", sweep_record(sweep))  # noqa: E731
+                results = launch(work, launcher, sweep.root, sweep.config_file, command, on_event, detach,
+                                 on_submit=record)
+            else:
+                results = execute(work, jobs, sweep.config_file, command, on_event)
         finally:
             write_json(sweep.root / "sweep.json", sweep_record(sweep, results))
     return results
+
+
+def find_sweep(name: str, runs: Path = Path("runs")) -> Sweep:
+    """The sweep named `name` (under `runs`) or in the folder `name`, expanded again from its sweep.json."""
+    root = Path(name) if (Path(name) / "sweep.json").is_file() else runs / name
+    try:
+        record = json.loads((root / "sweep.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{root}: no readable sweep.json (is {name!r} a sweep's name or folder?)") from None
+    grids = [f"{k}={','.join(v)}" for k, v in record.get("grid", {}).items()]
+    sweep = expand(record["config_file"], grids, record.get("seeds", 1), record.get("set", []),
+                   record.get("name"))
+    if sweep.root.resolve() != root.resolve():  # the sweep was run with --set run.dir elsewhere
+        for cell in sweep.cells:
+            cell.config.run.dir = str(root)
+        sweep.root = root
+    return sweep
 
 
 @contextmanager
@@ -580,13 +669,14 @@ def read_sweep(root: Path) -> tuple[list[tuple[str, list[str]]], list[CellResult
 # --- terminal output -------------------------------------------------------------------------------
 
 def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, Any]) -> None:
-    """One line on stderr per finished or skipped cell."""
+    """One line on stderr when a cell starts, ends (with its outcome), is skipped or is left to its job."""
     from lnexp.console import fmt, stderr
 
     if kind == "started":
+        stderr.print(f"[start] {cell.name}", markup=False, highlight=False)
         return
     width = len(str(total))
-    where = "skip" if kind == "skipped" else f"{done:>{width}}/{total}"
+    where = {"skipped": "skip", "submitted": "job"}.get(kind, f"{done:>{width}}/{total}")
     status = result.get("status", "?")
     detail = f"val loss {fmt(final_loss(result))}" if status in FINISHED else result.get("error", "")
     if status == "diverged":
@@ -605,6 +695,21 @@ def cells_table(sweep: Sweep):
     for cell in sweep.cells:
         table.add_row(cell.name, " ".join(cell.overrides), folder_status(cell.path) or "new")
     return table
+
+
+def status_table(sweep: Sweep):
+    """Every cell's state: its run folder's, and its job's where it was submitted (lnexp.launch)."""
+    from rich.table import Table
+
+    from lnexp.launch import status_rows
+
+    table = Table(title=f"{sweep.root}: {len(sweep.cells)} cells", title_justify="left")
+    for column in ("cell", "state", "job / log"):
+        table.add_column(column)
+    rows = status_rows(sweep.root, sweep.cells)
+    for cell, state, detail in rows:
+        table.add_row(cell.name, state, detail)
+    return table, [state for _, state, _ in rows]
 
 
 def summary_table(sweep: Sweep, results: dict[str, dict[str, Any]]):

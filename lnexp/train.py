@@ -33,7 +33,7 @@ from torch.profiler import record_function
 
 from lnexp import __version__, plugins, sinks
 from lnexp.config import Config, ConfigError, dump_yaml, validate
-from lnexp.data import Data, load_data
+from lnexp.data import Data, bits_per_byte, load_data
 from lnexp.hardware import (
     Dist,
     any_rank,
@@ -59,6 +59,8 @@ from lnexp.runs import (
     read_jsonl,
     stamped,
 )
+from lnexp.translate import training_scores
+from lnexp.vocab import TOKENIZER_FILE
 
 CHECKPOINT = "checkpoint.pt"
 Progress = Callable[[int, int, dict], None]
@@ -256,6 +258,7 @@ class History:
     val_losses: dict[int, float] = field(default_factory=dict)
     wall_before: float = 0.0
     steps_done: int = 0
+    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # train.eval_bleu_every's, by step
 
 
 def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
@@ -265,7 +268,7 @@ def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
         torch.set_num_threads(t.threads)
     try:
         sinks.check(config)
-        data = load_data(config.data)
+        data = load_data(config.data, seq2seq=config.model.arch == "encoder_decoder")
         data.check(t.seq_len)
         dist, device = init_distributed(t.device)
         _check_fits(config, data.vocab_size, device)
@@ -322,7 +325,9 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "platform": platform.platform(),
         "git_commit": _git_commit(),
         "data": data.description,
+        "vocab_size": data.vocab_size,
         "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a pool worker's or a job's GPU
     }
 
 
@@ -359,6 +364,13 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
         meta = run_meta(config, source, command or sys.argv, device, data, dist)
         meta.update(started=now(), n_params=trainer.model.num_params(non_embedding=False))
         writer = RunWriter(path, dump_yaml(config), meta, force)
+        tokenizer = data.tokenizer.to_json()  # a trained tokenizer (bpe, word): decoding needs it
+        if tokenizer is not None:
+            try:
+                writer.write_file(TOKENIZER_FILE, lambda f: f.write(tokenizer.encode()))
+            except OSError as exc:
+                writer.finish("failed", {}, failure_message(exc))
+                raise RunError(f"{path}: cannot write {TOKENIZER_FILE} ({exc.strerror})") from None
     return _run(trainer, writer, path, progress, start=0, history=History(), stop=stop)
 
 
@@ -503,6 +515,7 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                 row = {"step": step, "lr": config.optim.lr * lr_factor(config, step), "loss": loss,
                        "val_loss": history.val_losses.get(step), "tokens_per_s": speed,
                        "grad_norm_total": reading.grad_norm_total(values[id(reading)]) if reading else None}
+                row.update(history.scores.get(step, {}))
                 if config.optim.name == "radam":
                     row["radam_rho"] = radam_rho(step, config.optim.betas[1])
                 if reading and reading.ranks:
@@ -524,8 +537,9 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
             history.rows.extend(rows)
             pending.clear()
             extra.clear()
-            if progress is not None and rows:
-                progress(through + 1, t.steps, rows[-1])
+            if progress is not None and rows:  # with the latest validation loss, for the log line
+                latest = history.val_losses[max(history.val_losses)] if history.val_losses else None
+                progress(through + 1, t.steps, {**rows[-1], "val_loss": latest})
         return any_rank(diverged_step is not None or stop.requested, dist, device)
 
     halted = False
@@ -540,6 +554,8 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                 break
             if dist.main:
                 history.val_losses[step] = trainer.evaluate()
+        if t.eval_bleu_every and step % t.eval_bleu_every == 0 and dist.main:
+            history.scores[step] = training_scores(trainer.model, trainer.data, t.seq_len)
         if dist.main:  # the probes that run on the fixed validation batch, outside the training step
             extra += trainer.val_probes(step)
         loss, reading, norm = trainer.step(step)
@@ -561,6 +577,9 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
             final_val = history.val_losses[t.steps] = trainer.evaluate()
             row = {"step": t.steps, "lr": None, "loss": None, "val_loss": final_val,
                    "tokens_per_s": None, "grad_norm_total": None}
+            if t.eval_bleu_every:
+                history.scores[t.steps] = training_scores(trainer.model, trainer.data, t.seq_len)
+                row.update(history.scores[t.steps])
             if writer:
                 writer.metrics([row])
             history.rows.append(row)
@@ -572,7 +591,17 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
     if writer:
         probes = read_jsonl(writer.path / "probes.jsonl")
         summary.update(collapse_report(probes, trainer.data.unigram_entropy(), summary["final_val_loss"]))
+    summary.update(final_measures(summary["final_val_loss"], trainer.data, history))
     return status, summary
+
+
+def final_measures(final_val_loss: float | None, data: Data, history: History) -> dict[str, Any]:
+    """The final validation loss in bits per byte (text only: comparable across tokenizers), and the
+    last translation scores (train.eval_bleu_every) as final_bleu, final_chrf, final_exact_match."""
+    bpb = bits_per_byte(final_val_loss, data)
+    last = history.scores[max(history.scores)] if history.scores else {}
+    return {**({"final_val_bits_per_byte": bpb} if bpb is not None else {}),
+            **{f"final_{key}": value for key, value in last.items()}}
 
 
 COLLAPSE_MARGIN = 0.05  # nats: a model this close to the unigram entropy (either side) uses no context

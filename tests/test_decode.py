@@ -12,6 +12,7 @@ from lnexp import decode as dec
 from lnexp.cli import app
 from lnexp.config import ModelConfig
 from lnexp.model import KVCache, TransformerLM
+from lnexp.vocab import ByteTokenizer
 
 runner = CliRunner()
 V = 16
@@ -198,10 +199,11 @@ def test_stop_ends_outputs_and_beam_ranks_by_length_penalised_score():
 
 
 def test_text_rendering_escapes_what_is_not_utf8_or_printable():
-    assert dec.to_text(list("é€".encode())) == "é€"
-    assert dec.to_text([0xFF, 0x41, 0xC3]) == "\\xffA\\xc3"
+    as_text = ByteTokenizer().decode
+    assert as_text(list("é€".encode())) == "é€"
+    assert as_text([0xFF, 0x41, 0xC3]) == "\\xffA\\xc3"
     assert dec.printable("a\x1b[31mb\n\tc") == "a\\x1b[31mb\n\tc"
-    assert dec.to_text([300, 2]) == "300 2"
+    assert as_text([300, 2]) == "300 2"
 
 
 def test_settings_and_prompts_are_checked():
@@ -252,7 +254,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 def direct_logprob(run_dir: Path, prompt: list[int], ids: list[int]) -> float:
     """Recomputed from the saved weights, one full forward per token over the last max_seq_len."""
-    model, _ = dec.load_model(run_dir)
+    model = dec.load_model(run_dir).model
     seq, total = prompt + ids, 0.0
     with torch.no_grad():
         for t in range(len(prompt), len(seq)):
@@ -284,7 +286,7 @@ def test_generate_prints_plain_text_and_is_reproducible(run_dir):
     first, second = runner.invoke(app, args), runner.invoke(app, args)
     assert first.exit_code == 0 and first.stdout == second.stdout
     ids = json.loads(runner.invoke(app, [*args, "--json"]).stdout)["outputs"][0]["ids"]
-    assert first.stdout == dec.printable(dec.to_text(ids)) + "\n"
+    assert first.stdout == dec.printable(ByteTokenizer().decode(ids)) + "\n"
     several = runner.invoke(app, ["generate", str(run_dir), "--prompt", "a", "--strategy", "beam",
                                   "--n", "2"])
     assert several.exit_code == 0 and several.stdout.count("--- ") == 2 and "log p" in several.stdout
@@ -343,11 +345,15 @@ def test_default_prompts_come_from_the_runs_own_text(tmp_path):
     lines = [f"line {i}: the quick brown fox jumps over the lazy dog {i}" for i in range(200)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n")
-    config = Config.model_validate({"data": {"source": "text", "path": str(corpus), "val_fraction": 0.2}})
-    prompts = dec.default_prompts(config, 256, seed=0)
+    def loaded(data: dict) -> dec.Loaded:
+        config = Config.model_validate({"data": data})
+        return dec.Loaded(TransformerLM(config.model, 256), config, ByteTokenizer())
+
+    run = loaded({"source": "text", "path": str(corpus), "val_fraction": 0.2})
+    prompts = dec.default_prompts(run, seed=0)
     assert len(prompts) == 8 and all(len(p) == dec.PROMPT_BYTES for p in prompts)
     validation = {line[: dec.PROMPT_BYTES] for line in lines[160:]}  # the last fifth of the text
     assert {bytes(p).decode() for p in prompts} <= validation
-    assert dec.default_prompts(config, 256, seed=0) == prompts  # the seed decides
-    stdlib = Config.model_validate({})
-    assert dec.default_prompts(stdlib, 256) == [dec.encode(t) for t in dec.DEFAULT_PROMPTS]
+    assert dec.default_prompts(run, seed=0) == prompts  # the seed decides
+    stdlib = loaded({})
+    assert dec.default_prompts(stdlib) == [dec.encode(ByteTokenizer(), t) for t in dec.DEFAULT_PROMPTS]

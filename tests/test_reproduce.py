@@ -402,3 +402,50 @@ def test_feature_dimension_end_to_end_writes_its_figures_and_answer(tmp_path):
     verdicts = json.loads((folder / "verdicts.json").read_text())
     assert len(verdicts) == 2 * 4 + 1 * 4 + 2 + 1  # claim 1 per layout, 2 per Pre-LN layout, 3
     assert sum(v["verdict"] == INCONCLUSIVE and all(x is None for x in v["values"]) for v in verdicts) == 0
+
+
+# --- what sweep takes: --set, --threads; stopping; missing runs (issue #17) ---------------------------
+
+def test_set_and_threads_reach_every_cell_and_a_bad_set_is_one_line(tmp_path):
+    from lnexp.config import ConfigError
+
+    outcome = reproduce("xiong2020-warmup", TEST, jobs=1, out=tmp_path, sets=["model.d_ff=48"], threads=1)
+    assert outcome.trained > 0 and not outcome.failed
+    configs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "runs" / "train").glob("*/config.yaml")]
+    assert configs and all(c["model"]["d_ff"] == 48 and c["train"]["threads"] == 1 for c in configs)
+    assert "--set model.d_ff=48" in (tmp_path / "xiong2020-warmup" / "report.md").read_text()
+    for bad, needle in ((["model.d_ff=-1"], "--set: model.d_ff: must be >= 1"),
+                        (["train.seed=3"], "--set train.seed: set by the suites per cell")):
+        with pytest.raises(ConfigError, match=needle):
+            reproduce("radam", TEST, out=tmp_path / "bad", sets=bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_stopped_reproduction_counts_its_runs_and_writes_no_report(tmp_path):
+    import signal
+
+    from lnexp.reproduce import Stopped
+
+    def stop_after_first(done, total, cell, kind, result):
+        if kind == "finished":
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Stopped) as info:
+        reproduce("radam", TEST, jobs=1, out=tmp_path, on_event=stop_after_first)
+    total = len({id(c) for c in make_cells(TEST, SUITES["radam"].specs(TEST), tmp_path, None).values()})
+    assert f"1 of {total} run(s) done, 0 interrupted" in str(info.value)
+    assert f"{total - 1} never started; no report written" in str(info.value)
+    assert not (tmp_path / "radam" / "report.md").exists()
+
+
+def test_verdicts_lacking_a_run_are_missing_not_inconclusive(tmp_path):
+    from lnexp.reproduce import mark_missing
+    from lnexp.reproduce.verdicts import Verdict
+
+    cells = list(make_cells(TEST, SUITES["radam"].specs(TEST), tmp_path, None).values())[:2]
+    cells[0].path.mkdir(parents=True)
+    (cells[0].path / "summary.json").write_text(json.dumps({"status": "completed"}))
+    gap = Verdict("c", "q", "t", [1.0, None], [True, None], INCONCLUSIVE)
+    whole = Verdict("c", "q", "t", [1.0, 2.0], [True, False], INCONCLUSIVE)
+    mark_missing([gap, whole], cells)
+    assert gap.verdict == "missing (1 of 2 runs)" and whole.verdict == INCONCLUSIVE

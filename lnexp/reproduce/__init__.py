@@ -18,17 +18,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lnexp import __version__
 from lnexp.reproduce import features  # noqa: F401 (registers the feature-dimension suite)
 from lnexp.reproduce.engine import SCALES, Context, Scale, customised, make_cells
 from lnexp.reproduce.report import md_table, write_report
 from lnexp.reproduce.suites import SUITES
-from lnexp.reproduce.verdicts import Verdict
+from lnexp.reproduce.verdicts import Verdict, usable
 from lnexp.runs import now
-from lnexp.sweep import Event, execute, plan, threads_per_job
+from lnexp.sweep import Cell, Event, Interrupted, Plan, execute, is_finished, plan, threads_per_job
 
-__all__ = ["SCALES", "SUITES", "Scale", "Outcome", "reproduce", "suite_names"]
+__all__ = ["SCALES", "SUITES", "Scale", "Outcome", "Stopped", "reproduce", "suite_names"]
 
 
 def suite_names() -> list[str]:
@@ -43,14 +44,23 @@ class Outcome:
     reused: int
     failed: dict[str, str]
     wall_s: float
-    index: Path
+    index: Path | None
+    waiting: int = 0  # runs whose jobs are queued or running (--detach): no report written yet
+
+
+class Stopped(Exception):
+    """A signal stopped the reproduction before every run was done: no report is written."""
 
 
 def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
-              on_event: Event | None = None, plugins: Sequence[str] = (), layouts: Sequence[str] = ()
-              ) -> Outcome:
-    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `plugins` are
-    loaded into every cell's config; `layouts` chooses the layouts suite's layouts (default: all)."""
+              on_event: Event | None = None, sets: Sequence[str] = (), threads: int | None = None,
+              launcher: Any = None, detach: bool = False, plugins: Sequence[str] = (),
+              layouts: Sequence[str] = ()) -> Outcome:
+    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `sets` are
+    `--set` items for every cell; `threads` per run (default: the cores split over `jobs`). With a
+    slurm `launcher` the runs are batch jobs (lnexp.launch): the report is written once all are done.
+    `plugins` are loaded into every cell's config; `layouts` chooses the layouts suite's layouts
+    (default: every registered one)."""
     if suite not in suite_names():
         raise ValueError(f"unknown suite {suite!r}")
     scale = customised(SCALES[scale] if isinstance(scale, str) else scale, plugins, layouts)
@@ -58,21 +68,38 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     names = list(SUITES) if suite == "all" else [suite]
     start = time.perf_counter()
     specs = {name: SUITES[name].specs(scale) for name in names}
-    cells = make_cells(scale, [s for group in specs.values() for s in group], out, threads_per_job(jobs))
+    cells = make_cells(scale, [s for group in specs.values() for s in group], out,
+                       threads or threads_per_job(jobs), sets)
     unique = list({id(c): c for c in cells.values()}.values())
     # the longest cells first: better packing of the worker processes
     unique.sort(key=lambda c: -c.config.train.steps * c.config.model.n_layers)
     work = plan(unique, mismatch="replace")
-    command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--out", str(out)]
-    results = execute(work, jobs, source=f"reproduce {scale.name}", command=lambda _: command,
-                      on_event=on_event)
+    command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--out", str(out),
+               *(a for s in sets for a in ("--set", s))]
+    try:
+        if launcher is not None and launcher.kind == "slurm":
+            from lnexp.launch import launch
+
+            results = launch(work, launcher, out, f"reproduce {scale.name}", lambda _: command, on_event,
+                             detach)
+        else:
+            results = execute(work, jobs, source=f"reproduce {scale.name}", command=lambda _: command,
+                              on_event=on_event)
+    except Interrupted as exc:
+        raise Stopped(stopped_message(work, exc.results)) from None
+    if any(r.get("status") == "interrupted" for r in results.values()):
+        raise Stopped(stopped_message(work, results))
     failed = {name: r.get("error", "") for name, r in results.items() if r.get("status") == "failed"}
+    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
     wall = time.perf_counter() - start
+    if waiting:
+        return Outcome({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
     reports, verdicts = {}, {}
     for name in names:
-        ctx = Context(scale, {s: cells[s] for s in specs[name]})
+        ctx = Context(scale, {s: cells[s] for s in specs[name]}, sets)
         analysis = SUITES[name].analyse(ctx)
-        header = _header(name, scale, ctx, jobs, wall, len(work.todo), suite, out)
+        mark_missing(analysis.verdicts, list({id(c): c for c in ctx.cells.values()}.values()))
+        header = _header(name, scale, ctx, jobs, wall, len(work.todo), suite, out, sets)
         note = (f"Rows that are not reproduced or inconclusive are measured results at scale `{scale.name}`, "
                 f"not refutations of the papers: {scale.paper_gap}. The numbers say how far each claim "
                 "is from its threshold.")
@@ -83,8 +110,30 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     return Outcome(reports, verdicts, len(work.todo), len(work.skipped), failed, wall, index)
 
 
+def stopped_message(work: Plan, results: dict[str, dict[str, Any]]) -> str:
+    """How many of the runs to train were done, interrupted (resumable) and never started."""
+    todo = [cell.key for cell, _ in work.todo]
+    statuses = [results.get(key, {}).get("status") for key in todo]
+    interrupted = sum(s == "interrupted" and "steps_done" in results[k] for s, k in zip(statuses, todo))
+    done = sum(s not in (None, "interrupted") for s in statuses)
+    return (f"interrupted: {done} of {len(todo)} run(s) done, {interrupted} interrupted (they resume from "
+            f"their checkpoints), {len(todo) - done - interrupted} never started; no report written. Run "
+            "the same command again to resume")
+
+
+def mark_missing(verdicts: list[Verdict], cells: list[Cell]) -> None:
+    """A verdict that lacks a number while some of the suite's runs have no result (failed, not run)
+    is not inconclusive: it is `missing (n of m runs)`."""
+    missing = sum(not is_finished(cell.path) for cell in cells)
+    if not missing:
+        return
+    for v in verdicts:
+        if not v.values or any(not usable(x) for x in v.values):
+            v.verdict = f"missing ({missing} of {len(cells)} runs)"
+
+
 def _header(name: str, scale: Scale, ctx: Context, jobs: int, wall: float, trained: int, invoked: str,
-            out: Path) -> list[str]:
+            out: Path, sets: Sequence[str]) -> list[str]:
     cells = list({id(c): c for c in ctx.cells.values()}.values())
     seconds, devices = 0.0, set()
     for cell in cells:
@@ -104,7 +153,8 @@ def _header(name: str, scale: Scale, ctx: Context, jobs: int, wall: float, train
         "(sum of the runs' wall times).",
         "",
         f"Written {now()} by lnexp {__version__} (`lnexp reproduce {invoked} --scale {scale.name} "
-        f"--jobs {jobs} --out {out}`), which trained {trained} run(s) and reused the others "
+        f"--jobs {jobs} --out {out}{''.join(f' --set {s}' for s in sets)}`), which trained {trained} "
+        "run(s) and reused the others "
         f"(finished runs are never trained again) in {wall:.0f} s of wall time.",
     ]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lnexp.config import Config, ConfigError, ModelConfig, validate, with_plugins
+from lnexp.config import Config, ConfigError, ModelConfig, apply_sets, validate, with_plugins
 from lnexp.layouts import DEFAULT_NORM, LAYOUTS, NORMS, POST, PRE
 from lnexp.recipes import DEFAULT_RECIPE, RECIPES
 from lnexp.runs import Run, RunError, load_run
@@ -171,7 +171,12 @@ class Spec:
         return cls(family, tuple(sorted(merged.items())), seed)
 
 
-def cell_config(scale: Scale, spec: Spec) -> Config:
+FIXED = ("run.", "train.seed")  # what a suite sets per cell: --set cannot change it
+
+
+def cell_config(scale: Scale, spec: Spec, sets: Sequence[str] = ()) -> Config:
+    """The cell's config: the scale's base, the spec's overrides and seed, then `--set` items (every
+    cell's; a fault in one names the --set)."""
     raw = copy.deepcopy(scale.init if spec.family == "init" else scale.train)
     for key, value in spec.overrides:
         *parents, leaf = key.split(".")
@@ -180,7 +185,12 @@ def cell_config(scale: Scale, spec: Spec) -> Config:
             node = node.setdefault(part, {})
         node[leaf] = value
     raw["train"]["seed"] = spec.seed
-    return validate(raw, source=f"reproduce {scale.name} {spec.family}")
+    config = validate(raw, source=f"reproduce {scale.name} {spec.family}")
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key.startswith(FIXED):
+            raise ConfigError(f"--set {key}: set by the suites per cell (use --out to move the runs)")
+    return validate(apply_sets(raw, list(sets)), source="--set") if sets else config
 
 
 def cell_name(config: Config) -> str:
@@ -206,14 +216,15 @@ def cell_name(config: Config) -> str:
     return "-".join(parts)
 
 
-def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | None) -> dict[Spec, Cell]:
+def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | None,
+               sets: Sequence[str] = ()) -> dict[Spec, Cell]:
     """A Cell per spec, in <root>/runs/<family>/<name>/; specs with the same config share one Cell."""
     cells: dict[Spec, Cell] = {}
     by_name: dict[tuple[str, str], Cell] = {}
     for spec in specs:
         if spec in cells:
             continue
-        config = cell_config(scale, spec)
+        config = cell_config(scale, spec, sets)
         name = cell_name(config)
         config.run.name, config.run.dir = name, str(root / "runs" / spec.family)
         if threads is not None:
@@ -236,6 +247,7 @@ class Context:
 
     scale: Scale
     cells: dict[Spec, Cell]
+    sets: Sequence[str] = ()  # --set items every cell got
     _runs: dict[Spec, Run | None] = field(default_factory=dict)
     _baselines: dict[tuple[str, int], float] = field(default_factory=dict)
 
@@ -259,7 +271,7 @@ class Context:
             seeds = self.seeds(family)
             return sum(self.baseline(s, family) for s in seeds) / len(seeds)
         if (family, seed) not in self._baselines:
-            config = cell_config(self.scale, Spec(family, (), seed))
+            config = cell_config(self.scale, Spec(family, (), seed), self.sets)
             self._baselines[family, seed] = unigram_baseline(config)
         return self._baselines[family, seed]
 

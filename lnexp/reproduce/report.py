@@ -79,8 +79,9 @@ def verdict_table(verdicts: Sequence[Verdict]) -> str:
 
 RULE = ("Each claim is tested on every seed separately against its threshold: **reproduced** when "
         "every seed passes, **not reproduced** when none does, **inconclusive** when the seeds "
-        "disagree or a run gave no number. Verdicts are computed from the run folders each time this "
-        "report is written; none is fixed in advance.")
+        "disagree or a run gave no number; **missing (n of m runs)** when it lacks a number while n of "
+        "the suite's m runs have no result (failed, or not run yet). Verdicts are computed from the run "
+        "folders each time this report is written; none is fixed in advance.")
 
 
 def render_figure(path: Path, draw: Callable[[Any], Any]) -> None:
@@ -104,6 +105,9 @@ def write_report(folder: Path, title: str, source: str, header: list[str], analy
              verdict_table(analysis.verdicts), "", RULE, ""]
     counts = {k: sum(v.verdict == k for v in analysis.verdicts)
               for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+    missing = sum(v.verdict.startswith("missing") for v in analysis.verdicts)
+    if missing:
+        counts["missing a run"] = missing
     lines += [", ".join(f"{n} {k}" for k, n in counts.items()) + ".", ""]
     if counts[NOT_REPRODUCED] or counts[INCONCLUSIVE]:
         lines += [f"> {scale_note}", ""]
