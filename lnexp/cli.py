@@ -5,14 +5,32 @@ Heavy modules (torch) are imported inside the commands that need them, so `lnexp
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from lnexp.errors import LnexpError
 
 app = typer.Typer(help="Where should LayerNorm sit in a Transformer? Train, measure, compare.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+class ImageFormat(str, Enum):
+    """What matplotlib writes a figure as."""
+
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+class TranslateStrategy(str, Enum):
+    greedy = "greedy"
+    beam = "beam"
 
 
 # Options several commands share, defined once.
@@ -21,13 +39,33 @@ Plugins = Annotated[list[Path], typer.Option(
     "(repeatable; see docs/plugins.md).", show_default=False)]
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """One line on stderr, no traceback."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+def fail(message: str, code: int = 2) -> LnexpError:
+    """A bad option or argument, or any ending that is one line: raised, it reaches the handler."""
+    error = LnexpError(message)
+    error.exit_code = code
+    return error
 
 
-@app.command(short_help="Train a model from a config, or resume a run.")
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """`app.command`, with the one error handler: an LnexpError (bad input, an unusable run folder:
+    ConfigError, RunError, DecodeError, ...) ends the command with `error: <message>` on stderr and
+    its exit code, and Ctrl-C with exit code 130, never a traceback."""
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(function)
+        def handled(*call_args: Any, **call_kwargs: Any) -> None:
+            try:
+                function(*call_args, **call_kwargs)
+            except LnexpError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:
+                typer.echo("error: interrupted", err=True)
+                raise typer.Exit(130) from None
+        return app.command(*args, **kwargs)(handled)
+    return register
+
+
+@command(short_help="Train a model from a config, or resume a run.")
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config file.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set optim.lr=3e-3 "
@@ -44,8 +82,8 @@ def train(
     Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits with code 130.
     """
     from lnexp import console
-    from lnexp.config import ConfigError, config_warnings, load_config
-    from lnexp.runs import RunError, retrain_name
+    from lnexp.config import config_warnings, load_config
+    from lnexp.runs import retrain_name
 
     if (config is None) == (resume is None):
         raise fail("give a CONFIG file to train, or --resume RUN to continue a run (not both)")
@@ -74,10 +112,8 @@ def train(
             outcome = training.train(cfg, str(config), command, force=force, progress=progress,
                                      on_ready=warn) \
                 if cfg else training.resume(resume, command, progress=progress)
-    except (ConfigError, RunError) as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+    except LnexpError:
+        raise
     except Exception as exc:  # the run folder already says "failed" and why
         from lnexp.train import failure_message
 
@@ -95,7 +131,7 @@ def train(
         raise typer.Exit(130)
 
 
-@app.command(short_help="Put runs side by side: config, outcome, profile.")
+@command(short_help="Put runs side by side: config, outcome, profile.")
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Run folders, or globs (quoted: lnexp expands them).")],
     all_: Annotated[bool, typer.Option("--all", help="Every config key, not only the differing.")] = False,
@@ -142,12 +178,8 @@ def compare(
     if probe not in row_titles():
         raise fail(f"--probe: must be one of {', '.join(row_titles())}, got {probe!r}")
     param = param or default_param(probe)
-    from lnexp.config import ConfigError
 
-    try:
-        c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes, group_by)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    c = comparison.build(loaded, probe, param, "last" if at == "last" else int(at), all_, notes, group_by)
     if metric != "loss" and not any(m.get(metric) is not None for run in loaded for m in run.metrics):
         c.notes.append(f"no run logged {metric} (train.eval_bleu_every logs it, on encoder-decoder runs)")
     for note in c.notes:
@@ -169,10 +201,10 @@ def compare(
         console.stderr.print(f"wrote {written}", markup=False, soft_wrap=True)
 
 
-@app.command(short_help="Write a run's or a sweep's figures.")
+@command(short_help="Write a run's or a sweep's figures.")
 def plot(
     run: Annotated[Path, typer.Argument(help="Run folder, or a sweep's folder.")],
-    format_: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
+    format_: Annotated[ImageFormat, typer.Option("--format", help="The figures' file format.")] = ImageFormat.png,
     skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
                                             "heatmap (its initial gradients can take up the colour "
                                             "scale).")] = False,
@@ -183,21 +215,16 @@ def plot(
     For a sweep's folder: the final validation loss against the first numeric grid key and, for a
     grid over optim.lr and model.n_layers, the stability map."""
     from lnexp import console
-    from lnexp.runs import RunError, is_run, load_run
+    from lnexp.runs import is_run, load_run
 
-    if format_ not in ("png", "svg", "pdf"):
-        raise fail(f"--format: must be png, svg or pdf, got {format_!r}")
     if (run / "sweep.json").exists() and not is_run(run):
-        _sweep_figures(run, f".{format_}")
+        _sweep_figures(run, f".{format_.value}")
         return
-    try:
-        loaded = load_run(run)
-    except RunError as exc:
-        raise fail(str(exc)) from None
+    loaded = load_run(run)
     from lnexp import plots
 
     try:
-        paths, notes = plots.run_figures(loaded, run / "plots", f".{format_}", skip_init)
+        paths, notes = plots.run_figures(loaded, run / "plots", f".{format_.value}", skip_init)
     except OSError as exc:
         raise fail(f"{run / 'plots'}: {exc.strerror or exc}") from None
     for note in loaded.notes + notes:
@@ -208,7 +235,7 @@ def plot(
         typer.echo(str(path))
 
 
-@app.command(short_help="Write TensorBoard files for existing runs.")
+@command(short_help="Write TensorBoard files for existing runs.")
 def export(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, or folders of them (a sweep, runs/).")],
     to: Annotated[str, typer.Option(help="Format: tensorboard (event files in RUN/tb/).")] = "tensorboard",
@@ -217,12 +244,8 @@ def export(
 
     The same scalars and HParams as a run with log.tensorboard: true; RUN/tb/ is replaced."""
     from lnexp import console, sinks
-    from lnexp.runs import RunError
 
-    try:
-        written, notes = sinks.export(runs, to)
-    except RunError as exc:
-        raise fail(str(exc)) from None
+    written, notes = sinks.export(runs, to)
     for note in notes:
         console.stderr.print(f"note: {note}", markup=False, soft_wrap=True)
     for path in written:
@@ -234,12 +257,9 @@ def export(
 def _sweep_figures(root: Path, suffix: str = ".png") -> None:
     """Write a sweep's figures and print their paths (stdout), its notes (stderr)."""
     from lnexp import console, plots
-    from lnexp.runs import RunError
 
     try:
         paths, notes = plots.sweep_figures(root, suffix)
-    except RunError as exc:
-        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"{root / 'plots'}: {exc.strerror or exc}") from None
     for note in notes:
@@ -248,7 +268,7 @@ def _sweep_figures(root: Path, suffix: str = ".png") -> None:
         typer.echo(str(path))
 
 
-@app.command("runs", short_help="List the runs in a folder, newest first.")
+@command("runs", short_help="List the runs in a folder, newest first.")
 def list_runs(
     directory: Annotated[Path, typer.Argument(help="Folder of run folders.")] = Path("runs"),
 ) -> None:
@@ -300,7 +320,7 @@ def _launcher(kind: str | None, file: Path | None, partition: str | None, gpus: 
     return launch.load_launcher(file, options) if file or any(options.values()) else None
 
 
-@app.command(short_help="Train a grid of configs x seeds; table, figures.")
+@command(short_help="Train a grid of configs x seeds; table, figures.")
 def sweep(
     config: Annotated[Path, typer.Argument(help="YAML config file: the base of every cell; or `status`, "
                                            "then the sweep's NAME or folder.")],
@@ -340,29 +360,22 @@ def sweep(
     """
     from lnexp import console
     from lnexp import sweep as sweeps
-    from lnexp.config import ConfigError, config_warnings
-    from lnexp.runs import RunError
+    from lnexp.config import config_warnings
 
     if str(config) == "status" and not config.exists():
         if status_of is None:
             raise fail("lnexp sweep status NAME: give the sweep's name or folder")
-        try:
-            found = sweeps.find_sweep(status_of)
-            table, states = sweeps.status_table(found)
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
+        found = sweeps.find_sweep(status_of)
+        table, states = sweeps.status_table(found)
         console.stdout.print(table)
         if all(s in ("completed", "diverged", "failed", "interrupted") for s in states):
             console.stdout.print(sweeps.summary_table(found, {}))
         return
     if status_of is not None:
         raise fail(f"unexpected argument {status_of!r} (only `lnexp sweep status NAME` takes a second one)")
-    try:
-        plan = sweeps.expand(config, grid, seeds, set_, name, jobs, [str(p) for p in plugin])
-        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
-                           slurm)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    plan = sweeps.expand(config, grid, seeds, set_, name, jobs, [str(p) for p in plugin])
+    launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                       slurm)
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
     if dry_run:
         console.stdout.print(sweeps.cells_table(plan))
@@ -370,8 +383,6 @@ def sweep(
     try:
         results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, launch,
                                    detach)
-    except (ConfigError, RunError) as exc:
-        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
     waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
@@ -392,7 +403,7 @@ def sweep(
         raise fail(f"{len(failed)} cell(s) failed, e.g. {failed[0]}: {error}", 1)
 
 
-@app.command(short_help="Continue a prompt with a trained model.")
+@command(short_help="Continue a prompt with a trained model.")
 def generate(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt).")],
     prompt: Annotated[str, typer.Option(help="Text to continue (in the run's tokens: UTF-8 bytes, or its "
@@ -433,23 +444,18 @@ def generate(
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    try:
-        dec.check_settings(strategy, n=n, max_new_tokens=max_new_tokens, temperature=temperature, k=k,
-                           p=p, beams=beams, alpha=length_penalty, seed=seed)
-        if not prompt:
-            raise dec.DecodeError("--prompt is empty")
-        if stop == "":
-            raise dec.DecodeError("--stop is empty")
-        loaded = dec.load_model(run)
-        prompt_ids = dec.encode(loaded.tokenizer, prompt, "--prompt")
-        stop_ids = dec.encode(loaded.tokenizer, stop, "--stop") if stop else []
-        outputs = dec.decode(loaded.model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
-                             temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
-                             seed=seed, stop=stop_ids)
-    except dec.DecodeError as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+    dec.check_settings(strategy, n=n, max_new_tokens=max_new_tokens, temperature=temperature, k=k,
+                       p=p, beams=beams, alpha=length_penalty, seed=seed)
+    if not prompt:
+        raise dec.DecodeError("--prompt is empty")
+    if stop == "":
+        raise dec.DecodeError("--stop is empty")
+    loaded = dec.load_model(run)
+    prompt_ids = dec.encode(loaded.tokenizer, prompt, "--prompt")
+    stop_ids = dec.encode(loaded.tokenizer, stop, "--stop") if stop else []
+    outputs = dec.decode(loaded.model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
+                         temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
+                         seed=seed, stop=stop_ids)
     if json_:
         settings = {"max_new_tokens": max_new_tokens, "seed": seed, "stop": stop, "temperature": temperature,
                     "k": k, "p": p, "beams": beams, "length_penalty": length_penalty}
@@ -467,7 +473,7 @@ def generate(
         typer.echo(dec.printable(loaded.tokenizer.decode(out.ids)))
 
 
-@app.command("decode-stats", short_help="Compare decoding strategies on the same prompts.")
+@command("decode-stats", short_help="Compare decoding strategies on the same prompts.")
 def decode_stats(
     run: Annotated[Path, typer.Argument(help="Run folder (with model.pt).")],
     prompts: Annotated[Path | None, typer.Option(help="Text file, one prompt per line (default: "
@@ -502,38 +508,33 @@ def decode_stats(
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    try:
-        for strategy in dec.STRATEGIES:
-            dec.check_settings(strategy, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
-                               k=k, p=p, beams=beams, seed=seed)
-        if n < 1:
-            raise dec.DecodeError(f"--n must be >= 1, got {n}")
-        if prompts is not None:
-            from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
+    for strategy in dec.STRATEGIES:
+        dec.check_settings(strategy, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
+                           k=k, p=p, beams=beams, seed=seed)
+    if n < 1:
+        raise dec.DecodeError(f"--n must be >= 1, got {n}")
+    if prompts is not None:
+        from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
 
-            try:
-                lines = read_regular(prompts, CONFIG_LIMIT).decode("utf-8").splitlines()
-            except (FileProblem, UnicodeDecodeError) as exc:
-                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
-                raise dec.DecodeError(f"{prompts}: cannot read ({why})") from None
-            texts = [line for line in lines if line.strip()]
-            if not texts:
-                raise dec.DecodeError(f"{prompts}: no prompts (one per line)")
-        loaded = dec.load_model(run)
-        model = loaded.model
-        ids = [dec.encode(loaded.tokenizer, t, str(prompts)) for t in texts] if prompts is not None else \
-            dec.default_prompts(loaded, seed)
-        for prompt in ids:
-            dec.check_prompt(prompt, model.vocab_size)
-        spinner = console.stderr.status("decoding") if console.stderr.is_terminal else nullcontext()
-        with spinner as status:
-            rows = dec.decode_stats(model, ids, n=n, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, k=k, p=p, beams=beams, seed=seed,
-                                    on_strategy=status and (lambda s: status.update(f"decoding: {s}")))
-    except dec.DecodeError as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        try:
+            lines = read_regular(prompts, CONFIG_LIMIT).decode("utf-8").splitlines()
+        except (FileProblem, UnicodeDecodeError) as exc:
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+            raise dec.DecodeError(f"{prompts}: cannot read ({why})") from None
+        texts = [line for line in lines if line.strip()]
+        if not texts:
+            raise dec.DecodeError(f"{prompts}: no prompts (one per line)")
+    loaded = dec.load_model(run)
+    model = loaded.model
+    ids = [dec.encode(loaded.tokenizer, t, str(prompts)) for t in texts] if prompts is not None else \
+        dec.default_prompts(loaded, seed)
+    for prompt in ids:
+        dec.check_prompt(prompt, model.vocab_size)
+    spinner = console.stderr.status("decoding") if console.stderr.is_terminal else nullcontext()
+    with spinner as status:
+        rows = dec.decode_stats(model, ids, n=n, max_new_tokens=max_new_tokens,
+                                temperature=temperature, k=k, p=p, beams=beams, seed=seed,
+                                on_strategy=status and (lambda s: status.update(f"decoding: {s}")))
     better, total = dec.beam_vs_greedy(rows)
     figure = plot or run / "plots" / "decode-stats.png"
     try:
@@ -551,7 +552,7 @@ def decode_stats(
     typer.echo(f"wrote {figure}", err=True)
 
 
-@app.command(short_help="Translate with an encoder-decoder run, or score it.")
+@command(short_help="Translate with an encoder-decoder run, or score it.")
 def translate(
     run: Annotated[Path, typer.Argument(help="Encoder-decoder run folder (with model.pt).")],
     text: Annotated[str | None, typer.Option(help="A source to translate.", show_default=False)] = None,
@@ -560,7 +561,7 @@ def translate(
     eval_: Annotated[bool, typer.Option("--eval", help="Score the run's validation pairs: BLEU, chrF "
                                         "(sacrebleu) and exact match.")] = False,
     n: Annotated[int, typer.Option("--n", help="--eval: validation pairs scored.")] = 100,
-    strategy: Annotated[str, typer.Option(help="greedy or beam.")] = "greedy",
+    strategy: Annotated[TranslateStrategy, typer.Option(help="Decoding.")] = TranslateStrategy.greedy,
     beams: Annotated[int, typer.Option(help="beam: hypotheses kept at each step.")] = 4,
     length_penalty: Annotated[float, typer.Option(help="beam: alpha of GNMT's ((5+L)/6)^alpha.")] = 0.6,
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest translation, in tokens (default: "
@@ -587,22 +588,16 @@ def translate(
     if n < 1:
         raise fail(f"--n must be >= 1, got {n}")
     torch.set_num_threads(threads)
-    try:
-        if strategy not in ("greedy", "beam"):
-            raise dec.DecodeError(f"--strategy must be greedy or beam, got {strategy!r}")
-        dec.check_settings(strategy, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens or 1)
-        sources = translation.read_sources(input_) if input_ is not None else [text] if text is not None \
-            else []
-        loaded = translation.load(run)
-        if eval_:
-            result = translation.evaluate_run(run, loaded, n, strategy, beams, length_penalty)
-        else:
-            result = {"translations": translation.translate_texts(loaded, sources, strategy, beams,
-                                                                  length_penalty, max_new_tokens)}
-    except dec.DecodeError as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+    strategy = strategy.value
+    dec.check_settings(strategy, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens or 1)
+    sources = translation.read_sources(input_) if input_ is not None else [text] if text is not None \
+        else []
+    loaded = translation.load(run)
+    if eval_:
+        result = translation.evaluate_run(run, loaded, n, strategy, beams, length_penalty)
+    else:
+        result = {"translations": translation.translate_texts(loaded, sources, strategy, beams,
+                                                              length_penalty, max_new_tokens)}
     if json_:
         typer.echo(json.dumps({"run": str(run), "strategy": strategy, **result}, indent=2))
     elif eval_:
@@ -613,7 +608,7 @@ def translate(
             typer.echo(dec.printable(line))
 
 
-@app.command(short_help="Test the papers' claims; write a report.")
+@command(short_help="Test the papers' claims; write a report.")
 def reproduce(
     suite: Annotated[str, typer.Argument(help="xiong2020-init, xiong2020-warmup, radam, depth, "
                                          "stability-map, gpt2-scaling, layouts, feature-dimension, or all.")],
@@ -652,13 +647,11 @@ def reproduce(
     from lnexp import console
     from lnexp import reproduce as reproduction
     from lnexp import sweep as sweeps
-    from lnexp.config import ConfigError
 
     if suite not in reproduction.suite_names():
         raise fail(f"unknown suite {suite!r}; choose one of: {', '.join(reproduction.suite_names())}")
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
-    from lnexp.runs import RunError
 
     try:
         launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
@@ -666,10 +659,6 @@ def reproduce(
         chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
         outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
                                          set_, threads, launch, detach, [str(p) for p in plugin], chosen)
-    except (ConfigError, RunError) as exc:
-        raise fail(str(exc)) from None
-    except reproduction.Stopped as exc:
-        raise fail(str(exc), 130) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume (finished runs are kept)",
                    130) from None

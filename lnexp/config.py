@@ -17,13 +17,14 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from lnexp import plugins
+from lnexp.errors import LnexpError
 from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
 from lnexp.layouts import DEFAULT_LAYOUT, DEFAULT_NORM, LAYOUTS, NORMS
 from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.recipes import DEFAULT_RECIPE, LEGACY_NAMES, RECIPES
 
 
-class ConfigError(Exception):
+class ConfigError(LnexpError):
     """Bad user input: printed as one line, exit code 2, nothing written."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from lnexp.errors import LnexpError
 from lnexp.model import EncoderDecoder, KVCache, TransformerLM, build_model
 from lnexp.vocab import Tokenizer, run_tokenizer
 
@@ -45,7 +46,7 @@ DEFAULT_PROMPTS = ("def ", "import ", "class ", "    return ", "    def __init__
 Picker = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
-class DecodeError(Exception):
+class DecodeError(LnexpError):
     """Bad decoding input (run, prompt, settings): printed as one line, exit code 2."""
 
 

@@ -23,10 +23,11 @@ import types
 from pathlib import Path
 from typing import Any
 
+from lnexp.errors import LnexpError
 from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
 
 
-class PluginError(Exception):
+class PluginError(LnexpError):
     """A plugin file that cannot be read or run: one line, naming the file."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
+from lnexp.errors import LnexpError
 from lnexp.files import (
     CONFIG_LIMIT,
     FileProblem,
@@ -48,7 +49,7 @@ FINISHED = ("completed", "diverged")  # a run that ended as a result: never resu
 JSON_LIMIT = 16 * 2**20  # meta.json and summary.json are a few KiB; anything this large is damage
 
 
-class RunError(Exception):
+class RunError(LnexpError):
     """A run folder that cannot be created or read: printed as one line, exit code 2."""
 
 

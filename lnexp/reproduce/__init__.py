@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lnexp import __version__
+from lnexp.errors import LnexpError
 from lnexp.reproduce import features  # noqa: F401 (registers the feature-dimension suite)
 from lnexp.reproduce.engine import SCALES, Context, Scale, customised, make_cells
 from lnexp.reproduce.report import md_table, write_report
@@ -48,8 +49,10 @@ class Outcome:
     waiting: int = 0  # runs whose jobs are queued or running (--detach): no report written yet
 
 
-class Stopped(Exception):
+class Stopped(LnexpError):
     """A signal stopped the reproduction before every run was done: no report is written."""
+
+    exit_code = 130
 
 
 def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
