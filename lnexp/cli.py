@@ -204,7 +204,8 @@ def compare(
 @command(short_help="Write a run's or a sweep's figures.")
 def plot(
     run: Annotated[Path, typer.Argument(help="Run folder, or a sweep's folder.")],
-    format_: Annotated[ImageFormat, typer.Option("--format", help="The figures' file format.")] = ImageFormat.png,
+    format_: Annotated[ImageFormat, typer.Option("--format", help="The figures' file format.")] = \
+        ImageFormat.png,
     skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
                                             "heatmap (its initial gradients can take up the colour "
                                             "scale).")] = False,
