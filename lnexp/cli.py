@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from lnexp.errors import LnexpError
+from lnexp.layouts import LAYOUTS
+from lnexp.probe_kinds import row_titles
 
 app = typer.Typer(help="Where should LayerNorm sit in a Transformer? Train, measure, compare.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -135,10 +137,8 @@ def train(
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Run folders, or globs (quoted: lnexp expands them).")],
     all_: Annotated[bool, typer.Option("--all", help="Every config key, not only the differing.")] = False,
-    probe: Annotated[str, typer.Option(help="Per-layer profile of: grad (gradient norm), act "
-                                       "(residual-stream RMS), update (update/weight ratio), "
-                                       "adam_v_q10|q50|q90, output_change, rank (feature "
-                                       "dimensionality), sensitivity.")] = "grad",
+    probe: Annotated[str, typer.Option(help="Per-layer profile of: " + ", ".join(
+        f"{name} ({title})" for name, title in row_titles().items()) + "; or a plugin's.")] = "grad",
     param: Annotated[str | None, typer.Option(
         help="Weight role of a per-weight profile (attn.q, ..., ffn.fc2; default ffn.fc2), or all: a "
              "layer's combined norm. rank: resid|attn|cross|ffn.erank|pr|aniso (default resid.erank); "
@@ -160,7 +160,7 @@ def compare(
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp import compare as comparison
     from lnexp import console
-    from lnexp.probe_kinds import default_param, row_titles
+    from lnexp.probe_kinds import default_param
 
     if at != "last" and not at.isdigit():
         raise fail(f"--at: must be a step number or 'last', got {at!r}")
@@ -611,8 +611,8 @@ def translate(
 
 @command(short_help="Test the papers' claims; write a report.")
 def reproduce(
-    suite: Annotated[str, typer.Argument(help="xiong2020-init, xiong2020-warmup, radam, depth, "
-                                         "stability-map, gpt2-scaling, layouts, feature-dimension, or all.")],
+    suite: Annotated[str, typer.Argument(help="A claim's suite, or all; `lnexp reproduce list` lists "
+                                         "them (from the suites' registry, plugins' included).")],
     scale: Annotated[str, typer.Option(help="tiny (a CPU, minutes), cpu (2 CPU cores, about an hour for "
                                        "all) or small (sized for one GPU, used when present).")] = "tiny",
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, in worker processes that split "
@@ -636,8 +636,9 @@ def reproduce(
     slurm: Slurm = [],  # noqa: B006 (typer reads it)
     detach: Detach = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
-    layouts: Annotated[str | None, typer.Option(help="The layouts suite's layouts, comma-separated "
-                                                "(default: every registered one).")] = None,
+    layouts: Annotated[str | None, typer.Option(help="The layouts suite's layouts, comma-separated, of "
+                                                f"{', '.join(LAYOUTS)} and a plugin's (default: "
+                                                "all).")] = None,
 ) -> None:
     """Test the papers' claims: run a SUITE and write a report with verdicts computed from its runs.
 
@@ -649,6 +650,10 @@ def reproduce(
     from lnexp import reproduce as reproduction
     from lnexp import sweep as sweeps
 
+    if suite == "list":
+        for name, registered in reproduction.SUITES.items():
+            typer.echo(f"{name}: {registered.title}")
+        return
     if suite not in reproduction.suite_names():
         raise fail(f"unknown suite {suite!r}; choose one of: {', '.join(reproduction.suite_names())}")
     if scale not in reproduction.SCALES:
