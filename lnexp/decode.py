@@ -5,7 +5,7 @@ A sampling strategy is a small function from a batch of next-token logits, shape
 per row; `generate` calls it once per step. Beam search is a search, not a sampler: `beam_search`
 keeps the `beams` prefixes of highest joint log-probability and returns the best finished ones.
 
-Conventions (the README repeats them):
+Conventions (docs/decoding.md repeats them):
 - An output's joint log-probability is the sum of log softmax(logits)[token] over its tokens under
   the model as trained -- untempered and unfiltered, whatever distribution the token was drawn from.
   The entropy at a step is likewise that of the model's own next-token distribution.
@@ -469,7 +469,7 @@ def decode_stats(model: TransformerLM, prompts: list[list[int]], n: int = 8, max
                  temperature: float = 1.0, k: int = 40, p: float = 0.9, beams: int = 4, seed: int = 0,
                  on_strategy: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """For each strategy over the same prompts, means over its outputs (greedy: one a prompt; beam:
-    its best hypothesis; samplers: n a prompt) of the numbers in the README's decode-stats table."""
+    its best hypothesis; samplers: n a prompt) of the numbers in docs/decoding.md's decode-stats table."""
     rows = []
     for strategy, label, options in stats_settings(n, temperature, k, p, beams):
         if on_strategy:

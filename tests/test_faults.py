@@ -537,9 +537,9 @@ def test_a_saved_config_trains_again_under_a_fresh_name(tmp_path, write_config):
     assert len(again) == 1 and load_run(again[0]).status == "completed" and saved.read_bytes() == before
 
 
-def test_the_readme_reads_probes_with_the_standard_library(tmp_path, write_config):
+def test_the_docs_read_probes_with_the_standard_library(tmp_path, write_config):
     assert train_cli(str(write_config(run={"name": "p"}))).exit_code == 0
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "docs" / "run-folder.md").read_text()
     snippet = re.search(r"```python\n(.*?probes\.jsonl.*?)```", readme, re.S).group(1)
     namespace: dict = {}
     exec(snippet.replace("runs/NAME", str(tmp_path / "runs" / "p")), namespace)
