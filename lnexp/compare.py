@@ -36,6 +36,7 @@ from lnexp.runs import (
     profile_ratios,
     weight_roles,
 )
+from lnexp.stats import mean_std
 
 Step = int | Literal["last"]
 
@@ -352,11 +353,7 @@ def sections(c: Comparison) -> list[Section]:
 
 def group_stats(c: Comparison, group: Group, key: str) -> tuple[float, float, int]:
     """Mean, sample std and count of an outcome number over a group's runs (finite values only)."""
-    from lnexp.sweep import mean_std
-
-    values = [c.outcomes[i][key] for i in group.members if _finite(c.outcomes[i][key])]
-    mean, std = mean_std(values)
-    return mean, std, len(values)
+    return mean_std([c.outcomes[i][key] for i in group.members if _finite(c.outcomes[i][key])])
 
 
 def _group_cell(c: Comparison, group: Group, key: str) -> str:

@@ -210,7 +210,7 @@ def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] 
     configs = [copy.deepcopy(raw)]
     for item, key, value in items:
         configs.append(copy.deepcopy(configs[-1]))
-        _apply_override(configs[-1], item, key, value)
+        set_key(configs[-1], key, value)
     fault = _fault(configs[-1])
     if fault is None:
         return Config.model_validate(configs[-1])
@@ -229,7 +229,7 @@ def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """A copy of parsed YAML with `--set KEY=VALUE` items applied (not yet validated)."""
     raw = copy.deepcopy(raw)
     for item in sets:
-        _apply_override(raw, item, *_parse_override(item))
+        set_key(raw, *_parse_override(item))
     return raw
 
 
@@ -337,7 +337,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _apply_override(raw: dict[str, Any], item: str, key: str, value: Any) -> None:
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (`optim.lr`) in parsed YAML, making its sections; ConfigError if a part of
+    the path is not a section."""
     *parents, leaf = key.split(".")
     node = raw
     for depth, part in enumerate(parents):

@@ -31,6 +31,7 @@ import yaml
 from lnexp.config import Config, ConfigError, load_config, validate
 from lnexp.files import try_lock
 from lnexp.runs import FINISHED, RunError, now, write_json
+from lnexp.stats import mean_std
 
 MAX_NAME = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
@@ -241,7 +242,7 @@ def config_differences(path: Path, config: Config) -> list[str]:
     for section, values in wanted.items():
         if not isinstance(values, dict):  # a top-level list (plugins)
             old = stored.get(section, defaults[section])
-            if _norm(old) != _norm(values):
+            if _comparable(old) != _comparable(values):
                 diffs.append(f"{section}: {old!r} there, {values!r} here")
             continue
         kept = stored.get(section) if isinstance(stored.get(section), dict) else {}
@@ -249,12 +250,12 @@ def config_differences(path: Path, config: Config) -> list[str]:
             if (section, key) in (("train", "threads"), ("run", "name"), ("run", "dir")):
                 continue
             old = kept.get(key, defaults.get(section, {}).get(key))
-            if _norm(old) != _norm(value):
+            if _comparable(old) != _comparable(value):
                 diffs.append(f"{section}.{key}: {old!r} there, {value!r} here")
     return diffs
 
 
-def _norm(value: Any) -> Any:
+def _comparable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -587,19 +588,10 @@ def _train_command(sweep: Sweep, cell: Cell) -> list[str]:
 
 # --- the summary -----------------------------------------------------------------------------------
 
-def final_loss(summary: dict[str, Any]) -> float | None:
+def reported_loss(summary: dict[str, Any]) -> float | None:
+    """The loss a run's summary reports: its final validation loss, else its final training loss."""
     value = summary.get("final_val_loss")
     return value if value is not None else summary.get("final_train_loss")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value); nan for none."""
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -613,8 +605,8 @@ def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dic
         summaries = [results.get(c.key) or {"status": folder_status(c.path), **read_summary(c.path)}
                      for c in members]
         statuses = [s.get("status") for s in summaries]
-        losses = [final_loss(s) for s in summaries if s.get("status") == "completed"]
-        mean, std = mean_std([v for v in losses if v is not None and math.isfinite(v)])
+        losses = [reported_loss(s) for s in summaries if s.get("status") == "completed"]
+        mean, std, _ = mean_std([v for v in losses if v is not None and math.isfinite(v)])
         rows.append({"group": group, "labels": members[0].labels, "seeds": len(members),
                      "loss_mean": mean, "loss_std": std,
                      "diverged": statuses.count("diverged"), "failed": statuses.count("failed"),
@@ -678,7 +670,7 @@ def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, 
     width = len(str(total))
     where = {"skipped": "skip", "submitted": "job"}.get(kind, f"{done:>{width}}/{total}")
     status = result.get("status", "?")
-    detail = f"val loss {fmt(final_loss(result))}" if status in FINISHED else result.get("error", "")
+    detail = f"val loss {fmt(reported_loss(result))}" if status in FINISHED else result.get("error", "")
     if status == "diverged":
         detail = f"at step {result.get('diverged_step')}"
     seconds = None if kind == "skipped" else result.get("wall_time_s")

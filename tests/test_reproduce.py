@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from lnexp.cli import app
 from lnexp.config import dump_yaml
 from lnexp.reproduce import SCALES, reproduce
-from lnexp.reproduce.engine import Context, cell_config, make_cells
+from lnexp.reproduce.engine import SuiteRuns, cell_config, make_cells
 from lnexp.reproduce.suites import SUITES
 from lnexp.reproduce.verdicts import (
     INCONCLUSIVE,
@@ -89,7 +89,7 @@ def fake_runs(tmp_path, suite, make):
         (cell.path / "metrics.jsonl").write_text(
             "".join(json.dumps({"step": s, "loss": loss, "val_loss": loss}) + "\n" for s in (0, 3, 6)))
         (cell.path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    return SUITES[suite].analyse(Context(TEST, cells))
+    return SUITES[suite].analyse(SuiteRuns(TEST, cells))
 
 
 def init_probes(post_exponent, pre_exponent, pre_flat=False, seed_flip=None, encdec_flat=False):

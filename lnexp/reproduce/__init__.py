@@ -23,14 +23,14 @@ from typing import Any
 from lnexp import __version__
 from lnexp.errors import LnexpError
 from lnexp.reproduce import features  # noqa: F401 (registers the feature-dimension suite)
-from lnexp.reproduce.engine import SCALES, Context, Scale, customised, make_cells
+from lnexp.reproduce.engine import SCALES, Scale, SuiteRuns, customised, make_cells
 from lnexp.reproduce.report import md_table, write_report
 from lnexp.reproduce.suites import SUITES
 from lnexp.reproduce.verdicts import Verdict, usable
 from lnexp.runs import now
 from lnexp.sweep import Cell, Event, Interrupted, Plan, execute, is_finished, plan, threads_per_job
 
-__all__ = ["SCALES", "SUITES", "Scale", "Outcome", "Stopped", "reproduce", "suite_names"]
+__all__ = ["SCALES", "SUITES", "Scale", "Reproduction", "Stopped", "reproduce", "suite_names"]
 
 
 def suite_names() -> list[str]:
@@ -38,7 +38,7 @@ def suite_names() -> list[str]:
 
 
 @dataclass
-class Outcome:
+class Reproduction:
     reports: dict[str, Path]
     verdicts: dict[str, list[Verdict]]
     trained: int
@@ -58,7 +58,7 @@ class Stopped(LnexpError):
 def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
               on_event: Event | None = None, sets: Sequence[str] = (), threads: int | None = None,
               launcher: Any = None, detach: bool = False, plugins: Sequence[str] = (),
-              layouts: Sequence[str] = ()) -> Outcome:
+              layouts: Sequence[str] = ()) -> Reproduction:
     """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `sets` are
     `--set` items for every cell; `threads` per run (default: the cores split over `jobs`). With a
     slurm `launcher` the runs are batch jobs (lnexp.launch): the report is written once all are done.
@@ -96,10 +96,10 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
     wall = time.perf_counter() - start
     if waiting:
-        return Outcome({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
+        return Reproduction({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
     reports, verdicts = {}, {}
     for name in names:
-        ctx = Context(scale, {s: cells[s] for s in specs[name]}, sets)
+        ctx = SuiteRuns(scale, {s: cells[s] for s in specs[name]}, sets)
         analysis = SUITES[name].analyse(ctx)
         mark_missing(analysis.verdicts, list({id(c): c for c in ctx.cells.values()}.values()))
         header = _header(name, scale, ctx, jobs, wall, len(work.todo), suite, out, sets)
@@ -110,7 +110,7 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
                                      header, analysis, note)
         verdicts[name] = analysis.verdicts
     index = write_index(out, scale)
-    return Outcome(reports, verdicts, len(work.todo), len(work.skipped), failed, wall, index)
+    return Reproduction(reports, verdicts, len(work.todo), len(work.skipped), failed, wall, index)
 
 
 def stopped_message(work: Plan, results: dict[str, dict[str, Any]]) -> str:
@@ -135,7 +135,7 @@ def mark_missing(verdicts: list[Verdict], cells: list[Cell]) -> None:
             v.verdict = f"missing ({missing} of {len(cells)} runs)"
 
 
-def _header(name: str, scale: Scale, ctx: Context, jobs: int, wall: float, trained: int, invoked: str,
+def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, trained: int, invoked: str,
             out: Path, sets: Sequence[str]) -> list[str]:
     cells = list({id(c): c for c in ctx.cells.values()}.values())
     seconds, devices = 0.0, set()
@@ -183,7 +183,7 @@ def write_index(out: Path, scale: Scale) -> Path:
     return path
 
 
-def verdicts_table(outcome: Outcome):
+def verdicts_table(outcome: Reproduction):
     """The verdicts of this invocation as a rich table (stdout)."""
     from rich.table import Table
 

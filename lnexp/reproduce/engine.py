@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lnexp.config import Config, ConfigError, ModelConfig, apply_sets, validate, with_plugins
+from lnexp.config import Config, ConfigError, ModelConfig, apply_sets, set_key, validate, with_plugins
 from lnexp.layouts import DEFAULT_NORM, LAYOUTS, NORMS, POST, PRE
 from lnexp.recipes import DEFAULT_RECIPE, RECIPES
 from lnexp.runs import Run, RunError, load_run
@@ -179,11 +179,7 @@ def cell_config(scale: Scale, spec: Spec, sets: Sequence[str] = ()) -> Config:
     cell's; a fault in one names the --set)."""
     raw = copy.deepcopy(scale.init if spec.family == "init" else scale.train)
     for key, value in spec.overrides:
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_key(raw, key, value)
     raw["train"]["seed"] = spec.seed
     config = validate(raw, source=f"reproduce {scale.name} {spec.family}")
     for item in sets:
@@ -242,7 +238,7 @@ def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | N
 
 
 @dataclass
-class Context:
+class SuiteRuns:
     """What an analysis reads: the runs of its cells, the unigram baseline, the scale."""
 
     scale: Scale

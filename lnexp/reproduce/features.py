@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lnexp.layouts import LAYOUTS, POST, PRE
-from lnexp.reproduce.engine import PRE_GPT2, Context, Scale, Spec
+from lnexp.reproduce.engine import PRE_GPT2, Scale, Spec, SuiteRuns
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm, num
 from lnexp.reproduce.suites import Suite, register
 from lnexp.reproduce.verdicts import above, below, check, fit_line, usable
@@ -109,7 +109,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs and len(xs) == len(values) else None
 
 
-def feature_analyse(ctx: Context) -> Analysis:
+def feature_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
     names, depths = _grid(scale)
     claimed = [n for n in CLAIM_LAYOUTS if n in names]  # the claim's layouts this scale trains

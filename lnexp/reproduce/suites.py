@@ -16,9 +16,9 @@ from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import (
     PRE_GPT2,
-    Context,
     Scale,
     Spec,
+    SuiteRuns,
     cell_config,
     final_loss,
     loss_curve,
@@ -77,10 +77,10 @@ class Suite:
     title: str
     source: str
     specs: Callable[[Scale], list[Spec]]
-    analyse: Callable[[Context], Analysis]
+    analyse: Callable[[SuiteRuns], Analysis]
 
 
-def _converge_definition(ctx: Context, seeds: Sequence[int] | None = None) -> str:
+def _converge_definition(ctx: SuiteRuns, seeds: Sequence[int] | None = None) -> str:
     seeds = ctx.seeds() if seeds is None else seeds
     per_seed = ", ".join(f"seed {s}: {ctx.baseline(s):.3f} − {ctx.scale.margin:g} = "
                          f"**{ctx.threshold(s):.3f}**" for s in seeds)
@@ -100,7 +100,7 @@ def _loss_definition() -> str:
 
 # --- plotting helpers ------------------------------------------------------------------------------
 
-def _curves_figure(ctx: Context, panels: list[tuple[str, list[tuple[str, list[Run | None]]]]]):
+def _curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[Run | None]]]]]):
     """One panel per entry: training loss (running mean, averaged over seeds) per setting, validation
     loss as dots, the unigram baseline and the convergence threshold dashed."""
 
@@ -137,7 +137,7 @@ def _curves_figure(ctx: Context, panels: list[tuple[str, list[tuple[str, list[Ru
     return draw
 
 
-def _settings_table(ctx: Context, rows: list[tuple[list[str], list[Run | None]]], header: list[str]) -> str:
+def _settings_table(ctx: SuiteRuns, rows: list[tuple[list[str], list[Run | None]]], header: list[str]) -> str:
     out = []
     for labels, runs in rows:
         losses = [final_loss(r) for r in runs]
@@ -198,7 +198,7 @@ def _encdec_findings(ratio: dict[str, list[float | None]], verdicts: dict[str, s
     return out
 
 
-def init_analyse(ctx: Context) -> Analysis:
+def init_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds("init")
     depths = sorted(scale.init_depths)
     deepest_l = max(depths)
@@ -474,7 +474,7 @@ def _val_at(run: Run | None, step: int) -> float | None:
     return math.inf if run.status == "diverged" else None
 
 
-def warmup_analyse(ctx: Context) -> Analysis:
+def warmup_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
     early = scale.train["train"]["eval_every"]
     verdicts, panels, rows = [], [], []
@@ -522,7 +522,7 @@ def radam_specs(scale: Scale) -> list[Spec]:
             for setting in (POST, {**POST, **radam}, {**POST, **_warm(scale)}) for seed in range(scale.seeds)]
 
 
-def radam_analyse(ctx: Context) -> Analysis:
+def radam_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
     radam = {"optim.name": "radam"}
     verdicts, panels, rows = [], [], []
@@ -564,7 +564,7 @@ def depth_specs(scale: Scale) -> list[Spec]:
             for n in scale.depths for norm in (POST, PRE) for seed in range(scale.seeds)]
 
 
-def depth_analyse(ctx: Context) -> Analysis:
+def depth_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds, depths = ctx.scale, ctx.seeds(), list(ctx.scale.depths)
     runs = {(norm, n, s): ctx.run("train", s, {"model.norm": norm}, _warm(scale), _depth(n),
                                   _lr(scale.depth_lr))
@@ -634,7 +634,7 @@ def map_specs(scale: Scale) -> list[Spec]:
             for n in scale.map_depths for lr in scale.map_lrs for seed in range(scale.seeds)]
 
 
-def map_analyse(ctx: Context) -> Analysis:
+def map_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
     lrs, depths, named = list(scale.map_lrs), list(scale.map_depths), stability_recipes(scale)
     runs = {(name, n, lr, s): ctx.run("train", s, layout, _depth(n), _lr(lr))
@@ -744,16 +744,16 @@ def layout_names(scale: Scale) -> tuple[str, ...]:
     return scale.layouts or tuple(LAYOUTS)
 
 
-def _norm(name: str) -> dict[str, Any]:
+def _layout(name: str) -> dict[str, Any]:
     return {"model.norm": name}
 
 
 def layouts_specs(scale: Scale) -> list[Spec]:
     n = scale.layout_depth
     names = layout_names(scale)
-    return [Spec.of("init", seed, _norm(name), _depth(n)) for name in names
+    return [Spec.of("init", seed, _layout(name), _depth(n)) for name in names
             for seed in range(scale.init_seeds)] + \
-        [Spec.of("train", seed, _norm(name), _depth(n), _lr(lr)) for name in names
+        [Spec.of("train", seed, _layout(name), _depth(n), _lr(lr)) for name in names
          for lr in scale.map_lrs for seed in range(scale.layout_seeds)]
 
 
@@ -809,7 +809,7 @@ def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float
     return out
 
 
-def layouts_analyse(ctx: Context) -> Analysis:
+def layouts_analyse(ctx: SuiteRuns) -> Analysis:
     scale, n = ctx.scale, ctx.scale.layout_depth
     names = layout_names(scale)
     init_seeds, seeds, lrs = ctx.seeds("init"), list(range(scale.layout_seeds)), list(scale.map_lrs)
@@ -817,14 +817,14 @@ def layouts_analyse(ctx: Context) -> Analysis:
     act: dict[tuple[str, int], list[float]] = {}
     for name in names:
         for s in init_seeds:
-            run = ctx.run("init", s, _norm(name), _depth(n))
+            run = ctx.run("init", s, _layout(name), _depth(n))
             g = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
             a = layer_profile(run.probes, "act", "resid", 0) if run else []
             grad[name, s] = g if len(g) == n else []
             act[name, s] = a if len(a) == n + 1 and a[0] > 0 else []
     ratio = {name: [trend_ratio(grad[name, s]) for s in init_seeds] for name in names}
     growth = {name: [stream_growth(act[name, s]) for s in init_seeds] for name in names}
-    runs = {(name, lr, s): ctx.run("train", s, _norm(name), _depth(n), _lr(lr))
+    runs = {(name, lr, s): ctx.run("train", s, _layout(name), _depth(n), _lr(lr))
             for name in names for lr in lrs for s in seeds}
     conv = {k: ctx.converged(r) for k, r in runs.items()}
     index = {name: [largest_index([conv[name, lr, s] for lr in lrs]) for s in seeds] for name in names}
@@ -1004,7 +1004,7 @@ def gpt2_specs(scale: Scale) -> list[Spec]:
             for scaled in (False, True) for seed in range(scale.seeds)]
 
 
-def gpt2_analyse(ctx: Context) -> Analysis:
+def gpt2_analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds, n = ctx.scale, ctx.seeds(), ctx.scale.gpt2_depth
     runs = {(scaled, s): ctx.run("train", s, _gpt2(scaled), _depth(n), _lr(scale.gpt2_lr))
             for scaled in (False, True) for s in seeds}

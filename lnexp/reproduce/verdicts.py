@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from lnexp.stats import mean_std, usable  # noqa: F401 (the suites read them here too)
+
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
@@ -40,10 +42,6 @@ def within(low: float, high: float, what: str = "") -> Threshold:
                      lambda v: low <= v <= high)
 
 
-def usable(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
-
-
 def decide(passes: Sequence[bool | None]) -> str:
     """All seeds pass: reproduced; none: not reproduced; a mix, or no data: inconclusive."""
     known = [p for p in passes if p is not None]
@@ -54,19 +52,6 @@ def decide(passes: Sequence[bool | None]) -> str:
     if not any(known):
         return NOT_REPRODUCED
     return INCONCLUSIVE
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the usable values.
-
-    Infinite values (a diverged run's loss) make the mean infinite; nan when there are none."""
-    xs = [v for v in values if usable(v)]
-    if not xs:
-        return math.nan, math.nan, 0
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2 or not math.isfinite(mean):
-        return mean, 0.0 if len(xs) < 2 else math.nan, len(xs)
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)), len(xs)
 
 
 @dataclass
