@@ -208,7 +208,7 @@ def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] 
     raw = with_plugins(_read_yaml(path), str(path), path.parent, list(plugins))
     items = [(item, *_parse_override(item)) for item in overrides]
     configs = [copy.deepcopy(raw)]
-    for item, key, value in items:
+    for _, key, value in items:
         configs.append(copy.deepcopy(configs[-1]))
         set_key(configs[-1], key, value)
     fault = _fault(configs[-1])
@@ -220,8 +220,8 @@ def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] 
     key, message = fault
     if culprit == 0:
         raise ConfigError(f"{path}: {key}: {message}")
-    item, set_key, _ = items[culprit - 1]
-    named = set_key if key == set_key or key.startswith(set_key + ".") else f"{item}: {key}"
+    item, blamed, _ = items[culprit - 1]
+    named = blamed if key == blamed or key.startswith(blamed + ".") else f"{item}: {key}"
     raise ConfigError(f"--set {named}: {message}")
 
 
