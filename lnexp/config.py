@@ -37,6 +37,9 @@ Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, lt=1.0)]
 InitName = Annotated[Literal[tuple(RECIPES)], BeforeValidator(lambda v: LEGACY_NAMES.get(v, v))]
 
 
+INIT_ONLY = {"init_only": True}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
@@ -49,15 +52,17 @@ class ModelConfig(Section):
     activation: Literal["relu", "gelu"] = "relu"
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["post", "pre", "sandwich", "deepnorm", "admin"] = "post"
-    residual_scaling: Literal["none", "gpt2"] = "none"
+    # INIT_ONLY: keys read only when the weights are initialised (packed training, lnexp.pack, lets
+    # cells that differ in them train together)
+    residual_scaling: Literal["none", "gpt2"] = Field("none", json_schema_extra=INIT_ONLY)
     norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
     positional: Literal["learned", "sinusoidal"] = "sinusoidal"  # unset: the init recipe's choice
     tie_embeddings: bool = False  # unset: the init recipe's choice (fairseq: untied; gpt2: tied)
     bias: bool = True
     max_seq_len: Int = Field(256, ge=1, le=1_000_000)
-    init: InitName = DEFAULT_RECIPE
+    init: InitName = Field(DEFAULT_RECIPE, json_schema_extra=INIT_ONLY)  # but see InitRecipe's flags
     norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
-    admin_init: Literal["closed_form", "profile"] = "closed_form"
+    admin_init: Literal["closed_form", "profile"] = Field("closed_form", json_schema_extra=INIT_ONLY)
     arch: Literal["decoder", "encoder_decoder"] = "decoder"
 
     @model_validator(mode="before")

@@ -114,7 +114,7 @@ class Probes:
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.names = [split_name(name) for name, _ in named]
         self.params = [p for _, p in named]
-        self.blocks = list(model.dec if hasattr(model, "dec") else model.blocks)  # see the docstring
+        self.blocks = stream_blocks(model)
         self._acts: list[torch.Tensor] = []
         self._stream_grads: dict[int, torch.Tensor] = {}
         self._before: list[torch.Tensor] = []
@@ -133,6 +133,15 @@ class Probes:
         self._acts, self._stream_grads = [], {}
         self.armed = bool(self.kinds & {"act", "sensitivity"})
 
+    def record_stream(self, acts: torch.Tensor | None, grad_norms: torch.Tensor | None) -> None:
+        """The stream values of a step taken outside this model's forward (a packed step, lnexp.pack),
+        as the hooks would have recorded them: the RMS entering each block and leaving the last
+        (`act`), and ||∂loss/∂x|| there (`sensitivity`)."""
+        if acts is not None:
+            self._acts = list(acts.unbind())
+        if grad_norms is not None:
+            self._stream_grads = dict(enumerate(grad_norms.unbind()))
+
     def _enter(self, index: int, _module: nn.Module, args: tuple) -> None:
         if self.armed:
             self._record(index, args[0])
@@ -144,7 +153,7 @@ class Probes:
     def _record(self, index: int, stream: torch.Tensor) -> None:
         if "act" in self.kinds:
             with record_function("probe:act"):
-                self._acts.append(_rms(stream))
+                self._acts.append(rms(stream))
         if "sensitivity" in self.kinds and stream.requires_grad:
             stream.register_hook(partial(self._stream_grad, index))
 
@@ -293,6 +302,11 @@ class Probes:
             return reading
 
 
+def stream_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks whose residual stream the per-layer probes follow: the decoder's (module docstring)."""
+    return list(model.dec if hasattr(model, "dec") else model.blocks)
+
+
 def feature_stats(x: torch.Tensor) -> torch.Tensor:
     """[effective rank, participation ratio, anisotropy] (FEATURE_STATS' order) of the token vectors
     x (..., d), on the device. The ranks come from one SVD of the centred (tokens × d) matrix (0 when
@@ -335,5 +349,5 @@ def _sample(v: torch.Tensor) -> torch.Tensor:
     return flat[:: -(-flat.numel() // QUANTILE_SAMPLE)] if flat.numel() > QUANTILE_SAMPLE else flat
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
+def rms(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().pow(2).mean().sqrt()
