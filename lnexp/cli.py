@@ -201,6 +201,8 @@ def sweep(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell: train.seed, train.seed+1, ...")] = 1,
     jobs: Annotated[int, typer.Option(min=1, help="Cells trained at once, in worker processes that "
                                       "split the CPU threads.")] = 1,
+    pack: Annotated[int, typer.Option(min=1, help="Cells of one model structure trained together in one "
+                                      "process, up to this many (docs/packing.md).")] = 1,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key in every cell; --set run.dir=D "
                                             "moves the sweep (repeatable).")] = [],  # noqa: B006
     name: Annotated[str | None, typer.Option(help="Sweep name: its folder is <run.dir>/<name>/ "
@@ -231,7 +233,7 @@ def sweep(
         console.stdout.print(sweeps.cells_table(plan))
         return
     try:
-        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event)
+        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, pack)
     except (ConfigError, RunError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -409,6 +411,10 @@ def reproduce(
                                        "all) or small (sized for one GPU, used when present).")] = "tiny",
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, in worker processes that split "
                                       "the CPU threads.")] = 1,
+    pack: Annotated[int | None, typer.Option(min=1, help="Runs of one model structure trained together, "
+                                             "up to this many (1: each alone; default: packs of 8 where a "
+                                             "quick measurement finds them faster; docs/packing.md).",
+                                             show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option(help="No line per run on stderr.")] = False,
@@ -429,7 +435,7 @@ def reproduce(
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
     try:
-        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event)
+        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event, pack)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

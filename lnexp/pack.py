@@ -275,7 +275,11 @@ def _loop(live: list[Member], start: int, stop: Stop) -> None:
 
 # --- is packing faster here? -----------------------------------------------------------------------
 
-def timed_steps(configs: list[Config], packed: bool, steps: int = 3) -> float:
+AUTO_PACK = 8  # the pack size `reproduce` tries when it decides by measuring
+MEASURED_STEPS = 3  # steps timed each way (after one warm-up step)
+
+
+def timed_steps(configs: list[Config], packed: bool, steps: int = MEASURED_STEPS) -> float:
     """Seconds per step of every config's model (throwaway trainers, nothing written), after one
     warm-up step: all in one pack, or one after another."""
     from lnexp.data import load_data
@@ -304,9 +308,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def packing_pays(configs: list[Config], size: int) -> bool:
-    """Whether `size` cells of this structure train faster packed than one after another on this
-    machine: a few steps of each, measured side by side (see docs/packing.md)."""
-    sample = [configs[i % len(configs)] for i in range(min(size, max(2, len(configs))))]
-    return timed_steps(sample, packed=True) < timed_steps(sample, packed=False)
-
+def packs_that_pay(configs: list[Config], size: int) -> list[list[int]]:
+    """`packs`, except that a structure trains packed only where packing is measured faster on this
+    machine: `size` of its cells (throwaway copies, nothing written) take MEASURED_STEPS steps in one
+    pack and one after another, side by side in this process, and the faster way wins. Cells of
+    fewer than 10 x that many steps (the one-step initialisation cells) train alone: the
+    measurement would cost more than it could save."""
+    decided: dict[str, bool] = {}
+    units = []
+    for unit in packs(configs, size):
+        first = configs[unit[0]]
+        if len(unit) > 1 and first.train.steps >= 10 * (MEASURED_STEPS + 1):
+            key = structure_key(first)
+            if key not in decided:
+                sample = ([configs[i] for i in unit] * size)[:size]
+                decided[key] = timed_steps(sample, packed=True) < timed_steps(sample, packed=False)
+            if decided[key]:
+                units.append(unit)
+                continue
+        units += [[i] for i in unit]
+    return units

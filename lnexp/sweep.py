@@ -316,6 +316,38 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
     return {**outcome.summary, "status": outcome.status}
 
 
+def run_pack(configs: list[dict[str, Any]], source: str, commands: list[list[str]], force: list[bool]
+             ) -> list[dict[str, Any]]:
+    """Train cells of one structure as one pack (lnexp.pack), in this process or a pool worker; one
+    result per cell. A crash fails every cell still in the pack (their folders say why)."""
+    from lnexp.pack import train_pack
+    from lnexp.train import failure_message
+
+    if len(configs) == 1:
+        return [run_cell(configs[0], source, commands[0], force[0])]
+    if _worker_stop is not None and _worker_stop.requested:
+        return [{"status": "interrupted", "error": "not started: the sweep was stopped"} for _ in configs]
+    try:
+        outcomes = train_pack([Config.model_validate(c) for c in configs], [source] * len(configs),
+                              commands, force, stop=_worker_stop)
+    except (ConfigError, RunError) as exc:
+        return [{"status": "failed", "error": str(exc)} for _ in configs]
+    except Exception as exc:
+        return [{"status": "failed", "error": failure_message(exc)} for _ in configs]
+    return [{**o.summary, "status": o.status} for o in outcomes]
+
+
+def pack_units(cells: list[Cell], pack: int | None) -> list[list[int]]:
+    """The cells' indices in the packs they train in: up to `pack` cells of one structure key
+    together (lnexp.pack); `pack` None: packs of up to AUTO_PACK where measured faster here."""
+    if pack == 1 or len(cells) < 2:
+        return [[i] for i in range(len(cells))]
+    from lnexp.pack import AUTO_PACK, packs, packs_that_pay
+
+    configs = [cell.config for cell in cells]
+    return packs(configs, pack) if pack is not None else packs_that_pay(configs, AUTO_PACK)
+
+
 Event = Callable[[int, int, Cell, str, dict[str, Any]], None]
 
 
@@ -355,8 +387,9 @@ def plan(cells: list[Cell], force: bool = False, mismatch: str = "error") -> Pla
 
 def execute(work: Plan, jobs: int = 1, source: str = "sweep",
             command: Callable[[Cell], list[str]] | None = None,
-            on_event: Event | None = None) -> dict[str, dict[str, Any]]:
-    """Train the plan's cells, `jobs` at a time; returns cell folder -> summary (with `status`)."""
+            on_event: Event | None = None, pack: int | None = 1) -> dict[str, dict[str, Any]]:
+    """Train the plan's cells, `jobs` packs at a time (`pack_units`: packs of up to `pack` cells of
+    one structure; 1: every cell alone); returns cell folder -> summary (with `status`)."""
     results = dict(work.skipped)
     total, done = len(work.todo), 0  # progress counts the cells that train
     if on_event:
@@ -365,17 +398,28 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                 on_event(0, total, cell, "skipped", results[cell.key])
     command = command or (lambda cell: ["lnexp", "train", source, *(a for o in cell.overrides
                                                                    for a in ("--set", o))])
-    args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
-    if jobs <= 1 or len(args) <= 1:
-        with on_signals(_interrupt):  # between cells; a cell's run handles them itself
-            for cell, cell_args in args:
+    cells = [cell for cell, _ in work.todo]
+    units = [([cells[i] for i in unit],
+              ([cells[i].config.to_dict() for i in unit], source, [command(cells[i]) for i in unit],
+               [work.todo[i][1] for i in unit]))
+             for unit in pack_units(cells, pack)]
+
+    def finished(unit_cells: list[Cell], unit_results: list[dict[str, Any]]) -> None:
+        nonlocal done
+        for cell, result in zip(unit_cells, unit_results):
+            results[cell.key] = result
+            done += 1
+            if on_event:
+                on_event(done, total, cell, "finished", result)
+
+    if jobs <= 1 or len(units) <= 1:
+        with on_signals(_interrupt):  # between packs; a pack's run handles them itself
+            for unit_cells, unit_args in units:
                 if on_event:
-                    on_event(done, total, cell, "started", {})
-                results[cell.key] = run_cell(*cell_args)
-                done += 1
-                if on_event:
-                    on_event(done, total, cell, "finished", results[cell.key])
-                if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
+                    for cell in unit_cells:
+                        on_event(done, total, cell, "started", {})
+                finished(unit_cells, run_pack(*unit_args))
+                if any(results[c.key].get("status") == "interrupted" for c in unit_cells):  # Ctrl-C
                     break
         return results
     import multiprocessing
@@ -384,12 +428,12 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
     # spawn: a fresh interpreter per worker, never a fork of a process whose torch threads exist
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init)
-    futures: dict[Future, Cell] = {}
+    futures: dict[Future, list[Cell]] = {}
     stopping: list[int] = []
 
     def stop_workers(signum: int, frame: Any) -> None:
         """Ctrl-C or SIGTERM: cells not started stay so; each worker is told once to checkpoint its
-        cell and return; a second signal stops the sweep at once."""
+        cells and return; a second signal stops the sweep at once."""
         if stopping:
             raise KeyboardInterrupt
         stopping.append(signum)
@@ -400,18 +444,17 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
 
     try:
         with on_signals(stop_workers):
-            futures.update({pool.submit(run_cell, *cell_args): cell for cell, cell_args in args})
+            futures.update({pool.submit(run_pack, *unit_args): unit_cells for unit_cells, unit_args in units})
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
-                cell = futures[future]
+                unit_cells = futures[future]
                 try:
-                    results[cell.key] = future.result()
+                    unit_results = future.result()
                 except Exception as exc:  # a worker that died (killed, out of memory)
-                    results[cell.key] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                done += 1
-                if on_event:
-                    on_event(done, total, cell, "finished", results[cell.key])
+                    unit_results = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                                    for _ in unit_cells]
+                finished(unit_cells, unit_results)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -434,9 +477,9 @@ def on_signals(handler: Callable[[int, Any], None]) -> Any:
 
 def run_cells(cells: list[Cell], jobs: int = 1, force: bool = False, mismatch: str = "error",
               source: str = "sweep", command: Callable[[Cell], list[str]] | None = None,
-              on_event: Event | None = None) -> dict[str, dict[str, Any]]:
+              on_event: Event | None = None, pack: int | None = 1) -> dict[str, dict[str, Any]]:
     """plan() then execute(): run every cell that is not finished."""
-    return execute(plan(cells, force, mismatch), jobs, source, command, on_event)
+    return execute(plan(cells, force, mismatch), jobs, source, command, on_event, pack)
 
 
 def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -455,8 +498,8 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
     }
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None
-              ) -> dict[str, dict[str, Any]]:
+def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None,
+              pack: int = 1) -> dict[str, dict[str, Any]]:
     """Run the sweep's unfinished cells; sweep.json is written once the checks have passed. A second
     sweep of the same folder at once is refused (RunError): the sweep holds its lock throughout."""
     plan(sweep.cells, force)  # raises before anything is written
@@ -467,7 +510,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event 
         results: dict[str, dict[str, Any]] = {}
         try:
             results = execute(work, jobs, sweep.config_file, lambda cell: _train_command(sweep, cell),
-                              on_event)
+                              on_event, pack)
         finally:
             write_json(sweep.root / "sweep.json", sweep_record(sweep, results))
     return results

@@ -1,3 +1,4 @@
+import json
 import math
 import shutil
 from pathlib import Path
@@ -146,10 +147,37 @@ def test_packed_resume_is_bit_exact_and_a_cell_resumes_alone(tmp_path):
 def test_structure_key_and_packs(tmp_path):
     a, b = config(tmp_path, "a"), config(tmp_path, "b", train={"seed": 3}, optim={"name": "radam"},
                                          model={"residual_scaling": "gpt2"})
-    deeper, other_init = config(tmp_path, "c", model={"n_layers": 3}), config(tmp_path, "d", model={"init": "gpt2"})
+    deeper = config(tmp_path, "c", model={"n_layers": 3})
+    other_init = config(tmp_path, "d", model={"init": "gpt2"})
     assert structure_key(a) == structure_key(b)
     assert structure_key(a) != structure_key(deeper)
     assert structure_key(a) != structure_key(other_init)  # the recipe's embedding scale is in the forward
     dropout = config(tmp_path, "e", model={"dropout": 0.1})
     assert unpackable(dropout) and unpackable(a) is None
     assert packs([a, deeper, b, a, b, dropout, dropout], 2) == [[0, 2], [3, 4], [1], [5], [6]]
+
+
+def test_sweep_pack_writes_the_same_folders_and_a_rerun_skips_them(tmp_path, write_config):
+    from typer.testing import CliRunner
+
+    from lnexp.cli import app
+
+    path = write_config(train={"steps": 6, "eval_every": 3, "eval_batches": 1},
+                        log={"grad_every": 3, "loss_every": 3})
+    args = ["sweep", str(path), "--grid", "optim.name=adam,radam", "--grid", "model.norm=post,pre",
+            "--seeds", "2", "--quiet"]
+    result = CliRunner().invoke(app, [*args, "--pack", "3", "--name", "packed"])
+    assert result.exit_code == 0, result.output
+    CliRunner().invoke(app, [*args, "--name", "alone"])
+    packed, alone = tmp_path / "runs" / "packed", tmp_path / "runs" / "alone"
+    names = sorted(p.name for p in alone.iterdir() if p.is_dir())
+    assert len(names) == 8 and names == sorted(p.name for p in packed.iterdir() if p.is_dir())
+    for name in names:
+        a, b = load_run(packed / name), load_run(alone / name)
+        assert a.status == b.status == "completed"
+        files = [sorted(f.name for f in (root / name).iterdir()) for root in (packed, alone)]
+        assert files[0] == files[1]
+        assert all(close(p["loss"], q["loss"]) for p, q in zip(a.metrics, b.metrics) if p["loss"] is not None)
+    rerun = CliRunner().invoke(app, [*args, "--pack", "3", "--name", "packed"])
+    assert rerun.exit_code == 0 and "4 cells" not in rerun.output
+    assert json.loads((packed / "sweep.json").read_text())["cells"][0]["status"] == "completed"

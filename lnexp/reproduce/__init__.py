@@ -46,8 +46,9 @@ class Outcome:
 
 
 def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
-              on_event: Event | None = None) -> Outcome:
-    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`."""
+              on_event: Event | None = None, pack: int | None = None) -> Outcome:
+    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `pack`: cells of
+    one structure trained together, up to this many (lnexp.pack); None: where measured faster here."""
     if suite not in suite_names():
         raise ValueError(f"unknown suite {suite!r}")
     scale = SCALES[scale] if isinstance(scale, str) else scale
@@ -62,7 +63,7 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     work = plan(unique, mismatch="replace")
     command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--out", str(out)]
     results = execute(work, jobs, source=f"reproduce {scale.name}", command=lambda _: command,
-                      on_event=on_event)
+                      on_event=on_event, pack=pack)
     failed = {name: r.get("error", "") for name, r in results.items() if r.get("status") == "failed"}
     wall = time.perf_counter() - start
     reports, verdicts = {}, {}
