@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lnexp.config import Config, ModelConfig
 from lnexp.model import build_model
@@ -108,6 +109,9 @@ class Pack:
 
     def __init__(self, trainers: list[Trainer]) -> None:
         first = trainers[0]
+        for trainer in trainers:  # one kernel per op over all of a cell's tensors: the same arithmetic
+            for group in trainer.optimizer.param_groups:
+                group["foreach"] = True
         with torch.device("meta"):  # weightless: every parameter comes from the cells
             self.template = build_model(first.config.model, first.data.vocab_size)
         self.names = [name for name, _ in first.model.named_parameters()]
@@ -153,8 +157,8 @@ class Pack:
             deltas = tuple(torch.zeros(shape, device=batch[0].device, requires_grad=True)
                            for _ in range(len(self.blocks) + 1))
         self.tapping = probing and bool(self.kinds & {"act", "sensitivity"})
-        try:
-            with trainers[0]._autocast():
+        try:  # SDPA's fused kernels have no batching rule (vmap would loop over the cells): the math one
+            with trainers[0]._autocast(), sdpa_kernel(SDPBackend.MATH):
                 loss, acts = vmap(self._forward)(params, deltas, *batch)
         finally:
             self.tapping, self._acts, self._deltas = False, [], ()
