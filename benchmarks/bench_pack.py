@@ -35,7 +35,8 @@ def cell_configs(scale: str, m: int) -> list[Config]:
     configs = []
     for i in range(m):
         cell = {k: dict(v) for k, v in raw.items()}
-        cell["optim"] = {"name": ("adam", "radam")[i % 2], "lr": (1e-3, 3e-3)[i // 2 % 2], "betas": [0.9, 0.98]}
+        cell["optim"] = {"name": ("adam", "radam")[i % 2], "lr": (1e-3, 3e-3)[i // 2 % 2],
+                         "betas": [0.9, 0.98]}
         cell["train"].update(seed=i, device="cuda" if torch.cuda.is_available() else "cpu")
         cell["log"] = {"probes": [], "loss_every": 10**6}
         configs.append(validate(cell, source="bench_pack"))
