@@ -362,7 +362,7 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
 
 
 def new_run(config: Config, source: str, command: list[str] | None = None, force: bool = False,
-          on_ready: Callable[[], None] | None = None) -> tuple[Trainer, RunWriter | None, Path]:
+            on_ready: Callable[[], None] | None = None) -> tuple[Trainer, RunWriter | None, Path]:
     """A new run's trainer and its freshly written folder (`train`'s setup, shared with lnexp.pack)."""
     data, dist, device = prepare(config, source)
     name = config.run.name or stamped(Path(source).stem)
