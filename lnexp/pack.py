@@ -313,22 +313,28 @@ def _sync(device: torch.device) -> None:
 
 
 def packs_that_pay(configs: list[Config], size: int) -> list[list[int]]:
-    """`packs`, except that a structure trains packed only where packing is measured faster on this
-    machine: `size` of its cells (throwaway copies, nothing written) take MEASURED_STEPS steps in one
-    pack and one after another, side by side in this process, and the faster way wins. Cells of
-    fewer than 10 x that many steps (the one-step initialisation cells) train alone: the
-    measurement would cost more than it could save."""
-    decided: dict[str, bool] = {}
+    """`packs`, except that cells train packed only where packing is measured faster on this machine:
+    a unit's cells (throwaway copies, nothing written) take MEASURED_STEPS steps in one pack and one
+    after another, side by side in this process, and the faster way wins. One measurement serves
+    every unit of the same shape (`_shape`) and size. Cells of fewer than 10 x that many steps (the
+    one-step initialisation cells) train alone: measuring would cost more than packing could save."""
+    decided: dict[tuple, bool] = {}
     units = []
     for unit in packs(configs, size):
-        first = configs[unit[0]]
-        if len(unit) > 1 and first.train.steps >= 10 * (MEASURED_STEPS + 1):
-            key = structure_key(first)
-            if key not in decided:
-                sample = ([configs[i] for i in unit] * size)[:size]
-                decided[key] = timed_steps(sample, packed=True) < timed_steps(sample, packed=False)
-            if decided[key]:
+        cells = [configs[i] for i in unit]
+        if len(unit) > 1 and cells[0].train.steps >= 10 * (MEASURED_STEPS + 1):
+            shape = _shape(cells[0], len(unit))
+            if shape not in decided:
+                decided[shape] = timed_steps(cells, packed=True) < timed_steps(cells, packed=False)
+            if decided[shape]:
                 units.append(unit)
                 continue
         units += [[i] for i in unit]
     return units
+
+
+def _shape(config: Config, cells: int) -> tuple:
+    """What a step's speed depends on, packed or not (layouts and optimisers change it little)."""
+    m, t = config.model, config.train
+    return (m.arch, m.n_layers, m.d_model, m.n_heads, m.d_ff, t.batch_size, t.seq_len, t.device,
+            t.precision, cells)

@@ -181,3 +181,22 @@ def test_sweep_pack_writes_the_same_folders_and_a_rerun_skips_them(tmp_path, wri
     rerun = CliRunner().invoke(app, [*args, "--pack", "3", "--name", "packed"])
     assert rerun.exit_code == 0 and "4 cells" not in rerun.output
     assert json.loads((packed / "sweep.json").read_text())["cells"][0]["status"] == "completed"
+
+
+def test_reproduce_packs_only_where_measured_faster(tmp_path, monkeypatch):
+    import lnexp.pack as pack
+
+    timings = []
+
+    def timed(configs, packed, steps=3):
+        timings.append((configs[0].model.n_layers, len(configs), packed))
+        return 1.0 if packed == (configs[0].model.n_layers == 2) else 2.0  # packing pays at depth 2 only
+
+    monkeypatch.setattr(pack, "timed_steps", timed)
+    two = [config(tmp_path, f"a{i}", train={"seed": i, "steps": 40}) for i in range(3)]
+    three = [config(tmp_path, f"b{i}", train={"seed": i, "steps": 40}, model={"n_layers": 3})
+             for i in range(2)]
+    short = [config(tmp_path, f"c{i}", train={"seed": i, "steps": 39}) for i in range(2)]
+    units = pack.packs_that_pay([*two, *three, *short], 2)
+    assert units == [[0, 1], [2], [3], [4], [5], [6]]
+    assert timings == [(2, 2, True), (2, 2, False), (3, 2, True), (3, 2, False)]  # one per shape and size
