@@ -48,8 +48,10 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(scale: str, m: int, rounds: int) -> tuple[float, float]:
-    """Median tokens/s (all cells together) of M cells packed, and of the same cells one by one."""
+def measure(scale: str, m: int, rounds: int) -> tuple[float, float, float]:
+    """Median tokens/s (all cells together) of M cells packed, and of the same cells one by one, and
+    the median over rounds of each round's ratio (a round's two halves run back to back, so the
+    machine's drift between rounds cancels)."""
     configs = cell_configs(scale, m)
     data = load_data(configs[0].data)
     device = torch.device(configs[0].train.device)
@@ -61,7 +63,7 @@ def measure(scale: str, m: int, rounds: int) -> tuple[float, float]:
     speeds: dict[str, list[float]] = {"packed": [], "alone": []}
     step = 0
     for r in range(rounds + 1):  # round 0 warms up both
-        for way in ("packed", "alone"):
+        for way in ("packed", "alone") if r % 2 else ("alone", "packed"):  # neither always goes first
             sync()
             began = time.perf_counter()
             for s in range(step, step + ROUND):
@@ -74,7 +76,8 @@ def measure(scale: str, m: int, rounds: int) -> tuple[float, float]:
             if r:
                 speeds[way].append(tokens / (time.perf_counter() - began))
         step += ROUND
-    return statistics.median(speeds["packed"]), statistics.median(speeds["alone"])
+    ratios = [p / a for p, a in zip(speeds["packed"], speeds["alone"])]
+    return statistics.median(speeds["packed"]), statistics.median(speeds["alone"]), statistics.median(ratios)
 
 
 def profile(scale: str, m: int) -> None:
@@ -105,10 +108,10 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
     print(f"{args.scale} shape, {device}; tokens/s of all M cells, median of {args.rounds} rounds of "
           f"{ROUND} steps")
-    print(f"{'M':>3} {'packed':>10} {'one by one':>11} {'ratio':>6}")
+    print(f"{'M':>3} {'packed':>10} {'one by one':>11} {'ratio (median of rounds)':>25}")
     for m in args.cells:
-        packed, alone = measure(args.scale, m, args.rounds)
-        print(f"{m:>3} {packed:>10.0f} {alone:>11.0f} {packed / alone:>5.2f}x", flush=True)
+        packed, alone, ratio = measure(args.scale, m, args.rounds)
+        print(f"{m:>3} {packed:>10.0f} {alone:>11.0f} {ratio:>24.2f}x", flush=True)
     print(f"target: >= {TARGET_M8[args.scale]}x at M = 8")
 
 
