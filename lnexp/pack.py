@@ -37,10 +37,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ from lnexp.config import Config, ModelConfig
 from lnexp.model import build_model
 from lnexp.probes import Reading, rms, stream_blocks
 from lnexp.recipes import RECIPES, InitRecipe
+from lnexp.runs import RunWriter
 from lnexp.train import (
     CHECKPOINT,
     History,
@@ -109,7 +110,7 @@ class Pack:
 
     def __init__(self, trainers: list[Trainer]) -> None:
         first = trainers[0]
-        for trainer in trainers:  # one kernel per op over all of a cell's tensors: the same arithmetic
+        for trainer in trainers:  # the optimisers' foreach path: one call per op for all of a cell's tensors
             for group in trainer.optimizer.param_groups:
                 group["foreach"] = True
         with torch.device("meta"):  # weightless: every parameter comes from the cells
@@ -181,7 +182,7 @@ class Member:
     """A cell of a running pack: its trainer, folder and log."""
 
     trainer: Trainer
-    writer: Any
+    writer: RunWriter | None
     path: Path
     history: History
     log: RunLog
@@ -192,25 +193,36 @@ def train_pack(configs: list[Config], sources: list[str], commands: list[list[st
                force: list[bool] | None = None, stop: Stop | None = None) -> list[Outcome]:
     """Train new runs of one structure key together; one Outcome per config, in order."""
     force = force or [False] * len(configs)
-    members = []
-    for config, source, command, replace in zip(configs, sources, commands, force):
-        trainer, writer, path = new_run(config, source, command, replace)
-        history = History()
-        members.append(Member(trainer, writer, path, history, RunLog(trainer, writer, None, history)))
+    members = _open((*new_run(config, source, command, replace), History())
+                    for config, source, command, replace in zip(configs, sources, commands, force))
     return _run_pack(members, 0, stop)
 
 
 def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop | None = None
                 ) -> list[Outcome]:
     """Resume interrupted runs of one structure key, checkpointed at the same step, together."""
-    members, steps = [], set()
-    for path in paths:
-        trainer, writer, step, history = reopen_run(path, command)
-        steps.add(step)
-        members.append(Member(trainer, writer, path, history, RunLog(trainer, writer, None, history)))
+    members = _open((trainer, writer, path, history) for path in paths
+                    for trainer, writer, _, history in [reopen_run(path, command)])
+    steps = {m.history.steps_done for m in members}
     if len(steps) > 1 or len({structure_key(m.trainer.config) for m in members}) > 1:
+        for m in members:
+            close_run(m.trainer, m.writer, m.path, m.history, "interrupted", {})
         raise ValueError("a pack resumes runs of one structure checkpointed at one step")
     return _run_pack(members, steps.pop(), stop)
+
+
+def _open(runs: Iterable[tuple[Trainer, RunWriter | None, Path, History]]) -> list[Member]:
+    """The pack's members, as their runs open; if one fails to, those already open are closed
+    (status failed, and why), so that no folder is left saying it is running."""
+    members: list[Member] = []
+    try:
+        for trainer, writer, path, history in runs:
+            members.append(Member(trainer, writer, path, history, RunLog(trainer, writer, None, history)))
+    except Exception as exc:
+        for m in members:
+            close_run(m.trainer, m.writer, m.path, m.history, "failed", {}, failure_message(exc))
+        raise
+    return members
 
 
 def _run_pack(members: list[Member], start: int, stop: Stop | None) -> list[Outcome]:
