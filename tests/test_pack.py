@@ -200,3 +200,14 @@ def test_reproduce_packs_only_where_measured_faster(tmp_path, monkeypatch):
     units = pack.packs_that_pay([*two, *three, *short], 2)
     assert units == [[0, 1], [2], [3], [4], [5], [6]]
     assert timings == [(2, 2, True), (2, 2, False), (3, 2, True), (3, 2, False)]  # one per shape and size
+
+
+def test_a_pack_that_cannot_open_a_run_leaves_no_folder_running(tmp_path):
+    from lnexp.runs import RunError
+
+    first, second = cells(tmp_path, VARIANTS[:2])
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "meta.json").write_text('{"status": "completed"}')  # not to be replaced
+    with pytest.raises(RunError):
+        train_pack([first, second], ["test"] * 2, [["test"]] * 2)
+    assert load_run(tmp_path / "c0").status == "failed"
