@@ -9,6 +9,9 @@
 2. A torch.profiler profile of lnexp's loop with every probe on: the time inside each probe's
    `probe:<kind>` label per logging step, against the step itself. It resolves costs far below
    the whole-loop noise of a shared 2-core VM.
+3. The single model's step against nanoGPT's `GPT` (benchmarks/nanogpt_model.py, vendored): both
+   in the same bare AdamW loop, same shape (6 layers, d_model 128, Pre-LN, GELU, GPT-2 init, tied,
+   learned positions, biases) and data kind, taking turns every SEGMENT steps. Target >= 1.0x.
 
     python benchmarks/bench_train.py                       # CPU shape, 2 cores
     python benchmarks/bench_train.py --shape gpt2-small    # on a GPU: bf16, compile
@@ -44,7 +47,8 @@ SHAPES: dict[str, dict[str, Any]] = {
                    "train": {"batch_size": 12, "seq_len": 1024, "device": "cuda", "precision": "bf16",
                              "compile": True}},
 }
-TARGETS = {"probes every 10 / off": 0.98, "probes every step / off": 0.95, "probes off / minimal": 0.98}
+TARGETS = {"probes every 10 / off": 0.98, "probes every step / off": 0.95, "probes off / minimal": 0.98,
+           "lnexp / nanoGPT GPT": 1.0}
 BASELINE = "probes off"  # every other variant is timed between two segments of it
 RATIOS = {"probes every 10 / off": ("probes every 10", "probes off"),  # label: (numerator, denominator)
           "probes every step / off": ("probes every step", "probes off"),
@@ -263,12 +267,76 @@ def cost_report(costs: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+NANOGPT_SHAPE = {"n_layers": 6, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 128, "norm": "pre",
+                 "activation": "gelu", "init": "gpt2", "residual_scaling": "gpt2", "bias": True}
+
+
+def bare_loop(build: Callable[[], torch.nn.Module], segment_done: Callable[[], None], steps: int) -> None:
+    """A model in the barest AdamW loop: random bytes, 16 x 128 tokens, lr 1e-3."""
+    torch.manual_seed(0)
+    model = build()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        tokens = torch.randint(256, (16, 129), generator=generator)
+        _, loss = model(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % SEGMENT == 0:
+            loss.item()
+            segment_done()
+
+
+def versus_nanogpt(rounds: int) -> dict[str, Any]:
+    """lnexp's TransformerLM against nanoGPT's GPT, alternating segments (nanoGPT, lnexp, nanoGPT,
+    ...); each lnexp segment against the mean of its two neighbours, median over rounds."""
+    from nanogpt_model import GPT, GPTConfig
+
+    m = NANOGPT_SHAPE
+    lnexp_config = validate({"model": m}).model
+    nano_config = GPTConfig(block_size=m["max_seq_len"], vocab_size=256, n_layer=m["n_layers"],
+                            n_head=m["n_heads"], n_embd=m["d_model"], dropout=0.0, bias=True)
+    steps = (rounds + 2) * SEGMENT
+    runner = Interleaved({"nanoGPT GPT": functools.partial(bare_loop, lambda: GPT(nano_config), steps=steps),
+                          "lnexp": functools.partial(bare_loop, lambda: TransformerLM(lnexp_config, 256),
+                                                     steps=steps)})
+    for _ in range(rounds + 1):
+        runner.give_turn("nanoGPT GPT")
+        runner.give_turn("lnexp")
+    runner.give_turn("nanoGPT GPT")
+    runner.finish()
+    timed = runner.log[2:]  # the first pair warms up
+    relative = [(timed[i - 1][1] + timed[i + 1][1]) / 2 / timed[i][1] for i in range(1, len(timed) - 1, 2)]
+    tokens = SEGMENT * 16 * 128
+    return {"tokens_per_s": {name: tokens / statistics.median(s for n, s in timed if n == name)
+                             for name in ("nanoGPT GPT", "lnexp")},
+            "ratio": median_interval(relative), "threads": torch.get_num_threads()}
+
+
+def nanogpt_report(result: dict[str, Any]) -> str:
+    median, low, high = result["ratio"]
+    target = TARGETS["lnexp / nanoGPT GPT"]
+    met = "yes" if low >= target else "no" if high < target else "within noise"
+    speeds = ", ".join(f"{name} {value:,.0f}" for name, value in result["tokens_per_s"].items())
+    return "\n".join([
+        f"bare AdamW loop, 6 layers d_model 128 Pre-LN GELU, 16 x 128 tokens, {result['threads']} threads "
+        f"(tokens/s, median segment: {speeds})", "",
+        "| speed ratio | median | 95% interval | target | met |", "| --- | --- | --- | --- | --- |",
+        f"| lnexp / nanoGPT GPT | {median:.3f} | {low:.3f} - {high:.3f} | >= {target} | {met} |"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=SHAPES, default="cpu")
     parser.add_argument("--rounds", type=int, default=20, help="timed segments of each variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--only-nanogpt", action="store_true", help="only part 3, against nanoGPT's GPT")
     args = parser.parse_args()
+    print(nanogpt_report(versus_nanogpt(args.rounds)))
+    print()
+    if args.only_nanogpt:
+        return
     print(report(measure(args.shape, args.rounds, args.warmup)))
     print()
     print(cost_report(probe_costs(args.shape)))

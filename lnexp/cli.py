@@ -332,6 +332,8 @@ def sweep(
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell: train.seed, train.seed+1, ...")] = 1,
     jobs: Annotated[int, typer.Option(min=1, help="Cells trained at once, in worker processes that "
                                       "split the CPU threads.")] = 1,
+    pack: Annotated[int, typer.Option(min=1, help="Cells of one model structure trained together in one "
+                                      "process, up to this many (docs/packing.md).")] = 1,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key in every cell; --set run.dir=D "
                                             "moves the sweep (repeatable).")] = [],  # noqa: B006
     name: Annotated[str | None, typer.Option(help="Sweep name: its folder is <run.dir>/<name>/ "
@@ -383,7 +385,7 @@ def sweep(
         return
     try:
         results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, launch,
-                                   detach)
+                                   detach, pack)
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
     waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
@@ -617,6 +619,10 @@ def reproduce(
                                        "all) or small (sized for one GPU, used when present).")] = "tiny",
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, in worker processes that split "
                                       "the CPU threads.")] = 1,
+    pack: Annotated[int | None, typer.Option(min=1, help="Runs of one model structure trained together, "
+                                             "up to this many (1: each alone; default: packs of 8 where a "
+                                             "quick measurement finds them faster; docs/packing.md).",
+                                             show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="Folder of the runs and reports (default: "
                                              "runs/reproduce-<scale>).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per run on stderr.")] = False,
@@ -659,12 +665,13 @@ def reproduce(
     if scale not in reproduction.SCALES:
         raise fail(f"--scale: must be one of {', '.join(reproduction.SCALES)}, got {scale!r}")
 
+    launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
+                       slurm)
+    chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
     try:
-        launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
-                           slurm)
-        chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
         outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
-                                         set_, threads, launch, detach, [str(p) for p in plugin], chosen)
+                                         set_, threads, launch, detach, [str(p) for p in plugin], chosen,
+                                         pack)
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume (finished runs are kept)",
                    130) from None

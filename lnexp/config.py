@@ -58,6 +58,9 @@ NormName = Annotated[str, BeforeValidator(_registered(NORMS))]
 ProbeName = Annotated[str, BeforeValidator(_registered(PROBE_KINDS))]
 
 
+INIT_ONLY = {"init_only": True}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
@@ -70,17 +73,20 @@ class ModelConfig(Section):
     activation: Literal["relu", "gelu"] = "relu"
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     norm: LayoutName = DEFAULT_LAYOUT  # lnexp/layouts.py
-    residual_scaling: Literal["none", "gpt2"] = "none"
+    # INIT_ONLY: keys read only when the weights are initialised (packed training, lnexp.pack, lets
+    # cells that differ in them train together)
+    residual_scaling: Literal["none", "gpt2"] = Field("none", json_schema_extra=INIT_ONLY)
     norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
     positional: Literal["learned", "sinusoidal"] = "sinusoidal"  # unset: the init recipe's choice
     tie_embeddings: bool = False  # unset: the init recipe's choice (fairseq: untied; gpt2: tied)
     bias: bool = True
     max_seq_len: Int = Field(256, ge=1, le=1_000_000)
-    init: InitName = DEFAULT_RECIPE
+    init: InitName = Field(DEFAULT_RECIPE, json_schema_extra=INIT_ONLY)  # but see InitRecipe's flags
     norm_type: NormName = DEFAULT_NORM  # lnexp/layouts.py NORMS
-    admin_init: Literal["closed_form", "profile"] = "closed_form"  # Admin's ω
+    admin_init: Literal["closed_form", "profile"] = Field("closed_form", json_schema_extra=INIT_ONLY)
     mix_ratio: Float = Field(0.25, ge=0.0, le=1.0)  # Mix-LN's α: the Post-LN share (paper default)
-    dyt_alpha: Float = Field(0.5, gt=0.0)  # DyT's initial α (the paper's default outside LLMs)
+    # DyT's initial α (the paper's default outside LLMs)
+    dyt_alpha: Float = Field(0.5, gt=0.0, json_schema_extra=INIT_ONLY)
     arch: Literal["decoder", "encoder_decoder"] = "decoder"
 
     @model_validator(mode="before")

@@ -97,22 +97,22 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, memory: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        if memory is not None or not self.causal:
-            source = x if memory is None else memory
-            heads = lambda t: t.view(B, t.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2)  # noqa: E731
-            q = heads(self.q(x))
-            if cache is not None and cache.k is not None:  # cross-attention while decoding: the
-                k, v = cache.k, cache.v                    # source's keys and values, computed once
+        heads = (self.n_heads, C // self.n_heads)
+        if memory is None:  # self-attention: q, k and v in one matmul, as nanoGPT's c_attn
+            q, k, v = (t.view(B, T, *heads).transpose(1, 2) for t in self._project(x, self.q, self.k, self.v))
+        else:  # cross-attention: q from x, k and v (one matmul) from the encoder output
+            q = self.q(x).view(B, T, *heads).transpose(1, 2)
+            if cache is not None and cache.k is not None:  # while decoding: the source's keys and
+                k, v = cache.k, cache.v                    # values, computed once
             else:
-                k, v = heads(self.k(source)), heads(self.v(source))
+                S = memory.shape[1]
+                k, v = (t.view(B, S, *heads).transpose(1, 2) for t in self._project(memory, self.k, self.v))
                 if cache is not None:
                     cache.k, cache.v = k, v
+        if memory is not None or not self.causal:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-            return self.out(y.transpose(1, 2).reshape(B, T, C))
-        q, k, v = (proj(x).view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
-                   for proj in (self.q, self.k, self.v))
-        if cache is None:
+        elif cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:
@@ -123,6 +123,15 @@ class Attention(nn.Module):
             mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+    @staticmethod
+    def _project(x: torch.Tensor, *projections: nn.Linear) -> tuple[torch.Tensor, ...]:
+        """Several projections of x in one matmul over their stacked weights (a copy of 3d² floats
+        per call, against a matmul of tokens × 3d²): each projection keeps its own parameters, so
+        names, init recipes, probes and checkpoints see q, k and v as the separate matrices they are."""
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
+        return F.linear(x, weight, bias).split(projections[0].out_features, dim=-1)
 
 
 class LayerCache:

@@ -131,6 +131,15 @@ class Probes:
         self._acts, self._stream_grads = [], {}
         self.armed = bool(self.kinds & {"act", "sensitivity"})
 
+    def record_stream(self, acts: torch.Tensor | None, grad_norms: torch.Tensor | None) -> None:
+        """The stream values of a step taken outside this model's forward (a packed step, lnexp.pack),
+        as the hooks would have recorded them: the RMS entering each block and leaving the last
+        (`act`), and ||∂loss/∂x|| there (`sensitivity`)."""
+        if acts is not None:
+            self._acts = list(acts.unbind())
+        if grad_norms is not None:
+            self._stream_grads = dict(enumerate(grad_norms.unbind()))
+
     def _enter(self, index: int, _module: nn.Module, args: tuple) -> None:
         if self.armed:
             self._record(index, args[0])
@@ -142,7 +151,7 @@ class Probes:
     def _record(self, index: int, stream: torch.Tensor) -> None:
         if "act" in self.kinds:
             with record_function("probe:act"):
-                self._acts.append(_rms(stream))
+                self._acts.append(rms(stream))
         if "sensitivity" in self.kinds and stream.requires_grad:
             stream.register_hook(partial(self._stream_grad, index))
 
@@ -345,5 +354,5 @@ def _sample(v: torch.Tensor) -> torch.Tensor:
     return flat[:: -(-flat.numel() // QUANTILE_SAMPLE)] if flat.numel() > QUANTILE_SAMPLE else flat
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
+def rms(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().pow(2).mean().sqrt()

@@ -353,6 +353,38 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
     return {**outcome.summary, "status": outcome.status}
 
 
+def run_pack(configs: list[dict[str, Any]], source: str, commands: list[list[str]], force: list[bool]
+             ) -> list[dict[str, Any]]:
+    """Train cells of one structure as one pack (lnexp.pack), in this process or a pool worker; one
+    result per cell. A crash fails every cell still in the pack (their folders say why)."""
+    from lnexp.pack import train_pack
+    from lnexp.train import failure_message
+
+    if len(configs) == 1:
+        return [run_cell(configs[0], source, commands[0], force[0])]
+    if _worker_stop is not None and _worker_stop.requested:
+        return [{"status": "interrupted", "error": "not started: the sweep was stopped"} for _ in configs]
+    try:
+        outcomes = train_pack([validate(c, source) for c in configs], [source] * len(configs),
+                              commands, force, stop=_worker_stop)
+    except (ConfigError, RunError) as exc:
+        return [{"status": "failed", "error": str(exc)} for _ in configs]
+    except Exception as exc:
+        return [{"status": "failed", "error": failure_message(exc)} for _ in configs]
+    return [{**o.summary, "status": o.status} for o in outcomes]
+
+
+def pack_units(cells: list[Cell], pack: int | None) -> list[list[int]]:
+    """The cells' indices in the packs they train in: up to `pack` cells of one structure key
+    together (lnexp.pack); `pack` None: packs of up to AUTO_PACK where measured faster here."""
+    if pack == 1 or len(cells) < 2:
+        return [[i] for i in range(len(cells))]
+    from lnexp.pack import AUTO_PACK, packs, packs_that_pay
+
+    configs = [cell.config for cell in cells]
+    return packs(configs, pack) if pack is not None else packs_that_pay(configs, AUTO_PACK)
+
+
 Event = Callable[[int, int, Cell, str, dict[str, Any]], None]
 
 
@@ -392,8 +424,9 @@ def plan(cells: list[Cell], force: bool = False, mismatch: str = "error") -> Pla
 
 def execute(work: Plan, jobs: int = 1, source: str = "sweep",
             command: Callable[[Cell], list[str]] | None = None,
-            on_event: Event | None = None) -> dict[str, dict[str, Any]]:
-    """Train the plan's cells, `jobs` at a time; returns cell folder -> summary (with `status`)."""
+            on_event: Event | None = None, pack: int | None = 1) -> dict[str, dict[str, Any]]:
+    """Train the plan's cells, `jobs` packs at a time (`pack_units`: packs of up to `pack` cells of
+    one structure; 1: every cell alone); returns cell folder -> summary (with `status`)."""
     results = dict(work.skipped)
     total, done = len(work.todo), 0  # progress counts the cells that train
     if on_event:
@@ -402,18 +435,29 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                 on_event(0, total, cell, "skipped", results[cell.key])
     command = command or (lambda cell: ["lnexp", "train", source, *(a for o in cell.overrides
                                                                    for a in ("--set", o))])
-    args = [(cell, (cell.config.to_dict(), source, command(cell), replace)) for cell, replace in work.todo]
-    if jobs <= 1 or len(args) <= 1:
+    cells = [cell for cell, _ in work.todo]
+    units = [([cells[i] for i in unit],
+              ([cells[i].config.to_dict() for i in unit], source, [command(cells[i]) for i in unit],
+               [work.todo[i][1] for i in unit]))
+             for unit in pack_units(cells, pack)]
+
+    def finished(unit_cells: list[Cell], unit_results: list[dict[str, Any]]) -> None:
+        nonlocal done
+        for cell, result in zip(unit_cells, unit_results):
+            results[cell.key] = result
+            done += 1
+            if on_event:
+                on_event(done, total, cell, "finished", result)
+
+    if jobs <= 1 or len(units) <= 1:
         try:
-            with on_signals(_interrupt):  # between cells; a cell's run handles them itself
-                for cell, cell_args in args:
+            with on_signals(_interrupt):  # between packs; a pack's run handles them itself
+                for unit_cells, unit_args in units:
                     if on_event:
-                        on_event(done, total, cell, "started", {})
-                    results[cell.key] = run_cell(*cell_args)
-                    done += 1
-                    if on_event:
-                        on_event(done, total, cell, "finished", results[cell.key])
-                    if results[cell.key].get("status") == "interrupted":  # Ctrl-C caught by the run
+                        for cell in unit_cells:
+                            on_event(done, total, cell, "started", {})
+                    finished(unit_cells, run_pack(*unit_args))
+                    if any(results[c.key].get("status") == "interrupted" for c in unit_cells):  # Ctrl-C
                         break
         except KeyboardInterrupt:
             raise Interrupted(results) from None
@@ -423,7 +467,7 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
 
     # spawn: a fresh interpreter per worker, never a fork of a process whose torch threads exist
     context = multiprocessing.get_context("spawn")
-    gpus = visible_devices() if any(c.config.train.device != "cpu" for c, _ in work.todo) else []
+    gpus = visible_devices() if any(c.config.train.device != "cpu" for c in cells) else []
     devices = None
     if gpus:  # one GPU per worker (round robin when there are more workers than GPUs)
         devices = context.Queue()
@@ -431,17 +475,18 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
             devices.put(gpus[i % len(gpus)])
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                                initargs=(devices,))
-    futures: dict[Future, Cell] = {}
-    queue = [cell for cell, _ in args]  # the pool starts cells in this order, `jobs` at a time
+    futures: dict[Future, list[Cell]] = {}
+    queue = [unit_cells for unit_cells, _ in units]  # the pool starts packs in this order, `jobs` at a time
 
     def start_next() -> None:
         if queue and on_event:
-            on_event(done, total, queue.pop(0), "started", {})
+            for cell in queue.pop(0):
+                on_event(done, total, cell, "started", {})
     stopping: list[int] = []
 
     def stop_workers(signum: int, frame: Any) -> None:
         """Ctrl-C or SIGTERM: cells not started stay so; each worker is told once to checkpoint its
-        cell and return; a second signal stops the sweep at once."""
+        cells and return; a second signal stops the sweep at once."""
         if stopping:
             raise KeyboardInterrupt
         stopping.append(signum)
@@ -452,20 +497,19 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
 
     try:
         with on_signals(stop_workers):
-            futures.update({pool.submit(run_cell, *cell_args): cell for cell, cell_args in args})
+            futures.update({pool.submit(run_pack, *unit_args): unit_cells for unit_cells, unit_args in units})
             for _ in range(jobs):
                 start_next()
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
-                cell = futures[future]
+                unit_cells = futures[future]
                 try:
-                    results[cell.key] = future.result()
+                    unit_results = future.result()
                 except Exception as exc:  # a worker that died (killed, out of memory)
-                    results[cell.key] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                done += 1
-                if on_event:
-                    on_event(done, total, cell, "finished", results[cell.key])
+                    unit_results = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                                    for _ in unit_cells]
+                finished(unit_cells, unit_results)
                 if not stopping:
                     start_next()
     except BaseException as exc:
@@ -500,9 +544,9 @@ def on_signals(handler: Callable[[int, Any], None]) -> Any:
 
 def run_cells(cells: list[Cell], jobs: int = 1, force: bool = False, mismatch: str = "error",
               source: str = "sweep", command: Callable[[Cell], list[str]] | None = None,
-              on_event: Event | None = None) -> dict[str, dict[str, Any]]:
+              on_event: Event | None = None, pack: int | None = 1) -> dict[str, dict[str, Any]]:
     """plan() then execute(): run every cell that is not finished."""
-    return execute(plan(cells, force, mismatch), jobs, source, command, on_event)
+    return execute(plan(cells, force, mismatch), jobs, source, command, on_event, pack)
 
 
 def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -525,7 +569,7 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
 
 
 def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event | None = None,
-              launcher: Any = None, detach: bool = False) -> dict[str, dict[str, Any]]:
+              launcher: Any = None, detach: bool = False, pack: int = 1) -> dict[str, dict[str, Any]]:
     """Run the sweep's unfinished cells; sweep.json is written once the checks have passed. A second
     sweep of the same folder at once is refused (RunError): the sweep holds its lock throughout.
     With a slurm `launcher` the cells are submitted as jobs (lnexp.launch), and waited for unless
@@ -545,7 +589,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event 
                 results = launch(work, launcher, sweep.root, sweep.config_file, command, on_event, detach,
                                  on_submit=record)
             else:
-                results = execute(work, jobs, sweep.config_file, command, on_event)
+                results = execute(work, jobs, sweep.config_file, command, on_event, pack)
         finally:
             write_json(sweep.root / "sweep.json", sweep_record(sweep, results))
     return results

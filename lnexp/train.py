@@ -149,10 +149,13 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
+    def probing(self, step: int) -> bool:
+        """Whether `step` is a logging step of the probes that read the training step itself."""
+        return self.probes.enabled and step % self.config.log.grad_every == 0
+
     def step(self, step: int) -> tuple[torch.Tensor, Reading | None, torch.Tensor | None]:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
-        clip = self.config.optim.clip_grad_norm
-        probing = self.probes.enabled and step % self.config.log.grad_every == 0
+        probing = self.probing(step)
         batch = self._batch(step)
         if probing:
             self.probes.arm()
@@ -160,6 +163,13 @@ class Trainer:
             _, loss = self.forward(*batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are all-reduced here, so every rank probes the same
+        return self.update(step, loss, probing)
+
+    def update(self, step: int, loss: torch.Tensor, probing: bool
+               ) -> tuple[torch.Tensor, Reading | None, torch.Tensor | None]:
+        """The step after the backward pass (the gradients are in the parameters' .grad): read the
+        probes, clip, update, advance the schedule (shared with packed training, lnexp.pack)."""
+        clip = self.config.optim.clip_grad_norm
         reading = self.probes.read(step) if probing else None
         if reading and reading.total_on_device is not None and self.dist.world_size > 1:
             reading.ranks = gather(torch.stack([reading.total_on_device, loss.detach().float()]))
@@ -349,6 +359,13 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
     """Train a new run and write its folder. Input faults raise before anything is written; then
     `on_ready` is called (the CLI's warnings: after the one line of an error, never before it).
     `stop` is set by a signal to end the run at the next step (a sweep worker's, maybe already)."""
+    trainer, writer, path = new_run(config, source, command, force, on_ready)
+    return _run(trainer, writer, path, progress, start=0, history=History(), stop=stop)
+
+
+def new_run(config: Config, source: str, command: list[str] | None = None, force: bool = False,
+            on_ready: Callable[[], None] | None = None) -> tuple[Trainer, RunWriter | None, Path]:
+    """A new run's trainer and its freshly written folder (`train`'s setup, shared with lnexp.pack)."""
     data, dist, device = prepare(config, source)
     name = config.run.name or stamped(Path(source).stem)
     path = Path(config.run.dir) / name
@@ -371,13 +388,21 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
             except OSError as exc:
                 writer.finish("failed", {}, failure_message(exc))
                 raise RunError(f"{path}: cannot write {TOKENIZER_FILE} ({exc.strerror})") from None
-    return _run(trainer, writer, path, progress, start=0, history=History(), stop=stop)
+    return trainer, writer, path
 
 
 def resume(path: Path, command: list[str] | None = None, progress: Progress | None = None,
            stop: Stop | None = None) -> Outcome:
     """Continue an interrupted or failed run from its checkpoint; later lines are rewritten. Refused
     while another process holds the run."""
+    trainer, writer, step, history = reopen_run(path, command)
+    return _run(trainer, writer, path, progress, start=step, history=history, stop=stop)
+
+
+def reopen_run(path: Path, command: list[str] | None = None
+               ) -> tuple[Trainer, RunWriter | None, int, History]:
+    """An interrupted run's trainer restored from its checkpoint, its folder reopened at the
+    checkpoint's step, and what it had logged before (`resume`'s setup, shared with lnexp.pack)."""
     run = load_run(path)
     if run.status in FINISHED:
         raise RunError(f"{path}: the run is {run.status}; nothing to resume")
@@ -415,7 +440,7 @@ def resume(path: Path, command: list[str] | None = None, progress: Progress | No
     wall = run.meta.get("wall_time_s")
     history = History(kept, {r["step"]: r["val_loss"] for r in kept if r.get("val_loss") is not None},
                       float(wall) if isinstance(wall, (int, float)) else 0.0, steps_done=step)
-    return _run(trainer, writer, path, progress, start=step, history=history, stop=stop)
+    return trainer, writer, step, history
 
 
 def _run(trainer: Trainer, writer: RunWriter | None, path: Path, progress: Progress | None, start: int,
@@ -426,12 +451,25 @@ def _run(trainer: Trainer, writer: RunWriter | None, path: Path, progress: Progr
             writer.sinks = sinks.Sinks.open(trainer.config.to_dict(), path, start)
         with _stop_on_signals(stop) as stop:
             status, summary = _loop(trainer, writer, progress, start, history, stop)
-        if writer and status in FINISHED:
-            save_state(writer, "model.pt", trainer.model.state_dict())
-            writer.remove(CHECKPOINT)  # model.pt holds the final weights; a finished run is not resumed
     except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint of this point
         status = "interrupted"
         raise
+    except Exception as exc:
+        status, error = "failed", failure_message(exc)
+        raise
+    finally:
+        outcome = close_run(trainer, writer, path, history, status, summary, error)
+    return outcome
+
+
+def close_run(trainer: Trainer, writer: RunWriter | None, path: Path, history: History, status: str,
+              summary: dict[str, Any], error: str | None = None) -> Outcome:
+    """Write a run's end: a finished run's final weights (model.pt, replacing the checkpoint), then its
+    status and summary, whatever happened."""
+    try:
+        if writer and status in FINISHED:
+            save_state(writer, "model.pt", trainer.model.state_dict())
+            writer.remove(CHECKPOINT)  # model.pt holds the final weights; a finished run is not resumed
     except Exception as exc:
         status, error = "failed", failure_message(exc)
         raise
@@ -476,71 +514,122 @@ def _stop_on_signals(stop: Stop | None = None) -> Iterator[Stop]:
         yield stop
 
 
-def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None, start: int,
-          history: History, stop: Stop) -> tuple[str, dict[str, Any]]:
-    config, dist, device = trainer.config, trainer.dist, trainer.device
-    t, log = config.train, config.log
-    threshold = config.diverge_threshold(trainer.data.vocab_size)
-    tokens_per_step = t.batch_size * t.seq_len * dist.world_size
-    flops = flops_per_token(trainer.model.num_params(), config.model.n_layers, config.model.d_model,
-                            t.seq_len)
-    peak = peak_tflops(device, t.peak_tflops)
-    pending: list[tuple[int, torch.Tensor, Reading | None, torch.Tensor | None]] = []
-    extra: list[Reading] = []  # readings taken outside a training step (Trainer.val_probes)
-    diverged_step: int | None = None
-    began = last_flush = time.perf_counter()
-    steps_done = start
+class RunLog:
+    """One run's pending losses and readings, read in one transfer per flush and written as lines,
+    and its divergence check (shared by `_loop` and the packed loop, lnexp.pack)."""
+
+    def __init__(self, trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
+                 history: History) -> None:
+        self.trainer, self.writer, self.progress, self.history = trainer, writer, progress, history
+        config = trainer.config
+        t = config.train
+        self.threshold = config.diverge_threshold(trainer.data.vocab_size)
+        self.tokens_per_step = t.batch_size * t.seq_len * trainer.dist.world_size
+        self.flops = flops_per_token(trainer.model.num_params(), config.model.n_layers, config.model.d_model,
+                                     t.seq_len)
+        self.peak = peak_tflops(trainer.device, t.peak_tflops)
+        self.pending: list[tuple[int, torch.Tensor, Reading | None, torch.Tensor | None]] = []
+        self.extra: list[Reading] = []  # readings taken outside a training step (Trainer.val_probes)
+        self.diverged_step: int | None = None
+        self.began = self.last_flush = time.perf_counter()
 
     @record_function("lnexp:flush")
-    def flush(through: int) -> bool:
-        """Read pending losses and readings in one transfer, write their lines; True to stop."""
-        nonlocal last_flush, diverged_step
-        if pending or extra:
-            readings = [r for _, _, r, _ in pending if r] + extra
-            clips = [n for *_, n in pending if n is not None]
-            tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings]
-            host = torch.cat([x.float().flatten() for x in tensors]).tolist()  # the one transfer
-            losses, clip_norms = host[: len(pending)], iter(host[len(pending): len(pending) + len(clips)])
-            offset, values = len(pending) + len(clips), {}
-            for r in readings:
-                values[id(r)], offset = host[offset: offset + len(r.keys)], offset + len(r.keys)
-            elapsed = time.perf_counter() - last_flush
-            last_flush = time.perf_counter()
-            speed = len(pending) * tokens_per_step / max(elapsed, 1e-9)
-            rows = []
-            for r in extra:
-                if writer:
-                    writer.probes(r.rows(values[id(r)]))
-            for (step, _, reading, norm), loss in zip(pending, losses):
-                row = {"step": step, "lr": config.optim.lr * lr_factor(config, step), "loss": loss,
-                       "val_loss": history.val_losses.get(step), "tokens_per_s": speed,
-                       "grad_norm_total": reading.grad_norm_total(values[id(reading)]) if reading else None}
-                row.update(history.scores.get(step, {}))
-                if config.optim.name == "radam":
-                    row["radam_rho"] = radam_rho(step, config.optim.betas[1])
-                if reading and reading.ranks:
-                    row["ranks"] = {"grad_norm_total": [r[0] for r in reading.ranks],
-                                    "loss": [r[1] for r in reading.ranks]}
-                if peak:
-                    row["mfu"] = speed / dist.world_size * flops / (peak * 1e12)
-                if norm is not None:
-                    clip_norm = next(clip_norms)
-                    row.update(grad_norm_total=clip_norm, clipped=clip_norm > config.optim.clip_grad_norm)
-                rows.append(row)
-                if writer and reading:
-                    writer.probes(reading.rows(values[id(reading)]))
-                if not math.isfinite(loss) or loss > threshold:
-                    diverged_step = step
-                    break
+    def flush(self, through: int) -> None:
+        """Read pending losses and readings in one transfer, write their lines; a loss past the
+        threshold sets `diverged_step` (and ends the lines there)."""
+        pending, extra, writer, history = self.pending, self.extra, self.writer, self.history
+        if not (pending or extra):
+            return
+        config, dist = self.trainer.config, self.trainer.dist
+        readings = [r for _, _, r, _ in pending if r] + extra
+        clips = [n for *_, n in pending if n is not None]
+        tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings]
+        host = torch.cat([x.float().flatten() for x in tensors]).tolist()  # the one transfer
+        losses, clip_norms = host[: len(pending)], iter(host[len(pending): len(pending) + len(clips)])
+        offset, values = len(pending) + len(clips), {}
+        for r in readings:
+            values[id(r)], offset = host[offset: offset + len(r.keys)], offset + len(r.keys)
+        elapsed = time.perf_counter() - self.last_flush
+        self.last_flush = time.perf_counter()
+        speed = len(pending) * self.tokens_per_step / max(elapsed, 1e-9)
+        rows = []
+        for r in extra:
             if writer:
-                writer.metrics(rows)
-            history.rows.extend(rows)
-            pending.clear()
-            extra.clear()
-            if progress is not None and rows:  # with the latest validation loss, for the log line
-                latest = history.val_losses[max(history.val_losses)] if history.val_losses else None
-                progress(through + 1, t.steps, {**rows[-1], "val_loss": latest})
-        return any_rank(diverged_step is not None or stop.requested, dist, device)
+                writer.probes(r.rows(values[id(r)]))
+        for (step, _, reading, norm), loss in zip(pending, losses):
+            row = {"step": step, "lr": config.optim.lr * lr_factor(config, step), "loss": loss,
+                   "val_loss": history.val_losses.get(step), "tokens_per_s": speed,
+                   "grad_norm_total": reading.grad_norm_total(values[id(reading)]) if reading else None}
+            row.update(history.scores.get(step, {}))
+            if config.optim.name == "radam":
+                row["radam_rho"] = radam_rho(step, config.optim.betas[1])
+            if reading and reading.ranks:
+                row["ranks"] = {"grad_norm_total": [r[0] for r in reading.ranks],
+                                "loss": [r[1] for r in reading.ranks]}
+            if self.peak:
+                row["mfu"] = speed / dist.world_size * self.flops / (self.peak * 1e12)
+            if norm is not None:
+                clip_norm = next(clip_norms)
+                row.update(grad_norm_total=clip_norm, clipped=clip_norm > config.optim.clip_grad_norm)
+            rows.append(row)
+            if writer and reading:
+                writer.probes(reading.rows(values[id(reading)]))
+            if not math.isfinite(loss) or loss > self.threshold:
+                self.diverged_step = step
+                break
+        if writer:
+            writer.metrics(rows)
+        history.rows.extend(rows)
+        pending.clear()
+        extra.clear()
+        if self.progress is not None and rows:  # with the latest validation loss, for the log line
+            latest = history.val_losses[max(history.val_losses)] if history.val_losses else None
+            self.progress(through + 1, config.train.steps, {**rows[-1], "val_loss": latest})
+
+    def finish(self, start: int, halted: bool) -> tuple[str, dict[str, Any]]:
+        """The run's status and summary once its loop has ended (`halted`: stopped before the last
+        step); an interrupted run checkpoints, a completed one evaluates its final model."""
+        trainer, writer, history = self.trainer, self.writer, self.history
+        t, steps_done = trainer.config.train, history.steps_done
+        if self.diverged_step is None and halted:  # interrupted (here or on another rank): keep the state
+            if writer:
+                save_state(writer, CHECKPOINT, trainer.checkpoint(steps_done))
+            status = "interrupted"
+        elif self.diverged_step is None:
+            status = "completed"
+            if trainer.dist.main:
+                final_val = history.val_losses[t.steps] = trainer.evaluate()
+                row = {"step": t.steps, "lr": None, "loss": None, "val_loss": final_val,
+                       "tokens_per_s": None, "grad_norm_total": None}
+                if t.eval_bleu_every:
+                    history.scores[t.steps] = training_scores(trainer.model, trainer.data, t.seq_len)
+                    row.update(history.scores[t.steps])
+                if writer:
+                    writer.metrics([row])
+                history.rows.append(row)
+        else:
+            status = "diverged"
+        segment = time.perf_counter() - self.began
+        summary = _summarise(history, self.diverged_step, steps_done,
+                             (steps_done - start) * self.tokens_per_step / segment)
+        summary["wall_time_s"] = round(history.wall_before + segment, 3)
+        if writer:
+            probes = read_jsonl(writer.path / "probes.jsonl")
+            summary.update(collapse_report(probes, trainer.data.unigram_entropy(), summary["final_val_loss"]))
+        summary.update(final_measures(summary["final_val_loss"], trainer.data, history))
+        return status, summary
+
+
+def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None, start: int,
+          history: History, stop: Stop) -> tuple[str, dict[str, Any]]:
+    dist, device = trainer.dist, trainer.device
+    t, log = trainer.config.train, trainer.config.log
+    run_log = RunLog(trainer, writer, progress, history)
+
+    def flush(through: int) -> bool:
+        """Flush the run's log; True to stop (diverged, or a stop requested, on any rank)."""
+        run_log.flush(through)
+        return any_rank(run_log.diverged_step is not None or stop.requested, dist, device)
 
     halted = False
     for step in range(start, t.steps):
@@ -557,42 +646,17 @@ def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
         if t.eval_bleu_every and step % t.eval_bleu_every == 0 and dist.main:
             history.scores[step] = training_scores(trainer.model, trainer.data, t.seq_len)
         if dist.main:  # the probes that run on the fixed validation batch, outside the training step
-            extra += trainer.val_probes(step)
+            run_log.extra += trainer.val_probes(step)
         loss, reading, norm = trainer.step(step)
-        pending.append((step, loss, reading, norm))
-        steps_done = history.steps_done = step + 1
+        run_log.pending.append((step, loss, reading, norm))
+        history.steps_done = step + 1
         # Under torchrun every rank must reach the same flushes (they agree there on stopping).
-        due = len(pending) >= log.loss_every or (stop.requested and dist.world_size == 1)
+        due = len(run_log.pending) >= log.loss_every or (stop.requested and dist.world_size == 1)
         if due and (halted := flush(step)):
             break
     if not halted:
-        halted = flush(steps_done - 1)
-    if diverged_step is None and halted:  # interrupted (here or on another rank): keep the state
-        if writer:
-            save_state(writer, CHECKPOINT, trainer.checkpoint(steps_done))
-        status = "interrupted"
-    elif diverged_step is None:
-        status = "completed"
-        if dist.main:
-            final_val = history.val_losses[t.steps] = trainer.evaluate()
-            row = {"step": t.steps, "lr": None, "loss": None, "val_loss": final_val,
-                   "tokens_per_s": None, "grad_norm_total": None}
-            if t.eval_bleu_every:
-                history.scores[t.steps] = training_scores(trainer.model, trainer.data, t.seq_len)
-                row.update(history.scores[t.steps])
-            if writer:
-                writer.metrics([row])
-            history.rows.append(row)
-    else:
-        status = "diverged"
-    segment = time.perf_counter() - began
-    summary = _summarise(history, diverged_step, steps_done, (steps_done - start) * tokens_per_step / segment)
-    summary["wall_time_s"] = round(history.wall_before + segment, 3)
-    if writer:
-        probes = read_jsonl(writer.path / "probes.jsonl")
-        summary.update(collapse_report(probes, trainer.data.unigram_entropy(), summary["final_val_loss"]))
-    summary.update(final_measures(summary["final_val_loss"], trainer.data, history))
-    return status, summary
+        halted = flush(history.steps_done - 1)
+    return run_log.finish(start, halted)
 
 
 def final_measures(final_val_loss: float | None, data: Data, history: History) -> dict[str, Any]:

@@ -58,12 +58,13 @@ class Stopped(LnexpError):
 def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
               on_event: Event | None = None, sets: Sequence[str] = (), threads: int | None = None,
               launcher: Any = None, detach: bool = False, plugins: Sequence[str] = (),
-              layouts: Sequence[str] = ()) -> Reproduction:
+              layouts: Sequence[str] = (), pack: int | None = None) -> Reproduction:
     """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `sets` are
     `--set` items for every cell; `threads` per run (default: the cores split over `jobs`). With a
     slurm `launcher` the runs are batch jobs (lnexp.launch): the report is written once all are done.
     `plugins` are loaded into every cell's config; `layouts` chooses the layouts suite's layouts
-    (default: every registered one)."""
+    (default: every registered one). `pack`: cells of one structure trained together, up to this
+    many (lnexp.pack); None: where measured faster here."""
     if suite not in suite_names():
         raise ValueError(f"unknown suite {suite!r}")
     scale = customised(SCALES[scale] if isinstance(scale, str) else scale, plugins, layouts)
@@ -87,7 +88,7 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
                              detach)
         else:
             results = execute(work, jobs, source=f"reproduce {scale.name}", command=lambda _: command,
-                              on_event=on_event)
+                              on_event=on_event, pack=pack)
     except Interrupted as exc:
         raise Stopped(stopped_message(work, exc.results)) from None
     if any(r.get("status") == "interrupted" for r in results.values()):

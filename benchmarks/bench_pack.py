@@ -1,0 +1,119 @@
+"""bench_pack: tokens/s of M cells trained packed (lnexp.pack) against the same M cells one after
+another, side by side in one process.
+
+The cells are the tiny reproduction's training shape (`reproduce --scale tiny`: 6 layers, d_model 32,
+16 x 32 tokens, byte-level stdlib), with seeds, learning rates and Adam/RAdam alternating across the
+cells. Both ways run the real per-cell machinery (`Trainer.step`, `Pack.step`: batches, optimiser,
+schedule; no probes, no folders), in alternating rounds of ROUND steps, so that a noisy shared
+machine slows both alike; the ratio of their medians is what counts.
+
+    python benchmarks/bench_pack.py                   # M = 1, 4, 8, 16 on the CPU
+    python benchmarks/bench_pack.py --profile 8       # where a packed step of M = 8 spends its time
+    python benchmarks/bench_pack.py --scale small     # the small shape (on a GPU when there is one)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lnexp.config import Config, validate
+from lnexp.data import load_data
+from lnexp.pack import Pack
+from lnexp.reproduce.engine import SCALES
+from lnexp.train import Trainer
+
+ROUND = 5  # steps per timed round
+TARGET_M8 = {"tiny": 3.0, "small": 5.0}
+
+
+def cell_configs(scale: str, m: int) -> list[Config]:
+    raw = SCALES[scale].train
+    configs = []
+    for i in range(m):
+        cell = {k: dict(v) for k, v in raw.items()}
+        cell["optim"] = {"name": ("adam", "radam")[i % 2], "lr": (1e-3, 3e-3)[i // 2 % 2],
+                         "betas": [0.9, 0.98]}
+        cell["train"].update(seed=i, device="cuda" if torch.cuda.is_available() else "cpu")
+        cell["log"] = {"probes": [], "loss_every": 10**6}
+        configs.append(validate(cell, source="bench_pack"))
+    return configs
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(scale: str, m: int, rounds: int) -> tuple[float, float, float]:
+    """Median tokens/s (all cells together) of M cells packed, and of the same cells one by one, and
+    the median over rounds of each round's ratio (a round's two halves run back to back, so the
+    machine's drift between rounds cancels)."""
+    configs = cell_configs(scale, m)
+    data = load_data(configs[0].data)
+    device = torch.device(configs[0].train.device)
+    packed_trainers = [Trainer(c, data, device) for c in configs]
+    alone_trainers = [Trainer(c, data, device) for c in configs]
+    pack = Pack(packed_trainers)
+    t = configs[0].train
+    tokens = m * ROUND * t.batch_size * t.seq_len
+    speeds: dict[str, list[float]] = {"packed": [], "alone": []}
+    step = 0
+    for r in range(rounds + 1):  # round 0 warms up both
+        for way in ("packed", "alone") if r % 2 else ("alone", "packed"):  # neither always goes first
+            sync()
+            began = time.perf_counter()
+            for s in range(step, step + ROUND):
+                if way == "packed":
+                    pack.step(packed_trainers, s)
+                else:
+                    for trainer in alone_trainers:
+                        trainer.step(s)
+            sync()
+            if r:
+                speeds[way].append(tokens / (time.perf_counter() - began))
+        step += ROUND
+    ratios = [p / a for p, a in zip(speeds["packed"], speeds["alone"])]
+    return statistics.median(speeds["packed"]), statistics.median(speeds["alone"]), statistics.median(ratios)
+
+
+def profile(scale: str, m: int) -> None:
+    configs = cell_configs(scale, m)
+    data = load_data(configs[0].data)
+    trainers = [Trainer(c, data, torch.device(configs[0].train.device)) for c in configs]
+    pack = Pack(trainers)
+    for s in range(3):
+        pack.step(trainers, s)
+    with torch.profiler.profile() as prof:
+        for s in range(3, 3 + 2 * ROUND):
+            pack.step(trainers, s)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="tiny", choices=sorted(TARGET_M8))
+    parser.add_argument("--cells", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, metavar="M", help="profile a packed step of M cells instead")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args.scale, args.profile)
+        return
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
+    print(f"{args.scale} shape, {device}; tokens/s of all M cells, median of {args.rounds} rounds of "
+          f"{ROUND} steps")
+    print(f"{'M':>3} {'packed':>10} {'one by one':>11} {'ratio (median of rounds)':>25}")
+    for m in args.cells:
+        packed, alone, ratio = measure(args.scale, m, args.rounds)
+        print(f"{m:>3} {packed:>10.0f} {alone:>11.0f} {ratio:>24.2f}x", flush=True)
+    print(f"target: >= {TARGET_M8[args.scale]}x at M = 8")
+
+
+if __name__ == "__main__":
+    main()
