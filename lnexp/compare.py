@@ -29,9 +29,11 @@ from lnexp.probe_kinds import by_row, profile_depth, row_titles
 from lnexp.runs import (
     Run,
     RunError,
+    finite,
     layer_profile,
     load_run,
     logged_steps,
+    loss_summary,
     nearest_step,
     profile_ratios,
     weight_roles,
@@ -148,16 +150,10 @@ def outcome(run: Run) -> dict[str, Any]:
 
 
 def partial_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's numbers for a run without one (running, killed), from its metrics so far."""
     steps = [m["step"] for m in metrics if m.get("lr") is not None]  # the final val line has no lr
-    losses = [m["loss"] for m in metrics if _finite(m.get("loss"))]
-    vals = [m["val_loss"] for m in metrics if _finite(m.get("val_loss"))]
-    speeds = [m["tokens_per_s"] for m in metrics if _finite(m.get("tokens_per_s")) and m["tokens_per_s"] > 0]
-    tail = losses[-10:]  # as train's summary: the mean of the last 10 train losses
-    return {"steps_done": max(steps) + 1 if steps else 0,
-            "final_train_loss": sum(tail) / len(tail) if tail else None,
-            "best_train_loss": min(losses, default=None),
-            "final_val_loss": vals[-1] if vals else None,
-            "best_val_loss": min(vals, default=None),
+    speeds = [m["tokens_per_s"] for m in metrics if finite(m.get("tokens_per_s")) and m["tokens_per_s"] > 0]
+    return {"steps_done": max(steps) + 1 if steps else 0, **loss_summary(metrics),
             # harmonic mean over steps = all tokens / all time, as in the summary
             "tokens_per_s": len(speeds) / sum(1 / s for s in speeds) if speeds else None}
 
@@ -167,16 +163,12 @@ def band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float],
     value."""
     if not curves:
         return [], [], [], []
-    common = set.intersection(*({s for s, v in c if _finite(v)} for c in curves))
+    common = set.intersection(*({s for s, v in c if finite(v)} for c in curves))
     steps = sorted(common)
     by_curve = [dict(c) for c in curves]
     columns = [[d[s] for d in by_curve] for s in steps]
     return steps, [sum(col) / len(col) for col in columns], [min(col) for col in columns], \
         [max(col) for col in columns]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @dataclass
@@ -315,10 +307,10 @@ def _status(o: dict[str, Any]) -> str:
 
 def best_runs(values: list[Any], better: Callable[..., Any] | None) -> set[int]:
     """Indices of the best value in a row; none when the row is not ranked or all values are equal."""
-    finite = [v for v in values if _finite(v)]
-    if better is None or len(set(finite)) < 2:
+    measured = [v for v in values if finite(v)]
+    if better is None or len(set(measured)) < 2:
         return set()
-    best = better(finite)
+    best = better(measured)
     return {i for i, v in enumerate(values) if v == best}
 
 
@@ -353,7 +345,7 @@ def sections(c: Comparison) -> list[Section]:
 
 def group_stats(c: Comparison, group: Group, key: str) -> tuple[float, float, int]:
     """Mean, sample std and count of an outcome number over a group's runs (finite values only)."""
-    return mean_std([c.outcomes[i][key] for i in group.members if _finite(c.outcomes[i][key])])
+    return mean_std([c.outcomes[i][key] for i in group.members if finite(c.outcomes[i][key])])
 
 
 def _group_cell(c: Comparison, group: Group, key: str) -> str:
@@ -572,5 +564,5 @@ def _val_loss(run: Run, o: dict[str, Any]) -> str:
     """A finished run's final validation loss; an unfinished run's last measured one, at its step."""
     if run.summary:
         return fmt(o["final_val_loss"])
-    last = next((m for m in reversed(run.metrics) if _finite(m.get("val_loss"))), None)
+    last = next((m for m in reversed(run.metrics) if finite(m.get("val_loss"))), None)
     return f"{fmt(last['val_loss'])} @ {last['step']}" if last else "-"

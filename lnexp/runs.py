@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import secrets
@@ -478,6 +479,29 @@ def _last_lines(f: BinaryIO, n: int, block: int = 64 * 1024) -> list[bytes]:
     if start > 0:
         lines = lines[1:]  # the first is a cut through a line, not damage
     return lines[-n:]
+
+
+def loss_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The loss numbers of summary.json from a run's metrics lines, in step order (train writes them
+    from the lines it wrote; compare computes them for a run that has no summary yet): the final
+    train loss is the mean of the last 10 finite ones; the final val loss the last one logged (inf or
+    nan if the run diverged there), the best val loss the smallest finite one and its step."""
+    train = [m["loss"] for m in metrics if finite(m.get("loss"))]
+    vals = [(m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
+    best_step, best_val = min(((s, v) for s, v in vals if finite(v)), key=lambda sv: sv[1],
+                              default=(None, None))
+    tail = train[-10:]
+    return {"final_train_loss": sum(tail) / len(tail) if tail else None,
+            "best_train_loss": min(train, default=None),
+            "final_val_loss": vals[-1][1] if vals else None,
+            "best_val_loss": best_val, "best_val_step": best_step,
+            "grad_norm_total_init": next((m.get("grad_norm_total") for m in metrics if m.get("step") == 0),
+                                         None)}
+
+
+def finite(value: Any) -> bool:
+    """A number (not a bool) that is neither inf nor nan."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def logged_steps(rows: list[dict[str, Any]], probe: str) -> list[int]:

@@ -55,6 +55,7 @@ from lnexp.runs import (
     layer_profile,
     load_run,
     logged_steps,
+    loss_summary,
     now,
     read_jsonl,
     stamped,
@@ -687,22 +688,12 @@ def collapse_report(probes: list[dict[str, Any]], unigram_entropy: float, final_
 
 
 def _summarise(history: History, diverged_step: int | None, steps_done: int, speed: float) -> dict[str, Any]:
-    rows = history.rows
-    train_losses = [r["loss"] for r in rows if r["loss"] is not None and math.isfinite(r["loss"])]
-    finite_val = {s: v for s, v in history.val_losses.items() if math.isfinite(v)}
-    best_val_step = min(finite_val, key=finite_val.get) if finite_val else None
-    tail = train_losses[-10:]
     return {
         "steps_done": steps_done,
         "diverged_step": diverged_step,
         # the loss is read every log.loss_every steps (no host sync per step): updates made from the
         # diverged loss on, which model.pt includes
         **({"updates_past_divergence": steps_done - diverged_step} if diverged_step is not None else {}),
-        "final_train_loss": sum(tail) / len(tail) if tail else None,
-        "best_train_loss": min(train_losses) if train_losses else None,
-        "final_val_loss": history.val_losses[max(history.val_losses)] if history.val_losses else None,
-        "best_val_loss": finite_val.get(best_val_step),
-        "best_val_step": best_val_step,
-        "grad_norm_total_init": next((r["grad_norm_total"] for r in rows if r["step"] == 0), None),
+        **loss_summary(history.rows),
         "tokens_per_s": speed,
     }
