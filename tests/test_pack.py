@@ -170,8 +170,8 @@ def test_sweep_pack_writes_the_same_folders_and_a_rerun_skips_them(tmp_path, wri
     assert result.exit_code == 0, result.output
     CliRunner().invoke(app, [*args, "--name", "alone"])
     packed, alone = tmp_path / "runs" / "packed", tmp_path / "runs" / "alone"
-    names = sorted(p.name for p in alone.iterdir() if p.is_dir())
-    assert len(names) == 8 and names == sorted(p.name for p in packed.iterdir() if p.is_dir())
+    names = sorted(p.name for p in alone.iterdir() if (p / "meta.json").exists())  # not plots/
+    assert len(names) == 8 and names == sorted(p.name for p in packed.iterdir() if (p / "meta.json").exists())
     for name in names:
         a, b = load_run(packed / name), load_run(alone / name)
         assert a.status == b.status == "completed"
