@@ -6,19 +6,48 @@ Heavy modules (torch) are imported inside the commands that need them, so `lnexp
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
+from typer._click import exceptions as usage  # typer's own click, whose errors its parser raises
 
 from lnexp.errors import LnexpError
 from lnexp.layouts import LAYOUTS
 from lnexp.probe_kinds import row_titles
 
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Typer's own checks of the command line (a value not among an option's choices, a number out of
+    range, a missing argument) end in one line, `error: ...`, exit code 2, as lnexp's do."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except usage.NoArgsIsHelpError as exc:  # `lnexp` alone: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except usage.UsageError as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except usage.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(help="Where should LayerNorm sit in a Transformer? Train, measure, compare.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  cls=OneLineErrors, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 

@@ -143,7 +143,7 @@ def trained(tmp_path_factory) -> Path:
     ([], "give one of --text, --input FILE or --eval"),
     (["--text", "1 2", "--eval"], "give one of"),
     (["--text", "1 x"], "the source is not symbols as space-separated numbers"),
-    (["--text", "1 2", "--strategy", "top-k"], "--strategy must be greedy or beam"),
+    (["--text", "1 2", "--strategy", "top-k"], "'top-k' is not one of 'greedy', 'beam'"),
     (["--input", "/nonexistent/file"], "/nonexistent/file: cannot read (no such file)"),
 ])
 def test_translate_refuses_bad_input_in_one_line(trained, args, message):
