@@ -34,10 +34,12 @@ class InitRecipe:
 
 
 def _reset_norm(module: nn.Module) -> None:
-    """A LayerNorm or RMSNorm to weight 1 (and bias 0); anything else is left alone."""
+    """A norm (LayerNorm, RMSNorm, DyT, a plugin's: a leaf module with its own reset_parameters, not a
+    linear layer or an embedding) to its own init, weight 1 and bias 0; anything else is left alone."""
     from torch import nn
 
-    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+    leaf = next(module.children(), None) is None
+    if leaf and hasattr(module, "reset_parameters") and not isinstance(module, (nn.Linear, nn.Embedding)):
         module.reset_parameters()
 
 

@@ -369,3 +369,18 @@ def test_a_run_folder_from_lnexp_0_2_0_still_loads_and_its_model_means_the_same(
     assert torch.stack(losses).mean().item() == pytest.approx(run.summary["final_val_loss"], rel=1e-6)
     compared = CliRunner().invoke(app, ["compare", str(path), "--json"])
     assert compared.exit_code == 0, compared.output
+
+
+def test_every_recipe_resets_a_dyt_norm_like_a_layernorm():
+    """The recipes re-initialise every norm, DyT's (and a plugin's) included: γ = 1, β = 0, α = α₀."""
+    from lnexp.recipes import RECIPES
+
+    for init in RECIPES:
+        model = make(norm="pre", norm_type="dyt", dyt_alpha=0.7, init=init)
+        dyts = [m for m in model.modules() if type(m).__name__ == "DyT"]
+        for dyt in dyts:
+            with torch.no_grad():
+                dyt.alpha.fill_(3.0), dyt.weight.fill_(2.0), dyt.bias.fill_(1.0)
+        model.recipe.init(model, model.cfg.d_model)
+        assert all(d.alpha.item() == pytest.approx(0.7) and torch.all(d.weight == 1)
+                   and torch.all(d.bias == 0) for d in dyts), init
