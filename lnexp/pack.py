@@ -38,33 +38,30 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lnexp.config import Config, ModelConfig
-from lnexp.model import build_model
-from lnexp.probes import Reading, rms
+from lnexp.model import Attention, build_model
+from lnexp.probes import rms
 from lnexp.recipes import RECIPES, InitRecipe
 from lnexp.runs import RunWriter
 from lnexp.train import (
-    CHECKPOINT,
     History,
+    LiveRun,
     Outcome,
-    RunLog,
+    StepResult,
     Stop,
     Trainer,
-    _stop_on_signals,
-    close_run,
     failure_message,
     new_run,
     reopen_run,
-    save_state,
+    train_runs,
 )
 
 PER_CELL = ("optim", "schedule", "run")  # the sections only a cell's own Trainer and folder read
@@ -107,6 +104,47 @@ def packs(configs: list[Config], size: int) -> list[list[int]]:
     return [members[i: i + size] for members in groups.values() for i in range(0, len(members), size)]
 
 
+class FoldedAttention(torch.autograd.Function):
+    """SDPA with a batching rule: under vmap over the cells, the cell axis folds into the batch axis,
+    so one call of the fused kernel serves every cell (functorch has no batching rule for SDPA's
+    fused kernels: without this, the math kernel, several times slower per call on a CPU at these
+    shapes). The rule runs below vmap, on the cells' stacked tensors, so autograd records SDPA
+    itself there and its own backward applies; the pack calls this only under vmap."""
+
+    @staticmethod
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                dropout_p: float = 0.0, is_causal: bool = False) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal)
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def vmap(info: object, in_dims: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False
+             ) -> tuple[torch.Tensor, int]:
+        cells, batch = info.batch_size, q.shape[1 if in_dims[0] == 0 else 0]
+
+        def fold(t: torch.Tensor | None, dim: int | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            t = t.unsqueeze(0) if dim is None else t.movedim(dim, 0)
+            return t.expand(cells, batch, *t.shape[2:]).flatten(0, 1)
+
+        y = F.scaled_dot_product_attention(*map(fold, (q, k, v, attn_mask), in_dims[:4]),
+                                           dropout_p=dropout_p, is_causal=is_causal)
+        return y.unflatten(0, (cells, batch)), 0
+
+
+def folded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                dropout_p: float = 0.0, is_causal: bool = False) -> torch.Tensor:
+    """`F.scaled_dot_product_attention`'s signature (the part lnexp's Attention uses), batched by
+    folding (FoldedAttention)."""
+    return FoldedAttention.apply(q, k, v, attn_mask, dropout_p, is_causal)
+
+
 class Pack:
     """The shared forward and backward pass of a pack's trainers (all of one structure key)."""
 
@@ -117,6 +155,9 @@ class Pack:
                 group["foreach"] = True
         with torch.device("meta"):  # weightless: every parameter comes from the cells
             self.template = build_model(first.config.model, first.data.vocab_size)
+        for module in self.template.modules():
+            if isinstance(module, Attention):
+                module.sdpa = folded_sdpa
         self.names = [name for name, _ in first.model.named_parameters()]
         self.buffers = dict(first.model.named_buffers())  # fixed tables (sinusoids): the same in every cell
         self.kinds = first.probes.kinds
@@ -147,8 +188,7 @@ class Pack:
         _, loss = functional_call(self.template, (params, self.buffers), batch)
         return loss, torch.stack(self._acts) if self._acts else loss.new_zeros(0)
 
-    def step(self, trainers: list[Trainer], step: int
-             ) -> list[tuple[torch.Tensor, Reading | None, torch.Tensor | None]]:
+    def step(self, trainers: list[Trainer], step: int) -> list[StepResult]:
         """One update of every trainer; what `Trainer.step` returns, per trainer."""
         probing = trainers[0].probing(step)
         batch = tuple(torch.stack(parts) for parts in zip(*(t._batch(step) for t in trainers)))
@@ -160,8 +200,8 @@ class Pack:
             deltas = tuple(torch.zeros(shape, device=batch[0].device, requires_grad=True)
                            for _ in range(len(self.blocks) + 1))
         self.tapping = probing and bool(self.kinds & {"act", "sensitivity"})
-        try:  # SDPA's fused kernels have no batching rule (vmap would loop over the cells): the math one
-            with trainers[0]._autocast(), sdpa_kernel(SDPBackend.MATH):
+        try:
+            with trainers[0]._autocast():
                 loss, acts = vmap(self._forward)(params, deltas, *batch)
         finally:
             self.tapping, self._acts, self._deltas = False, [], ()
@@ -179,116 +219,40 @@ class Pack:
         return results
 
 
-@dataclass
-class Member:
-    """A cell of a running pack: its trainer, folder and log."""
-
-    trainer: Trainer
-    writer: RunWriter | None
-    path: Path
-    history: History
-    log: RunLog
-    outcome: Outcome | None = None
-
-
 def train_pack(configs: list[Config], sources: list[str], commands: list[list[str]],
                force: list[bool] | None = None, stop: Stop | None = None) -> list[Outcome]:
     """Train new runs of one structure key together; one Outcome per config, in order."""
     force = force or [False] * len(configs)
-    members = _open((*new_run(config, source, command, replace), History())
-                    for config, source, command, replace in zip(configs, sources, commands, force))
-    return _run_pack(members, 0, stop)
+    runs = _open((*new_run(config, source, command, replace), History())
+                 for config, source, command, replace in zip(configs, sources, commands, force))
+    return train_runs(runs, 0, stop, Pack([run.trainer for run in runs]).step)
 
 
 def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop | None = None
                 ) -> list[Outcome]:
     """Resume interrupted runs of one structure key, checkpointed at the same step, together."""
-    members = _open((trainer, writer, path, history) for path in paths
-                    for trainer, writer, _, history in [reopen_run(path, command)])
-    steps = {m.history.steps_done for m in members}
-    if len(steps) > 1 or len({structure_key(m.trainer.config) for m in members}) > 1:
-        for m in members:
-            close_run(m.trainer, m.writer, m.path, m.history, "interrupted", {})
+    runs = _open((trainer, writer, path, history) for path in paths
+                 for trainer, writer, _, history in [reopen_run(path, command)])
+    steps = {run.history.steps_done for run in runs}
+    if len(steps) > 1 or len({structure_key(run.trainer.config) for run in runs}) > 1:
+        for run in runs:
+            run.close("interrupted", {})
         raise ValueError("a pack resumes runs of one structure checkpointed at one step")
-    return _run_pack(members, steps.pop(), stop)
+    return train_runs(runs, steps.pop(), stop, Pack([run.trainer for run in runs]).step)
 
 
-def _open(runs: Iterable[tuple[Trainer, RunWriter | None, Path, History]]) -> list[Member]:
-    """The pack's members, as their runs open; if one fails to, those already open are closed
-    (status failed, and why), so that no folder is left saying it is running."""
-    members: list[Member] = []
+def _open(opened: Iterable[tuple[Trainer, RunWriter | None, Path, History]]) -> list[LiveRun]:
+    """The pack's runs, as they open; if one fails to, those already open are closed (status failed,
+    and why), so that no folder is left saying it is running."""
+    runs: list[LiveRun] = []
     try:
-        for trainer, writer, path, history in runs:
-            members.append(Member(trainer, writer, path, history, RunLog(trainer, writer, None, history)))
+        for trainer, writer, path, history in opened:
+            runs.append(LiveRun.of(trainer, writer, path, history))
     except Exception as exc:
-        for m in members:
-            close_run(m.trainer, m.writer, m.path, m.history, "failed", {}, failure_message(exc))
+        for run in runs:
+            run.close("failed", {}, failure_message(exc))
         raise
-    return members
-
-
-def _run_pack(members: list[Member], start: int, stop: Stop | None) -> list[Outcome]:
-    """`train`'s _run for a pack: every member's folder is closed however the pack ends."""
-    live = list(members)
-    try:
-        with _stop_on_signals(stop) as stop:
-            _loop(live, start, stop)
-    except KeyboardInterrupt:
-        for m in live:
-            m.outcome = close_run(m.trainer, m.writer, m.path, m.history, "interrupted", {})
-        raise
-    except Exception as exc:
-        for m in live:
-            m.outcome = close_run(m.trainer, m.writer, m.path, m.history, "failed", {}, failure_message(exc))
-        raise
-    return [m.outcome for m in members]
-
-
-def _loop(live: list[Member], start: int, stop: Stop) -> None:
-    """lnexp.train's _loop over a pack: one schedule (the cells share `train` and `log`), one shared
-    step, each cell's own flushes, evaluations, probes and checkpoints. Members leave `live` as they
-    end (diverged: at once; the others at the end)."""
-    t = live[0].trainer.config.train
-    pack = Pack([m.trainer for m in live])
-
-    def end(m: Member, halted: bool) -> None:
-        status, summary = m.log.finish(start, halted)
-        m.outcome = close_run(m.trainer, m.writer, m.path, m.history, status, summary)
-        live.remove(m)
-
-    def flush(through: int) -> bool:
-        """Flush every member's log; a diverged one leaves the pack. True to stop."""
-        for m in list(live):
-            m.log.flush(through)
-            if m.log.diverged_step is not None:
-                end(m, halted=False)
-        return stop.requested or not live
-
-    halted = False
-    for step in range(start, t.steps):
-        if step > start and t.checkpoint_every and step % t.checkpoint_every == 0:
-            if halted := flush(step - 1):
-                break
-            for m in live:
-                if m.writer:
-                    save_state(m.writer, CHECKPOINT, m.trainer.checkpoint(step))
-        if step % t.eval_every == 0:
-            if halted := flush(step - 1):
-                break
-            for m in live:
-                m.history.val_losses[step] = m.trainer.evaluate()
-        for m in live:
-            m.log.extra += m.trainer.val_probes(step)
-        for m, result in zip(live, pack.step([m.trainer for m in live], step)):
-            m.log.pending.append((step, *result))
-            m.history.steps_done = step + 1
-        due = len(live[0].log.pending) >= live[0].trainer.config.log.loss_every or stop.requested
-        if due and (halted := flush(step)):
-            break
-    if not halted and live:
-        halted = flush(live[0].history.steps_done - 1)
-    for m in list(live):
-        end(m, halted)
+    return runs
 
 
 # --- is packing faster here? -----------------------------------------------------------------------

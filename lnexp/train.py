@@ -154,7 +154,7 @@ class Trainer:
         """Whether `step` is a logging step of the probes that read the training step itself."""
         return self.probes.enabled and step % self.config.log.grad_every == 0
 
-    def step(self, step: int) -> tuple[torch.Tensor, Reading | None, torch.Tensor | None]:
+    def step(self, step: int) -> StepResult:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
         probing = self.probing(step)
         batch = self._batch(step)
@@ -166,8 +166,7 @@ class Trainer:
         loss.backward()  # under DDP the gradients are all-reduced here, so every rank probes the same
         return self.update(step, loss, probing)
 
-    def update(self, step: int, loss: torch.Tensor, probing: bool
-               ) -> tuple[torch.Tensor, Reading | None, torch.Tensor | None]:
+    def update(self, step: int, loss: torch.Tensor, probing: bool) -> StepResult:
         """The step after the backward pass (the gradients are in the parameters' .grad): read the
         probes, clip, update, advance the schedule (shared with packed training, lnexp.pack)."""
         clip = self.config.optim.clip_grad_norm
@@ -361,7 +360,7 @@ def train(config: Config, source: str, command: list[str] | None = None, force: 
     `on_ready` is called (the CLI's warnings: after the one line of an error, never before it).
     `stop` is set by a signal to end the run at the next step (a sweep worker's, maybe already)."""
     trainer, writer, path = new_run(config, source, command, force, on_ready)
-    return _run(trainer, writer, path, progress, start=0, history=History(), stop=stop)
+    return train_runs([LiveRun.of(trainer, writer, path, History(), progress)], 0, stop)[0]
 
 
 def new_run(config: Config, source: str, command: list[str] | None = None, force: bool = False,
@@ -397,7 +396,7 @@ def resume(path: Path, command: list[str] | None = None, progress: Progress | No
     """Continue an interrupted or failed run from its checkpoint; later lines are rewritten. Refused
     while another process holds the run."""
     trainer, writer, step, history = reopen_run(path, command)
-    return _run(trainer, writer, path, progress, start=step, history=history, stop=stop)
+    return train_runs([LiveRun.of(trainer, writer, path, history, progress)], step, stop)[0]
 
 
 def reopen_run(path: Path, command: list[str] | None = None
@@ -444,23 +443,59 @@ def reopen_run(path: Path, command: list[str] | None = None
     return trainer, writer, step, history
 
 
-def _run(trainer: Trainer, writer: RunWriter | None, path: Path, progress: Progress | None, start: int,
-         history: History, stop: Stop | None = None) -> Outcome:
-    status, summary, error = "failed", {}, None
+@dataclass
+class LiveRun:
+    """A run being trained: its trainer, folder and log; its outcome once it has ended."""
+
+    trainer: Trainer
+    writer: RunWriter | None
+    path: Path
+    log: RunLog
+    outcome: Outcome | None = None
+
+    @classmethod
+    def of(cls, trainer: Trainer, writer: RunWriter | None, path: Path, history: History,
+           progress: Progress | None = None) -> LiveRun:
+        return cls(trainer, writer, path, RunLog(trainer, writer, progress, history))
+
+    @property
+    def history(self) -> History:
+        return self.log.history
+
+    def close(self, status: str, summary: dict[str, Any], error: str | None = None) -> None:
+        self.outcome = close_run(self.trainer, self.writer, self.path, self.history, status, summary, error)
+
+
+# One update of every live run's trainer (`Trainer.step` alone; `Pack.step` for a pack): what
+# `Trainer.step` returns, per trainer.
+StepResult = tuple[torch.Tensor, Reading | None, torch.Tensor | None]
+StepAll = Callable[[list[Trainer], int], list[StepResult]]
+
+
+def _step_alone(trainers: list[Trainer], step: int) -> list[StepResult]:
+    return [trainer.step(step) for trainer in trainers]
+
+
+def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None, step_all: StepAll = _step_alone
+         ) -> list[Outcome]:
+    """Train runs from `start` (one alone, or a pack's cells together); every run's folder is closed
+    however the loop ends: as its log says, or interrupted (a second signal) or failed (an error)."""
+    live = list(runs)
     try:
-        if writer:
-            writer.sinks = sinks.Sinks.open(trainer.config.to_dict(), path, start)
+        for run in runs:
+            if run.writer:
+                run.writer.sinks = sinks.Sinks.open(run.trainer.config.to_dict(), run.path, start)
         with _stop_on_signals(stop) as stop:
-            status, summary = _loop(trainer, writer, progress, start, history, stop)
+            _loop(live, start, stop, step_all)
     except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint of this point
-        status = "interrupted"
+        for run in live:
+            run.close("interrupted", {})
         raise
     except Exception as exc:
-        status, error = "failed", failure_message(exc)
+        for run in live:
+            run.close("failed", {}, failure_message(exc))
         raise
-    finally:
-        outcome = close_run(trainer, writer, path, history, status, summary, error)
-    return outcome
+    return [run.outcome for run in runs]
 
 
 def close_run(trainer: Trainer, writer: RunWriter | None, path: Path, history: History, status: str,
@@ -621,43 +656,64 @@ class RunLog:
         return status, summary
 
 
-def _loop(trainer: Trainer, writer: RunWriter | None, progress: Progress | None, start: int,
-          history: History, stop: Stop) -> tuple[str, dict[str, Any]]:
-    dist, device = trainer.dist, trainer.device
-    t, log = trainer.config.train, trainer.config.log
-    run_log = RunLog(trainer, writer, progress, history)
+def _loop(live: list[LiveRun], start: int, stop: Stop, step_all: StepAll) -> None:
+    """Steps, evaluations, checkpoints and flushes of one run, or of a pack's runs in step (they share
+    `train` and `log`). Each run keeps its own log; a run leaves `live` as it ends (a diverged one at
+    once, the others at the end), its folder closed."""
+    first = live[0].trainer
+    t, dist, device = first.config.train, first.dist, first.device
+
+    def end(run: LiveRun, halted: bool) -> None:
+        status, summary = run.log.finish(start, halted)
+        live.remove(run)  # first: if closing fails, close_run has written the failure itself
+        run.close(status, summary)
 
     def flush(through: int) -> bool:
-        """Flush the run's log; True to stop (diverged, or a stop requested, on any rank)."""
-        run_log.flush(through)
-        return any_rank(run_log.diverged_step is not None or stop.requested, dist, device)
+        """Flush every run's log (a diverged run ends); True to stop: no run left, or a stop
+        requested, on any rank."""
+        for run in list(live):
+            run.log.flush(through)
+            if run.log.diverged_step is not None:
+                end(run, halted=False)
+        return any_rank(not live or stop.requested, dist, device)
 
     halted = False
     for step in range(start, t.steps):
+        # 1. checkpoint (after the steps before it are flushed: a diverged run writes none)
         if step > start and t.checkpoint_every and step % t.checkpoint_every == 0:
             if halted := flush(step - 1):
                 break
-            if writer:
-                save_state(writer, CHECKPOINT, trainer.checkpoint(step))
+            for run in live:
+                if run.writer:
+                    save_state(run.writer, CHECKPOINT, run.trainer.checkpoint(step))
+        # 2. evaluate on the validation batches (and score translations), on the main rank
         if step % t.eval_every == 0:
             if halted := flush(step - 1):
                 break
             if dist.main:
-                history.val_losses[step] = trainer.evaluate()
+                for run in live:
+                    run.history.val_losses[step] = run.trainer.evaluate()
         if t.eval_bleu_every and step % t.eval_bleu_every == 0 and dist.main:
-            history.scores[step] = training_scores(trainer.model, trainer.data, t.seq_len)
-        if dist.main:  # the probes that run on the fixed validation batch, outside the training step
-            run_log.extra += trainer.val_probes(step)
-        loss, reading, norm = trainer.step(step)
-        run_log.pending.append((step, loss, reading, norm))
-        history.steps_done = step + 1
-        # Under torchrun every rank must reach the same flushes (they agree there on stopping).
-        due = len(run_log.pending) >= log.loss_every or (stop.requested and dist.world_size == 1)
+            for run in live:
+                run.history.scores[step] = training_scores(run.trainer.model, run.trainer.data, t.seq_len)
+        # 3. the probes that take forward passes of their own on the validation batch
+        if dist.main:
+            for run in live:
+                run.log.extra += run.trainer.val_probes(step)
+        # 4. the training step; its loss and readings stay on the device until the flush
+        for run, result in zip(live, step_all([run.trainer for run in live], step)):
+            run.log.pending.append((step, *result))
+            run.history.steps_done = step + 1
+        # 5. flush every loss_every steps (under torchrun every rank reaches the same flushes and
+        #    agrees there on stopping; alone, a stop request flushes at once)
+        due = len(live[0].log.pending) >= first.config.log.loss_every or \
+            (stop.requested and dist.world_size == 1)
         if due and (halted := flush(step)):
             break
-    if not halted:
-        halted = flush(history.steps_done - 1)
-    return run_log.finish(start, halted)
+    if not halted and live:
+        halted = flush(live[0].history.steps_done - 1)
+    for run in list(live):
+        end(run, halted)
 
 
 def final_measures(final_val_loss: float | None, data: Data, history: History) -> dict[str, Any]:
