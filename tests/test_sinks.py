@@ -184,3 +184,22 @@ def test_resumed_run_hides_the_redone_steps(tmp_path, write_config):
     run = load_run(outcome.path)
     assert run.status == "completed"
     assert_events_match(run.path / "tb", run)
+
+
+def test_packed_runs_write_their_tensorboard_events(tmp_path):
+    """A pack's cells open their sinks as runs alone do: each cell's events equal its jsonl files."""
+    from lnexp.config import validate
+    from lnexp.pack import train_pack
+
+    def cell(seed: int):
+        return validate({"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16},
+                         "data": {"source": "synthetic", "task": "copy", "vocab_size": 16},
+                         "train": {"steps": 10, "batch_size": 4, "seq_len": 16, "eval_every": 5,
+                                   "seed": seed},
+                         "log": {"tensorboard": True, "grad_every": 5, "loss_every": 5,
+                                 "probes": ["grad", "act"]},
+                         "run": {"name": f"c{seed}", "dir": str(tmp_path)}})
+
+    assert [o.status for o in train_pack([cell(0), cell(1)], ["t", "t"], [["t"], ["t"]])] == ["completed"] * 2
+    for seed in (0, 1):
+        assert_events_match(tmp_path / f"c{seed}" / "tb", load_run(tmp_path / f"c{seed}"))
