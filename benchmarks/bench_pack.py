@@ -7,6 +7,11 @@ cells. Both ways run the real per-cell machinery (`Trainer.step`, `Pack.step`: b
 schedule; no probes, no folders), in alternating rounds of ROUND steps, so that a noisy shared
 machine slows both alike; the ratio of their medians is what counts.
 
+A third way bounds what any packing could gain here: one model (of the same shape) trained on the M
+cells' batches as one batch of M x 16 sequences. It does the pack's arithmetic with none of its
+per-cell work (no vmap, no per-cell weights or optimisers), so packed / one by one can hardly pass
+its ratio: where that ceiling is below a target, no way of packing reaches the target on this machine.
+
     python benchmarks/bench_pack.py                   # M = 1, 4, 8, 16 on the CPU
     python benchmarks/bench_pack.py --profile 8       # where a packed step of M = 8 spends its time
     python benchmarks/bench_pack.py --scale small     # the small shape (on a GPU when there is one)
@@ -48,36 +53,46 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(scale: str, m: int, rounds: int) -> tuple[float, float, float]:
-    """Median tokens/s (all cells together) of M cells packed, and of the same cells one by one, and
-    the median over rounds of each round's ratio (a round's two halves run back to back, so the
-    machine's drift between rounds cancels)."""
+WAYS = ("packed", "alone", "one model")
+
+
+def measure(scale: str, m: int, rounds: int) -> dict[str, float]:
+    """Median tokens/s (all cells together) of M cells packed, of the same cells one by one and of one
+    model on their M batches at once; and the medians over rounds of each round's ratios to "one by
+    one" (a round's parts run back to back, so the machine's drift between rounds cancels)."""
     configs = cell_configs(scale, m)
     data = load_data(configs[0].data)
     device = torch.device(configs[0].train.device)
     packed_trainers = [Trainer(c, data, device) for c in configs]
     alone_trainers = [Trainer(c, data, device) for c in configs]
+    raw = configs[0].to_dict()
+    raw["train"]["batch_size"] *= m
+    one_model = Trainer(validate(raw, source="bench_pack"), data, device)
     pack = Pack(packed_trainers)
     t = configs[0].train
     tokens = m * ROUND * t.batch_size * t.seq_len
-    speeds: dict[str, list[float]] = {"packed": [], "alone": []}
+    speeds: dict[str, list[float]] = {way: [] for way in WAYS}
     step = 0
-    for r in range(rounds + 1):  # round 0 warms up both
-        for way in ("packed", "alone") if r % 2 else ("alone", "packed"):  # neither always goes first
+    for r in range(rounds + 1):  # round 0 warms up every way
+        for way in WAYS[r % 3:] + WAYS[:r % 3]:  # no way always goes first
             sync()
             began = time.perf_counter()
             for s in range(step, step + ROUND):
                 if way == "packed":
                     pack.step(packed_trainers, s)
-                else:
+                elif way == "alone":
                     for trainer in alone_trainers:
                         trainer.step(s)
+                else:
+                    one_model.step(s)
             sync()
             if r:
                 speeds[way].append(tokens / (time.perf_counter() - began))
         step += ROUND
-    ratios = [p / a for p, a in zip(speeds["packed"], speeds["alone"])]
-    return statistics.median(speeds["packed"]), statistics.median(speeds["alone"]), statistics.median(ratios)
+    result = {way: statistics.median(speeds[way]) for way in WAYS}
+    for way in ("packed", "one model"):
+        result[f"{way} / alone"] = statistics.median(x / a for x, a in zip(speeds[way], speeds["alone"]))
+    return result
 
 
 def profile(scale: str, m: int) -> None:
@@ -107,11 +122,13 @@ def main() -> None:
         return
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} threads"
     print(f"{args.scale} shape, {device}; tokens/s of all M cells, median of {args.rounds} rounds of "
-          f"{ROUND} steps")
-    print(f"{'M':>3} {'packed':>10} {'one by one':>11} {'ratio (median of rounds)':>25}")
+          f"{ROUND} steps; ratios: medians of the rounds' ratios")
+    print("| M | packed | one by one | one model, M batches | packed / one by one | ceiling: one model / "
+          "one by one |\n| --- | --- | --- | --- | --- | --- |")
     for m in args.cells:
-        packed, alone, ratio = measure(args.scale, m, args.rounds)
-        print(f"{m:>3} {packed:>10.0f} {alone:>11.0f} {ratio:>24.2f}x", flush=True)
+        r = measure(args.scale, m, args.rounds)
+        print(f"| {m} | {r['packed']:,.0f} | {r['alone']:,.0f} | {r['one model']:,.0f} | "
+              f"{r['packed / alone']:.2f}x | {r['one model / alone']:.2f}x |", flush=True)
     print(f"target: >= {TARGET_M8[args.scale]}x at M = 8")
 
 

@@ -297,10 +297,12 @@ def versus_nanogpt(rounds: int) -> dict[str, Any]:
     lnexp_config = validate({"model": m}).model
     nano_config = GPTConfig(block_size=m["max_seq_len"], vocab_size=256, n_layer=m["n_layers"],
                             n_head=m["n_heads"], n_embd=m["d_model"], dropout=0.0, bias=True)
-    steps = (rounds + 2) * SEGMENT
-    runner = Interleaved({"nanoGPT GPT": functools.partial(bare_loop, lambda: GPT(nano_config), steps=steps),
+    # nanoGPT runs rounds + 2 segments, lnexp rounds + 1 (one warm-up each): a loop with a segment
+    # more than it is given turns for never ends (its thread waits for a turn, and `finish` for it)
+    runner = Interleaved({"nanoGPT GPT": functools.partial(bare_loop, lambda: GPT(nano_config),
+                                                           steps=(rounds + 2) * SEGMENT),
                           "lnexp": functools.partial(bare_loop, lambda: TransformerLM(lnexp_config, 256),
-                                                     steps=steps)})
+                                                     steps=(rounds + 1) * SEGMENT)})
     for _ in range(rounds + 1):
         runner.give_turn("nanoGPT GPT")
         runner.give_turn("lnexp")
