@@ -89,8 +89,6 @@ def unpackable(config: Config) -> str | None:
         return "model.dropout: vmap would draw other dropout masks than the cell alone"
     if config.train.compile:
         return "train.compile"
-    if config.train.eval_bleu_every:
-        return "train.eval_bleu_every: the packed loop does not score translations"
     return None
 
 

@@ -19,7 +19,8 @@ BASE = {
     "log": {"grad_every": 5, "loss_every": 4, "probes": ALL_PROBES, "output_change_steps": [0, 10],
             "ablation_steps": [0, 10]},
 }
-ENCDEC = {"model": {"arch": "encoder_decoder"}, "data": {"source": "seq2seq", "task": "reverse"}}
+ENCDEC = {"model": {"arch": "encoder_decoder"}, "data": {"source": "seq2seq", "task": "reverse"},
+          "train": {"eval_bleu_every": 10}}
 
 
 def config(tmp: Path, name: str, **sections: dict):
@@ -76,7 +77,8 @@ def test_packed_cells_match_the_same_cells_alone(tmp_path, layout):
         alone_metrics, alone_probes = values(Path(a.run.dir) / a.run.name)
         assert [m["step"] for m in packed_metrics] == [m["step"] for m in alone_metrics]
         for p, q in zip(packed_metrics, alone_metrics):
-            for key in ("loss", "val_loss", "lr", "grad_norm_total"):
+            assert p.keys() == q.keys()
+            for key in ("loss", "val_loss", "lr", "grad_norm_total", "bleu", "chrf"):
                 assert close(p.get(key), q.get(key)), (c.run.name, p["step"], key, p.get(key), q.get(key))
         assert packed_probes.keys() == alone_probes.keys()
         assert {k[1] for k in packed_probes} >= {"grad", "act", "update", "adam_v_q50", "output_change",
