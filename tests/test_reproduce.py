@@ -8,19 +8,9 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.config import dump_yaml
-from lnexp.reproduce import SCALES, engine, reproduce
+from lnexp.reproduce import SCALES, engine, reproduce, suites
 from lnexp.reproduce.engine import SuiteRuns, cell_config, make_cells
-from lnexp.reproduce.suites import (
-    SUITES,
-    depth,
-    feature_dimension,
-    gpt2,
-    layouts,
-    radam,
-    stability_map,
-    xiong_init,
-    xiong_warmup,
-)
+from lnexp.reproduce.suites import SUITES
 from lnexp.reproduce.verdicts import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -50,14 +40,14 @@ TEST = dataclasses.replace(
           "train": {"steps": 1, "batch_size": 8, "seq_len": 16, "eval_every": 1, "eval_batches": 1},
           "log": {"grad_every": 1, "loss_every": 1}},
     seeds=2, init_seeds=2, warmup=2, suite_params={
-        "xiong2020-init": xiong_init.Params(depths=(1, 2, 4), figure3_depth=2),
-        "xiong2020-warmup": xiong_warmup.Params(lrs=(1e-3, 1e-2)),
-        "radam": radam.Params(lrs=(1e-3, 1e-2)),
-        "depth": depth.Params(depths=(1, 2), lr=3e-3),
-        "stability-map": stability_map.Params(depths=(1, 2), lrs=(1e-3, 1e-2)),
-        "gpt2-scaling": gpt2.Params(depth=2, lr=3e-3),
-        "layouts": layouts.Params(depth=2, seeds=2, lrs=(1e-3, 1e-2)),
-        "feature-dimension": feature_dimension.Params(layouts=("post", "pre"), depths=(1, 2, 4), lr=3e-3)})
+        "xiong2020-init": suites.xiong_init.Params(depths=(1, 2, 4), figure3_depth=2),
+        "xiong2020-warmup": suites.xiong_warmup.Params(lrs=(1e-3, 1e-2)),
+        "radam": suites.radam.Params(lrs=(1e-3, 1e-2)),
+        "depth": suites.depth.Params(depths=(1, 2), lr=3e-3),
+        "stability-map": suites.stability_map.Params(depths=(1, 2), lrs=(1e-3, 1e-2)),
+        "gpt2-scaling": suites.gpt2.Params(depth=2, lr=3e-3),
+        "layouts": suites.layouts.Params(depth=2, seeds=2, lrs=(1e-3, 1e-2)),
+        "feature-dimension": suites.feature_dimension.Params(("post", "pre"), depths=(1, 2, 4), lr=3e-3)})
 
 
 # --- verdict rules on plain numbers ----------------------------------------------------------------

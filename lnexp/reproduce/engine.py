@@ -39,70 +39,54 @@ class Scale:
     suite_params: Mapping[str, Any] = field(default_factory=dict)  # suite name -> its parameters
 
 
-def _bases(model: dict[str, Any], max_bytes: int, steps: int, batch_size: int, eval_every: int,
-           eval_batches: int, grad_every: int, loss_every: int, init_model: dict[str, Any] | None = None
-           ) -> dict[str, dict[str, Any]]:
-    """A scale's `train` and `init` base configs: training windows of the model's max_seq_len on the
-    stdlib corpus, Adam, no warm-up, linear decay; the init cells one step on one batch of 64 windows
-    of `init_model` (default: the same model)."""
-    init_model = init_model or model
-    data = {"source": "stdlib", "max_bytes": max_bytes}
+def _scale(name: str, d_model: int, seq_len: int, corpus_bytes: int, steps: int, batch_size: int,
+           eval_every: int, eval_batches: int, grad_every: int, loss_every: int, warmup: int, paper_gap: str,
+           init_d_model: int | None = None, init_seq_len: int | None = None, note: str = "") -> Scale:
+    """A scale of 6-layer, 4-head models with d_ff = 4·d_model on the stdlib corpus: training cells
+    Adam, no warm-up (unless a suite's cell asks for it), linear decay; initialisation cells one step on
+    one batch of 64 windows (of their own model, d_model 64 at `tiny`). The description says the same,
+    from the same numbers; `note` ends it."""
+    init_d_model, init_seq_len = init_d_model or d_model, init_seq_len or seq_len
+    data = {"source": "stdlib", "max_bytes": corpus_bytes}
+    size = f"{corpus_bytes // 10**6} MB" if corpus_bytes >= 10**6 else f"{corpus_bytes // 1000} kB"
 
-    def base(model: dict[str, Any], train: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
-        return {"model": model, "data": data, "optim": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.98]},
-                "schedule": {"warmup_steps": 0, "decay": "linear"}, "train": {**train, "device": "auto"},
-                "log": log}
+    def base(d: int, seq: int, train: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
+        return {"model": {"n_layers": 6, "d_model": d, "n_heads": 4, "d_ff": 4 * d, "max_seq_len": seq},
+                "data": data, "optim": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.98]},
+                "schedule": {"warmup_steps": 0, "decay": "linear"},
+                "train": {**train, "seq_len": seq, "device": "auto"}, "log": log}
 
-    return {
-        "train": base(model, {"steps": steps, "batch_size": batch_size, "seq_len": model["max_seq_len"],
-                              "eval_every": eval_every, "eval_batches": eval_batches},
-                      {"grad_every": grad_every, "loss_every": loss_every}),
-        "init": base(init_model, {"steps": 1, "batch_size": 64, "seq_len": init_model["max_seq_len"],
-                                  "eval_every": 1, "eval_batches": 1}, {"grad_every": 1, "loss_every": 1}),
-    }
+    return Scale(
+        name,
+        f"d_model {d_model}, 4 heads, d_ff {4 * d_model}, byte-level Python stdlib ({size}), {steps} steps "
+        f"of {batch_size} × {seq_len} tokens, linear decay; initialisation cells "
+        + (f"d_model {init_d_model}, " if init_d_model != d_model else "")
+        + f"one batch of 64 × {init_seq_len}{note}",
+        train=base(d_model, seq_len, {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+                                      "eval_batches": eval_batches},
+                   {"grad_every": grad_every, "loss_every": loss_every}),
+        init=base(init_d_model, init_seq_len,
+                  {"steps": 1, "batch_size": 64, "eval_every": 1, "eval_batches": 1},
+                  {"grad_every": 1, "loss_every": 1}),
+        seeds=2, init_seeds=3, warmup=warmup, margin=0.25, paper_gap=paper_gap)
 
 
-def _model(d_model: int, max_seq_len: int) -> dict[str, Any]:
-    return {"n_layers": 6, "d_model": d_model, "n_heads": 4, "d_ff": 4 * d_model, "max_seq_len": max_seq_len}
-
-
-TINY = Scale(
-    name="tiny",
-    description="d_model 32, 4 heads, d_ff 128, byte-level Python stdlib (300 kB), 150 steps of "
-                "16 × 32 tokens, linear decay; initialisation cells d_model 64, one batch of 64 × 64",
-    **_bases(_model(32, 32), 300_000, steps=150, batch_size=16, eval_every=50, eval_batches=4, grad_every=50,
-             loss_every=10, init_model=_model(64, 64)),
-    seeds=2, init_seeds=3, warmup=50, margin=0.25,
-    paper_gap="the tiny scale is ~10⁴ times smaller than the papers' models (d_model 32 against 512, "
-              "150 steps against tens of thousands, a 300 kB byte-level corpus, a decoder-only LM "
-              "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
-)
-
-CPU = Scale(
-    name="cpu",
-    description="d_model 128, 4 heads, d_ff 512, byte-level Python stdlib (1 MB), 400 steps of "
-                "32 × 64 tokens, linear decay; initialisation cells one batch of 64 × 64. The largest "
-                "setting whose `all` fits in about an hour on 2 CPU cores",
-    **_bases(_model(128, 64), 1_000_000, steps=400, batch_size=32, eval_every=100, eval_batches=4,
-             grad_every=100, loss_every=20),
-    seeds=2, init_seeds=3, warmup=100, margin=0.25,
-    paper_gap="the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
-              "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
-              "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
-)
-
-SMALL = Scale(
-    name="small",
-    description="d_model 256, 4 heads, d_ff 1024, byte-level Python stdlib (4 MB), 1000 steps of "
-                "32 × 128 tokens, linear decay; initialisation cells one batch of 64 × 128. Sized for "
-                "one GPU (used when present)",
-    **_bases(_model(256, 128), 4_000_000, steps=1000, batch_size=32, eval_every=100, eval_batches=10,
-             grad_every=100, loss_every=20),
-    seeds=2, init_seeds=3, warmup=200, margin=0.25,
-    paper_gap="the small scale is still far smaller than the papers' models (d_model 256 against 512, "
-              "1000 steps, a 4 MB byte-level corpus, a decoder-only LM where Xiong et al. and Wang et "
-              "al. train encoder-decoders on translation)",
-)
+TINY = _scale("tiny", 32, 32, 300_000, steps=150, batch_size=16, eval_every=50, eval_batches=4, grad_every=50,
+              loss_every=10, warmup=50, init_d_model=64, init_seq_len=64, paper_gap=(
+                  "the tiny scale is ~10⁴ times smaller than the papers' models (d_model 32 against 512, 150 "
+                  "steps against tens of thousands, a 300 kB byte-level corpus, a decoder-only LM where "
+                  "Xiong et al. and Wang et al. train encoder-decoders on translation)"))
+CPU = _scale("cpu", 128, 64, 1_000_000, steps=400, batch_size=32, eval_every=100, eval_batches=4,
+             grad_every=100, loss_every=20, warmup=100, note=". The largest setting whose `all` fits in "
+             "about an hour on 2 CPU cores", paper_gap=(
+                 "the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
+                 "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
+                 "where Xiong et al. and Wang et al. train encoder-decoders on translation)"))
+SMALL = _scale("small", 256, 128, 4_000_000, steps=1000, batch_size=32, eval_every=100, eval_batches=10,
+               grad_every=100, loss_every=20, warmup=200, note=". Sized for one GPU (used when present)",
+               paper_gap=("the small scale is still far smaller than the papers' models (d_model 256 against "
+                          "512, 1000 steps, a 4 MB byte-level corpus, a decoder-only LM where Xiong et al. "
+                          "and Wang et al. train encoder-decoders on translation)"))
 
 SCALES = {"tiny": TINY, "cpu": CPU, "small": SMALL}
 

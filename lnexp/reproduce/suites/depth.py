@@ -10,17 +10,8 @@ from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
 from lnexp.reproduce.report import Analysis, Figure
-from lnexp.reproduce.suites.common import (
-    POST_PRE,
-    Suite,
-    converge_definition,
-    loss_definition,
-    model_norm,
-    n_layers,
-    optim_lr,
-    settings_table,
-    warmup_steps,
-)
+from lnexp.reproduce.suites import common
+from lnexp.reproduce.suites.common import POST_PRE, Suite, model_norm, n_layers, optim_lr, warmup_steps
 from lnexp.reproduce.verdicts import Threshold, above, check, deepest
 from lnexp.stability import depth_axis
 
@@ -78,7 +69,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
               seeds),
     ]
     definitions = [
-        loss_definition(), converge_definition(ctx),
+        common.loss_definition(), common.converge_definition(ctx),
         f"Both layouts with the same recipe, as in Wang et al.: Adam, lr {ctx.params.lr:g}, warm-up "
         f"{scale.warmup} steps, {scale.train['train']['steps']} steps; depths {depth_text}. The control "
         "row checks that Post-LN's failures come with depth, not at every depth.",
@@ -108,7 +99,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
             for n in depths for norm in POST_PRE]
     return Analysis(verdicts, definitions, [
         Figure("loss_vs_depth.png", "Final validation loss against depth, one line per seed", draw)],
-        [settings_table(ctx, rows, ["layout", "depth"])])
+        [common.settings_table(ctx, rows, ["layout", "depth"])])
 
 
 SUITE = Suite("depth", "Pre-LN trains deeper stacks than Post-LN",

@@ -15,15 +15,8 @@ from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import Grid, Scale, Spec, SuiteRuns, cell_config, final_loss, per_seed
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm, num
-from lnexp.reproduce.suites import stability_map
-from lnexp.reproduce.suites.common import (
-    Suite,
-    converge_definition,
-    model_norm,
-    n_layers,
-    optim_lr,
-    trend_word,
-)
+from lnexp.reproduce.suites import common, stability_map
+from lnexp.reproduce.suites.common import Suite, model_norm, n_layers, optim_lr, trend_word
 from lnexp.reproduce.verdicts import (
     Threshold,
     above,
@@ -196,7 +189,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     ratio_step = lrs[1] / lrs[0] if len(lrs) > 1 else 1
     train_cfg, init_cfg = (cell_config(scale, Spec(family, (), 0)) for family in ("train", "init"))
     definitions = [
-        converge_definition(ctx, seeds),
+        common.converge_definition(ctx, seeds),
         "**largest converging lr**: the largest learning rate of the stability map's grid "
         + ", ".join(f"{lr:g}" for lr in lrs) + f" (one grid step = ×{ratio_step:.3g}) at which the run "
         "converges; \"none\" (one step below the grid) if none does. Per layout and seed.",

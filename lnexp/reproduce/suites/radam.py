@@ -6,19 +6,8 @@ from dataclasses import dataclass
 
 from lnexp.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
 from lnexp.reproduce.report import Analysis, Figure
-from lnexp.reproduce.suites import xiong_warmup
-from lnexp.reproduce.suites.common import (
-    MARGIN_LOSS,
-    POST,
-    RADAM,
-    Suite,
-    converge_definition,
-    curves_figure,
-    loss_definition,
-    optim_lr,
-    settings_table,
-    warmup_steps,
-)
+from lnexp.reproduce.suites import common, xiong_warmup
+from lnexp.reproduce.suites.common import MARGIN_LOSS, POST, RADAM, Suite, optim_lr, warmup_steps
 from lnexp.reproduce.verdicts import above, below, check, difference
 
 
@@ -58,7 +47,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         rows += [([label, f"{lr:g}"], runs) for label, runs in settings]
     beta2 = scale.train["optim"]["betas"][1]
     definitions = [
-        loss_definition(), converge_definition(ctx),
+        common.loss_definition(), common.converge_definition(ctx),
         f"All runs Post-LN, β = (0.9, {beta2:g}), {scale.train['train']['steps']} steps, linear decay. "
         f"`torch.optim.RAdam` takes SGD-with-momentum steps while ρ_t ≤ 5; its implicit warm-up is about "
         f"2/(1 − β2) = {2 / (1 - beta2):.0f} steps (Ma & Yarats 2019), to compare with the explicit "
@@ -66,8 +55,8 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     ]
     return Analysis(verdicts, definitions, [
         Figure("loss_curves.png", "Post-LN without warm-up: Adam against RAdam, and Adam with warm-up",
-               curves_figure(ctx, panels))],
-        [settings_table(ctx, rows, ["optimiser", "lr"])])
+               common.curves_figure(ctx, panels))],
+        [common.settings_table(ctx, rows, ["optimiser", "lr"])])
 
 
 SUITE = Suite(

@@ -12,17 +12,8 @@ from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm
-from lnexp.reproduce.suites.common import (
-    POST,
-    PRE,
-    PRE_GPT2,
-    RADAM,
-    Suite,
-    converge_definition,
-    n_layers,
-    optim_lr,
-    warmup_steps,
-)
+from lnexp.reproduce.suites import common
+from lnexp.reproduce.suites.common import POST, PRE, PRE_GPT2, RADAM, Suite, n_layers, optim_lr, warmup_steps
 from lnexp.reproduce.verdicts import above, check, difference
 from lnexp.stability import largest_index, largest_lr_panel
 
@@ -92,7 +83,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     ]
     ratio = lrs[1] / lrs[0] if len(lrs) > 1 else 1
     definitions = [
-        converge_definition(ctx),
+        common.converge_definition(ctx),
         "**largest stable lr**: the largest learning rate of the grid " + ", ".join(f"{lr:g}" for lr in lrs)
         + f" (one grid step = ×{ratio:.3g}) at which the run converges; \"none\" (one step below the "
         "grid) if none does. Measured per layout, depth and seed.",

@@ -10,18 +10,8 @@ from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
 from lnexp.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
 from lnexp.reproduce.report import Analysis, Figure
-from lnexp.reproduce.suites.common import (
-    MARGIN_LOSS,
-    POST,
-    PRE,
-    Suite,
-    converge_definition,
-    curves_figure,
-    loss_definition,
-    optim_lr,
-    settings_table,
-    warmup_steps,
-)
+from lnexp.reproduce.suites import common
+from lnexp.reproduce.suites.common import MARGIN_LOSS, POST, PRE, Suite, optim_lr, warmup_steps
 from lnexp.reproduce.verdicts import above, below, check, difference
 from lnexp.runs import Run
 
@@ -76,7 +66,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         panels.append((f"lr {lr:g}", settings))
         rows += [([label, f"{lr:g}"], runs) for label, runs in settings]
     definitions = [
-        loss_definition(), converge_definition(ctx),
+        common.loss_definition(), common.converge_definition(ctx),
         f"Settings: Adam β = (0.9, 0.98), {scale.train['train']['steps']} steps, linear decay to 0 "
         f"after a linear warm-up of {scale.warmup} steps (or none), learning rates "
         + ", ".join(f"{lr:g}" for lr in ctx.params.lrs) + " (the paper used 5e-4 and 1e-3 with 4000 "
@@ -86,8 +76,8 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     ]
     return Analysis(verdicts, definitions, [
         Figure("loss_curves.png", "Figure 2 analogue: training loss (running mean over 10 steps, averaged "
-               "over seeds) and validation loss (dots)", curves_figure(ctx, panels))],
-        [settings_table(ctx, rows, ["setting", "lr"])])
+               "over seeds) and validation loss (dots)", common.curves_figure(ctx, panels))],
+        [common.settings_table(ctx, rows, ["setting", "lr"])])
 
 
 SUITE = Suite("xiong2020-warmup", "Post-LN needs warm-up; Pre-LN does not",
