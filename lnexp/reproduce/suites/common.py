@@ -47,7 +47,7 @@ class Suite:
         return [spec for specs in self.grid_at(scale).values() for spec in specs]
 
 
-SUITES: dict[str, Suite] = {}  # in report order: the order the suites' modules register
+SUITES: dict[str, Suite] = {}  # in report order: lnexp/reproduce/suites/__init__.py registers them
 
 
 def register(suite: Suite) -> Suite:
