@@ -13,6 +13,7 @@ from lnexp.cli import app
 from lnexp.layouts import LAYOUTS, NORMS
 from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.reproduce import SCALES, reproduce
+from lnexp.reproduce.suites import layouts as layouts_suite
 
 PLUGIN = '''
 import torch
@@ -126,7 +127,8 @@ def test_the_layouts_suite_takes_a_plugin_layout(folder):
     model = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16}
     data = {"source": "synthetic", "task": "copy", "vocab_size": 16}
     scale = dataclasses.replace(
-        tiny, name="test", seeds=1, init_seeds=1, layout_seeds=1, layout_depth=2, map_lrs=(1e-3, 1e-2),
+        tiny, name="test", seeds=1, init_seeds=1,
+        suite_params={"layouts": layouts_suite.Params(depth=2, seeds=1, lrs=(1e-3, 1e-2))},
         train={"model": model, "data": data,
                "train": {"steps": 4, "batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 1},
                "log": {"grad_every": 2}},

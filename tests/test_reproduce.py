@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.config import dump_yaml
-from lnexp.reproduce import SCALES, reproduce
+from lnexp.reproduce import SCALES, engine, reproduce, suites
 from lnexp.reproduce.engine import SuiteRuns, cell_config, make_cells
 from lnexp.reproduce.suites import SUITES
 from lnexp.reproduce.verdicts import (
@@ -39,8 +39,15 @@ TEST = dataclasses.replace(
     init={"model": MODEL, "data": DATA,
           "train": {"steps": 1, "batch_size": 8, "seq_len": 16, "eval_every": 1, "eval_batches": 1},
           "log": {"grad_every": 1, "loss_every": 1}},
-    seeds=2, init_seeds=2, warmup=2, lrs=(1e-3, 1e-2), init_depths=(1, 2, 4), figure3_depth=2,
-    depths=(1, 2), map_depths=(1, 2), map_lrs=(1e-3, 1e-2), gpt2_depth=2, layout_depth=2, layout_seeds=2)
+    seeds=2, init_seeds=2, warmup=2, suite_params={
+        "xiong2020-init": suites.xiong_init.Params(depths=(1, 2, 4), figure3_depth=2),
+        "xiong2020-warmup": suites.xiong_warmup.Params(lrs=(1e-3, 1e-2)),
+        "radam": suites.radam.Params(lrs=(1e-3, 1e-2)),
+        "depth": suites.depth.Params(depths=(1, 2), lr=3e-3),
+        "stability-map": suites.stability_map.Params(depths=(1, 2), lrs=(1e-3, 1e-2)),
+        "gpt2-scaling": suites.gpt2.Params(depth=2, lr=3e-3),
+        "layouts": suites.layouts.Params(depth=2, seeds=2, lrs=(1e-3, 1e-2)),
+        "feature-dimension": suites.feature_dimension.Params(("post", "pre"), depths=(1, 2, 4), lr=3e-3)})
 
 
 # --- verdict rules on plain numbers ----------------------------------------------------------------
@@ -78,8 +85,8 @@ def test_fits():
 
 def fake_runs(tmp_path, suite, make):
     """Write a fake run folder for every cell of `suite`; make(config) -> (status, val loss, probes)."""
-    specs = SUITES[suite].specs(TEST)
-    cells = make_cells(TEST, specs, tmp_path, None)
+    grid = SUITES[suite].grid_at(TEST)
+    cells = make_cells(TEST, [s for specs in grid.values() for s in specs], tmp_path, None)
     for cell in {id(c): c for c in cells.values()}.values():
         status, loss, probes = make(cell.config)
         cell.path.mkdir(parents=True, exist_ok=True)
@@ -89,7 +96,7 @@ def fake_runs(tmp_path, suite, make):
         (cell.path / "metrics.jsonl").write_text(
             "".join(json.dumps({"step": s, "loss": loss, "val_loss": loss}) + "\n" for s in (0, 3, 6)))
         (cell.path / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    return SUITES[suite].analyse(SuiteRuns(TEST, cells))
+    return SUITES[suite].analyse(SuiteRuns(suite, TEST, SUITES[suite].params_at(TEST), grid, cells))
 
 
 def init_probes(post_exponent, pre_exponent, pre_flat=False, seed_flip=None, encdec_flat=False):
@@ -330,6 +337,45 @@ def test_every_suite_builds_valid_distinct_cells_at_both_scales(tmp_path, name):
         configs = {(s.family, json.dumps(cell_config(scale, s).to_dict(), sort_keys=True)) for s in specs}
         assert len(paths) == len(configs)  # one folder per distinct config, shared across suites
         assert all(c.config.run.name == c.name == c.path.name for c in cells.values())
+
+
+class ReadingRuns(SuiteRuns):
+    """SuiteRuns that notes every grid key the analysis asks for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_every_analysis_reads_its_runs_through_its_grid_and_reads_every_cell(monkeypatch, tmp_path, name):
+    # no run folders: every run is None, and a key the grid does not declare is a KeyError
+    monkeypatch.setattr(engine, "unigram_val_loss", lambda config: 5.0)
+    suite = SUITES[name]
+    for scale in SCALES.values():
+        grid = suite.grid_at(scale)
+        runs = ReadingRuns(name, scale, suite.params_at(scale), grid, {})
+        analysis = suite.analyse(runs)
+        assert analysis.verdicts and {v.verdict for v in analysis.verdicts} == {INCONCLUSIVE}
+        assert runs.read == set(grid), f"{name} at {scale.name} trains cells it never reads"
+
+
+def test_a_key_the_grid_does_not_declare_is_an_error_not_a_missing_run():
+    suite = SUITES["xiong2020-warmup"]
+    runs = SuiteRuns(suite.name, TEST, suite.params_at(TEST), suite.grid_at(TEST), {})
+    assert runs["post", 1e-2] == [None, None]  # declared, not run yet
+    with pytest.raises(KeyError, match=r"xiong2020-warmup: its grid declares no cell \('post', 0.003\)"):
+        runs["post", 3e-3]
+
+
+def test_a_custom_scale_names_the_suite_whose_parameters_it_lacks():
+    bare = dataclasses.replace(TEST, name="bare", suite_params={})
+    with pytest.raises(KeyError, match="suite depth has no parameters for scale 'bare'"):
+        SUITES["depth"].specs(bare)
 
 
 def feature_probes(rank_rises: bool, pre_shielded: bool):

@@ -22,10 +22,10 @@ from typing import Any
 
 from lnexp import __version__
 from lnexp.errors import LnexpError
-from lnexp.reproduce import features  # noqa: F401 (registers the feature-dimension suite)
-from lnexp.reproduce.engine import SCALES, Scale, SuiteRuns, customised, make_cells
+from lnexp.reproduce.engine import SCALES, Scale, SuiteRuns, make_cells, with_plugins_in_cells
 from lnexp.reproduce.report import md_table, write_report
 from lnexp.reproduce.suites import SUITES
+from lnexp.reproduce.suites.layouts import choose_layouts
 from lnexp.reproduce.verdicts import Verdict, usable
 from lnexp.runs import now
 from lnexp.sweep import Cell, Event, Interrupted, Plan, execute, is_finished, plan, threads_per_job
@@ -67,11 +67,13 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     many (lnexp.pack); None: where measured faster here."""
     if suite not in suite_names():
         raise ValueError(f"unknown suite {suite!r}")
-    scale = customised(SCALES[scale] if isinstance(scale, str) else scale, plugins, layouts)
+    scale = with_plugins_in_cells(SCALES[scale] if isinstance(scale, str) else scale, plugins)
+    scale = choose_layouts(scale, layouts)  # after the plugins: they may register layouts
     out = Path(out) if out is not None else Path("runs") / f"reproduce-{scale.name}"
     names = list(SUITES) if suite == "all" else [suite]
     start = time.perf_counter()
-    specs = {name: SUITES[name].specs(scale) for name in names}
+    grids = {name: SUITES[name].grid_at(scale) for name in names}
+    specs = {name: [s for group in grid.values() for s in group] for name, grid in grids.items()}
     cells = make_cells(scale, [s for group in specs.values() for s in group], out,
                        threads or threads_per_job(jobs), sets)
     unique = list({id(c): c for c in cells.values()}.values())
@@ -100,7 +102,8 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
         return Reproduction({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
     reports, verdicts = {}, {}
     for name in names:
-        ctx = SuiteRuns(scale, {s: cells[s] for s in specs[name]}, sets)
+        ctx = SuiteRuns(name, scale, SUITES[name].params_at(scale), grids[name],
+                        {s: cells[s] for s in specs[name]}, sets)
         analysis = SUITES[name].analyse(ctx)
         mark_missing(analysis.verdicts, list({id(c): c for c in ctx.cells.values()}.values()))
         header = _header(name, scale, ctx, jobs, wall, len(work.todo), suite, out, sets)

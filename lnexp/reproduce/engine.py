@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lnexp.config import Config, ConfigError, ModelConfig, apply_sets, set_key, validate, with_plugins
-from lnexp.layouts import DEFAULT_NORM, LAYOUTS, NORMS, POST, PRE
+from lnexp.layouts import DEFAULT_NORM, LAYOUTS, NORMS
 from lnexp.recipes import DEFAULT_RECIPE, RECIPES
 from lnexp.runs import Run, RunError, load_run
 from lnexp.sweep import Cell, value_text
@@ -23,8 +23,9 @@ from lnexp.sweep import Cell, value_text
 
 @dataclass(frozen=True)
 class Scale:
-    """Everything a suite needs to size its cells: `tiny` (minutes on a CPU), `cpu` (an hour on 2 CPU
-    cores), `small` (one GPU)."""
+    """What every suite sizes its cells from: `tiny` (minutes on a CPU), `cpu` (an hour on 2 CPU cores),
+    `small` (one GPU). A suite's own grid parameters (its depths, learning rates) live with the suite,
+    one set per scale name; `suite_params` replaces them (a custom scale's, `--layouts`)."""
 
     name: str
     description: str
@@ -32,127 +33,70 @@ class Scale:
     init: dict[str, Any]             # base config of the one-step initialisation cells
     seeds: int                       # seeds of training cells
     init_seeds: int                  # seeds of initialisation cells
-    warmup: int                      # warm-up steps where a layout uses warm-up
-    lrs: tuple[float, ...]           # xiong2020-warmup and radam
-    init_depths: tuple[int, ...]     # Theorem 1's depths
-    figure3_depth: int               # depth of Figure 3's per-layer profile
-    depths: tuple[int, ...]          # the depth suite
-    depth_lr: float
-    map_depths: tuple[int, ...]      # stability map
-    map_lrs: tuple[float, ...]
-    gpt2_depth: int
-    gpt2_lr: float
+    warmup: int                      # warm-up steps, wherever a suite's cell uses warm-up
     margin: float                    # "converges": final val loss below the unigram baseline − margin
     paper_gap: str = ""              # how far this is from the papers' settings
-    layout_depth: int = 6            # the layouts suite: its one (moderate) depth
-    layout_seeds: int = 2            # the layouts suite: seeds of its training cells
-    layouts: tuple[str, ...] = ()    # the layouts suite's layouts (`--layouts`); empty: every registered one
+    suite_params: Mapping[str, Any] = field(default_factory=dict)  # suite name -> its parameters
 
 
-def _base(model: dict, data: dict, train: dict, log: dict, optim: dict | None = None,
-          schedule: dict | None = None) -> dict[str, Any]:
-    optim = optim or {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.98]}
-    return {"model": model, "data": data, "optim": optim,
-            "schedule": schedule or {"warmup_steps": 0, "decay": "linear"}, "train": train, "log": log}
+def _scale(name: str, d_model: int, seq_len: int, corpus_bytes: int, steps: int, batch_size: int,
+           eval_every: int, eval_batches: int, grad_every: int, loss_every: int, warmup: int, paper_gap: str,
+           init_d_model: int | None = None, init_seq_len: int | None = None, note: str = "") -> Scale:
+    """A scale of 6-layer, 4-head models with d_ff = 4·d_model on the stdlib corpus: training cells
+    Adam, no warm-up (unless a suite's cell asks for it), linear decay; initialisation cells one step on
+    one batch of 64 windows (of their own model, d_model 64 at `tiny`). The description says the same,
+    from the same numbers; `note` ends it."""
+    init_d_model, init_seq_len = init_d_model or d_model, init_seq_len or seq_len
+    data = {"source": "stdlib", "max_bytes": corpus_bytes}
+    size = f"{corpus_bytes // 10**6} MB" if corpus_bytes >= 10**6 else f"{corpus_bytes // 1000} kB"
+
+    def base(d: int, seq: int, train: dict[str, Any], log: dict[str, Any]) -> dict[str, Any]:
+        return {"model": {"n_layers": 6, "d_model": d, "n_heads": 4, "d_ff": 4 * d, "max_seq_len": seq},
+                "data": data, "optim": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.98]},
+                "schedule": {"warmup_steps": 0, "decay": "linear"},
+                "train": {**train, "seq_len": seq, "device": "auto"}, "log": log}
+
+    return Scale(
+        name,
+        f"d_model {d_model}, 4 heads, d_ff {4 * d_model}, byte-level Python stdlib ({size}), {steps} steps "
+        f"of {batch_size} × {seq_len} tokens, linear decay; initialisation cells "
+        + (f"d_model {init_d_model}, " if init_d_model != d_model else "")
+        + f"one batch of 64 × {init_seq_len}{note}",
+        train=base(d_model, seq_len, {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+                                      "eval_batches": eval_batches},
+                   {"grad_every": grad_every, "loss_every": loss_every}),
+        init=base(init_d_model, init_seq_len,
+                  {"steps": 1, "batch_size": 64, "eval_every": 1, "eval_batches": 1},
+                  {"grad_every": 1, "loss_every": 1}),
+        seeds=2, init_seeds=3, warmup=warmup, margin=0.25, paper_gap=paper_gap)
 
 
-TINY = Scale(
-    name="tiny",
-    description="d_model 32, 4 heads, d_ff 128, byte-level Python stdlib (300 kB), 150 steps of "
-                "16 × 32 tokens, linear decay; initialisation cells d_model 64, one batch of 64 × 64",
-    train=_base({"n_layers": 6, "d_model": 32, "n_heads": 4, "d_ff": 128, "max_seq_len": 32},
-                {"source": "stdlib", "max_bytes": 300_000},
-                {"steps": 150, "batch_size": 16, "seq_len": 32, "eval_every": 50, "eval_batches": 4,
-                 "device": "auto"},
-                {"grad_every": 50, "loss_every": 10}),
-    init=_base({"n_layers": 6, "d_model": 64, "n_heads": 4, "d_ff": 256, "max_seq_len": 64},
-               {"source": "stdlib", "max_bytes": 300_000},
-               {"steps": 1, "batch_size": 64, "seq_len": 64, "eval_every": 1, "eval_batches": 1,
-                "device": "auto"},
-               {"grad_every": 1, "loss_every": 1}),
-    seeds=2, init_seeds=3, warmup=50, lrs=(3e-3, 1e-2), init_depths=(6, 12, 24), figure3_depth=6,
-    depths=(3, 6, 12, 24), depth_lr=3e-3, map_depths=(3, 6, 12), map_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
-    gpt2_depth=12, gpt2_lr=3e-3, margin=0.25, layout_depth=6, layout_seeds=1,
-    paper_gap="the tiny scale is ~10⁴ times smaller than the papers' models (d_model 32 against 512, "
-              "150 steps against tens of thousands, a 300 kB byte-level corpus, a decoder-only LM "
-              "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
-)
-
-CPU = Scale(
-    name="cpu",
-    description="d_model 128, 4 heads, d_ff 512, byte-level Python stdlib (1 MB), 400 steps of "
-                "32 × 64 tokens, linear decay; initialisation cells one batch of 64 × 64. The largest "
-                "setting whose `all` fits in about an hour on 2 CPU cores",
-    train=_base({"n_layers": 6, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 64},
-                {"source": "stdlib", "max_bytes": 1_000_000},
-                {"steps": 400, "batch_size": 32, "seq_len": 64, "eval_every": 100, "eval_batches": 4,
-                 "device": "auto"},
-                {"grad_every": 100, "loss_every": 20}),
-    init=_base({"n_layers": 6, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 64},
-               {"source": "stdlib", "max_bytes": 1_000_000},
-               {"steps": 1, "batch_size": 64, "seq_len": 64, "eval_every": 1, "eval_batches": 1,
-                "device": "auto"},
-               {"grad_every": 1, "loss_every": 1}),
-    seeds=2, init_seeds=3, warmup=100, lrs=(1e-3, 3e-3), init_depths=(6, 12, 24), figure3_depth=6,
-    depths=(6, 24), depth_lr=1e-3, map_depths=(3, 6), map_lrs=(1e-3, 3e-3),
-    gpt2_depth=12, gpt2_lr=1e-3, margin=0.25, layout_depth=6, layout_seeds=1,
-    paper_gap="the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
-              "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
-              "where Xiong et al. and Wang et al. train encoder-decoders on translation)",
-)
-
-SMALL = Scale(
-    name="small",
-    description="d_model 256, 4 heads, d_ff 1024, byte-level Python stdlib (4 MB), 1000 steps of "
-                "32 × 128 tokens, linear decay; initialisation cells one batch of 64 × 128. Sized for "
-                "one GPU (used when present)",
-    train=_base({"n_layers": 6, "d_model": 256, "n_heads": 4, "d_ff": 1024, "max_seq_len": 128},
-                {"source": "stdlib", "max_bytes": 4_000_000},
-                {"steps": 1000, "batch_size": 32, "seq_len": 128, "eval_every": 100, "eval_batches": 10,
-                 "device": "auto"},
-                {"grad_every": 100, "loss_every": 20}),
-    init=_base({"n_layers": 6, "d_model": 256, "n_heads": 4, "d_ff": 1024, "max_seq_len": 128},
-               {"source": "stdlib", "max_bytes": 4_000_000},
-               {"steps": 1, "batch_size": 64, "seq_len": 128, "eval_every": 1, "eval_batches": 1,
-                "device": "auto"},
-               {"grad_every": 1, "loss_every": 1}),
-    seeds=2, init_seeds=3, warmup=200, lrs=(5e-4, 1e-3), init_depths=(6, 12, 24, 48), figure3_depth=6,
-    depths=(6, 12, 24, 36), depth_lr=1e-3, map_depths=(6, 12, 24), map_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
-    gpt2_depth=24, gpt2_lr=1e-3, margin=0.25, layout_depth=12, layout_seeds=2,
-    paper_gap="the small scale is still far smaller than the papers' models (d_model 256 against 512, "
-              "1000 steps, a 4 MB byte-level corpus, a decoder-only LM where Xiong et al. and Wang et "
-              "al. train encoder-decoders on translation)",
-)
+TINY = _scale("tiny", 32, 32, 300_000, steps=150, batch_size=16, eval_every=50, eval_batches=4, grad_every=50,
+              loss_every=10, warmup=50, init_d_model=64, init_seq_len=64, paper_gap=(
+                  "the tiny scale is ~10⁴ times smaller than the papers' models (d_model 32 against 512, 150 "
+                  "steps against tens of thousands, a 300 kB byte-level corpus, a decoder-only LM where "
+                  "Xiong et al. and Wang et al. train encoder-decoders on translation)"))
+CPU = _scale("cpu", 128, 64, 1_000_000, steps=400, batch_size=32, eval_every=100, eval_batches=4,
+             grad_every=100, loss_every=20, warmup=100, note=". The largest setting whose `all` fits in "
+             "about an hour on 2 CPU cores", paper_gap=(
+                 "the cpu scale is still ~10³ times smaller than the papers' models (d_model 128 against "
+                 "512, 400 steps against tens of thousands, a 1 MB byte-level corpus, a decoder-only LM "
+                 "where Xiong et al. and Wang et al. train encoder-decoders on translation)"))
+SMALL = _scale("small", 256, 128, 4_000_000, steps=1000, batch_size=32, eval_every=100, eval_batches=10,
+               grad_every=100, loss_every=20, warmup=200, note=". Sized for one GPU (used when present)",
+               paper_gap=("the small scale is still far smaller than the papers' models (d_model 256 against "
+                          "512, 1000 steps, a 4 MB byte-level corpus, a decoder-only LM where Xiong et al. "
+                          "and Wang et al. train encoder-decoders on translation)"))
 
 SCALES = {"tiny": TINY, "cpu": CPU, "small": SMALL}
 
 
-def customised(scale: Scale, plugins: Sequence[str] = (), layouts: Sequence[str] = ()) -> Scale:
-    """The scale with `--plugin` files in every cell's config (so worker processes load them too) and
-    the layouts suite's `--layouts`; ConfigError names a bad one."""
+def with_plugins_in_cells(scale: Scale, plugins: Sequence[str] = ()) -> Scale:
+    """The scale with `--plugin` files in every cell's config (so worker processes load them too);
+    ConfigError names a bad one."""
     resolved = with_plugins({}, "--plugin", extra=list(plugins)).get("plugins", [])
-    unknown = [name for name in layouts if name not in LAYOUTS]
-    if unknown:
-        raise ConfigError(f"--layouts: unknown layout {unknown[0]!r}; registered: {', '.join(LAYOUTS)}")
-    return replace(scale, layouts=tuple(layouts), train={**scale.train, "plugins": resolved},
+    return replace(scale, train={**scale.train, "plugins": resolved},
                    init={**scale.init, "plugins": resolved})
-
-
-# GPT-2's layout and recipe: Pre-LN, its init (tied, learned positions) and its 1/√N residual scaling.
-PRE_GPT2 = {"model.norm": PRE.name, "model.init": "gpt2", "model.residual_scaling": "gpt2"}
-
-
-def stability_recipes(scale: Scale) -> dict[str, dict[str, Any]]:
-    """The five training recipes of the stability map (a layout, with or without warm-up, RAdam,
-    GPT-2's scaling), as overrides of the training base."""
-    post, pre = {"model.norm": POST.name}, {"model.norm": PRE.name}
-    return {
-        POST.name: post,
-        f"{POST.name}+warm-up": {**post, "schedule.warmup_steps": scale.warmup},
-        f"{POST.name}+RAdam": {**post, "optim.name": "radam"},
-        PRE.name: pre,
-        f"{PRE.name}+gpt2": PRE_GPT2,
-    }
 
 
 @dataclass(frozen=True)
@@ -169,6 +113,16 @@ class Spec:
         for part in parts:
             merged.update(part)
         return cls(family, tuple(sorted(merged.items())), seed)
+
+
+# A suite's grid: each cell key (a small tuple: (layout, depth), (setting, lr), ...) -> that cell's
+# spec, one per seed. The suite declares it once; its analysis reads the runs through the same keys.
+Grid = dict[Hashable, tuple[Spec, ...]]
+
+
+def per_seed(family: str, seeds: int, *parts: dict[str, Any]) -> tuple[Spec, ...]:
+    """One grid cell: the same overrides with seeds 0 .. seeds − 1."""
+    return tuple(Spec.of(family, seed, *parts) for seed in range(seeds))
 
 
 FIXED = ("run.", "train.seed")  # what a suite sets per cell: --set cannot change it
@@ -239,17 +193,26 @@ def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | N
 
 @dataclass
 class SuiteRuns:
-    """What an analysis reads: the runs of its cells, the unigram baseline, the scale."""
+    """What an analysis reads: the runs of its grid's cells (`runs[key]`, one per seed), the suite's
+    parameters, the unigram baseline, the scale."""
 
+    suite: str
     scale: Scale
+    params: Any                    # the suite's own parameters at this scale
+    grid: Grid
     cells: dict[Spec, Cell]
     sets: Sequence[str] = ()  # --set items every cell got
     _runs: dict[Spec, Run | None] = field(default_factory=dict)
     _baselines: dict[tuple[str, int], float] = field(default_factory=dict)
 
-    def run(self, family: str, seed: int, *parts: dict[str, Any]) -> Run | None:
-        """The run of this cell, or None if it has no readable folder."""
-        spec = Spec.of(family, seed, *parts)
+    def __getitem__(self, key: Hashable) -> list[Run | None]:
+        """The runs of the grid's cell `key`, one per seed (None: no readable folder). A key the grid
+        does not declare is a KeyError, not a missing run: a typo must not turn a verdict inconclusive."""
+        if key not in self.grid:
+            raise KeyError(f"suite {self.suite}: its grid declares no cell {key!r}")
+        return [self._run(spec) for spec in self.grid[key]]
+
+    def _run(self, spec: Spec) -> Run | None:
         if spec not in self._runs:
             cell = self.cells.get(spec)
             try:
@@ -268,7 +231,7 @@ class SuiteRuns:
             return sum(self.baseline(s, family) for s in seeds) / len(seeds)
         if (family, seed) not in self._baselines:
             config = cell_config(self.scale, Spec(family, (), seed), self.sets)
-            self._baselines[family, seed] = unigram_baseline(config)
+            self._baselines[family, seed] = unigram_val_loss(config)
         return self._baselines[family, seed]
 
     def threshold(self, seed: int | None = None, family: str = "train") -> float:
@@ -281,11 +244,14 @@ class SuiteRuns:
         return converged(run, self.threshold(int(run.config.get("train", {}).get("seed", 0)), family))
 
 
-def unigram_baseline(config: Config) -> float:
-    """Cross-entropy, in nats, of the validation windows a run with this config evaluates on (the
-    trainer draws them with a generator seeded train.seed + 1) under the training bytes' unigram
-    frequencies (add-½ smoothing): the loss of a model that ignores context. ln(vocab) for
-    synthetic tasks, whose tokens are uniform."""
+def unigram_val_loss(config: Config) -> float:
+    """The validation loss of a context-blind model: the cross-entropy, in nats, of the validation
+    windows a run with this config evaluates on (the trainer draws them with a generator seeded
+    train.seed + 1) under the training bytes' unigram frequencies (add-½ smoothing). Not the corpus's
+    `unigram_entropy` (lnexp.data, summary.json): that is the entropy of the training frequencies
+    themselves, one number per corpus; this one depends on the seed's windows, so that a run is compared
+    with the baseline of the very windows it was scored on. ln(vocab) for synthetic tasks, whose tokens
+    are uniform."""
     import torch
 
     from lnexp.data import load_data

@@ -13,20 +13,21 @@ is chosen so that the model is less affected by them. Three verdicts, each from 
    the last layer's stream grows with depth, and differs between Post-LN and Pre-LN.
 
 Every cell trains with the `rank` and `sensitivity` probes (lnexp/probes.py), so one run gives both its
-initialisation (step 0) and its trained state (the last logged step). The suite registers itself in
-`SUITES` when `lnexp.reproduce` is imported.
+initialisation (step 0) and its trained state (the last logged step).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lnexp.layouts import LAYOUTS, POST, PRE
-from lnexp.reproduce.engine import PRE_GPT2, Scale, Spec, SuiteRuns
+from lnexp.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
 from lnexp.reproduce.report import Analysis, Figure, md_table, mean_pm, num
-from lnexp.reproduce.suites import Suite, register
+from lnexp.reproduce.suites import depth, xiong_init
+from lnexp.reproduce.suites.common import PRE_GPT2, Suite, n_layers
 from lnexp.reproduce.verdicts import above, below, check, fit_line, usable
 from lnexp.runs import Run, layer_profile, logged_steps
 from lnexp.stability import depth_axis
@@ -55,28 +56,30 @@ def _log(scale: Scale) -> dict[str, Any]:
     }
 
 
-def _recipe(scale: Scale) -> dict[str, Any]:
-    """The depth suite's recipe, so that every layout trains at every depth if it can."""
-    return {"schedule.warmup_steps": scale.warmup, "optim.lr": scale.depth_lr}
+@dataclass(frozen=True)
+class Params:
+    layouts: tuple[str, ...]  # names in FEATURE_LAYOUTS
+    depths: tuple[int, ...]
+    lr: float
 
 
-def _grid(scale: Scale) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """The layouts and depths of this suite at a scale: at `tiny` every layout at 6, 12 and 24 layers;
-    above it Post-LN and Pre-LN at 6 and 12 (every layout at 24 layers would double the cost of
-    `all --scale cpu`)."""
-    if scale.name == "tiny":
-        return tuple(FEATURE_LAYOUTS), tuple(sorted(scale.init_depths))
-    return (POST.name, PRE.name), tuple(n for n in sorted(scale.init_depths) if n <= 12)
+# At `tiny` every layout at xiong2020-init's depths (6, 12, 24); above it Post-LN and Pre-LN at those up
+# to 12 (every layout at 24 layers would double the cost of `all --scale cpu`). The depth suite's
+# learning rate (with the scale's warm-up), so that every layout trains at every depth if it can.
+PARAMS = {
+    "tiny": Params(tuple(FEATURE_LAYOUTS), tuple(sorted(xiong_init.PARAMS["tiny"].depths)),
+                   depth.PARAMS["tiny"].lr),
+    **{name: Params((POST.name, PRE.name), tuple(n for n in sorted(xiong_init.PARAMS[name].depths)
+                                                 if n <= 12), depth.PARAMS[name].lr)
+       for name in ("cpu", "small")},
+}
 
 
-def feature_specs(scale: Scale) -> list[Spec]:
-    names, depths = _grid(scale)
-    return [
-        Spec.of("features", seed, FEATURE_LAYOUTS[name], {"model.n_layers": n}, _recipe(scale), _log(scale))
-        for name in names
-        for n in depths
-        for seed in range(scale.seeds)
-    ]
+def grid(scale: Scale, p: Params) -> Grid:
+    """Keys: (layout, depth)."""
+    return {(name, n): per_seed("features", scale.seeds, FEATURE_LAYOUTS[name], n_layers(n),
+                                depth.recipe(scale, p.lr), _log(scale))
+            for name in p.layouts for n in p.depths}
 
 
 def _relative_slope(profiles: Sequence[Sequence[float]], d: int) -> float | None:
@@ -109,17 +112,12 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs and len(xs) == len(values) else None
 
 
-def feature_analyse(ctx: SuiteRuns) -> Analysis:
+def analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
-    names, depths = _grid(scale)
+    names, depths = ctx.params.layouts, ctx.params.depths
     claimed = [n for n in CLAIM_LAYOUTS if n in names]  # the claim's layouts this scale trains
     d = scale.train["model"]["d_model"]
-    runs = {
-        (name, n, s): ctx.run("features", s, layout, {"model.n_layers": n}, _recipe(scale), _log(scale))
-        for name, layout in ((n, FEATURE_LAYOUTS[n]) for n in names)
-        for n in depths
-        for s in seeds
-    }
+    runs = {(name, n, s): run for name in names for n in depths for s, run in zip(seeds, ctx[name, n])}
 
     def step_of(run: Run | None, when: str) -> int | None:
         steps = logged_steps(run.probes, "rank") if run else []
@@ -265,7 +263,7 @@ def feature_analyse(ctx: SuiteRuns) -> Analysis:
 
     definitions = [
         f"Cells: every layout of {', '.join(LABELS[n] for n in names)}, at L ∈ {{{depth_text}}}, "
-        f"seeds {', '.join(map(str, seeds))}; the depth suite's recipe (Adam, lr {scale.depth_lr:g}, "
+        f"seeds {', '.join(map(str, seeds))}; the depth suite's recipe (Adam, lr {ctx.params.lr:g}, "
         f"warm-up {scale.warmup} steps, linear decay, {scale.train['train']['steps']} steps) so that as "
         'many cells as possible train. "At initialisation" is step 0; "after training" is the last '
         "logged step (the second-to-last step); a run that did not complete has no trained values.",
@@ -490,19 +488,6 @@ def _answer(
     return parts
 
 
-register(
-    Suite(
-        "feature-dimension",
-        "Do later layers carry higher-dimensional features, and does LN placement "
-        "shield the model from them?",
-        "A mentor's claim (the note lnexp was built from); Roy & Vetterli 2007 (effective rank); "
-        "Dong et al. 2021 and Noci et al. 2022 (rank collapse)",
-        feature_specs,
-        feature_analyse,
-    )
-)
-
-
 def _conclusion(verdicts: list, scale: str) -> str:
     """The mentor's two claims answered in one sentence each, from how their verdict rows came out."""
 
@@ -528,3 +513,10 @@ def _conclusion(verdicts: list, scale: str) -> str:
         "models far smaller than the mentor had in mind; docs/feature-dimension.md says what would "
         "change at a larger scale."
     )
+
+
+SUITE = Suite(
+    "feature-dimension",
+    "Do later layers carry higher-dimensional features, and does LN placement shield the model from them?",
+    "A mentor's claim (the note lnexp was built from); Roy & Vetterli 2007 (effective rank); Dong et al. "
+    "2021 and Noci et al. 2022 (rank collapse)", PARAMS, grid, analyse)
