@@ -93,9 +93,6 @@ class Attention(nn.Module):
         d = cfg.d_model
         self.n_heads, self.dropout, self.causal = cfg.n_heads, cfg.dropout, causal
         self.q, self.k, self.v, self.out = (nn.Linear(d, d, bias=cfg.bias) for _ in range(4))
-        # The attention kernel. lnexp.pack swaps in one that vmap batches by folding the cells into
-        # the batch axis (functorch has no batching rule for SDPA's fused kernels).
-        self.sdpa = F.scaled_dot_product_attention
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, memory: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,10 +110,10 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.k, cache.v = k, v
         if memory is not None or not self.causal:
-            y = self.sdpa(
+            y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         elif cache is None:
-            y = self.sdpa(
+            y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:
             # Queries sit at the last T of S positions. SDPA's is_causal aligns the mask top-left,
@@ -124,7 +121,7 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)
             S = k.shape[2]
             mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-            y = self.sdpa(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
     @staticmethod

@@ -42,12 +42,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lnexp.config import Config, ModelConfig
-from lnexp.model import Attention, build_model
+from lnexp.model import build_model
 from lnexp.probes import rms
 from lnexp.recipes import RECIPES, InitRecipe
 from lnexp.runs import RunWriter
@@ -102,47 +102,6 @@ def packs(configs: list[Config], size: int) -> list[list[int]]:
     return [members[i: i + size] for members in groups.values() for i in range(0, len(members), size)]
 
 
-class FoldedAttention(torch.autograd.Function):
-    """SDPA with a batching rule: under vmap over the cells, the cell axis folds into the batch axis,
-    so one call of the fused kernel serves every cell (functorch has no batching rule for SDPA's
-    fused kernels: without this, the math kernel, several times slower per call on a CPU at these
-    shapes). The rule runs below vmap, on the cells' stacked tensors, so autograd records SDPA
-    itself there and its own backward applies; the pack calls this only under vmap."""
-
-    @staticmethod
-    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                dropout_p: float = 0.0, is_causal: bool = False) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                              is_causal=is_causal)
-
-    @staticmethod
-    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
-        pass
-
-    @staticmethod
-    def vmap(info: object, in_dims: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False
-             ) -> tuple[torch.Tensor, int]:
-        cells, batch = info.batch_size, q.shape[1 if in_dims[0] == 0 else 0]
-
-        def fold(t: torch.Tensor | None, dim: int | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            t = t.unsqueeze(0) if dim is None else t.movedim(dim, 0)
-            return t.expand(cells, batch, *t.shape[2:]).flatten(0, 1)
-
-        y = F.scaled_dot_product_attention(*map(fold, (q, k, v, attn_mask), in_dims[:4]),
-                                           dropout_p=dropout_p, is_causal=is_causal)
-        return y.unflatten(0, (cells, batch)), 0
-
-
-def folded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                dropout_p: float = 0.0, is_causal: bool = False) -> torch.Tensor:
-    """`F.scaled_dot_product_attention`'s signature (the part lnexp's Attention uses), batched by
-    folding (FoldedAttention)."""
-    return FoldedAttention.apply(q, k, v, attn_mask, dropout_p, is_causal)
-
-
 class Pack:
     """The shared forward and backward pass of a pack's trainers (all of one structure key)."""
 
@@ -153,9 +112,6 @@ class Pack:
                 group["foreach"] = True
         with torch.device("meta"):  # weightless: every parameter comes from the cells
             self.template = build_model(first.config.model, first.data.vocab_size)
-        for module in self.template.modules():
-            if isinstance(module, Attention):
-                module.sdpa = folded_sdpa
         self.names = [name for name, _ in first.model.named_parameters()]
         self.buffers = dict(first.model.named_buffers())  # fixed tables (sinusoids): the same in every cell
         self.kinds = first.probes.kinds
@@ -198,8 +154,10 @@ class Pack:
             deltas = tuple(torch.zeros(shape, device=batch[0].device, requires_grad=True)
                            for _ in range(len(self.blocks) + 1))
         self.tapping = probing and bool(self.kinds & {"act", "sensitivity"})
-        try:
-            with trainers[0]._autocast():
+        try:  # SDPA's fused kernels have no batching rule (vmap would loop over the cells): the math one.
+            # Folding the cells into the batch axis to reach the fused kernel was measured slower on a
+            # CPU at the tiny and cpu shapes (benchmarks/RESULTS.md).
+            with trainers[0]._autocast(), sdpa_kernel(SDPBackend.MATH):
                 loss, acts = vmap(self._forward)(params, deltas, *batch)
         finally:
             self.tapping, self._acts, self._deltas = False, [], ()
