@@ -489,14 +489,10 @@ def generate(
                          temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
                          seed=seed, stop=stop_ids)
     if json_:
-        settings = {"max_new_tokens": max_new_tokens, "seed": seed, "stop": stop, "temperature": temperature,
-                    "k": k, "p": p, "beams": beams, "length_penalty": length_penalty}
-        typer.echo(json.dumps({
-            "run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": prompt_ids,
-            "settings": settings,
-            "outputs": [{"text": loaded.tokenizer.decode(o.ids), "ids": o.ids, "logprob": o.logprob,
-                         **({"score": o.score} if o.score is not None else {})} for o in outputs],
-        }, indent=2))
+        typer.echo(json.dumps(dec.generation_record(
+            run, loaded, prompt, prompt_ids, strategy, outputs, max_new_tokens=max_new_tokens, seed=seed,
+            stop=stop, temperature=temperature, k=k, p=p, beams=beams, length_penalty=length_penalty),
+            indent=2))
         return
     for i, out in enumerate(outputs):
         if len(outputs) > 1:
@@ -575,9 +571,8 @@ def decode_stats(
     except OSError as exc:
         raise fail(f"{figure}: {exc.strerror or exc}") from None
     if json_:
-        typer.echo(json.dumps({"run": str(run), "prompts": [loaded.tokenizer.decode(i) for i in ids], "n": n,
-                               "max_new_tokens": max_new_tokens, "seed": seed, "strategies": rows,
-                               "figure": str(figure), "beam_ge_greedy": [better, total]}, indent=2))
+        typer.echo(json.dumps(dec.stats_record(run, loaded, ids, rows, figure, n=n,
+                                               max_new_tokens=max_new_tokens, seed=seed), indent=2))
         return
     console.stdout.print(dec.stats_table(f"{run}: {total} prompts x {max_new_tokens} tokens", rows))
     typer.echo(f"beam's joint log p >= greedy's on {better} of {total} prompts")

@@ -501,6 +501,23 @@ def _cumsum(values: list[float]) -> list[float]:
     return out
 
 
+def generation_record(run: Path, loaded: Loaded, prompt: str, prompt_ids: list[int], strategy: str,
+                      outputs: list[Output], **settings: Any) -> dict[str, Any]:
+    """What `lnexp generate --json` prints: the run, the prompt, the settings and every output."""
+    return {"run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": prompt_ids,
+            "settings": settings,
+            "outputs": [{"text": loaded.tokenizer.decode(o.ids), "ids": o.ids, "logprob": o.logprob,
+                         **({"score": o.score} if o.score is not None else {})} for o in outputs]}
+
+
+def stats_record(run: Path, loaded: Loaded, prompts: list[list[int]], rows: list[dict[str, Any]],
+                 figure: Path, **settings: Any) -> dict[str, Any]:
+    """What `lnexp decode-stats --json` prints: the prompts, the settings, every strategy's row, the
+    figure, and on how many prompts beam's joint log p is at least greedy's."""
+    return {"run": str(run), "prompts": [loaded.tokenizer.decode(i) for i in prompts], **settings,
+            "strategies": rows, "figure": str(figure), "beam_ge_greedy": list(beam_vs_greedy(rows))}
+
+
 def beam_vs_greedy(rows: list[dict[str, Any]], tolerance: float = 1e-4) -> tuple[int, int]:
     """On how many prompts beam's best joint log-probability is >= greedy's, and of how many. Where
     beam keeps greedy's path the two differ by float32 rounding (batches of different sizes), hence
