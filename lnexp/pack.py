@@ -37,7 +37,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -50,11 +51,11 @@ from lnexp.config import Config, ModelConfig
 from lnexp.model import build_model
 from lnexp.probes import rms
 from lnexp.recipes import RECIPES, InitRecipe
-from lnexp.runs import RunWriter
 from lnexp.train import (
     History,
     LiveRun,
     Outcome,
+    StepAll,
     StepResult,
     Stop,
     Trainer,
@@ -179,36 +180,55 @@ def train_pack(configs: list[Config], sources: list[str], commands: list[list[st
                force: list[bool] | None = None, stop: Stop | None = None) -> list[Outcome]:
     """Train new runs of one structure key together; one Outcome per config, in order."""
     force = force or [False] * len(configs)
-    runs = _open((*new_run(config, source, command, replace), History())
-                 for config, source, command, replace in zip(configs, sources, commands, force))
-    return train_runs(runs, 0, stop, Pack([run.trainer for run in runs]).step)
+    runs: list[LiveRun] = []
+    with _closed_on_failure(runs):
+        for config, source, command, replace in zip(configs, sources, commands, force):
+            runs.append(LiveRun.of(*new_run(config, source, command, replace), History()))
+        step_all = _packed(runs, 0)
+    return train_runs(runs, 0, stop, step_all)
 
 
 def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop | None = None
                 ) -> list[Outcome]:
     """Resume interrupted runs of one structure key, checkpointed at the same step, together."""
-    runs = _open((trainer, writer, path, history) for path in paths
-                 for trainer, writer, _, history in [reopen_run(path, command)])
+    runs: list[LiveRun] = []
+    with _closed_on_failure(runs):
+        for path in paths:
+            trainer, writer, _, history = reopen_run(path, command)
+            runs.append(LiveRun.of(trainer, writer, path, history))
     steps = {run.history.steps_done for run in runs}
     if len(steps) > 1 or len({structure_key(run.trainer.config) for run in runs}) > 1:
-        for run in runs:
+        for run in runs:  # as they were: each can still resume, alone or with its own
             run.close("interrupted", {})
         raise ValueError("a pack resumes runs of one structure checkpointed at one step")
-    return train_runs(runs, steps.pop(), stop, Pack([run.trainer for run in runs]).step)
+    start = steps.pop()
+    with _closed_on_failure(runs):
+        step_all = _packed(runs, start)
+    return train_runs(runs, start, stop, step_all)
 
 
-def _open(opened: Iterable[tuple[Trainer, RunWriter | None, Path, History]]) -> list[LiveRun]:
-    """The pack's runs, as they open; if one fails to, those already open are closed (status failed,
-    and why), so that no folder is left saying it is running."""
-    runs: list[LiveRun] = []
+@contextmanager
+def _closed_on_failure(runs: list[LiveRun]) -> Iterator[None]:
+    """While a pack opens: if anything fails, the runs already open are closed (status failed, and
+    why), so that no folder is left saying it is running."""
     try:
-        for trainer, writer, path, history in opened:
-            runs.append(LiveRun.of(trainer, writer, path, history))
+        yield
     except Exception as exc:
         for run in runs:
             run.close("failed", {}, failure_message(exc))
         raise
-    return runs
+
+
+def _packed(runs: list[LiveRun], start: int) -> StepAll:
+    """The pack's step, once each run's meta.json records that it trains in this pack from `start`
+    (`packs`: the step and the cells' folder names): packed and alone differ at float rounding, and
+    over many steps such differences grow, so a run's record says how it was trained."""
+    cells = [run.path.name for run in runs]
+    for run in runs:
+        if run.writer:
+            packs = run.writer.meta.get("packs", []) + [{"from_step": start, "cells": cells}]
+            run.writer.update_meta(packs=packs)
+    return Pack([run.trainer for run in runs]).step
 
 
 # --- is packing faster here? -----------------------------------------------------------------------

@@ -552,7 +552,7 @@ def _stop_on_signals(stop: Stop | None = None) -> Iterator[Stop]:
 
 class RunLog:
     """One run's pending losses and readings, read in one transfer per flush and written as lines,
-    and its divergence check (shared by `_loop` and the packed loop, lnexp.pack)."""
+    and its divergence check (one per run in `_loop`, alone or in a pack)."""
 
     def __init__(self, trainer: Trainer, writer: RunWriter | None, progress: Progress | None,
                  history: History) -> None:

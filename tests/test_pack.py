@@ -144,6 +144,11 @@ def test_packed_resume_is_bit_exact_and_a_cell_resumes_alone(tmp_path):
     metrics_a, _ = values(Path(whole[2].run.dir) / whole[2].run.name)
     metrics_b, _ = values(alone)
     assert all(close(p["loss"], q["loss"]) for p, q in zip(metrics_a, metrics_b))
+    # each run's meta.json says in which packs it trained, from which step
+    names = ["c0", "c1", "c2"]
+    assert load_run(paths[0]).meta["packs"] == [{"from_step": 0, "cells": names},
+                                                {"from_step": 14, "cells": names}]
+    assert load_run(alone).meta["packs"] == [{"from_step": 0, "cells": names}]  # then resumed alone
 
 
 def test_structure_key_and_packs(tmp_path):
