@@ -198,7 +198,7 @@ def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop 
             runs.append(LiveRun.of(trainer, writer, path, history))
     steps = {run.history.steps_done for run in runs}
     if len(steps) > 1 or len({structure_key(run.trainer.config) for run in runs}) > 1:
-        for run in runs:  # as they were: each can still resume, alone or with its own
+        for run in runs:  # as they were: each can still be resumed, alone or in a pack of its own kind
             run.close("interrupted", {})
         raise ValueError("a pack resumes runs of one structure checkpointed at one step")
     start = steps.pop()

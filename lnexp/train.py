@@ -476,8 +476,8 @@ def _step_alone(trainers: list[Trainer], step: int) -> list[StepResult]:
     return [trainer.step(step) for trainer in trainers]
 
 
-def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None, step_all: StepAll = _step_alone
-         ) -> list[Outcome]:
+def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None,
+               step_all: StepAll = _step_alone) -> list[Outcome]:
     """Train runs from `start` (one alone, or a pack's cells together); every run's folder is closed
     however the loop ends: as its log says, or interrupted (a second signal) or failed (an error)."""
     live = list(runs)
