@@ -53,3 +53,35 @@ def test_cosine_and_linear_end_at_min_lr():
         assert lr_factor(cfg, 10) == pytest.approx(1.0)
         assert 1e-3 * lr_factor(cfg, 100) == pytest.approx(1e-4)
         assert 1e-3 * lr_factor(cfg, 55) == pytest.approx(1e-4 + 0.5 * 9e-4)
+
+
+@pytest.mark.parametrize("optim", [{"name": "adam", "weight_decay": 0.01},
+                                   {"name": "adamw", "weight_decay": 0.1},
+                                   {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+                                   {"name": "radam"}])
+def test_the_optimiser_steps_as_torchs_per_tensor_loop_bit_for_bit(optim):
+    """build_optimizer takes the foreach path on a CPU where it is bit-identical to the loop (runs keep
+    their numbers), and leaves RAdam on torch's default."""
+    from lnexp.model import TransformerLM
+
+    cfg = validate({"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 8},
+                    "optim": {"lr": 3e-3, **optim}, "train": {"seq_len": 8}})
+    models, paths = [], []
+    for foreach in (None, False):
+        torch.manual_seed(0)
+        model = TransformerLM(cfg.model, 32)
+        opt = build_optimizer(model, cfg)
+        paths.append(opt.param_groups[0]["foreach"])
+        if foreach is False:
+            for group in opt.param_groups:
+                group["foreach"] = False
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(10):
+            tokens = torch.randint(32, (4, 9), generator=generator)
+            model(tokens[:, :-1], tokens[:, 1:])[1].backward()
+            opt.step()
+            opt.zero_grad()
+        models.append(model)
+    assert paths[0] is (None if optim["name"] == "radam" else True)  # the path the runs take
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), name
