@@ -450,6 +450,22 @@ def test_feature_dimension_end_to_end_writes_its_figures_and_answer(tmp_path):
     assert sum(v["verdict"] == INCONCLUSIVE and all(x is None for x in v["values"]) for v in verdicts) == 0
 
 
+def test_a_report_says_which_runs_trained_in_packs_and_counts_a_packs_time_once(tmp_path):
+    outcome = reproduce("xiong2020-warmup", TEST, jobs=1, out=tmp_path, pack=4)
+    assert outcome.trained and not outcome.failed
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/*/meta.json")]
+    packed = [m for m in metas if m.get("packs")]
+    assert packed and all(len(m["packs"][0]["cells"]) > 1 for m in packed)
+    report = (tmp_path / "xiong2020-warmup" / "report.md").read_text()
+    assert f"{len(packed)} of them trained in packs" in report
+    per_pack: dict[str, float] = {}
+    for m in packed:  # each run of a pack records the pack's wall time
+        per_pack[json.dumps(m["packs"])] = max(per_pack.get(json.dumps(m["packs"]), 0.0), m["wall_time_s"])
+    alone = sum(m["wall_time_s"] for m in metas if not m.get("packs"))
+    took = float(report.split("their training took ")[1].split(" s in total")[0])
+    assert took == round(alone + sum(per_pack.values()))
+
+
 # --- what sweep takes: --set, --threads; stopping; missing runs (issue #17) ---------------------------
 
 def test_set_and_threads_reach_every_cell_and_a_bad_set_is_one_line(tmp_path):

@@ -142,14 +142,21 @@ def mark_missing(verdicts: list[Verdict], cells: list[Cell]) -> None:
 def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, trained: int, invoked: str,
             out: Path, sets: Sequence[str]) -> list[str]:
     cells = list({id(c): c for c in ctx.cells.values()}.values())
-    seconds, devices = 0.0, set()
+    seconds, devices, packs, packed = 0.0, set(), {}, 0
     for cell in cells:
         try:
             meta = json.loads((cell.path / "meta.json").read_text())
         except (OSError, ValueError):
             continue
-        seconds += meta.get("wall_time_s") or 0.0
+        wall = meta.get("wall_time_s") or 0.0
+        if meta.get("packs"):  # a pack's runs each record the pack's wall time: count it once
+            key = json.dumps(meta["packs"])
+            packs[key] = max(packs.get(key, 0.0), wall)
+            packed += 1
+        else:
+            seconds += wall
         devices.add(f"{meta.get('device', '?')}, {meta.get('threads', '?')} thread(s)")
+    seconds += sum(packs.values())
     families = sorted({Path(c.config.run.dir).name for c in cells})
     return [
         f"Scale **{scale.name}**: {scale.description}. Seeds per training cell: {scale.seeds}; per "
@@ -157,7 +164,10 @@ def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, tra
         "",
         f"{len(cells)} runs, in " + ", ".join(f"`../runs/{f}/`" for f in families) + " (device: "
         + ("; ".join(sorted(devices)) or "–") + f"); their training took {seconds:.0f} s in total "
-        "(sum of the runs' wall times).",
+        "(sum of the runs' wall times, a pack's once)."
+        + (f" {packed} of them trained in packs (their `meta.json` says which): a packed run's "
+           "numbers differ from the same run alone at rounding level, and can drift further over its "
+           "steps (docs/packing.md)." if packs else ""),
         "",
         f"Written {now()} by lnexp {__version__} (`lnexp reproduce {invoked} --scale {scale.name} "
         f"--jobs {jobs} --out {out}{''.join(f' --set {s}' for s in sets)}`), which trained {trained} "
