@@ -107,10 +107,7 @@ class Pack:
     """The shared forward and backward pass of a pack's trainers (all of one structure key)."""
 
     def __init__(self, trainers: list[Trainer]) -> None:
-        first = trainers[0]
-        for trainer in trainers:  # the optimisers' foreach path: one call per op for all of a cell's tensors
-            for group in trainer.optimizer.param_groups:
-                group["foreach"] = True
+        first = trainers[0]  # each cell's optimiser steps as alone (build_optimizer's path)
         with torch.device("meta"):  # weightless: every parameter comes from the cells
             self.template = build_model(first.config.model, first.data.vocab_size)
         self.names = [name for name, _ in first.model.named_parameters()]
@@ -192,7 +189,7 @@ def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop 
                 ) -> list[Outcome]:
     """Resume interrupted runs of one structure key, checkpointed at the same step, together."""
     runs: list[LiveRun] = []
-    with _closed_on_failure(runs):
+    with _closed_on_failure(runs, "interrupted"):  # another's failure to reopen is not theirs
         for path in paths:
             trainer, writer, _, history = reopen_run(path, command)
             runs.append(LiveRun.of(trainer, writer, path, history))
@@ -208,14 +205,19 @@ def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop 
 
 
 @contextmanager
-def _closed_on_failure(runs: list[LiveRun]) -> Iterator[None]:
-    """While a pack opens: if anything fails, the runs already open are closed (status failed, and
-    why), so that no folder is left saying it is running."""
+def _closed_on_failure(runs: list[LiveRun], status: str = "failed") -> Iterator[None]:
+    """While a pack opens: if anything fails, the runs already open are closed, so that no folder is
+    left saying it is running: `status` (failed: with why; interrupted: resumable as they were), or
+    interrupted on Ctrl-C."""
     try:
         yield
-    except Exception as exc:
+    except KeyboardInterrupt:
         for run in runs:
-            run.close("failed", {}, failure_message(exc))
+            run.close("interrupted", {})
+        raise
+    except BaseException as exc:
+        for run in runs:
+            run.close(status, {}, failure_message(exc) if status == "failed" else None)
         raise
 
 

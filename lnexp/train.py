@@ -496,7 +496,7 @@ def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None,
         for run in live:
             run.close("interrupted", {})
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too (a plugin's, a progress callback's)
         for run in live:
             run.close("failed", {}, failure_message(exc))
         raise
@@ -667,6 +667,8 @@ def _loop(live: list[LiveRun], start: int, stop: Stop, step_all: StepAll) -> Non
     once, the others at the end), its folder closed."""
     first = live[0].trainer
     t, dist, device = first.config.train, first.dist, first.device
+    for run in live:  # the runs' clocks (wall time, tokens/s) start with the loop, not at their opening
+        run.log.began = run.log.last_flush = time.perf_counter()
 
     def end(run: LiveRun, halted: bool) -> None:
         status, summary = run.log.finish(start, halted)
@@ -674,13 +676,15 @@ def _loop(live: list[LiveRun], start: int, stop: Stop, step_all: StepAll) -> Non
         run.close(status, summary)
 
     def flush(through: int) -> bool:
-        """Flush every run's log (a diverged run ends); True to stop: no run left, or a stop
-        requested, on any rank."""
-        for run in list(live):
+        """Flush every run's log; True to stop: every run diverged, or a stop requested, on any
+        rank. The ranks agree before a diverged run ends (closing it writes files, which may fail)."""
+        for run in live:
             run.log.flush(through)
-            if run.log.diverged_step is not None:
-                end(run, halted=False)
-        return any_rank(not live or stop.requested, dist, device)
+        diverged = [run for run in live if run.log.diverged_step is not None]
+        halt = any_rank(len(diverged) == len(live) or stop.requested, dist, device)
+        for run in diverged:
+            end(run, halted=False)
+        return halt
 
     halted = False
     for step in range(start, t.steps):

@@ -220,3 +220,37 @@ def test_a_pack_that_cannot_open_a_run_leaves_no_folder_running(tmp_path):
     with pytest.raises(RunError):
         train_pack([first, second], ["test"] * 2, [["test"]] * 2)
     assert load_run(tmp_path / "c0").status == "failed"
+
+
+def test_ctrl_c_while_a_pack_opens_and_a_run_that_cannot_reopen_leave_the_others_resumable(tmp_path,
+                                                                                          monkeypatch):
+    import lnexp.pack as pack
+    from lnexp.runs import RunError
+
+    opened = []
+
+    def interrupted_second(*args, **kwargs):
+        if opened:
+            raise KeyboardInterrupt
+        opened.append(args[0])
+        return new_run(*args, **kwargs)
+
+    new_run = pack.new_run
+    monkeypatch.setattr(pack, "new_run", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(cells(tmp_path / "a", VARIANTS[:2]), ["test"] * 2, [["test"]] * 2)
+    assert load_run(tmp_path / "a" / "c0").status == "interrupted"
+    monkeypatch.undo()
+
+    # resuming a pack where one run is finished: the others stay interrupted, not failed by its error
+    stopped = cells(tmp_path / "b", VARIANTS[:2], train={"checkpoint_every": 8})
+    for c in stopped:
+        stop = Stop()
+        stop.requested = True
+        assert train(c, "test", ["test"], stop=stop).status == "interrupted"
+    done = config(tmp_path / "b", "done")
+    assert train(done, "test", ["test"]).status == "completed"
+    with pytest.raises(RunError):
+        resume_pack([tmp_path / "b" / "c0", tmp_path / "b" / "done"], ["test"])
+    assert load_run(tmp_path / "b" / "c0").status == "interrupted"
+    assert load_run(tmp_path / "b" / "c0").summary.get("error") is None

@@ -212,3 +212,32 @@ def test_compiled_model_measures_sensitivity_like_the_eager_one(tmp_path, write_
         assert (b["step"], b["param"], b["layer"]) == (a["step"], a["param"], a["layer"])
         assert b["value"] == pytest.approx(a["value"], rel=1e-3, abs=1e-9), (a, b)
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+def test_a_run_ends_failed_on_any_exception_and_its_clock_starts_with_the_loop(tmp_path, monkeypatch):
+    """SystemExit from a progress callback (or a plugin) still closes the run; and opening the sinks
+    (W&B's init can take seconds) is not counted in the run's wall time or tokens/s."""
+    import time
+
+    from lnexp import sinks
+    from lnexp.config import validate
+    from lnexp.runs import load_run
+    from lnexp.train import train
+
+    def cfg(name: str):
+        return validate({"model": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 8},
+                         "data": {"source": "synthetic", "task": "copy", "vocab_size": 16},
+                         "train": {"steps": 4, "batch_size": 2, "seq_len": 8, "eval_every": 2},
+                         "log": {"loss_every": 2}, "run": {"name": name, "dir": str(tmp_path)}})
+
+    def exits(done, total, row):
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit):
+        train(cfg("exits"), "test", ["test"], progress=exits)
+    assert load_run(tmp_path / "exits").status == "failed"
+
+    open_sinks = sinks.Sinks.open
+    monkeypatch.setattr(sinks.Sinks, "open", lambda *a: (time.sleep(2), open_sinks(*a))[1])
+    assert train(cfg("slow-sinks"), "test", ["test"]).status == "completed"
+    assert load_run(tmp_path / "slow-sinks").summary["wall_time_s"] < 2

@@ -164,7 +164,7 @@ def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, tra
         "",
         f"{len(cells)} runs, in " + ", ".join(f"`../runs/{f}/`" for f in families) + " (device: "
         + ("; ".join(sorted(devices)) or "–") + f"); their training took {seconds:.0f} s in total "
-        "(sum of the runs' wall times, a pack's once)."
+        "(sum of the runs' wall times; the runs of a pack share one, counted once)."
         + (f" {packed} of them trained in packs (their `meta.json` says which): a packed run's "
            "numbers differ from the same run alone at rounding level, and can drift further over its "
            "steps (docs/packing.md)." if packs else ""),
