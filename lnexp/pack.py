@@ -239,7 +239,7 @@ AUTO_PACK = 8  # the pack size `reproduce` tries when it decides by measuring
 MEASURED_STEPS = 3  # steps timed each way (after one warm-up step)
 # Packing must measure this much faster: 3 steps' timings vary by about ±10% on a shared machine,
 # and a packed run's numbers differ from alone at rounding level (docs/packing.md), which is worth
-# it only for a clear gain (tiny packs of 4-8 measure 1.4-1.6x; the cpu shape's 0.84-0.88x).
+# it only for a clear gain (tiny packs of 8 measure 1.2-1.3x; the cpu shape's 0.84-0.88x).
 PACK_MARGIN = 1.2
 
 
