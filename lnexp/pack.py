@@ -237,10 +237,12 @@ def _packed(runs: list[LiveRun], start: int) -> StepAll:
 
 AUTO_PACK = 8  # the pack size `reproduce` tries when it decides by measuring
 MEASURED_STEPS = 3  # steps timed each way (after one warm-up step)
-# Packing must measure this much faster: 3 steps' timings vary by about ±10% on a shared machine,
-# and a packed run's numbers differ from alone at rounding level (docs/packing.md), which is worth
-# it only for a clear gain (tiny packs of 8 measure 1.2-1.3x; the cpu shape's 0.84-0.88x).
-PACK_MARGIN = 1.2
+# Packing must measure this much faster in its steps to pay in a whole reproduction: on 2 CPU cores,
+# tiny packs of 8 measuring 1.2-1.3x in their steps made `reproduce all --scale tiny` 4-6% slower
+# end to end (a pack is one long unit for one worker; evaluations and probes stay per cell), and 3
+# steps' timings vary by about ±10%. A packed run's numbers also differ from alone at rounding level
+# (docs/packing.md), worth it only for a clear gain.
+PACK_MARGIN = 1.5
 
 
 def timed_steps(configs: list[Config], packed: bool, steps: int = MEASURED_STEPS) -> float:

@@ -199,7 +199,7 @@ def test_reproduce_packs_only_where_measured_faster(tmp_path, monkeypatch):
         timings.append((configs[0].model.n_layers, len(configs), packed))
         if packed:
             return 1.0
-        return 2.0 if configs[0].model.n_layers == 2 else 1.1  # depth 3: faster, within PACK_MARGIN
+        return 2.0 if configs[0].model.n_layers == 2 else 1.4  # depth 3: faster, within PACK_MARGIN
 
     monkeypatch.setattr(pack, "timed_steps", timed)
     two = [config(tmp_path, f"a{i}", train={"seed": i, "steps": 40}) for i in range(3)]
