@@ -66,8 +66,8 @@ class TranslateStrategy(str, Enum):
 
 # Options several commands share, defined once.
 Plugins = Annotated[list[Path], typer.Option(
-    "--plugin", help="A Python file whose layouts, norms and probes register, like the built-in ones "
-    "(repeatable; see docs/plugins.md).", show_default=False)]
+    "--plugin", help="A Python file whose layouts, norms, probes and suites register, like the built-in "
+    "ones (repeatable; see docs/plugins.md).", show_default=False)]
 
 
 def fail(message: str, code: int = 2) -> LnexpError:
@@ -679,7 +679,9 @@ def reproduce(
     from lnexp import console
     from lnexp import reproduce as reproduction
     from lnexp import sweep as sweeps
+    from lnexp.config import with_plugins
 
+    with_plugins({}, "--plugin", extra=[str(p) for p in plugin])  # a plugin's suites: listed, and known
     if suite == "list":
         for name, registered in reproduction.SUITES.items():
             typer.echo(f"{name}: {registered.title}")

@@ -1,4 +1,4 @@
-"""Plugins: a researcher's own layouts, norms and probes, from a Python file, in the manner of
+"""Plugins: a researcher's own layouts, norms, probes and suites, from a Python file, in the manner of
 fairseq's `--user-dir`.
 
 A plugin is a Python file that registers what it brings, as the built-ins do:

@@ -13,6 +13,7 @@ from lnexp.cli import app
 from lnexp.layouts import LAYOUTS, NORMS
 from lnexp.probe_kinds import PROBE_KINDS
 from lnexp.reproduce import SCALES, reproduce
+from lnexp.reproduce.suites import SUITES
 from lnexp.reproduce.suites import layouts as layouts_suite
 
 PLUGIN = '''
@@ -64,6 +65,37 @@ def stream_mean(probe):
 register_probe(ProbeKind("stream_mean", "mean of the residual stream", "measures",
                          {"mean": "residual-stream mean"}, evaluate=stream_mean))
 '''
+# A researcher's own claim: a suite whose grid and analysis come from a plugin file too.
+SUITE_PLUGIN = '''
+from dataclasses import dataclass
+
+from lnexp.reproduce.engine import final_loss, per_seed
+from lnexp.reproduce.report import Analysis
+from lnexp.reproduce.suites import Suite, register
+from lnexp.reproduce.suites.common import model_norm, optim_lr
+from lnexp.reproduce.verdicts import above, check, difference
+
+
+@dataclass(frozen=True)
+class Params:
+    lr: float
+
+
+def grid(scale, p):
+    return {norm: per_seed("train", scale.seeds, model_norm(norm), optim_lr(p.lr))
+            for norm in ("post", "peri")}
+
+
+def analyse(runs):
+    post, peri = ([final_loss(r) for r in runs[norm]] for norm in ("post", "peri"))
+    return Analysis([check("Peri-LN ends no worse than Post-LN", "final val loss: Post-LN - Peri-LN (nats)",
+                           above(-10.0), [difference(a, b) for a, b in zip(post, peri)], runs.seeds())],
+                    ["a test plugin's claim"])
+
+
+register(Suite("peri-claim", "Peri-LN trains as well as Post-LN", "a test plugin", {"test": Params(1e-3)},
+               grid, analyse))
+'''
 CONFIG = {"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16,
                     "norm": "peri", "norm_type": "scalenorm"},
           "data": {"source": "synthetic", "task": "copy", "vocab_size": 16},
@@ -74,7 +106,7 @@ CONFIG = {"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max
 @pytest.fixture(autouse=True)
 def forget_plugins():
     """Registries are per process: what a test's plugin registered leaves with the test."""
-    saved = [(registry, dict(registry)) for registry in (LAYOUTS, NORMS, PROBE_KINDS)]
+    saved = [(registry, dict(registry)) for registry in (LAYOUTS, NORMS, PROBE_KINDS, SUITES)]
     loaded = dict(plugins._LOADED)
     yield
     for registry, items in saved:
@@ -122,19 +154,21 @@ def test_a_plugin_layout_norm_and_probe_train_compare_and_sweep(folder):
     assert generated.exit_code == 0, generated.output
 
 
-def test_the_layouts_suite_takes_a_plugin_layout(folder):
-    tiny = SCALES["tiny"]
+def small_scale(**suite_params):
     model = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16}
     data = {"source": "synthetic", "task": "copy", "vocab_size": 16}
-    scale = dataclasses.replace(
-        tiny, name="test", seeds=1, init_seeds=1,
-        suite_params={"layouts": layouts_suite.Params(depth=2, seeds=1, lrs=(1e-3, 1e-2))},
+    return dataclasses.replace(
+        SCALES["tiny"], name="test", seeds=1, init_seeds=1, suite_params=suite_params,
         train={"model": model, "data": data,
                "train": {"steps": 4, "batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 1},
                "log": {"grad_every": 2}},
         init={"model": model, "data": data,
               "train": {"steps": 1, "batch_size": 4, "seq_len": 16, "eval_every": 1, "eval_batches": 1},
               "log": {"grad_every": 1}})
+
+
+def test_the_layouts_suite_takes_a_plugin_layout(folder):
+    scale = small_scale(layouts=layouts_suite.Params(depth=2, seeds=1, lrs=(1e-3, 1e-2)))
     outcome = reproduce("layouts", scale, out=folder / "repro", plugins=["my_norms.py"],
                         layouts=["post", "pre", "peri"])
     assert not outcome.failed and outcome.trained == 3 * 1 + 3 * 2
@@ -169,3 +203,23 @@ def test_an_unknown_layout_names_the_registry(folder):
     result = invoke("train", "peri.yaml", "--set", "model.norm=nope", "--quiet")
     assert result.exit_code == 2 and "--set model.norm: must be one of 'post', 'pre'" in result.output
     assert "'peri'" in result.output
+
+
+def test_a_plugin_suite_is_listed_and_reproduced_and_may_not_take_a_built_in_name(folder):
+    (folder / "my_claim.py").write_text(SUITE_PLUGIN)
+    unknown = invoke("reproduce", "peri-claim")
+    assert unknown.exit_code == 2 and "unknown suite 'peri-claim'" in unknown.output
+    listed = invoke("reproduce", "list", "--plugin", "my_norms.py", "--plugin", "my_claim.py")
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[-1] == "peri-claim: Peri-LN trains as well as Post-LN"
+    outcome = reproduce("peri-claim", small_scale(), out=folder / "repro",
+                        plugins=["my_norms.py", "my_claim.py"])
+    assert not outcome.failed and outcome.trained == 2
+    verdicts = json.loads((folder / "repro" / "peri-claim" / "verdicts.json").read_text())
+    assert [v["claim"] for v in verdicts] == ["Peri-LN ends no worse than Post-LN"]
+    assert verdicts[0]["verdict"] == "reproduced" and all(isinstance(x, float) for x in verdicts[0]["values"])
+    assert "peri-claim" in (folder / "repro" / "report.md").read_text()
+    (folder / "taken.py").write_text(SUITE_PLUGIN.replace('Suite("peri-claim"', 'Suite("depth"'))
+    taken = invoke("reproduce", "list", "--plugin", "my_norms.py", "--plugin", "taken.py")
+    assert taken.exit_code == 2 and taken.output.count("\n") == 1
+    assert "ValueError: suite 'depth' is built in; give yours another name" in taken.output

@@ -65,9 +65,9 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     `plugins` are loaded into every cell's config; `layouts` chooses the layouts suite's layouts
     (default: every registered one). `pack`: cells of one structure trained together, up to this
     many (lnexp.pack); None: where measured faster here."""
-    if suite not in suite_names():
-        raise ValueError(f"unknown suite {suite!r}")
     scale = with_plugins_in_cells(SCALES[scale] if isinstance(scale, str) else scale, plugins)
+    if suite not in suite_names():  # after the plugins: they may register suites
+        raise ValueError(f"unknown suite {suite!r}")
     scale = choose_layouts(scale, layouts)  # after the plugins: they may register layouts
     out = Path(out) if out is not None else Path("runs") / f"reproduce-{scale.name}"
     names = list(SUITES) if suite == "all" else [suite]

@@ -13,8 +13,9 @@ from lnexp.reproduce.suites import (
 )
 from lnexp.reproduce.suites.common import SUITES, Suite, register
 
-# The order of `all`, of `lnexp reproduce list` and of the index report.
+# The order of `all`, of `lnexp reproduce list` and of the index report (a plugin's suites come last).
 for module in (xiong_init, xiong_warmup, radam, depth, stability_map, gpt2, layouts, feature_dimension):
     register(module.SUITE)
+SUITES.seal()
 
 __all__ = ["SUITES", "Suite", "register"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from lnexp.layouts import POST as POST_LN
 from lnexp.layouts import PRE as PRE_LN
+from lnexp.registry import Registry
 from lnexp.reproduce.engine import Grid, Scale, Spec, SuiteRuns, final_loss, loss_curve
 from lnexp.reproduce.report import Analysis, md_table, mean_curve, mean_pm
 from lnexp.reproduce.verdicts import usable
@@ -47,13 +48,16 @@ class Suite:
         return [spec for specs in self.grid_at(scale).values() for spec in specs]
 
 
-SUITES: dict[str, Suite] = {}  # in report order: lnexp/reproduce/suites/__init__.py registers them
+# In report order: lnexp/reproduce/suites/__init__.py registers lnexp's, then a plugin may add its own.
+SUITES: Registry[Suite] = Registry("suite")
 
 
 def register(suite: Suite) -> Suite:
-    """Add a suite to SUITES (the CLI, `all` and the index read it from there)."""
-    SUITES[suite.name] = suite
-    return suite
+    """Add a suite to SUITES (the CLI, `all` and the index read it from there); a plugin's may not
+    take a built-in suite's name, nor `all` or `list`."""
+    if suite.name in ("all", "list"):
+        raise ValueError(f"suite {suite.name!r}: `lnexp reproduce {suite.name}` means something else")
+    return SUITES.add(suite.name, suite)
 
 
 # --- cell overrides --------------------------------------------------------------------------------
