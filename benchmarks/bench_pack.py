@@ -1,4 +1,4 @@
-"""bench_pack: tokens/s of M cells trained packed (lnexp.pack) against the same M cells one after
+"""bench_pack: tokens/s of M cells trained packed (lnexp.run.pack) against the same M cells one after
 another, side by side in one process.
 
 The cells are the tiny reproduction's training shape (`reproduce --scale tiny`: 6 layers, d_model 32,
@@ -26,11 +26,11 @@ import time
 
 import torch
 
-from lnexp.config import Config, validate
-from lnexp.data import load_data
-from lnexp.pack import Pack
-from lnexp.reproduce.engine import SCALES
-from lnexp.train import Trainer
+from lnexp.core.config import Config, validate
+from lnexp.data.sources import load_data
+from lnexp.experiments.reproduce.engine import SCALES
+from lnexp.run.pack import Pack
+from lnexp.run.train import Trainer
 
 ROUND = 5  # steps per timed round
 TARGET_M8 = {"tiny": 3.0, "small": 5.0}

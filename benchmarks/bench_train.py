@@ -1,6 +1,6 @@
 """bench_train: what lnexp's measurement costs, measured side by side in one process.
 
-1. Whole-loop speed ratios. lnexp's real training loop (`lnexp.train.train`, run folder and all)
+1. Whole-loop speed ratios. lnexp's real training loop (`lnexp.run.train.train`, run folder and all)
    with the default probes (grad, act) every step, every 10 steps and off, and a minimal loop over
    the same model, data and optimiser with none of lnexp's machinery. Each runs in its own thread;
    they take turns every SEGMENT steps (one at a time, so they never compete), and every segment of
@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from lnexp.config import Config, validate
-from lnexp.data import load_data
-from lnexp.model import TransformerLM
-from lnexp.train import build_optimizer, train
+from lnexp.core.config import Config, validate
+from lnexp.core.model import TransformerLM
+from lnexp.data.sources import load_data
+from lnexp.run.train import build_optimizer, train
 
 SHAPES: dict[str, dict[str, Any]] = {
     "cpu": {"model": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_seq_len": 128},

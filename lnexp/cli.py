@@ -16,9 +16,9 @@ import typer
 import typer.core
 from typer._click import exceptions as usage  # typer's own click, whose errors its parser raises
 
-from lnexp.errors import LnexpError
-from lnexp.layouts import LAYOUTS
-from lnexp.probe_kinds import row_titles
+from lnexp.core.errors import LnexpError
+from lnexp.core.layouts import LAYOUTS
+from lnexp.core.probe_kinds import row_titles
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -112,9 +112,9 @@ def train(
 
     Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits with code 130.
     """
-    from lnexp import console
-    from lnexp.config import config_warnings, load_config
-    from lnexp.runs import retrain_name
+    from lnexp.core.config import config_warnings, load_config
+    from lnexp.report import console
+    from lnexp.run.folder import retrain_name
 
     if (config is None) == (resume is None):
         raise fail("give a CONFIG file to train, or --resume RUN to continue a run (not both)")
@@ -136,7 +136,7 @@ def train(
                 console.stderr.print(f"note: {config} is the saved config of run {cfg.run.name}; "
                                      f"training it again as {renamed}", markup=False, soft_wrap=True)
                 cfg.run.name = renamed
-        from lnexp import train as training
+        from lnexp.run import train as training
 
         with console.training_progress(cfg.run.name or config.stem if cfg else resume.name, quiet,
                                        cfg.log.print_every if cfg else None) as progress:
@@ -146,7 +146,7 @@ def train(
     except LnexpError:
         raise
     except Exception as exc:  # the run folder already says "failed" and why
-        from lnexp.train import failure_message
+        from lnexp.run.train import failure_message
 
         raise fail(f"training failed: {failure_message(exc)}", 1) from None
     if not outcome.main:
@@ -187,9 +187,9 @@ def compare(
                                         "train.eval_bleu_every logged: bleu, chrf, exact_match.")] = "loss",
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
-    from lnexp import compare as comparison
-    from lnexp import console
-    from lnexp.probe_kinds import default_param
+    from lnexp.core.probe_kinds import default_param
+    from lnexp.report import compare as comparison
+    from lnexp.report import console
 
     if at != "last" and not at.isdigit():
         raise fail(f"--at: must be a step number or 'last', got {at!r}")
@@ -221,7 +221,7 @@ def compare(
         for table in comparison.tables(c, console.stdout.width):
             console.stdout.print(table)
     if plot is not None:
-        from lnexp import plots
+        from lnexp.report import plots
 
         try:
             written = plots.compare_figure(c, plot, log_loss, metric)
@@ -244,14 +244,14 @@ def plot(
     Loss and lr curves, gradient-norm heatmaps (layer x step) and profiles, residual-stream norms.
     For a sweep's folder: the final validation loss against the first numeric grid key and, for a
     grid over optim.lr and model.n_layers, the stability map."""
-    from lnexp import console
-    from lnexp.runs import is_run, load_run
+    from lnexp.report import console
+    from lnexp.run.folder import is_run, load_run
 
     if (run / "sweep.json").exists() and not is_run(run):
         _sweep_figures(run, f".{format_.value}")
         return
     loaded = load_run(run)
-    from lnexp import plots
+    from lnexp.report import plots
 
     try:
         paths, notes = plots.run_figures(loaded, run / "plots", f".{format_.value}", skip_init)
@@ -273,7 +273,8 @@ def export(
     """Write TensorBoard event files for existing runs, so `tensorboard --logdir runs/` shows them.
 
     The same scalars and HParams as a run with log.tensorboard: true; RUN/tb/ is replaced."""
-    from lnexp import console, sinks
+    from lnexp.report import console
+    from lnexp.run import sinks
 
     written, notes = sinks.export(runs, to)
     for note in notes:
@@ -286,7 +287,7 @@ def export(
 
 def _sweep_figures(root: Path, suffix: str = ".png") -> None:
     """Write a sweep's figures and print their paths (stdout), its notes (stderr)."""
-    from lnexp import console, plots
+    from lnexp.report import console, plots
 
     try:
         paths, notes = plots.sweep_figures(root, suffix)
@@ -303,8 +304,8 @@ def list_runs(
     directory: Annotated[Path, typer.Argument(help="Folder of run folders.")] = Path("runs"),
 ) -> None:
     """List the runs under DIRECTORY (default runs/), newest first, to find what to compare."""
-    from lnexp import compare as comparison
-    from lnexp import console
+    from lnexp.report import compare as comparison
+    from lnexp.report import console
 
     if not directory.is_dir():
         raise fail(f"{directory}: no such folder")
@@ -318,7 +319,7 @@ def list_runs(
     console.stdout.print(comparison.runs_table(found, directory, console.stdout.width))
 
 
-# Where sweep and reproduce cells run (lnexp.launch): the same options on both commands.
+# Where sweep and reproduce cells run (lnexp.experiments.slurm): the same options on both commands.
 LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; "
                                                   "one GPU per worker) or slurm (one job per cell, a job "
                                                   "array, through submitit).", show_default=False)]
@@ -343,7 +344,7 @@ def _launcher(kind: str | None, file: Path | None, partition: str | None, gpus: 
               cpus: int | None, mem: str | None, time: str | None, slurm: list[str]):
     """The launcher from --launcher-config and the options (None: the local pool); ConfigError on bad
     input."""
-    from lnexp import launch
+    from lnexp.experiments import slurm as launch
 
     options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus, "cpus_per_cell": cpus,
                "mem": mem, "time": time, "slurm": launch.parse_slurm(slurm)}
@@ -390,9 +391,9 @@ def sweep(
     final validation loss mean ± std over seeds, and how many diverged. `lnexp sweep status NAME`
     shows every cell's state (and its SLURM job's) and, once all are done, the table.
     """
-    from lnexp import console
-    from lnexp import sweep as sweeps
-    from lnexp.config import config_warnings
+    from lnexp.core.config import config_warnings
+    from lnexp.experiments import sweep as sweeps
+    from lnexp.report import console
 
     if str(config) == "status" and not config.exists():
         if status_of is None:
@@ -471,7 +472,7 @@ def generate(
 
     import torch
 
-    from lnexp import decode as dec
+    from lnexp.decode import search as dec
 
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
@@ -528,8 +529,8 @@ def decode_stats(
 
     import torch
 
-    from lnexp import console
-    from lnexp import decode as dec
+    from lnexp.decode import search as dec
+    from lnexp.report import console
 
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
@@ -542,7 +543,7 @@ def decode_stats(
     if n < 1:
         raise dec.DecodeError(f"--n must be >= 1, got {n}")
     if prompts is not None:
-        from lnexp.files import CONFIG_LIMIT, FileProblem, read_regular
+        from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
 
         try:
             lines = read_regular(prompts, CONFIG_LIMIT).decode("utf-8").splitlines()
@@ -605,8 +606,8 @@ def translate(
 
     import torch
 
-    from lnexp import decode as dec
-    from lnexp import translate as translation
+    from lnexp.decode import search as dec
+    from lnexp.decode import translate as translation
 
     if sum((text is not None, input_ is not None, eval_)) != 1:
         raise fail("give one of --text, --input FILE or --eval")
@@ -676,10 +677,10 @@ def reproduce(
     verdict table (reproduced / not reproduced / inconclusive, each claim tested on every seed against a
     stated threshold). Finished runs are reused, so an interrupted reproduction resumes where it stopped.
     """
-    from lnexp import console
-    from lnexp import reproduce as reproduction
-    from lnexp import sweep as sweeps
-    from lnexp.config import with_plugins
+    from lnexp.core.config import with_plugins
+    from lnexp.experiments import reproduce as reproduction
+    from lnexp.experiments import sweep as sweeps
+    from lnexp.report import console
 
     with_plugins({}, "--plugin", extra=[str(p) for p in plugin])  # a plugin's suites: listed, and known
     if suite == "list":

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.runs import layer_profile, load_run
+from lnexp.run.folder import layer_profile, load_run
 
 runner = CliRunner()
 
@@ -225,7 +225,7 @@ def test_bad_input_is_one_line_and_exit_2_only_when_nothing_can_be_shown(pair, t
 
 
 def test_commands_do_not_import_torch_or_matplotlib_at_startup():
-    code = ("import sys, lnexp.cli, lnexp.compare; "
+    code = ("import sys, lnexp.cli, lnexp.report.compare; "
             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
     assert out.stdout.strip() == "[]", out.stderr
@@ -252,8 +252,8 @@ def test_group_by_aggregates_runs(pair, tmp_path):
 
 
 def test_numbers_sort_as_numbers_and_wide_tables_turn(pair, tmp_path, monkeypatch):
-    from lnexp import console
-    from lnexp.compare import natural_key
+    from lnexp.report import console
+    from lnexp.report.compare import natural_key
 
     assert sorted(["lr=3e-3", "lr=3e-4", "lr=1e-2"], key=natural_key) == ["lr=3e-4", "lr=3e-3", "lr=1e-2"]
     assert sorted(["L10", "L2"], key=natural_key) == ["L2", "L10"]
@@ -276,7 +276,7 @@ def test_numbers_sort_as_numbers_and_wide_tables_turn(pair, tmp_path, monkeypatc
 
 
 def test_runs_shows_an_unfinished_runs_last_val_loss_at_its_step(pair, tmp_path, monkeypatch):
-    from lnexp import console
+    from lnexp.report import console
 
     post, pre = pair
     (pre / "summary.json").unlink()

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import ConfigError, load_config
+from lnexp.core.config import ConfigError, load_config
 
 runner = CliRunner()
 

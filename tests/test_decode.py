@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lnexp import decode as dec
 from lnexp.cli import app
-from lnexp.config import ModelConfig
-from lnexp.model import KVCache, TransformerLM
-from lnexp.vocab import ByteTokenizer
+from lnexp.core.config import ModelConfig
+from lnexp.core.model import KVCache, TransformerLM
+from lnexp.data.tokenizers import ByteTokenizer
+from lnexp.decode import search as dec
 
 runner = CliRunner()
 V = 16
@@ -340,7 +340,7 @@ def test_decode_stats_table_json_and_figure(run_dir, tmp_path):
 
 def test_default_prompts_come_from_the_runs_own_text(tmp_path):
     """A run on a user's text gets prompts from its validation lines, not Python code."""
-    from lnexp.config import Config
+    from lnexp.core.config import Config
 
     lines = [f"line {i}: the quick brown fox jumps over the lazy dog {i}" for i in range(200)]
     corpus = tmp_path / "corpus.txt"

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import DataConfig, ModelConfig
-from lnexp.data import BOS, EOS, LEXICON, SPECIALS, Seq2SeqTask, load_data, make_languages
-from lnexp.layouts import admin_omega, deepnorm_encdec
-from lnexp.model import PAD, EncoderDecoder, build_model
-from lnexp.probes import split_name
-from lnexp.runs import load_run
+from lnexp.core.config import DataConfig, ModelConfig
+from lnexp.core.layouts import admin_omega, deepnorm_encdec
+from lnexp.core.model import PAD, EncoderDecoder, build_model
+from lnexp.data.sources import BOS, EOS, LEXICON, SPECIALS, Seq2SeqTask, load_data, make_languages
+from lnexp.run.folder import load_run
+from lnexp.run.probes import split_name
 
 runner = CliRunner()
 LAYOUTS = ["post", "pre", "sandwich", "deepnorm", "admin"]

@@ -19,10 +19,10 @@ import yaml
 from test_reliability import RELIABLE, cli, interrupt_at, wait_for_lines
 from typer.testing import CliRunner
 
-from lnexp import train as training
 from lnexp.cli import app
-from lnexp.config import ConfigError, load_config
-from lnexp.runs import RunWriter, load_run
+from lnexp.core.config import ConfigError, load_config
+from lnexp.run import train as training
+from lnexp.run.folder import RunWriter, load_run
 
 pytestmark = pytest.mark.faults
 runner = CliRunner()
@@ -81,8 +81,8 @@ def test_1_data_path_must_be_a_regular_file(tmp_path, write_config, deadline, ki
 
 
 def test_1_text_data_is_memory_mapped_not_copied(tmp_path):
-    from lnexp.config import DataConfig
-    from lnexp.data import load_data
+    from lnexp.core.config import DataConfig
+    from lnexp.data.sources import load_data
 
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs /proc/self/maps")
@@ -131,7 +131,7 @@ def test_4_set_keys_need_every_part_and_faults_are_blamed_on_the_set(tmp_path, w
 
 
 def test_5_keys_that_do_nothing_are_warned_about(tmp_path, write_config):
-    from lnexp.config import config_warnings
+    from lnexp.core.config import config_warnings
 
     cfg = load_config(write_config(data={"max_bytes": 5000}, schedule={"warmup_steps": 50}))
     warnings = config_warnings(cfg)
@@ -247,16 +247,16 @@ def test_11_a_folder_killed_before_meta_json_is_a_dead_run(tmp_path, write_confi
 
 
 def test_11_meta_json_is_written_first(tmp_path, monkeypatch):
-    import lnexp.files
+    import lnexp.core.files
 
     order = []
-    real = lnexp.files.atomic_write
+    real = lnexp.core.files.atomic_write
 
     def record(path, write, dir_fd=None):
         order.append(Path(path).name)
         return real(path, write, dir_fd)
 
-    monkeypatch.setattr("lnexp.runs.atomic_write", record)
+    monkeypatch.setattr("lnexp.run.folder.atomic_write", record)
     RunWriter(tmp_path / "r", "x: 1\n", {}).close()
     assert order[:2] == ["meta.json", "config.yaml"]
 
@@ -279,7 +279,7 @@ def test_12_two_sweeps_of_one_name_at_once(tmp_path, write_config):
 
 
 def test_12_sweep_json_status_comes_from_the_folder(tmp_path, write_config):
-    from lnexp.sweep import expand, sweep_record
+    from lnexp.experiments.sweep import expand, sweep_record
 
     path = write_config(train={"steps": 4})
     s = expand(path, ["model.norm=pre"], name="rec")
@@ -470,7 +470,7 @@ def test_17_runs_compare_and_plot_read_damaged_folders(damaged_runs):
 
 
 def test_17_runs_reads_only_the_end_of_a_large_metrics_file(tmp_path, write_config):
-    from lnexp.compare import find_runs
+    from lnexp.report.compare import find_runs
 
     assert train_cli(str(write_config(run={"name": "big"}))).exit_code == 0
     metrics = tmp_path / "runs" / "big" / "metrics.jsonl"
@@ -508,7 +508,7 @@ def test_generate_bad_text_and_seeds_are_one_line(trained_run, args, message):
 
 
 def test_top_k_keeps_tied_tokens_by_position():
-    from lnexp.decode import top_k_filter
+    from lnexp.decode.search import top_k_filter
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randint(0, 3, (1, 256), generator=generator).float()
@@ -519,7 +519,7 @@ def test_top_k_keeps_tied_tokens_by_position():
 
 
 def test_collapse_is_a_band_around_the_unigram_loss():
-    from lnexp.train import collapse_report
+    from lnexp.run.train import collapse_report
 
     assert collapse_report([], 3.0, 4.9)["collapsed"] is False  # untrained: far above, not collapsed
     assert collapse_report([], 3.0, 3.02)["collapsed"] is True

@@ -8,10 +8,10 @@ import pytest
 from matplotlib.collections import PolyCollection
 from typer.testing import CliRunner
 
-from lnexp import plots
 from lnexp.cli import app
-from lnexp.compare import build, load_runs
-from lnexp.runs import load_run
+from lnexp.report import plots
+from lnexp.report.compare import build, load_runs
+from lnexp.run.folder import load_run
 
 runner = CliRunner()
 _trained: dict[str, Path] = {}

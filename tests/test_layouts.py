@@ -1,4 +1,4 @@
-"""The layouts of `model.norm` (lnexp/layouts.py), `model.norm_type` and their init constants.
+"""The layouts of `model.norm` (lnexp/core/layouts.py), `model.norm_type` and their init constants.
 
 Each wiring is checked by recomputing a block's output from its own modules, so a test says exactly
 which tensor is normalised where.
@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from lnexp import decode as dec
 from lnexp.cli import app
-from lnexp.config import ConfigError, ModelConfig, validate
-from lnexp.model import KVCache, TransformerLM
-from lnexp.probes import split_name
-from lnexp.runs import load_run
+from lnexp.core.config import ConfigError, ModelConfig, validate
+from lnexp.core.model import KVCache, TransformerLM
+from lnexp.decode import search as dec
+from lnexp.run.folder import load_run
+from lnexp.run.probes import split_name
 
 LAYOUTS = ["post", "pre", "sandwich", "deepnorm", "admin"]
 V = 50
@@ -271,8 +271,8 @@ def test_reordered_norms_the_branch_output_only():
 def test_mix_ln_is_post_ln_in_its_first_layers_and_pre_ln_after_gradients_included(ratio, n_post):
     """Mix-LN at initialisation equals, loss and every gradient, a stack built by hand from Post-LN
     blocks for the first ⌊α·L⌋ layers and Pre-LN blocks after, with a final norm."""
-    from lnexp.layouts import Stack
-    from lnexp.model import Block
+    from lnexp.core.layouts import Stack
+    from lnexp.core.model import Block
 
     mix = make(norm="mix", n_layers=8, mix_ratio=ratio)
     assert [b.layout.name for b in mix.blocks] == ["post"] * n_post + ["pre"] * (8 - n_post)
@@ -327,12 +327,12 @@ def test_new_layouts_train_on_the_smoke_config_and_dyt_alpha_is_in_the_probes(tm
 
 
 def test_each_built_in_layout_name_is_a_literal_only_in_its_declaration():
-    """One home per layout: every other module of lnexp/ derives from lnexp/layouts.py."""
+    """One home per layout: every other module of lnexp/ derives from lnexp/core/layouts.py."""
     import ast
     from pathlib import Path
 
     import lnexp
-    from lnexp.layouts import LAYOUTS
+    from lnexp.core.layouts import LAYOUTS
 
     found: dict[str, set[str]] = {name: set() for name in LAYOUTS.built_in}
     root = Path(lnexp.__file__).parent
@@ -340,7 +340,7 @@ def test_each_built_in_layout_name_is_a_literal_only_in_its_declaration():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in found:
                 found[node.value].add(str(path.relative_to(root)))
-    assert found == {name: {"layouts.py"} for name in LAYOUTS.built_in}
+    assert found == {name: {"core/layouts.py"} for name in LAYOUTS.built_in}
 
 
 @pytest.mark.parametrize("name", ["sandwich-0.2.0", "admin-encdec-0.2.0"])
@@ -350,8 +350,8 @@ def test_a_run_folder_from_lnexp_0_2_0_still_loads_and_its_model_means_the_same(
     import shutil
     from pathlib import Path
 
-    from lnexp.data import load_data
-    from lnexp.model import build_model
+    from lnexp.core.model import build_model
+    from lnexp.data.sources import load_data
 
     path = shutil.copytree(Path(__file__).parent / "data" / "runs-0.2.0" / name, tmp_path / name)
     run = load_run(path)
@@ -373,7 +373,7 @@ def test_a_run_folder_from_lnexp_0_2_0_still_loads_and_its_model_means_the_same(
 
 def test_every_recipe_resets_a_dyt_norm_like_a_layernorm():
     """The recipes re-initialise every norm, DyT's (and a plugin's) included: γ = 1, β = 0, α = α₀."""
-    from lnexp.recipes import RECIPES
+    from lnexp.core.recipes import RECIPES
 
     for init in RECIPES:
         model = make(norm="pre", norm_type="dyt", dyt_alpha=0.7, init=init)

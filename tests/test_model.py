@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from lnexp.config import ModelConfig
-from lnexp.model import TransformerLM
+from lnexp.core.config import ModelConfig
+from lnexp.core.model import TransformerLM
 
 
 def make(**kw) -> TransformerLM:

@@ -8,20 +8,20 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lnexp import plugins
 from lnexp.cli import app
-from lnexp.layouts import LAYOUTS, NORMS
-from lnexp.probe_kinds import PROBE_KINDS
-from lnexp.reproduce import SCALES, reproduce
-from lnexp.reproduce.suites import SUITES
-from lnexp.reproduce.suites import layouts as layouts_suite
+from lnexp.core import plugins
+from lnexp.core.layouts import LAYOUTS, NORMS
+from lnexp.core.probe_kinds import PROBE_KINDS
+from lnexp.experiments.reproduce import SCALES, reproduce
+from lnexp.experiments.reproduce.suites import SUITES
+from lnexp.experiments.reproduce.suites import layouts as layouts_suite
 
 PLUGIN = '''
 import torch
 from torch import nn
 
-from lnexp.layouts import Layout, Where, register_layout, register_norm
-from lnexp.probe_kinds import ProbeKind, register_probe
+from lnexp.core.layouts import Layout, Where, register_layout, register_norm
+from lnexp.core.probe_kinds import ProbeKind, register_probe
 
 register_layout(Layout("peri", "Peri-LN", "x = x + LN_out(F(LN(x)))", "a test plugin",
                        norm_at=Where.INPUT, out_norm=True))
@@ -69,11 +69,11 @@ register_probe(ProbeKind("stream_mean", "mean of the residual stream", "measures
 SUITE_PLUGIN = '''
 from dataclasses import dataclass
 
-from lnexp.reproduce.engine import final_loss, per_seed
-from lnexp.reproduce.report import Analysis
-from lnexp.reproduce.suites import Suite, register
-from lnexp.reproduce.suites.common import model_norm, optim_lr
-from lnexp.reproduce.verdicts import above, check, difference
+from lnexp.experiments.reproduce.engine import final_loss, per_seed
+from lnexp.experiments.reproduce.report import Analysis
+from lnexp.experiments.reproduce.suites import Suite, register
+from lnexp.experiments.reproduce.suites.common import model_norm, optim_lr
+from lnexp.experiments.reproduce.verdicts import above, check, difference
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,8 @@ def test_the_layouts_suite_takes_a_plugin_layout(folder):
 @pytest.mark.parametrize("text, expected", [
     ("def broken(:\n", "my_norms.py (line 1): SyntaxError"),
     ("raise RuntimeError('no GPU here')\n", "my_norms.py (line 1): RuntimeError: no GPU here"),
-    ("from lnexp.layouts import Layout, register_layout\nregister_layout(Layout('post', 'x', 'y', 'z'))\n",
+    ("from lnexp.core.layouts import Layout, register_layout\n"
+     "register_layout(Layout('post', 'x', 'y', 'z'))\n",
      "my_norms.py (line 2): ValueError: layout 'post' is built in; give yours another name"),
 ])
 def test_a_broken_plugin_is_one_line_with_exit_code_2_and_nothing_written(folder, text, expected):

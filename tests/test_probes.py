@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lnexp.config import ModelConfig
-from lnexp.model import TransformerLM
-from lnexp.probe_kinds import PROBE_KINDS
-from lnexp.probes import Probes, feature_stats, radam_rho, split_name, tensor_norms
+from lnexp.core.config import ModelConfig
+from lnexp.core.model import TransformerLM
+from lnexp.core.probe_kinds import PROBE_KINDS
+from lnexp.run.probes import Probes, feature_stats, radam_rho, split_name, tensor_norms
 
 
 def setup(kinds=("grad", "act"), norm="post"):

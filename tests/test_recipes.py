@@ -9,10 +9,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import ModelConfig, validate
-from lnexp.model import PAD, build_model
-from lnexp.recipes import RECIPES
-from lnexp.runs import load_run
+from lnexp.core.config import ModelConfig, validate
+from lnexp.core.model import PAD, build_model
+from lnexp.core.recipes import RECIPES
+from lnexp.run.folder import load_run
 
 D, D_FF, V, L = 256, 1024, 512, 2
 

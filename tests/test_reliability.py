@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lnexp import train as training
 from lnexp.cli import app
-from lnexp.config import ConfigError, load_config
-from lnexp.runs import RunWriter, load_run
+from lnexp.core.config import ConfigError, load_config
+from lnexp.run import train as training
+from lnexp.run.folder import RunWriter, load_run
 
 runner = CliRunner()
 RELIABLE = {"model": {"dropout": 0.1}, "train": {"steps": 30, "checkpoint_every": 10},

@@ -7,11 +7,11 @@ import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import dump_yaml
-from lnexp.reproduce import SCALES, engine, reproduce, suites
-from lnexp.reproduce.engine import SuiteRuns, cell_config, make_cells
-from lnexp.reproduce.suites import SUITES
-from lnexp.reproduce.verdicts import (
+from lnexp.core.config import dump_yaml
+from lnexp.experiments.reproduce import SCALES, engine, reproduce, suites
+from lnexp.experiments.reproduce.engine import SuiteRuns, cell_config, make_cells
+from lnexp.experiments.reproduce.suites import SUITES
+from lnexp.experiments.reproduce.verdicts import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     REPRODUCED,
@@ -26,7 +26,7 @@ from lnexp.reproduce.verdicts import (
     trend_ratio,
     within,
 )
-from lnexp.stability import largest_index
+from lnexp.experiments.stability import largest_index
 
 # A scale even tinier than `tiny`, on synthetic data (vocab 16: the unigram baseline is ln 16).
 MODEL = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16}
@@ -194,7 +194,7 @@ def layout_runs(post_max_lr=1e-3, sandwich_max_lr=1e-2, deepnorm_max_lr=1e-2, re
 
 
 def test_layouts_verdicts_flip_when_the_data_flips(tmp_path):
-    from lnexp.reproduce.report import write_report
+    from lnexp.experiments.reproduce.report import write_report
 
     paper = fake_runs(tmp_path / "a", "layouts", layout_runs())
     verdicts = verdicts_by_claim(paper)
@@ -317,7 +317,7 @@ def test_cli_refuses_an_unknown_suite_or_scale(tmp_path):
 
 
 def test_compare_labels_every_layout_of_the_suites(tmp_path):
-    from lnexp.layouts import label as layout
+    from lnexp.core.layouts import label as layout
 
     specs = SUITES["layouts"].specs(SCALES["tiny"]) + SUITES["xiong2020-init"].specs(SCALES["tiny"]) + \
         SUITES["gpt2-scaling"].specs(SCALES["tiny"])
@@ -469,7 +469,7 @@ def test_a_report_says_which_runs_trained_in_packs_and_counts_a_packs_time_once(
 # --- what sweep takes: --set, --threads; stopping; missing runs (issue #17) ---------------------------
 
 def test_set_and_threads_reach_every_cell_and_a_bad_set_is_one_line(tmp_path):
-    from lnexp.config import ConfigError
+    from lnexp.core.config import ConfigError
 
     outcome = reproduce("xiong2020-warmup", TEST, jobs=1, out=tmp_path, sets=["model.d_ff=48"], threads=1)
     assert outcome.trained > 0 and not outcome.failed
@@ -486,7 +486,7 @@ def test_set_and_threads_reach_every_cell_and_a_bad_set_is_one_line(tmp_path):
 def test_a_stopped_reproduction_counts_its_runs_and_writes_no_report(tmp_path):
     import signal
 
-    from lnexp.reproduce import Stopped
+    from lnexp.experiments.reproduce import Stopped
 
     def stop_after_first(done, total, cell, kind, result):
         if kind == "finished":
@@ -501,8 +501,8 @@ def test_a_stopped_reproduction_counts_its_runs_and_writes_no_report(tmp_path):
 
 
 def test_verdicts_lacking_a_run_are_missing_not_inconclusive(tmp_path):
-    from lnexp.reproduce import mark_missing
-    from lnexp.reproduce.verdicts import Verdict
+    from lnexp.experiments.reproduce import mark_missing
+    from lnexp.experiments.reproduce.verdicts import Verdict
 
     cells = list(make_cells(TEST, SUITES["radam"].specs(TEST), tmp_path, None).values())[:2]
     cells[0].path.mkdir(parents=True)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from lnexp.config import validate
-from lnexp.train import build_optimizer, build_scheduler, lr_factor
+from lnexp.core.config import validate
+from lnexp.run.train import build_optimizer, build_scheduler, lr_factor
 
 
 def config(**schedule):
@@ -62,7 +62,7 @@ def test_cosine_and_linear_end_at_min_lr():
 def test_the_optimiser_steps_as_torchs_per_tensor_loop_bit_for_bit(optim):
     """build_optimizer takes the foreach path on a CPU where it is bit-identical to the loop (runs keep
     their numbers), and leaves RAdam on torch's default."""
-    from lnexp.model import TransformerLM
+    from lnexp.core.model import TransformerLM
 
     cfg = validate({"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 8},
                     "optim": {"lr": 3e-3, **optim}, "train": {"seq_len": 8}})

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.runs import load_run
-from lnexp.sinks import METRIC_TAGS, probe_tag
+from lnexp.run.folder import load_run
+from lnexp.run.sinks import METRIC_TAGS, probe_tag
 
 runner = CliRunner()
 pytest.importorskip("tensorboard")
@@ -169,8 +169,8 @@ def test_resumed_run_hides_the_redone_steps(tmp_path, write_config):
     """Killed after a checkpoint: the events past it are purged on resume, as the jsonl lines are."""
     config = write_config("res", run={"name": "res"}, train={"checkpoint_every": 4},
                           log={"tensorboard": True, "loss_every": 2})
-    from lnexp.config import load_config
-    from lnexp.train import Stop, resume, train
+    from lnexp.core.config import load_config
+    from lnexp.run.train import Stop, resume, train
 
     stop = Stop()
 
@@ -188,8 +188,8 @@ def test_resumed_run_hides_the_redone_steps(tmp_path, write_config):
 
 def test_packed_runs_write_their_tensorboard_events(tmp_path):
     """A pack's cells open their sinks as runs alone do: each cell's events equal its jsonl files."""
-    from lnexp.config import validate
-    from lnexp.pack import train_pack
+    from lnexp.core.config import validate
+    from lnexp.run.pack import train_pack
 
     def cell(seed: int):
         return validate({"model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16},

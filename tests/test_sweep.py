@@ -6,8 +6,8 @@ import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import ConfigError
-from lnexp.sweep import expand, folder_status, parse_grid, safe_name, split_values, summarise
+from lnexp.core.config import ConfigError
+from lnexp.experiments.sweep import expand, folder_status, parse_grid, safe_name, split_values, summarise
 
 runner = CliRunner()
 FAST = {"train": {"steps": 4, "eval_every": 2, "eval_batches": 1}, "log": {"grad_every": 2, "loss_every": 2}}
@@ -125,7 +125,7 @@ def test_jobs_run_cells_in_worker_processes_that_split_the_threads(tmp_path, wri
 
 
 def test_summary_rows_average_over_seeds_and_count_divergence():
-    from lnexp.sweep import Cell
+    from lnexp.experiments.sweep import Cell
 
     class Fake:
         def __init__(self, seed):

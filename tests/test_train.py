@@ -8,12 +8,12 @@ import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import DataConfig, ModelConfig, load_config
-from lnexp.data import load_data
-from lnexp.model import TransformerLM
-from lnexp.probes import radam_rho
-from lnexp.runs import load_run
-from lnexp.train import Trainer, collapse_report
+from lnexp.core.config import DataConfig, ModelConfig, load_config
+from lnexp.core.model import TransformerLM
+from lnexp.data.sources import load_data
+from lnexp.run.folder import load_run
+from lnexp.run.probes import radam_rho
+from lnexp.run.train import Trainer, collapse_report
 
 runner = CliRunner()
 
@@ -219,10 +219,10 @@ def test_a_run_ends_failed_on_any_exception_and_its_clock_starts_with_the_loop(t
     (W&B's init can take seconds) is not counted in the run's wall time or tokens/s."""
     import time
 
-    from lnexp import sinks
-    from lnexp.config import validate
-    from lnexp.runs import load_run
-    from lnexp.train import train
+    from lnexp.core.config import validate
+    from lnexp.run import sinks
+    from lnexp.run.folder import load_run
+    from lnexp.run.train import train
 
     def cfg(name: str):
         return validate({"model": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 8},

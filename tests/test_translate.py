@@ -9,12 +9,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from lnexp import translate as tr
 from lnexp.cli import app
-from lnexp.config import ModelConfig
-from lnexp.data import BOS, EOS, Seq2SeqTask
-from lnexp.decode import beam_search, generate, greedy
-from lnexp.model import EncoderDecoder, KVCache
+from lnexp.core.config import ModelConfig
+from lnexp.core.model import EncoderDecoder, KVCache
+from lnexp.data.sources import BOS, EOS, Seq2SeqTask
+from lnexp.decode import translate as tr
+from lnexp.decode.search import beam_search, generate, greedy
 
 runner = CliRunner()
 

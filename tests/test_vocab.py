@@ -13,9 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.config import ConfigError, DataConfig, load_config
-from lnexp.data import bits_per_byte, load_data
-from lnexp.vocab import ByteTokenizer, read_tokenizer, train_tokenizer
+from lnexp.core.config import ConfigError, DataConfig, load_config
+from lnexp.data.sources import bits_per_byte, load_data
+from lnexp.data.tokenizers import ByteTokenizer, read_tokenizer, train_tokenizer
 
 runner = CliRunner()
 

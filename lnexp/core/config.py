@@ -1,0 +1,509 @@
+"""The config schema, YAML loading, `--set` overrides and one-line validation errors.
+
+YAML's own typing is never trusted: PyYAML reads `1e-3` as a string and `on` as true, so every value
+is coerced and checked against the schema below (pydantic), and a bool is never accepted as a number.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from lnexp.core import plugins
+from lnexp.core.errors import LnexpError
+from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
+from lnexp.core.layouts import DEFAULT_LAYOUT, DEFAULT_NORM, LAYOUTS, NORMS
+from lnexp.core.probe_kinds import PROBE_KINDS
+from lnexp.core.recipes import DEFAULT_RECIPE, LEGACY_NAMES, RECIPES
+
+
+class ConfigError(LnexpError):
+    """Bad user input: printed as one line, exit code 2, nothing written."""
+
+
+def _no_bool(value: Any) -> Any:
+    # pydantic's lax mode turns true into 1.0; a YAML `on` must never become a learning rate.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, lt=1.0)]
+# An init recipe's name; a name from an earlier lnexp (`xavier`) still means what it meant then.
+InitName = Annotated[Literal[tuple(RECIPES)], BeforeValidator(lambda v: LEGACY_NAMES.get(v, v))]
+
+
+def _registered(registry: dict[str, Any]) -> Callable[[Any], str]:
+    """A name checked against a registry when the config is validated, not when this module is
+    imported, so a plugin's layouts, norms and probes count."""
+    def check(name: Any) -> str:
+        if not isinstance(name, str) or name not in registry:
+            hint = " (YAML reads on/off/yes/no as booleans: quote it)" if isinstance(name, bool) else ""
+            raise ValueError(f"must be one of {', '.join(map(repr, registry))}, got {_show(name)}{hint}")
+        return name
+    return check
+
+
+LayoutName = Annotated[str, BeforeValidator(_registered(LAYOUTS))]
+NormName = Annotated[str, BeforeValidator(_registered(NORMS))]
+ProbeName = Annotated[str, BeforeValidator(_registered(PROBE_KINDS))]
+
+
+INIT_ONLY = {"init_only": True}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    n_layers: Int = Field(6, ge=1, le=1000)
+    d_model: Int = Field(128, ge=1, le=65536)
+    n_heads: Int = Field(4, ge=1, le=65536)
+    d_ff: Int = Field(512, ge=1, le=1_048_576)
+    activation: Literal["relu", "gelu"] = "relu"
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    norm: LayoutName = DEFAULT_LAYOUT  # lnexp/core/layouts.py
+    # INIT_ONLY: keys read only when the weights are initialised (packed training, lnexp.run.pack, lets
+    # cells that differ in them train together)
+    residual_scaling: Literal["none", "gpt2"] = Field("none", json_schema_extra=INIT_ONLY)
+    norm_eps: Float = Field(1e-5, gt=0.0, lt=1.0)
+    positional: Literal["learned", "sinusoidal"] = "sinusoidal"  # unset: the init recipe's choice
+    tie_embeddings: bool = False  # unset: the init recipe's choice (fairseq: untied; gpt2: tied)
+    bias: bool = True
+    max_seq_len: Int = Field(256, ge=1, le=1_000_000)
+    init: InitName = Field(DEFAULT_RECIPE, json_schema_extra=INIT_ONLY)  # but see InitRecipe's flags
+    norm_type: NormName = DEFAULT_NORM  # lnexp/core/layouts.py NORMS
+    admin_init: Literal["closed_form", "profile"] = Field("closed_form", json_schema_extra=INIT_ONLY)
+    mix_ratio: Float = Field(0.25, ge=0.0, le=1.0)  # Mix-LN's α: the Post-LN share (paper default)
+    # DyT's initial α (the paper's default outside LLMs)
+    dyt_alpha: Float = Field(0.5, gt=0.0, json_schema_extra=INIT_ONLY)
+    arch: Literal["decoder", "encoder_decoder"] = "decoder"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        """The keys the init recipe decides (tying, positions) take its values unless set."""
+        if isinstance(data, dict):
+            name = data.get("init", DEFAULT_RECIPE)
+            recipe = RECIPES.get(LEGACY_NAMES.get(name, name)) if isinstance(name, str) else None
+            if recipe is not None:
+                return {**data, **{k: v for k, v in recipe.defaults.items() if k not in data}}
+        return data
+
+
+class DataConfig(Section):
+    source: Literal["stdlib", "text", "synthetic", "seq2seq", "pairs", "tokens", "hf"] = "stdlib"
+    path: str | None = None
+    val_path: str | None = None  # tokens: the validation ids (else the last val_fraction of path's)
+    token_dtype: Literal["uint16", "uint32"] = "uint16"  # tokens: the ids' type in a .bin (.npy says)
+    tokenizer: Literal["byte", "bpe", "word"] = "byte"
+    # hf: datasets.load_dataset(dataset, config, split=...); a local folder of data files works too
+    dataset: str | None = None
+    config: str | None = None
+    split: str = "train"
+    val_split: str | None = None  # else the last val_fraction of `split`
+    text_field: str = "text"
+    source_field: str | None = None  # with model.arch encoder_decoder; `column.key` reaches into a mapping
+    target_field: str | None = None
+    max_bytes: Int = Field(4_000_000, ge=1024, le=2**40)
+    val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
+    task: Literal["random", "copy", "reverse", "sort", "copy_noise", "translate"] = "copy"
+    vocab_size: Int = Field(256, ge=2, le=1_000_000)
+    seed: Int = Field(0, ge=0, lt=2**63)  # seq2seq translate: the seed of its two made-up languages
+
+
+LM_TASKS = ("random", "copy", "reverse")
+SEQ2SEQ_TASKS = ("reverse", "sort", "copy_noise", "translate")
+SEQ2SEQ_SOURCES = ("seq2seq", "pairs")  # and hf, with model.arch encoder_decoder
+TEXT_SOURCES = ("stdlib", "text", "pairs", "hf")  # the sources a tokenizer applies to
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw", "radam", "sgd"] = "adam"
+    lr: Float = Field(1e-3, gt=0.0, le=100.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.98)
+    eps: Float = Field(1e-8, gt=0.0)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)
+    clip_grad_norm: Float | None = Field(None, gt=0.0)
+
+
+class ScheduleConfig(Section):
+    warmup_steps: Int = Field(0, ge=0)
+    decay: Literal["constant", "inverse_sqrt", "cosine", "linear"] = "constant"
+    min_lr: Float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Section):
+    steps: Int = Field(1000, ge=1, le=1_000_000_000)
+    batch_size: Int = Field(32, ge=1, le=1_048_576)
+    seq_len: Int = Field(128, ge=1, le=1_000_000)
+    seed: Int = Field(0, ge=0, lt=2**63)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Int | None = Field(None, ge=1, le=1024)
+    eval_every: Int = Field(100, ge=1)
+    eval_batches: Int = Field(10, ge=1, le=100_000)
+    eval_bleu_every: Int | None = Field(None, ge=1)  # encoder-decoder: BLEU/chrF into metrics.jsonl
+    diverge_loss: Float | None = Field(None, gt=0.0)
+    checkpoint_every: Int | None = Field(None, ge=1)
+    deterministic: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    peak_tflops: Float | None = Field(None, gt=0.0)
+
+
+class WandbConfig(Section):
+    project: str = Field(min_length=1)
+    mode: Literal["online", "offline"] = "online"  # offline: files in RUN/wandb/, `wandb sync` later
+
+
+class LogConfig(Section):
+    grad_every: Int = Field(10, ge=1)
+    probes: list[ProbeName] = ["grad", "act"]  # lnexp/core/probe_kinds.py
+    output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    # sensitivity's noise ablation: one forward per layer, so only at these steps
+    ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    loss_every: Int = Field(10, ge=1)
+    tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
+    wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
+    # the plain progress line where stderr is not a terminal (batch jobs, nohup, CI): every this many
+    # steps (rounded up to loss_every), or None: about every 10 seconds
+    print_every: Int | None = Field(None, ge=1)
+
+
+class RunConfig(Section):
+    name: str | None = None
+    dir: str = "runs"
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    log: LogConfig = LogConfig()
+    run: RunConfig = RunConfig()
+    plugins: list[str] = []  # Python files whose layouts, norms and probes register (lnexp/core/plugins.py)
+
+    def diverge_threshold(self, vocab_size: int) -> float:
+        """Loss above which a run counts as exploded: twice a uniform guess unless configured."""
+        return self.train.diverge_loss or 2.0 * math.log(vocab_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] = ()) -> Config:
+    """Read a YAML config, load its plugins and `plugins` (`--plugin`), apply `key.path=value`
+    overrides, validate; raise ConfigError on any fault.
+
+    A fault is blamed on the `--set` that brought it in (the first override after which the config
+    fails this way), else on the file."""
+    path = Path(path)
+    raw = with_plugins(_read_yaml(path), str(path), path.parent, list(plugins))
+    items = [(item, *_parse_override(item)) for item in overrides]
+    configs = [copy.deepcopy(raw)]
+    for _, key, value in items:
+        configs.append(copy.deepcopy(configs[-1]))
+        set_key(configs[-1], key, value)
+    fault = _fault(configs[-1])
+    if fault is None:
+        return Config.model_validate(configs[-1])
+    culprit = len(items)
+    while culprit > 0 and _fault(configs[culprit - 1]) == fault:
+        culprit -= 1
+    key, message = fault
+    if culprit == 0:
+        raise ConfigError(f"{path}: {key}: {message}")
+    item, blamed, _ = items[culprit - 1]
+    named = blamed if key == blamed or key.startswith(blamed + ".") else f"{item}: {key}"
+    raise ConfigError(f"--set {named}: {message}")
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """A copy of parsed YAML with `--set KEY=VALUE` items applied (not yet validated)."""
+    raw = copy.deepcopy(raw)
+    for item in sets:
+        set_key(raw, *_parse_override(item))
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """A Config from parsed YAML (a file, a checkpoint's config); ConfigError names `source`."""
+    raw = with_plugins(raw, source)
+    fault = _fault(raw)
+    if fault:
+        raise ConfigError(f"{source}: {fault[0]}: {fault[1]}")
+    return Config.model_validate(raw)
+
+
+def with_plugins(raw: dict[str, Any], source: str, folder: Path | None = None, extra: list[str] = ()
+                  ) -> dict[str, Any]:
+    """Load the config's plugins (relative paths: from `folder`, the config file's) and `extra` (from
+    `--plugin`), so their layouts, norms and probes validate; the config keeps absolute paths."""
+    listed = raw.get("plugins", [])
+    if not isinstance(listed, list) or not all(isinstance(p, str) and p for p in listed):
+        raise ConfigError(f"{source}: plugins: must be a list of Python file paths")
+    paths = [Path(p).expanduser() for p in listed]
+    paths = [p if p.is_absolute() or folder is None else folder / p for p in paths]
+    resolved = list(dict.fromkeys(str(p.resolve()) for p in [*paths, *map(Path, extra)]))
+    for path in resolved:
+        try:
+            plugins.load(path)
+        except plugins.PluginError as exc:
+            blame = "--plugin" if path not in map(str, (p.resolve() for p in paths)) else \
+                f"{source}: plugins"
+            raise ConfigError(f"{blame}: {exc}") from None
+    return {**raw, "plugins": resolved} if resolved else raw
+
+
+def _fault(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """The first problem of a config, as (key, message), or None."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        return ".".join(str(part) for part in error["loc"]), _describe(error)
+    return _check_consistency(config)
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names a key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last,
+    so a repeated section would silently replace the first. Merge keys (<<) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable: the base class says so
+                continue
+            if first is not None:
+                raise DuplicateKey(None, None, f"duplicate key {key!r} (first at line {first + 1})",
+                                   key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = read_regular(path, CONFIG_LIMIT).decode("utf-8")
+    except FileProblem as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: bad YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: bad YAML: nested too deeply") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {_kind(raw)}")
+    return raw
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> (key path, value read as YAML, to be validated like the file's)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. optim.lr=3e-3")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {key}: empty key part (expected SECTION.KEY, e.g. optim.lr)")
+    try:
+        value = yaml.load(text, Loader=_StrictLoader) if text.strip() else ""
+    except DuplicateKey as exc:
+        raise ConfigError(f"--set {key}: {exc.problem}") from None
+    except (yaml.YAMLError, RecursionError):  # not YAML: the text itself (validated as a string)
+        value = text
+    return key, value
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (`optim.lr`) in parsed YAML, making its sections; ConfigError if a part of
+    the path is not a section."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parents[: depth + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _check_consistency(config: Config) -> tuple[str, str] | None:
+    """Constraints between keys: caught before anything is built or written."""
+    m, t, d = config.model, config.train, config.data
+    if m.d_model % m.n_heads:
+        return "model.n_heads", f"must divide model.d_model ({m.d_model}), got {m.n_heads}"
+    if t.seq_len > m.max_seq_len:
+        return "train.seq_len", f"must be <= model.max_seq_len ({m.max_seq_len}), got {t.seq_len}"
+    if d.source in ("text", "pairs", "tokens") and not d.path:
+        return "data.path", f"required when data.source is {d.source}"
+    if d.source == "tokens" and "vocab_size" not in d.model_fields_set:
+        return "data.vocab_size", "required when data.source is tokens (the ids are < vocab_size)"
+    if d.source == "hf" and not d.dataset:
+        return "data.dataset", "required when data.source is hf (a dataset name or a local folder)"
+    if d.source == "hf" and m.arch == "encoder_decoder":
+        for key in ("source_field", "target_field"):
+            if not getattr(d, key):
+                return f"data.{key}", "required when data.source is hf with model.arch encoder_decoder"
+    if d.tokenizer != "byte" and d.source not in TEXT_SOURCES:
+        return "data.tokenizer", f"applies to text (stdlib, text, pairs, hf), not data.source {d.source}"
+    if d.tokenizer == "bpe" and d.vocab_size < MIN_BPE_VOCAB:
+        return "data.vocab_size", (f"must be >= {MIN_BPE_VOCAB} with data.tokenizer bpe (256 bytes and "
+                                   f"the specials before any merge), got {d.vocab_size}")
+    if t.eval_bleu_every is not None and m.arch != "encoder_decoder":
+        return "train.eval_bleu_every", "needs model.arch encoder_decoder (BLEU scores translations)"
+    if m.arch == "encoder_decoder" and d.source not in (*SEQ2SEQ_SOURCES, "hf"):
+        return "data.source", f"must be seq2seq, pairs or hf with model.arch encoder_decoder, got {d.source}"
+    if m.arch == "decoder" and d.source in SEQ2SEQ_SOURCES:
+        return "data.source", f"{d.source} needs model.arch encoder_decoder, got model.arch decoder"
+    tasks = {"synthetic": LM_TASKS, "seq2seq": SEQ2SEQ_TASKS}.get(d.source)
+    if tasks and d.task not in tasks:
+        return "data.task", f"must be one of {', '.join(tasks)} with data.source {d.source}, got {d.task}"
+    if d.source == "seq2seq" and d.task == "translate" and d.vocab_size < 16:
+        return "data.vocab_size", f"must be >= 16 for the translate task, got {d.vocab_size}"
+    if m.arch == "encoder_decoder" and t.seq_len < 2:
+        return "train.seq_len", f"must be >= 2 with model.arch encoder_decoder, got {t.seq_len}"
+    if m.positional == "sinusoidal" and m.d_model % 2:
+        return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
+    layout = LAYOUTS[m.norm]
+    if m.residual_scaling == "gpt2" and layout.own_init:  # GPT-2's branch scaling would confound it
+        return "model.residual_scaling", f"must be none with model.norm {m.norm} (it sets its own init)"
+    for kind, registry, chosen in (("norm", LAYOUTS, m.norm), ("norm_type", NORMS, m.norm_type)):
+        for option in dict.fromkeys(o for item in registry.values() for o in item.options):
+            if option not in registry[chosen].options \
+                    and getattr(m, option) != ModelConfig.model_fields[option].default:
+                owners = " or ".join(name for name, item in registry.items() if option in item.options)
+                return f"model.{option}", f"applies only to model.{kind} {owners}, got model.{kind} {chosen}"
+    name = config.run.name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
+                             or name.startswith("~") or "\0" in name):
+        return "run.name", f"must be a plain folder name, got {_show(name)}"
+    if name is not None and len(name.encode()) > MAX_RUN_NAME:
+        return "run.name", f"must be at most {MAX_RUN_NAME} bytes (a folder name), got {len(name.encode())}"
+    return None
+
+
+MIN_BPE_VOCAB = 260  # byte-level BPE starts from the 256 bytes and 4 specials (pad, bos, eos, unk)
+MAX_RUN_NAME = 200  # NAME_MAX is 255 bytes; the rest is room for the temp names beside a folder
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Keys the user set that do nothing in this config (`key: why`): accepted, but worth a word."""
+    d, s = config.data, config.schedule
+    warnings = []
+    hf = d.source == "hf"
+    unused = {"max_bytes": d.source != "stdlib", "path": d.source not in ("text", "pairs", "tokens"),
+              "val_path": d.source != "tokens", "token_dtype": d.source != "tokens",
+              "task": d.source not in ("synthetic", "seq2seq"),
+              "vocab_size": d.source not in ("synthetic", "seq2seq", "tokens") and d.tokenizer == "byte",
+              "seed": not (d.source == "seq2seq" and d.task == "translate"),
+              **{key: not hf for key in ("dataset", "config", "split", "val_split")},
+              "text_field": not hf or config.model.arch == "encoder_decoder",
+              **{key: not hf or config.model.arch != "encoder_decoder"
+                 for key in ("source_field", "target_field")}}
+    for key, idle in unused.items():
+        if idle and key in d.model_fields_set:
+            warnings.append(f"data.{key}: has no effect with data.source {d.source}"
+                            + (f" and data.task {d.task}" if key == "seed" and d.source == "seq2seq" else ""))
+    for kind in PROBE_KINDS.values():
+        if kind.schedule in config.log.model_fields_set and kind.name not in config.log.probes:
+            warnings.append(f"log.{kind.schedule}: has no effect without {kind.name} in log.probes")
+    if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
+        warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
+    if s.warmup_steps > config.train.steps:
+        warnings.append(f"schedule.warmup_steps: {s.warmup_steps} is more than train.steps "
+                        f"({config.train.steps}): the learning rate never reaches optim.lr")
+    return warnings
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    got = f"got {_show(value)}"
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggest(error["loc"])
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        hint = " (YAML reads on/off/yes/no as booleans: quote it)" if isinstance(value, bool) else ""
+        return f"must be one of {ctx['expected'].replace(' or ', ', ')}, {got}{hint}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound}, {got}"
+    if kind.startswith("int_"):
+        return f"must be an integer, {got}"
+    if kind.startswith("float_") or kind == "finite_number":
+        return f"must be a finite number, {got}"
+    if kind.startswith("bool_"):
+        return f"must be true or false, {got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of keys, {got}"
+    if kind in ("list_type", "tuple_type", "too_short", "too_long"):
+        return f"must be a list of the right length, {got}"
+    if kind == "string_type":
+        return f"must be a string, {got}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, {got}"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    *parents, name = loc
+    section: type[BaseModel] = Config
+    for part in parents:
+        annotation = section.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    close = difflib.get_close_matches(str(name), list(section.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

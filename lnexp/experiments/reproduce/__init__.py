@@ -1,0 +1,223 @@
+"""`lnexp reproduce SUITE`: the runs that test a paper's claims, and a report whose verdicts are
+computed from them.
+
+    <out>/runs/train/<cell>/     training runs, shared by every suite that needs the same cell
+    <out>/runs/init/<cell>/      one-step runs that measure the model at initialisation
+    <out>/<suite>/report.md      verdict table, definitions and thresholds, figures, numbers
+    <out>/<suite>/verdicts.json  the same verdicts for scripts
+    <out>/report.md              every suite's verdicts on one page
+
+Finished runs are reused (a run whose stored config differs from the suite's is trained again), so
+an interrupted `lnexp reproduce` resumes, and re-running it only rewrites the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lnexp import __version__
+from lnexp.core.errors import LnexpError
+from lnexp.experiments.reproduce.engine import SCALES, Scale, SuiteRuns, make_cells, with_plugins_in_cells
+from lnexp.experiments.reproduce.report import md_table, write_report
+from lnexp.experiments.reproduce.suites import SUITES
+from lnexp.experiments.reproduce.suites.layouts import choose_layouts
+from lnexp.experiments.reproduce.verdicts import Verdict, usable
+from lnexp.experiments.sweep import (
+    Cell,
+    Event,
+    Interrupted,
+    Plan,
+    execute,
+    is_finished,
+    plan,
+    threads_per_job,
+)
+from lnexp.run.folder import now
+
+__all__ = ["SCALES", "SUITES", "Scale", "Reproduction", "Stopped", "reproduce", "suite_names"]
+
+
+def suite_names() -> list[str]:
+    return [*SUITES, "all"]
+
+
+@dataclass
+class Reproduction:
+    reports: dict[str, Path]
+    verdicts: dict[str, list[Verdict]]
+    trained: int
+    reused: int
+    failed: dict[str, str]
+    wall_s: float
+    index: Path | None
+    waiting: int = 0  # runs whose jobs are queued or running (--detach): no report written yet
+
+
+class Stopped(LnexpError):
+    """A signal stopped the reproduction before every run was done: no report is written."""
+
+    exit_code = 130
+
+
+def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path | str | None = None,
+              on_event: Event | None = None, sets: Sequence[str] = (), threads: int | None = None,
+              launcher: Any = None, detach: bool = False, plugins: Sequence[str] = (),
+              layouts: Sequence[str] = (), pack: int | None = None) -> Reproduction:
+    """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `sets` are
+    `--set` items for every cell; `threads` per run (default: the cores split over `jobs`). With a
+    slurm `launcher` the runs are batch jobs (lnexp.experiments.slurm): the report is written once all
+    are done.
+    `plugins` are loaded into every cell's config; `layouts` chooses the layouts suite's layouts
+    (default: every registered one). `pack`: cells of one structure trained together, up to this
+    many (lnexp.run.pack); None: where measured faster here."""
+    scale = with_plugins_in_cells(SCALES[scale] if isinstance(scale, str) else scale, plugins)
+    if suite not in suite_names():  # after the plugins: they may register suites
+        raise ValueError(f"unknown suite {suite!r}")
+    scale = choose_layouts(scale, layouts)  # after the plugins: they may register layouts
+    out = Path(out) if out is not None else Path("runs") / f"reproduce-{scale.name}"
+    names = list(SUITES) if suite == "all" else [suite]
+    start = time.perf_counter()
+    grids = {name: SUITES[name].grid_at(scale) for name in names}
+    specs = {name: [s for group in grid.values() for s in group] for name, grid in grids.items()}
+    cells = make_cells(scale, [s for group in specs.values() for s in group], out,
+                       threads or threads_per_job(jobs), sets)
+    unique = list({id(c): c for c in cells.values()}.values())
+    # the longest cells first: better packing of the worker processes
+    unique.sort(key=lambda c: -c.config.train.steps * c.config.model.n_layers)
+    work = plan(unique, mismatch="replace")
+    command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--out", str(out),
+               *(a for s in sets for a in ("--set", s))]
+    try:
+        if launcher is not None and launcher.kind == "slurm":
+            from lnexp.experiments.slurm import launch
+
+            results = launch(work, launcher, out, f"reproduce {scale.name}", lambda _: command, on_event,
+                             detach)
+        else:
+            results = execute(work, jobs, source=f"reproduce {scale.name}", command=lambda _: command,
+                              on_event=on_event, pack=pack)
+    except Interrupted as exc:
+        raise Stopped(stopped_message(work, exc.results)) from None
+    if any(r.get("status") == "interrupted" for r in results.values()):
+        raise Stopped(stopped_message(work, results))
+    failed = {name: r.get("error", "") for name, r in results.items() if r.get("status") == "failed"}
+    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
+    wall = time.perf_counter() - start
+    if waiting:
+        return Reproduction({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
+    reports, verdicts = {}, {}
+    for name in names:
+        ctx = SuiteRuns(name, scale, SUITES[name].params_at(scale), grids[name],
+                        {s: cells[s] for s in specs[name]}, sets)
+        analysis = SUITES[name].analyse(ctx)
+        mark_missing(analysis.verdicts, list({id(c): c for c in ctx.cells.values()}.values()))
+        header = _header(name, scale, ctx, jobs, wall, len(work.todo), suite, out, sets)
+        note = (f"Rows that are not reproduced or inconclusive are measured results at scale `{scale.name}`, "
+                f"not refutations of the papers: {scale.paper_gap}. The numbers say how far each claim "
+                "is from its threshold.")
+        reports[name] = write_report(out / name, f"{name}: {SUITES[name].title}", SUITES[name].source,
+                                     header, analysis, note)
+        verdicts[name] = analysis.verdicts
+    index = write_index(out, scale)
+    return Reproduction(reports, verdicts, len(work.todo), len(work.skipped), failed, wall, index)
+
+
+def stopped_message(work: Plan, results: dict[str, dict[str, Any]]) -> str:
+    """How many of the runs to train were done, interrupted (resumable) and never started."""
+    todo = [cell.key for cell, _ in work.todo]
+    statuses = [results.get(key, {}).get("status") for key in todo]
+    interrupted = sum(s == "interrupted" and "steps_done" in results[k] for s, k in zip(statuses, todo))
+    done = sum(s not in (None, "interrupted") for s in statuses)
+    return (f"interrupted: {done} of {len(todo)} run(s) done, {interrupted} interrupted (they resume from "
+            f"their checkpoints), {len(todo) - done - interrupted} never started; no report written. Run "
+            "the same command again to resume")
+
+
+def mark_missing(verdicts: list[Verdict], cells: list[Cell]) -> None:
+    """A verdict that lacks a number while some of the suite's runs have no result (failed, not run)
+    is not inconclusive: it is `missing (n of m runs)`."""
+    missing = sum(not is_finished(cell.path) for cell in cells)
+    if not missing:
+        return
+    for v in verdicts:
+        if not v.values or any(not usable(x) for x in v.values):
+            v.verdict = f"missing ({missing} of {len(cells)} runs)"
+
+
+def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, trained: int, invoked: str,
+            out: Path, sets: Sequence[str]) -> list[str]:
+    cells = list({id(c): c for c in ctx.cells.values()}.values())
+    seconds, devices, packs, packed = 0.0, set(), {}, 0
+    for cell in cells:
+        try:
+            meta = json.loads((cell.path / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        wall = meta.get("wall_time_s") or 0.0
+        if meta.get("packs"):  # a pack's runs each record the pack's wall time: count it once
+            key = json.dumps(meta["packs"])
+            packs[key] = max(packs.get(key, 0.0), wall)
+            packed += 1
+        else:
+            seconds += wall
+        devices.add(f"{meta.get('device', '?')}, {meta.get('threads', '?')} thread(s)")
+    seconds += sum(packs.values())
+    families = sorted({Path(c.config.run.dir).name for c in cells})
+    return [
+        f"Scale **{scale.name}**: {scale.description}. Seeds per training cell: {scale.seeds}; per "
+        f"initialisation cell: {scale.init_seeds}.",
+        "",
+        f"{len(cells)} runs, in " + ", ".join(f"`../runs/{f}/`" for f in families) + " (device: "
+        + ("; ".join(sorted(devices)) or "–") + f"); their training took {seconds:.0f} s in total "
+        "(sum of the runs' wall times; the runs of a pack share one, counted once)."
+        + (f" {packed} of them trained in packs (their `meta.json` says which): a packed run's "
+           "numbers differ from the same run alone at rounding level, and can drift further over its "
+           "steps (docs/packing.md)." if packs else ""),
+        "",
+        f"Written {now()} by lnexp {__version__} (`lnexp reproduce {invoked} --scale {scale.name} "
+        f"--jobs {jobs} --out {out}{''.join(f' --set {s}' for s in sets)}`), which trained {trained} "
+        "run(s) and reused the others "
+        f"(finished runs are never trained again) in {wall:.0f} s of wall time.",
+    ]
+
+
+def write_index(out: Path, scale: Scale) -> Path:
+    """out/report.md: the verdicts of every suite that has a report under `out`."""
+    lines = [f"# lnexp reproduce — scale {scale.name}", "",
+             "Each suite's report has the figures, definitions, thresholds and per-seed numbers.", ""]
+    rows = []
+    for name in SUITES:
+        try:
+            verdicts = json.loads((out / name / "verdicts.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for v in verdicts:
+            rows.append([f"[{name}]({name}/report.md)", v["claim"], v["quantity"], v["threshold"],
+                         v.get("summary", ""), f"**{v['verdict']}**"])
+    lines += [md_table(["suite", "claim", "measured quantity", "threshold", "mean ± std (n)", "verdict"],
+                       rows) if rows else "(no suite has been run yet)", ""]
+    path = out / "report.md"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def verdicts_table(outcome: Reproduction):
+    """The verdicts of this invocation as a rich table (stdout)."""
+    from rich.table import Table
+
+    from lnexp.experiments.reproduce.report import mean_pm
+
+    table = Table(title=f"verdicts ({outcome.index})", title_justify="left")
+    for column in ("suite", "claim", "measured (mean ± std, n)", "threshold", "verdict"):
+        table.add_column(column)
+    for suite, verdicts in outcome.verdicts.items():
+        for v in verdicts:
+            style = {"reproduced": "green", "not reproduced": "red"}.get(v.verdict, "yellow")
+            table.add_row(suite, v.claim, mean_pm(v.values), v.threshold, f"[{style}]{v.verdict}[/]")
+    return table

@@ -1,0 +1,520 @@
+"""Figures: `compare_figure` for runs side by side, `run_figures` for one run's folder.
+
+Agg backend: figures go to files only, so they render without a display (CI, ssh). Imported lazily
+by the CLI, so `lnexp --help` does not pay for matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FormatStrFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
+
+from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, by_row, profile_depth  # noqa: E402
+from lnexp.experiments.stability import largest_index, largest_lr_panel  # noqa: E402
+from lnexp.experiments.sweep import CellResult, read_sweep  # noqa: E402
+from lnexp.report.compare import Comparison, band, group_profiles  # noqa: E402
+from lnexp.run.folder import Run, is_run, layer_profile, load_run, logged_steps, weight_roles  # noqa: E402
+
+COLORS = plt.get_cmap("tab10").colors
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)  # pyplot keeps every figure alive until closed
+    return path
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing running mean, so per-step training losses read as a curve."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+BYTE_SOURCES = ("stdlib", "text", "pairs")  # byte-level data: a token is a byte
+
+
+def loss_label(config: dict[str, Any]) -> str:
+    """`loss (nats per byte)` for byte-level data, else `loss (nats per token)`."""
+    source = config.get("data", {}).get("source", "stdlib")
+    return f"loss (nats per {'byte' if source in BYTE_SOURCES else 'token'})"
+
+
+def warmup_steps(run: Run) -> int:
+    value = run.config.get("schedule", {}).get("warmup_steps")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+DENSE_EVALS = 12  # with this many validation points a line between them no longer misleads
+
+
+def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
+    """Training loss (running mean, raw values faint) solid, validation loss as dots (joined only
+    when evals are dense), a cross where a run diverged, a dotted line at the end of warm-up."""
+    train = [(m["step"], m["loss"]) for m in run.metrics if m.get("loss") is not None]
+    finite = [(s, v) for s, v in train if math.isfinite(v)]
+    if finite:
+        steps, losses = zip(*finite)
+        window = max(1, len(losses) // 30)
+        if window > 1:
+            ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.8)
+        ax.plot(steps, smooth(list(losses), window), color=color, linewidth=1.6)
+    val = [(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None]
+    if val:
+        ax.plot(*zip(*val), color=color, linestyle="--" if len(val) >= DENSE_EVALS else "none",
+                marker="o", markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, linewidth=1)
+    diverged = run.summary.get("diverged_step")
+    if diverged is not None and finite:
+        ax.plot([diverged], [finite[-1][1]], color=color, marker="x", markersize=11, markeredgewidth=2.5)
+    if warmup_steps(run):
+        ax.axvline(warmup_steps(run), color=color, linestyle=":", linewidth=1)
+    ax.set(xlabel="step", ylabel=loss_label(run.config), title="loss")
+    if log_scale:
+        ax.set_yscale("log")
+
+
+def loss_legend(ax: Axes, runs: list[Run]) -> None:
+    """What the marks of a loss panel mean, in grey (the colours name the runs elsewhere)."""
+    grey = dict(color="grey")
+    handles = [Line2D([], [], linewidth=1.6, label="train (running mean)", **grey),
+               Line2D([], [], linestyle="none", marker="o", markeredgecolor="black", label="validation",
+                      **grey)]
+    if any(r.summary.get("diverged_step") is not None for r in runs):
+        handles.append(Line2D([], [], linestyle="none", marker="x", markeredgewidth=2.5, label="diverged",
+                              **grey))
+    if any(warmup_steps(r) for r in runs):
+        handles.append(Line2D([], [], linestyle=":", label="end of warm-up", **grey))
+    ax.legend(handles=handles, fontsize=8)
+
+
+SCORES = {"bleu": "BLEU", "chrf": "chrF", "exact_match": "exact match"}  # train.eval_bleu_every's
+
+
+def score_panel(ax: Axes, run: Run, color: Any, metric: str) -> None:
+    """A translation score (metrics.jsonl's `metric`, train.eval_bleu_every) against the step."""
+    points = [(m["step"], m[metric]) for m in run.metrics if m.get(metric) is not None]
+    if points:
+        ax.plot(*zip(*points), color=color, marker="o", markersize=3.5, linewidth=1.6)
+    ax.set(xlabel="step", ylabel=SCORES[metric], title=f"validation {SCORES[metric]} (greedy)")
+
+
+def lr_panel(ax: Axes, run: Run, color: Any, width: float = 1.6) -> None:
+    points = [(m["step"], m["lr"]) for m in run.metrics if m.get("lr") is not None]
+    if points:
+        ax.plot(*zip(*points), color=color, linewidth=width)
+
+
+def lr_axis(ax: Axes) -> None:
+    """Once every run's schedule is drawn: from 0, so a warm-up or decay reads as a fraction of the
+    peak (setting the limit before drawing would freeze autoscaling at the first run's curve)."""
+    ax.set(xlabel="step", ylabel="learning rate", title="learning-rate schedule")
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
+def uses_log_scale(probe: str, param: str) -> bool:
+    """One y scale per quantity, whatever the data's range, so two runs' figures can be put side by
+    side: the probe's declaration says which (log for magnitudes, linear for ranks and changes)."""
+    kind = by_row(probe)
+    return kind is not None and (kind.log_scale is True or param in (kind.log_scale or ()))
+
+
+def label_log_axis(axis: Any) -> None:
+    """Plain-number tick labels on a log axis, at 1-2-5 (or every digit when the axis spans less than
+    a decade), so that a narrow range has more than one labelled tick."""
+    low, high = sorted(axis.get_view_interval())
+    if low <= 0:
+        return
+    if math.log10(high / low) > 1:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:  # evenly spaced round numbers, as on a linear axis
+        axis.set_major_locator(FixedLocator([t for t in MaxNLocator(6).tick_values(low, high)
+                                             if low <= t <= high]))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> None:
+    depth = max(map(len, values), default=0)
+    ax.set_xticks(range(depth))
+    leaves_last = profile_depth(probe, param, 0) == 1  # a residual-stream measure
+    ax.set_xlabel("layer (from 0; last = leaving the last block)" if leaves_last else "layer (from 0)")
+    if uses_log_scale(probe, param):
+        ax.set_yscale("log")
+        label_log_axis(ax.yaxis)
+
+
+def colors(n: int) -> list[Any]:
+    """n distinct colours: tab10, tab20 up to 20, then evenly spaced along a perceptual colour map."""
+    if n <= 10:
+        return list(COLORS[:n])
+    if n <= 20:
+        return list(plt.get_cmap("tab20").colors[:n])
+    cmap = plt.get_cmap("turbo")
+    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+
+
+def _band(ax: Axes, curves: list[list[tuple[int, float]]], color: Any, **line: Any) -> None:
+    """The mean of several runs' curves at the steps they all have, with their min-max as a band."""
+    steps, mean, low, high = band(curves)
+    if steps:
+        ax.plot(steps, mean, color=color, **line)
+        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = False) -> None:
+    """Like loss_panel for several runs (seeds): the running mean of the training loss and the
+    validation loss averaged over them, each with a min-max band; crosses where one diverged."""
+    train = []
+    for run in runs:
+        points = [(m["step"], m["loss"]) for m in run.metrics if m.get("loss") is not None
+                  and math.isfinite(m["loss"])]
+        window = max(1, len(points) // 30)
+        train.append(list(zip([s for s, _ in points], smooth([v for _, v in points], window))))
+    _band(ax, train, color, linewidth=1.6)
+    val = [[(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None] for run in runs]
+    steps, mean, low, high = band(val)
+    if steps:
+        spread = [[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]]
+        ax.errorbar(steps, mean, yerr=spread,
+                    color=color, linestyle="--" if len(steps) >= DENSE_EVALS else "none", marker="o",
+                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, capsize=2)
+    for run in runs:
+        diverged = run.summary.get("diverged_step")
+        finite = [m["loss"] for m in run.metrics if m.get("loss") is not None and math.isfinite(m["loss"])]
+        if diverged is not None and finite:
+            ax.plot([diverged], [finite[-1]], color=color, marker="x", markersize=11, markeredgewidth=2.5)
+    for steps_w in {warmup_steps(r) for r in runs} - {0}:
+        ax.axvline(steps_w, color=color, linestyle=":", linewidth=1)
+    ax.set(xlabel="step", ylabel=loss_label(runs[0].config), title="loss (mean of a group's runs, band: "
+           "min to max)")
+    if log_scale:
+        ax.set_yscale("log")
+
+
+def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: str = "loss") -> Path:
+    """Loss curves (or the `metric` of SCORES) overlaid, the chosen per-layer profile of every run (or
+    group), and the learning rates: one colour per run or group in every panel; the legend names the
+    values of the keys that differ (its title the keys)."""
+    ncol = min(len(c.groups), 3 if len(c.groups) <= 12 else 4)
+    rows = -(-len(c.groups) // ncol)
+    legend_height = 0.3 + 0.2 * rows  # inches: the figure grows with its legend, the panels keep theirs
+    fig, (ax_loss, ax_prof, ax_lr) = plt.subplots(1, 3, figsize=(16, 4.8 + legend_height))
+    handles = []
+    steps = {p.step for p in c.profiles if p.step is not None}
+    profiles = group_profiles(c)
+    palette = colors(len(c.groups))
+    for i, (group, color) in enumerate(zip(c.groups, palette)):
+        runs = [c.runs[m] for m in group.members]
+        if metric != "loss":  # a score per run: seeds drawn side by side in their group's colour
+            for run in runs:
+                score_panel(ax_loss, run, color, metric)
+        elif len(runs) == 1:
+            loss_panel(ax_loss, runs[0], color, log_loss)
+        else:
+            group_loss_panel(ax_loss, runs, color, log_loss)
+        # runs often share a schedule: earlier runs drawn wider, so identical curves stay visible
+        width = 1.4 + 2.5 * (len(c.groups) - 1 - i) / max(1, len(c.groups) - 1)
+        for run in runs:
+            lr_panel(ax_lr, run, color, width)
+        step = c.profiles[group.members[0]].step
+        label = group.label + (f" (step {step})" if len(steps) > 1 and step is not None else "")
+        values = profiles[group.label]
+        (line,) = ax_prof.plot(range(len(values)), values, color=color, marker="o", linewidth=1.6,
+                               label=label)
+        if len(runs) > 1:
+            _band(ax_prof, [list(enumerate(c.profiles[m].values)) for m in group.members], color,
+                  linewidth=0)
+        handles.append(line)
+    if metric == "loss":
+        loss_legend(ax_loss, c.runs)
+    lr_axis(ax_lr)
+    _layer_axis(ax_prof, [c.profiles[m].values for g in c.groups for m in g.members], c.probe, c.param)
+    ax_prof.set_title(c.profile_title, fontsize=10)
+    ax_prof.set_ylabel(c.profile_quantity)
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=ncol, frameon=False,
+               title=c.legend_title or None, fontsize=9 if len(handles) <= 12 else 7)
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
+    return _save(fig, path)
+
+
+def run_figures(run: Run, out_dir: Path, suffix: str = ".png", skip_init: bool = False
+                ) -> tuple[list[Path], list[str]]:
+    """Write one run's figures into `out_dir`. Returns their paths and notes on what was left out
+    (a probe the run did not log). `skip_init` leaves step 0 out of the gradient heatmap, whose
+    initial gradients can be orders of magnitude above the rest and take up the colour scale."""
+    paths, notes = [], []
+    if run.metrics:
+        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
+        loss_panel(ax_loss, run, COLORS[0])
+        loss_legend(ax_loss, [run])
+        lr_panel(ax_lr, run, COLORS[0])
+        lr_axis(ax_lr)
+        fig.suptitle(run.name)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"curves{suffix}"))
+    else:
+        notes.append("no metrics logged: no loss or learning-rate curves")
+    grads = _by_step(run.probes, "grad")
+    roles = weight_roles(run.probes)
+    if roles:
+        shown = {s: rows for s, rows in grads.items() if s > 0} if skip_init and len(grads) > 1 else grads
+        paths.append(_save(_heatmaps(run.name, shown, roles), out_dir / f"grad_heatmap{suffix}"))
+        paths.append(_save(_grad_profiles(run.name, grads, roles), out_dir / f"grad_profile{suffix}"))
+    else:
+        notes.append("no grad probe logged: no gradient heatmap or profile")
+    acts = _by_step(run.probes, "act")
+    if acts:
+        paths.append(_save(_activations(run.name, acts), out_dir / f"activations{suffix}"))
+    else:
+        notes.append("no act probe logged: no activation-norm figure")
+    for probe in (k.name for k in PROBE_KINDS.values() if k.measures):  # a figure only where logged
+        by_step = _by_step(run.probes, probe)
+        if by_step:
+            paths.append(_save(_measures(run.name, by_step, probe), out_dir / f"{probe}{suffix}"))
+    return paths, notes
+
+
+def _by_step(rows: list[dict[str, Any]], probe: str) -> dict[int, list[dict[str, Any]]]:
+    """The probe's rows grouped by step, so a profile per step reads only its own rows."""
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["probe"] == probe:
+            groups[row["step"]].append(row)
+    return {step: groups[step] for step in logged_steps(rows, probe)}
+
+
+def _grid(n: int, width: float, height: float, cols: int = 4) -> tuple[Figure, list[Axes]]:
+    cols = min(n, cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _heatmaps(name: str, grads: dict[int, list[dict[str, Any]]], roles: list[str]) -> Figure:
+    """Gradient norm, layer x step, one panel per weight role, on one shared log colour scale (so a
+    colour means the same norm in every panel)."""
+    steps = list(grads)
+    fig, axes = _grid(len(roles), 4.2, 3.2)
+    grids = {}
+    for role in roles:
+        columns = [layer_profile(grads[s], "grad", role, s) for s in steps]
+        depth = max(map(len, columns))
+        grids[role] = [[col[layer] if layer < len(col) else math.nan for col in columns]
+                       for layer in range(depth)]
+    positive = [v for grid in grids.values() for row in grid for v in row if v > 0]
+    norm = LogNorm(min(positive), max(positive)) if positive else None
+    half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
+    image = None
+    for ax, role in zip(axes, roles):
+        depth = len(grids[role])
+        extent = (steps[0] - half, steps[-1] + half, -0.5, depth - 0.5)  # cells centred on step, layer
+        image = ax.imshow(grids[role], aspect="auto", origin="lower", norm=norm, cmap="viridis",
+                          interpolation="nearest", extent=extent)
+        ax.set(title=role, xlabel="step", ylabel="layer (from 0)", yticks=range(depth))
+    fig.suptitle(f"{name}: gradient norm by layer and step"
+                 + (f" (from step {steps[0]})" if steps[0] else ""))
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="gradient norm (log scale, shared)", fraction=0.03, pad=0.02)
+    return fig
+
+
+def _grad_profiles(name: str, grads: dict[int, list[dict[str, Any]]], roles: list[str]) -> Figure:
+    """Gradient norm against layer index for every weight role, at initialisation and at the end."""
+    first, last = min(grads), max(grads)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, step in zip(axes, (first, last)):
+        profiles = [layer_profile(grads[step], "grad", role, step) for role in roles]
+        for i, (role, values) in enumerate(zip(roles, profiles)):
+            ax.plot(range(len(values)), values, marker="o", color=COLORS[i % len(COLORS)], label=role)
+        _layer_axis(ax, profiles, "grad", "ffn.fc2")
+        ax.set(title=f"step {step}" + (" (initialisation)" if step == 0 else ""), ylabel="gradient norm")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"{name}: gradient norm by layer")
+    fig.tight_layout()
+    return fig
+
+
+def _steps_panel(ax: Axes, by_step: dict[int, list[dict[str, Any]]], probe: str, param: str) -> None:
+    """One profile by layer per logged step, up to 6 from the first to the last, coloured by step."""
+    steps = list(by_step)
+    chosen = sorted({steps[round(i * (len(steps) - 1) / 5)] for i in range(6)})
+    cmap = plt.get_cmap("viridis")
+    profiles = []
+    for i, step in enumerate(chosen):
+        values = layer_profile(by_step[step], probe, param, step)
+        profiles.append(values)
+        ax.plot(range(len(values)), values, marker="o", color=cmap(i / max(1, len(chosen) - 1)),
+                label=f"step {step}")
+    _layer_axis(ax, profiles, probe, param)
+    ax.legend(fontsize=8)
+
+
+def _activations(name: str, acts: dict[int, list[dict[str, Any]]]) -> Figure:
+    """Residual-stream RMS by layer at up to 6 logged steps, from the first to the last."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _steps_panel(ax, acts, "act", "resid")
+    ax.set(ylabel="RMS of the residual stream", title=f"{name}: residual-stream norm entering each layer")
+    fig.tight_layout()
+    return fig
+
+
+def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -> Figure:
+    """A panel per measure the run logged (rank: stream and branch outputs; sensitivity), each a
+    profile by layer at up to 6 logged steps."""
+    logged = {r["param"] for rows in by_step.values() for r in rows}
+    kind = PROBE_KINDS[probe]
+    params = [p for p in kind.measures if p in logged]
+    fig, axes = _grid(len(params), 4.6, 3.6, cols=len(FEATURE_STATS) if probe == "rank" else 4)
+    for ax, param in zip(axes, params):
+        steps = {step: rows for step, rows in by_step.items() if any(r["param"] == param for r in rows)}
+        _steps_panel(ax, steps, probe, param)
+        ax.set_title(kind.measures[param], fontsize=9)
+    fig.suptitle(f"{name}: {kind.title} by layer")
+    fig.tight_layout()
+    return fig
+
+
+# --- a sweep's figures -----------------------------------------------------------------------------
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def sweep_figures(root: Path, suffix: str = ".png") -> tuple[list[Path], list[str]]:
+    """Write a sweep's figures into SWEEP/plots/: the final validation loss against the first numeric
+    grid key, and, for a grid over optim.lr and model.n_layers, the stability map. RunError for a
+    folder that is not a sweep."""
+    grid, cells = read_sweep(root)
+    if not grid:
+        return [], [f"{root}: the grid has no key besides the seed; nothing to plot against"]
+    config = next((load_run(root / c.name, probes=False, tail=1).config for c in cells
+                   if is_run(root / c.name)), {})
+    numeric = [k for k, values in grid if all(_number(v) is not None for v in values)]
+    x_key = numeric[0] if numeric else grid[0][0]
+    out = root / "plots"
+    paths = [_save(_sweep_loss(root.name, grid, cells, x_key, config), out / f"final_loss{suffix}")]
+    if {"optim.lr", "model.n_layers"} <= set(numeric):
+        paths.append(_save(_sweep_stability(root.name, grid, cells), out / f"stability_map{suffix}"))
+    return paths, []
+
+
+def _lines(grid: list[tuple[str, list[str]]], cells: list[CellResult], exclude: set[str]
+           ) -> dict[str, list[CellResult]]:
+    """The cells by the values of the grid keys not in `exclude` (a legend label each), in grid order."""
+    others = [k for k, _ in grid if k not in exclude]
+    order = {k: {v: i for i, v in enumerate(values)} for k, values in grid}
+    lines: dict[tuple[int, ...], list[CellResult]] = {}
+    for cell in cells:
+        lines.setdefault(tuple(order[k].get(cell.values.get(k), -1) for k in others), []).append(cell)
+    return {", ".join(f"{k}={cell_list[0].values.get(k)}" for k in others) or "all cells": cell_list
+            for _, cell_list in sorted(lines.items())}
+
+
+def _sweep_loss(name: str, grid: list[tuple[str, list[str]]], cells: list[CellResult], x_key: str,
+                config: dict[str, Any]) -> Figure:
+    """Final validation loss against `x_key`: per line the seed mean of the completed cells with a
+    min-max band; a cross at the top for each diverged cell, a ring around each collapsed one."""
+    values = dict(grid)[x_key]
+    numbers = [_number(v) for v in values]
+    numeric = all(n is not None for n in numbers)
+    at = dict(zip(values, numbers if numeric else range(len(values))))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    lines = _lines(grid, cells, {x_key})
+    marked = {"diverged": False, "collapsed": False}
+    log_x = numeric and min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+    spacing = min(b - a for a, b in zip(sorted(at.values()), sorted(at.values())[1:])) if len(at) > 1 else 1
+    for i, ((label, members), color) in enumerate(zip(lines.items(), colors(len(lines)))):
+        nudge = 0.04 * (i - (len(lines) - 1) / 2)  # lines' crosses at one value side by side
+        xs, mean, low, high = [], [], [], []
+        for value in values:
+            here = [c for c in members if c.values.get(x_key) == value]
+            losses = [c.final_val_loss for c in here if c.status == "completed"
+                      and c.final_val_loss is not None and math.isfinite(c.final_val_loss)]
+            if losses:
+                xs.append(at[value])
+                mean.append(sum(losses) / len(losses))
+                low.append(min(losses))
+                high.append(max(losses))
+            for c in here:
+                if c.status == "diverged":
+                    x = at[value] * (1 + nudge) if log_x else at[value] + nudge * spacing
+                    ax.plot(x, 0.97, marker="x", color=color, markersize=10, markeredgewidth=2.2,
+                            transform=ax.get_xaxis_transform(), clip_on=False)
+                    marked["diverged"] = True
+                elif c.collapsed and c.final_val_loss is not None:
+                    ax.plot(at[value], c.final_val_loss, marker="o", markersize=13, markerfacecolor="none",
+                            markeredgecolor=color, markeredgewidth=1.5)
+                    marked["collapsed"] = True
+        ax.plot(xs, mean, marker="o", color=color, linewidth=1.6, label=label)
+        ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+    grey = dict(color="grey", linestyle="none")
+    extra = [Line2D([], [], marker="x", markeredgewidth=2.2, label="diverged (drawn at the top)", **grey)] \
+        if marked["diverged"] else []
+    if marked["collapsed"]:
+        extra.append(Line2D([], [], marker="o", markerfacecolor="none", markersize=11,
+                            label="collapsed (val loss at the unigram entropy)", **grey))
+    if log_x:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(list(at.values()), values, rotation=30 if len(values) > 6 else 0)
+    ax.set(xlabel=x_key, ylabel=f"final validation {loss_label(config)}",
+           title=f"{name}: final validation loss (line: seed mean; band: min to max over seeds)")
+    ax.title.set_fontsize(10)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + extra, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _sweep_stability(name: str, grid: list[tuple[str, list[str]]], cells: list[CellResult]) -> Figure:
+    """The largest converging learning rate against depth, per value of the other grid keys (layout,
+    recipe) and seed: stability.largest_lr_panel, as in `reproduce stability-map`."""
+    keys = dict(grid)
+    lrs = sorted(keys["optim.lr"], key=float)
+    depths = sorted(keys["model.n_layers"], key=float)
+    seeds = sorted({c.seed for c in cells if c.seed is not None}) or [None]
+    lines = {}
+    for label, members in _lines(grid, cells, {"optim.lr", "model.n_layers"}).items():
+        at = {(c.values["optim.lr"], c.values["model.n_layers"], c.seed): c.converged for c in members}
+        lines[label] = [[largest_index([at.get((lr, n, s)) for lr in lrs]) for n in depths] for s in seeds]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    largest_lr_panel(ax, [float(lr) for lr in lrs], [int(float(n)) for n in depths], lines)
+    ax.set_title(f"{name}: largest converging learning rate by depth, one line per seed\n(converges: "
+                 "completed, not diverged, not collapsed)", fontsize=10)
+    fig.tight_layout()
+    return fig

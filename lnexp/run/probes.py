@@ -1,0 +1,358 @@
+"""What a run measures inside the model, on logging steps only.
+
+- `grad`: the norm of every parameter's gradient (named by layer and role), before clipping.
+- `act`: the RMS of the residual stream entering every block and leaving the last one.
+- `update`: the update-to-weight ratio ||Δθ|| / ||θ|| of every parameter after the optimiser step.
+- `adam`: quantiles (10/50/90%) of Adam's second moment v_t per parameter (`adam_v_q10` ...).
+- `output_change` (at `log.output_change_steps`): Admin's amplification measure, per layer: the
+  relative change of the logits, ||f(x; θ + δ) − f(x; θ)|| / ||f(x; θ)||, when only that layer's
+  weights get a random-sign perturbation δ = ε·|θ|·s.
+- `rank`: the dimensionality of the features, on a fixed validation batch (a no-grad forward of its
+  own on logging steps): for the residual stream entering each block and leaving the last (`resid.*`)
+  and for each branch's output before it joins the stream (`attn.*`, `cross.*`, `ffn.*`), one SVD of
+  the centred (tokens × d_model) matrix gives the entropy effective rank exp(H(σ/Σσ)) of Roy &
+  Vetterli 2007 (`*.erank`) and the participation ratio (Σλ)²/Σλ², λ = σ² (`*.pr`); and the mean
+  cosine similarity between token vectors, uncentred (`*.aniso`: 1 is rank collapse).
+- `sensitivity`: ||∂loss/∂x_l||, the gradient of the training loss with respect to the residual
+  stream entering each block and leaving the last (`dloss_dx`), from the logging step's own backward
+  pass (tensor hooks, no second backward); and at `log.ablation_steps`, per layer, the relative
+  change of the validation loss when every branch output of that layer is replaced by Gaussian
+  noise of the same norm, token by token (`noise_loss_change`: one forward per layer).
+
+In an encoder-decoder (`model.arch: encoder_decoder`) a parameter's layer is its index in its stack
+and its role carries the stack (`enc.3.ffn.fc2.weight` -> layer 3, `enc.ffn.fc2.weight`). `act`,
+`rank`, `sensitivity` and `output_change` follow the decoder's blocks (`dec.{i}`), the stream the
+logits are read from: `act` is the RMS entering each decoder block and leaving the last, and
+`output_change` perturbs one decoder block at a time (its self-attention, cross-attention and FFN).
+The encoder's layers are not in these per-layer probes (their rows are keyed by layer index alone).
+
+Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
+reads every pending reading together with the pending losses in one transfer. The activation hooks
+record only when armed, for a logging step's forward pass. They are registered once, before the
+model's first call, so torch.compile traces them: whether they are armed is one of its guards, and
+the graph it runs on other steps has no trace of them. Each probe's eager work is labelled
+`probe:<kind>` (sensitivity's noise ablation: `probe:ablation`) for torch.profiler
+(benchmarks/bench_train.py reads its cost from these labels).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, ProbeKind
+
+_LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
+QUANTILES = (0.1, 0.5, 0.9)
+QUANTILE_SAMPLE = 1 << 20  # torch.quantile sorts: larger tensors are subsampled evenly
+RANK_TOKENS = 4096  # the rank probe's SVD takes at most this many tokens (evenly strided)
+BRANCHES = ("attn", "cross", "ffn")  # a block's residual branches, in the order they run
+
+
+def split_name(name: str) -> tuple[int | None, str]:
+    """`blocks.3.ffn.fc2.weight` -> (3, 'ffn.fc2.weight'), `dec.3.cross.v.weight` -> (3,
+    'dec.cross.v.weight'); `tok_emb.weight` -> (None, 'tok_emb.weight')."""
+    match = _LAYER.match(name)
+    if not match:
+        return None, name
+    stack, layer, role = match.groups()
+    return int(layer), f"{stack}.{role}" if stack else role
+
+
+def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, stacked on the device: no host sync."""
+    if not tensors:
+        return torch.zeros(0)
+    try:
+        norms = torch._foreach_norm(tensors)  # private but fast: one fused kernel per device/dtype
+    except (AttributeError, RuntimeError, NotImplementedError):
+        norms = [torch.linalg.vector_norm(t) for t in tensors]
+    return torch.stack([n.float() for n in norms])
+
+
+@dataclass
+class Reading:
+    """One logging step's measurements, still on the device: `keys[i]` names `values()[i]`."""
+
+    step: int
+    keys: list[tuple[str, int | None, str]] = field(default_factory=list)  # (probe, layer, param)
+    parts: list[torch.Tensor] = field(default_factory=list)
+    total_on_device: torch.Tensor | None = None  # the total gradient norm, for clipping
+    # Under torchrun, every rank's [total gradient norm, local loss]: the norms agree (all-reduced
+    # gradients), the losses do not (each rank draws its own batches).
+    ranks: list[list[float]] | None = None
+
+    def add(self, probe: str, names: list[tuple[int | None, str]], values: torch.Tensor) -> None:
+        self.keys += [(probe, layer, param) for layer, param in names]
+        self.parts.append(values.detach().float().flatten())
+
+    def values(self) -> torch.Tensor:
+        return torch.cat(self.parts) if self.parts else torch.zeros(0)
+
+    def rows(self, host: list[float]) -> list[dict]:
+        return [{"step": self.step, "probe": probe, "layer": layer, "param": param, "value": value}
+                for (probe, layer, param), value in zip(self.keys, host)]
+
+    def grad_norm_total(self, host: list[float]) -> float | None:
+        """The total from the host values (the total is read with them, last of the grad section)."""
+        return None if self.total_on_device is None else host[self.keys.index(("grad", None, "total"))]
+
+
+class Probes:
+    def __init__(self, model: nn.Module, kinds: list[str], optimizer: torch.optim.Optimizer | None = None
+                 ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.kinds = set(kinds)
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.names = [split_name(name) for name, _ in named]
+        self.params = [p for _, p in named]
+        self.blocks = list(model.residual_blocks())  # see the docstring
+        self._acts: list[torch.Tensor] = []
+        self._stream_grads: dict[int, torch.Tensor] = {}
+        self._before: list[torch.Tensor] = []
+        self.armed = False
+        if self.kinds & {"act", "sensitivity"}:
+            for index, block in enumerate(self.blocks):
+                block.register_forward_pre_hook(partial(self._enter, index))
+            self.blocks[-1].register_forward_hook(self._leave)
+
+    @property
+    def enabled(self) -> bool:
+        return any(PROBE_KINDS[kind].training_step for kind in self.kinds)
+
+    def arm(self) -> None:
+        """Before a logging step's forward pass: record the residual stream (and its gradient)."""
+        self._acts, self._stream_grads = [], {}
+        self.armed = bool(self.kinds & {"act", "sensitivity"})
+
+    def record_stream(self, acts: torch.Tensor | None, grad_norms: torch.Tensor | None) -> None:
+        """The stream values of a step taken outside this model's forward (a packed step, lnexp.run.pack),
+        as the hooks would have recorded them: the RMS entering each block and leaving the last
+        (`act`), and ||∂loss/∂x|| there (`sensitivity`)."""
+        if acts is not None:
+            self._acts = list(acts.unbind())
+        if grad_norms is not None:
+            self._stream_grads = dict(enumerate(grad_norms.unbind()))
+
+    def _enter(self, index: int, _module: nn.Module, args: tuple) -> None:
+        if self.armed:
+            self._record(index, args[0])
+
+    def _leave(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+        if self.armed:
+            self._record(len(self.blocks), output)
+
+    def _record(self, index: int, stream: torch.Tensor) -> None:
+        if "act" in self.kinds:
+            with record_function("probe:act"):
+                self._acts.append(rms(stream))
+        if "sensitivity" in self.kinds and stream.requires_grad:
+            stream.register_hook(partial(self._stream_grad, index))
+
+    def _stream_grad(self, index: int, grad: torch.Tensor) -> None:
+        with record_function("probe:sensitivity"):
+            self._stream_grads[index] = torch.linalg.vector_norm(grad.detach().float())
+
+    def read(self, step: int) -> Reading:
+        """After backward, before the optimiser step: gradient and activation norms (on the device)."""
+        self.armed = False
+        reading = Reading(step)
+        if "grad" in self.kinds:
+            with record_function("probe:grad"):
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+                norms = tensor_norms(grads)
+                reading.total_on_device = torch.linalg.vector_norm(norms)
+                reading.add("grad", [*self.names, (None, "total")],
+                            torch.cat([norms, reading.total_on_device[None]]))
+        if self._acts:
+            with record_function("probe:act"):
+                layers = [(layer, "resid") for layer in range(len(self._acts))]
+                reading.add("act", layers, torch.stack(self._acts))
+                self._acts = []
+        if self._stream_grads:
+            with record_function("probe:sensitivity"):
+                layers = sorted(self._stream_grads)
+                reading.add("sensitivity", [(layer, "dloss_dx") for layer in layers],
+                            torch.stack([self._stream_grads[layer] for layer in layers]))
+                self._stream_grads = {}
+        if "update" in self.kinds:
+            with record_function("probe:update"):
+                self._before = [p.detach().clone() for p in self.params]
+        return reading
+
+    @torch.no_grad()
+    def after_update(self, reading: Reading) -> None:
+        """After the optimiser step: update-to-weight ratios and Adam's second-moment quantiles."""
+        if self._before:
+            with record_function("probe:update"):
+                change = tensor_norms(torch._foreach_sub([p.detach() for p in self.params], self._before))
+                reading.add("update", self.names, change / tensor_norms(self._before).clamp_min(1e-30))
+                self._before = []
+        if "adam" in self.kinds and self.optimizer is not None:
+            with record_function("probe:adam"):
+                self._adam_quantiles(reading)
+
+    def _adam_quantiles(self, reading: Reading) -> None:
+        names, stats = [], []
+        for name, p in zip(self.names, self.params):
+            v = self.optimizer.state.get(p, {}).get("exp_avg_sq")
+            if v is not None:
+                names.append(name)
+                stats.append(torch.quantile(_sample(v), torch.tensor(QUANTILES, device=v.device)))
+        if stats:
+            table = torch.stack(stats)
+            for column, q in enumerate(QUANTILES):
+                reading.add(f"adam_v_q{round(q * 100)}", names, table[:, column])
+
+    def evaluate(self, kind: ProbeKind, batch: tuple[torch.Tensor, ...], step: int, seed: int = 0
+                 ) -> Reading:
+        """An evaluation probe's measurement on `batch` (the model's arguments, the targets last):
+        labelled `probe:<its function>` for the profiler, in eval mode (no dropout) and without
+        gradients, the model's mode given back however it ends."""
+        evaluate = kind.evaluator()
+        was_training = self.model.training
+        with record_function(f"probe:{evaluate.__name__}"), torch.no_grad():
+            self.model.eval()
+            try:
+                measured = evaluate(ProbeInput(self.model, self.blocks, batch[:-1], batch[-1], seed))
+            finally:
+                self.model.train(was_training)
+        reading = Reading(step)
+        for param, values in measured.items():
+            reading.add(kind.name, [(layer, param) for layer in range(len(values))], values)
+        return reading
+
+
+@dataclass
+class ProbeInput:
+    """What an evaluation probe gets: the model, the blocks of its residual stream (the decoder's in
+    an encoder-decoder), the first validation batch's model arguments and targets, and a seed for
+    any randomness it draws (the run's)."""
+
+    model: nn.Module
+    blocks: list[nn.Module]
+    inputs: tuple[torch.Tensor, ...]
+    targets: torch.Tensor
+    seed: int
+
+
+def output_change(probe: ProbeInput, eps: float = 1e-2) -> dict[str, torch.Tensor]:
+    """Per layer: relative change of the logits when only that layer's weights get a random-sign
+    perturbation δ = ε·|θ|·s."""
+    model, inputs = probe.model, probe.inputs
+    base = model(*inputs)[0].float()
+    generator = torch.Generator(device=inputs[0].device).manual_seed(probe.seed)
+    changes = []
+    for block in probe.blocks:
+        params = list(block.parameters())
+        signs = [torch.randint(0, 2, p.shape, generator=generator, device=p.device) * 2 - 1 for p in params]
+        saved = [p.clone() for p in params]
+        torch._foreach_add_(params, [eps * p.abs() * sign for p, sign in zip(params, signs)])
+        changes.append(torch.linalg.vector_norm(model(*inputs)[0].float() - base))
+        for p, original in zip(params, saved):  # exactly back: adding and subtracting rounds
+            p.copy_(original)
+    return {"logits": torch.stack(changes) / torch.linalg.vector_norm(base)}
+
+
+def branches(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A block's residual branches (attention, cross-attention, FFN), in the order they run."""
+    return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
+
+
+def rank(probe: ProbeInput) -> dict[str, torch.Tensor]:
+    """The feature statistics (see the module docstring) of one forward pass, through hooks that live
+    for this call: the residual stream entering each block and leaving the last (`resid.*`), and
+    each branch's output before it joins the stream."""
+    features: dict[str, list[torch.Tensor]] = {}
+
+    def keep(role: str) -> Any:
+        def hook(_module: nn.Module, args: tuple, output: Any = None) -> None:
+            stats = feature_stats(args[0] if output is None else output)
+            for column, stat in enumerate(FEATURE_STATS):
+                features.setdefault(f"{role}.{stat}", []).append(stats[column])
+        return hook
+
+    blocks = probe.blocks
+    hooks = [block.register_forward_pre_hook(keep("resid")) for block in blocks]
+    hooks.append(blocks[-1].register_forward_hook(keep("resid")))
+    hooks += [branch.register_forward_hook(keep(role))
+              for block in blocks for role, branch in branches(block)]
+    try:
+        probe.model(*probe.inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {param: torch.stack(values) for param, values in features.items()}
+
+
+def ablation(probe: ProbeInput) -> dict[str, torch.Tensor]:
+    """Per layer: (loss with that layer's branch outputs replaced by noise of the same norm, token by
+    token − loss) / loss."""
+    generator = torch.Generator(device=probe.targets.device).manual_seed(probe.seed)
+
+    def noise(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return noise_like(output, generator)
+
+    batch = (*probe.inputs, probe.targets)
+    base = probe.model(*batch)[1].float()
+    changes = []
+    for block in probe.blocks:
+        hooks = [branch.register_forward_hook(noise) for _, branch in branches(block)]
+        try:
+            changes.append(probe.model(*batch)[1].float())
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return {"noise_loss_change": (torch.stack(changes) - base) / base}
+
+
+def feature_stats(x: torch.Tensor) -> torch.Tensor:
+    """[effective rank, participation ratio, anisotropy] (FEATURE_STATS' order) of the token vectors
+    x (..., d), on the device. The ranks come from one SVD of the centred (tokens × d) matrix (0 when
+    it is all zero); the anisotropy is the mean cosine similarity between distinct token vectors,
+    uncentred."""
+    m = x.detach().float().reshape(-1, x.shape[-1])
+    if m.shape[0] > RANK_TOKENS:
+        m = m[:: -(-m.shape[0] // RANK_TOKENS)]
+    n = m.shape[0]
+    sigma = torch.linalg.svdvals(m - m.mean(0))
+    total = sigma.sum()
+    p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
+    erank = torch.where(total > 0, torch.exp(-torch.special.xlogy(p, p).sum()), 0.0)
+    lam = sigma**2
+    pr = torch.where(total > 0, lam.sum() ** 2 / (lam**2).sum().clamp_min(torch.finfo(sigma.dtype).tiny), 0.0)
+    u = nn.functional.normalize(m, dim=1)
+    summed = u.sum(0)
+    aniso = (summed @ summed - (u * u).sum()) / max(n * (n - 1), 1)
+    return torch.stack([erank, pr, aniso])
+
+
+def noise_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise with the norm of x along the last axis (each token vector's norm kept)."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    scale = torch.linalg.vector_norm(x.float(), dim=-1, keepdim=True) / \
+        torch.linalg.vector_norm(noise, dim=-1, keepdim=True).clamp_min(1e-30)
+    return (noise * scale).to(x.dtype)
+
+
+def radam_rho(step: int, beta2: float) -> float:
+    """RAdam's ρ_t (Liu et al. 2019) at update `step` (0-based): the adaptive step starts once ρ_t > 5
+    in torch.optim.RAdam (4 in the paper); before that it takes SGD-with-momentum steps."""
+    t = step + 1
+    rho_inf = 2 / (1 - beta2) - 1
+    return rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+
+
+def _sample(v: torch.Tensor) -> torch.Tensor:
+    flat = v.detach().float().flatten()
+    return flat[:: -(-flat.numel() // QUANTILE_SAMPLE)] if flat.numel() > QUANTILE_SAMPLE else flat
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().pow(2).mean().sqrt()

@@ -1,0 +1,228 @@
+"""Where else a run's lines go: TensorBoard event files (RUN/tb/) and Weights & Biases.
+
+A sink gets the rows a run writes to metrics.jsonl and probes.jsonl, as they are written (the host
+values of the flush: no device sync of its own), and the summary at the end. `export` writes the
+same from a finished run folder. tensorboard and wandb are optional extras, imported when used.
+
+Scalar names: `train/loss`, `val/loss`, `train/lr`, `train/grad_norm_total`, `train/tokens_per_s`,
+and per probe, role and layer `grad/ffn.fc2/layer_03` (layers from 0, as in probes.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lnexp.core.config import Config, ConfigError
+from lnexp.run.folder import Run, RunError, is_locked, is_run, load_run
+
+TB_DIR = "tb"
+WANDB_DIR = "wandb"
+METRIC_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr",
+               "grad_norm_total": "train/grad_norm_total", "tokens_per_s": "train/tokens_per_s"}
+# The summary's numbers shown as HParams metrics (and W&B summary), and the run's status as an hparam.
+FINAL_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "steps_done", "diverged_step",
+                 "tokens_per_s", "wall_time_s", "dead_layers")
+
+
+class MissingExtra(RunError):
+    """An optional package the config asks for is not installed."""
+
+
+def check(config: Config) -> None:
+    """Raise ConfigError, before anything is written, for a sink whose package is not installed."""
+    from importlib.util import find_spec
+
+    for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if getattr(config.log, key) and find_spec(package) is None:
+            raise ConfigError(f"log.{key}: needs the {package} package (pip install 'lnexp[{package}]')")
+
+
+def metric_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl row as {tag: value} (absent and null values left out)."""
+    return {tag: float(row[key]) for key, tag in METRIC_TAGS.items() if row.get(key) is not None}
+
+
+def probe_tag(row: dict[str, Any]) -> str:
+    """`grad/ffn.fc2/layer_03` for a per-layer weight, `act/resid/layer_00`, `grad/total`."""
+    param = row["param"].removesuffix(".weight")
+    return f"{row['probe']}/{param}" if row["layer"] is None else \
+        f"{row['probe']}/{param}/layer_{row['layer']:02d}"
+
+
+def by_step(metrics: list[dict[str, Any]], probes: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Every scalar of these rows, grouped by step, in step order."""
+    steps: dict[int, dict[str, float]] = defaultdict(dict)
+    for row in metrics:
+        steps[row["step"]].update(metric_scalars(row))
+    for row in probes:
+        steps[row["step"]][probe_tag(row)] = float(row["value"])
+    return {step: steps[step] for step in sorted(steps)}
+
+
+def hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as flat `section.key` hparams (run.* left out: the run is named by its folder).
+    Values TensorBoard cannot show (lists, null) as their JSON text."""
+    from lnexp.report.compare import flatten
+
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in flatten(config).items() if not k.startswith("run.")}
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    return {f"final/{k}": float(summary[k]) for k in FINAL_METRICS
+            if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool)}
+
+
+class TensorBoard:
+    """Event files in `folder`; `start` > 0 (a resumed run) hides the events of later steps that the
+    interrupted run had written, as the jsonl lines of those steps are rewritten."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], start: int = 0) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MissingExtra("log.tensorboard: needs the tensorboard package "
+                               "(pip install 'lnexp[tensorboard]')") from None
+        self.writer = SummaryWriter(str(folder), purge_step=start or None)
+        self.config = config
+
+    def write(self, steps: dict[int, dict[str, float]]) -> None:
+        for step, scalars in steps.items():
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+        self.writer.flush()  # live: what the jsonl has, the event file has
+
+    def finish(self, status: str, summary: dict[str, Any]) -> None:
+        """The config and final metrics through the HParams plugin (filter, group, parallel
+        coordinates across a sweep's cells). Not for an interrupted run: its resumption says them."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        if status == "interrupted":
+            self.writer.close()
+            return
+        metrics = final_metrics(summary)
+        file_writer = self.writer._get_file_writer()
+        for proto in hparams_summaries({**hparams(self.config), "status": status}, metrics):
+            file_writer.add_summary(proto)
+        step = summary.get("steps_done") or 0
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.close()
+
+
+class WandB:
+    """A W&B run in RUN/wandb/: the same scalars by step, the config, the summary."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], project: str, mode: str, name: str) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise MissingExtra("log.wandb: needs the wandb package (pip install 'lnexp[wandb]')") from None
+        folder.mkdir(exist_ok=True)
+        self.run = wandb.init(project=project, mode=mode, dir=str(folder), name=name,
+                              config=hparams(config), reinit="create_new",
+                              settings=wandb.Settings(silent=True, console="off"))
+        self.last = -1
+
+    def write(self, steps: dict[int, dict[str, float]]) -> None:
+        for step, scalars in steps.items():
+            if step > self.last:  # W&B refuses steps that go back (a resumed run's redone steps)
+                self.run.log(scalars, step=step)
+                self.last = step
+
+    def finish(self, status: str, summary: dict[str, Any]) -> None:
+        self.run.summary.update({"status": status, **final_metrics(summary)})
+        self.run.finish(exit_code=0 if status in ("completed", "diverged") else 1)
+
+
+class Sinks:
+    """The sinks a run's config asks for, fed with the rows as RunWriter writes them. Probe rows wait
+    for the metrics rows of the same flush, so each step goes out once, in step order (W&B's rule)."""
+
+    def __init__(self, sinks: list[TensorBoard | WandB]) -> None:
+        self.sinks = sinks
+        self.probes: list[dict[str, Any]] = []
+
+    @classmethod
+    def open(cls, config: dict[str, Any], path: Path, start: int = 0) -> Sinks | None:
+        """The config's sinks for the run in `path` (None: it asks for none)."""
+        log = config.get("log", {})
+        sinks: list[TensorBoard | WandB] = []
+        if log.get("tensorboard"):
+            sinks.append(TensorBoard(path / TB_DIR, config, start))
+        if log.get("wandb"):
+            w = log["wandb"]
+            sinks.append(WandB(path / WANDB_DIR, config, w["project"], w.get("mode", "online"), path.name))
+        return cls(sinks) if sinks else None
+
+    def add_probes(self, rows: list[dict[str, Any]]) -> None:
+        self.probes += rows
+
+    def add_metrics(self, rows: list[dict[str, Any]]) -> None:
+        steps = by_step(rows, self.probes)
+        self.probes = []
+        for sink in self.sinks:
+            sink.write(steps)
+
+    def finish(self, status: str, summary: dict[str, Any]) -> None:
+        if self.probes:
+            self.add_metrics([])
+        for sink in self.sinks:
+            sink.finish(status, summary)
+
+
+# --- export of existing run folders ----------------------------------------------------------------
+
+def run_folders(paths: list[Path]) -> list[Path]:
+    """The run folders named: a run folder itself, or every run folder in a folder (a sweep, runs/)
+    and one level below it, in name order."""
+    found: list[Path] = []
+    for path in paths:
+        if is_run(path):
+            found.append(path)
+        elif path.is_dir():
+            found += sorted({p.parent for pattern in ("*/meta.json", "*/*/meta.json")
+                             for p in path.glob(pattern)})
+        else:
+            raise RunError(f"{path}: no such run folder")
+    if not found:
+        raise RunError(f"{', '.join(map(str, paths))}: no run folders")
+    return list(dict.fromkeys(found))
+
+
+def export_tensorboard(run: Run) -> Path:
+    """Write RUN/tb/ anew from the run's files (a previous tb/ is replaced once the new one is
+    complete). Refused for a run a process is still writing."""
+    if is_locked(run.path):
+        raise RunError(f"{run.path}: still running; export it when it has ended")
+    final = run.path / TB_DIR
+    fresh = run.path / f".{TB_DIR}.tmp"
+    shutil.rmtree(fresh, ignore_errors=True)
+    sink = TensorBoard(fresh, run.config)
+    sink.write(by_step(run.metrics, run.probes))
+    sink.finish(run.status, run.summary)
+    old = run.path / f".{TB_DIR}.old"
+    if final.exists():
+        final.rename(old)
+    fresh.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def export(paths: list[Path], to: str = "tensorboard") -> tuple[list[Path], list[str]]:
+    """Export every run folder under `paths`; returns the folders written and notes on runs skipped."""
+    if to != "tensorboard":
+        raise RunError(f"--to: must be tensorboard, got {to!r}")
+    written, notes = [], []
+    for folder in run_folders(paths):
+        try:
+            written.append(export_tensorboard(load_run(folder)))
+        except RunError as exc:
+            if isinstance(exc, MissingExtra):
+                raise
+            notes.append(str(exc))
+    return written, notes
