@@ -245,7 +245,7 @@ def plot(
     For a sweep's folder: the final validation loss against the first numeric grid key and, for a
     grid over optim.lr and model.n_layers, the stability map."""
     from lnexp.report import console
-    from lnexp.run.folder import is_run, load_run
+    from lnexp.run.reader import is_run, load_run
 
     if (run / "sweep.json").exists() and not is_run(run):
         _sweep_figures(run, f".{format_.value}")
@@ -287,10 +287,11 @@ def export(
 
 def _sweep_figures(root: Path, suffix: str = ".png") -> None:
     """Write a sweep's figures and print their paths (stdout), its notes (stderr)."""
-    from lnexp.report import console, plots
+    from lnexp.experiments.sweep.figures import sweep_figures
+    from lnexp.report import console
 
     try:
-        paths, notes = plots.sweep_figures(root, suffix)
+        paths, notes = sweep_figures(root, suffix)
     except OSError as exc:
         raise fail(f"{root / 'plots'}: {exc.strerror or exc}") from None
     for note in notes:
@@ -319,7 +320,7 @@ def list_runs(
     console.stdout.print(comparison.runs_table(found, directory, console.stdout.width))
 
 
-# Where sweep and reproduce cells run (lnexp.experiments.slurm): the same options on both commands.
+# Where sweep and reproduce cells run (lnexp.experiments.sweep.slurm): the same options on both commands.
 LauncherKind = Annotated[str | None, typer.Option("--launcher", help="local (this machine, --jobs at once; "
                                                   "one GPU per worker) or slurm (one job per cell, a job "
                                                   "array, through submitit).", show_default=False)]
@@ -344,7 +345,7 @@ def _launcher(kind: str | None, file: Path | None, partition: str | None, gpus: 
               cpus: int | None, mem: str | None, time: str | None, slurm: list[str]):
     """The launcher from --launcher-config and the options (None: the local pool); ConfigError on bad
     input."""
-    from lnexp.experiments import slurm as launch
+    from lnexp.experiments.sweep import slurm as launch
 
     options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus, "cpus_per_cell": cpus,
                "mem": mem, "time": time, "slurm": launch.parse_slurm(slurm)}
@@ -393,28 +394,30 @@ def sweep(
     """
     from lnexp.core.config import config_warnings
     from lnexp.experiments import sweep as sweeps
+    from lnexp.experiments.sweep import tables as sweep_tables
+    from lnexp.experiments.sweep.grid import expand
     from lnexp.report import console
 
     if str(config) == "status" and not config.exists():
         if status_of is None:
             raise fail("lnexp sweep status NAME: give the sweep's name or folder")
         found = sweeps.find_sweep(status_of)
-        table, states = sweeps.status_table(found)
+        table, states = sweep_tables.status_table(found)
         console.stdout.print(table)
         if all(s in ("completed", "diverged", "failed", "interrupted") for s in states):
-            console.stdout.print(sweeps.summary_table(found, {}))
+            console.stdout.print(sweep_tables.summary_table(found, {}))
         return
     if status_of is not None:
         raise fail(f"unexpected argument {status_of!r} (only `lnexp sweep status NAME` takes a second one)")
-    plan = sweeps.expand(config, grid, seeds, set_, name, jobs, [str(p) for p in plugin])
+    plan = expand(config, grid, seeds, set_, name, jobs, [str(p) for p in plugin])
     launch = _launcher(launcher, launcher_config, partition, gpus_per_cell, cpus_per_cell, mem, time,
                        slurm)
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
     if dry_run:
-        console.stdout.print(sweeps.cells_table(plan))
+        console.stdout.print(sweep_tables.cells_table(plan))
         return
     try:
-        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweeps.print_event, launch,
+        results = sweeps.run_sweep(plan, jobs, force, None if quiet else sweep_tables.print_event, launch,
                                    detach, pack)
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
@@ -425,7 +428,7 @@ def sweep(
         return
     for warning in warnings:  # after the sweep's checks, so that an error stays one line
         console.stderr.print(f"warning: {config}: {warning}", markup=False, soft_wrap=True)
-    console.stdout.print(sweeps.summary_table(plan, results))
+    console.stdout.print(sweep_tables.summary_table(plan, results))
     if not any(r.get("status") == "interrupted" for r in results.values()):
         _sweep_figures(plan.root)
     failed = [n for n, r in results.items() if r.get("status") == "failed"]
@@ -473,6 +476,8 @@ def generate(
     import torch
 
     from lnexp.decode import search as dec
+    from lnexp.report import decoding
+    from lnexp.run.trained import load_model
 
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
@@ -483,14 +488,14 @@ def generate(
         raise dec.DecodeError("--prompt is empty")
     if stop == "":
         raise dec.DecodeError("--stop is empty")
-    loaded = dec.load_model(run)
+    loaded = load_model(run)
     prompt_ids = dec.encode(loaded.tokenizer, prompt, "--prompt")
     stop_ids = dec.encode(loaded.tokenizer, stop, "--stop") if stop else []
     outputs = dec.decode(loaded.model, prompt_ids, strategy, n=n, max_new_tokens=max_new_tokens,
                          temperature=temperature, k=k, p=p, beams=beams, alpha=length_penalty,
                          seed=seed, stop=stop_ids)
     if json_:
-        typer.echo(json.dumps(dec.generation_record(
+        typer.echo(json.dumps(decoding.generation_record(
             run, loaded, prompt, prompt_ids, strategy, outputs, max_new_tokens=max_new_tokens, seed=seed,
             stop=stop, temperature=temperature, k=k, p=p, beams=beams, length_penalty=length_penalty),
             indent=2))
@@ -530,7 +535,9 @@ def decode_stats(
     import torch
 
     from lnexp.decode import search as dec
-    from lnexp.report import console
+    from lnexp.decode import stats as decode_stats_
+    from lnexp.report import console, decoding
+    from lnexp.run.trained import load_model
 
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise fail(f"--plot {plot}: must end in .png, .svg or .pdf")
@@ -553,29 +560,29 @@ def decode_stats(
         texts = [line for line in lines if line.strip()]
         if not texts:
             raise dec.DecodeError(f"{prompts}: no prompts (one per line)")
-    loaded = dec.load_model(run)
+    loaded = load_model(run)
     model = loaded.model
     ids = [dec.encode(loaded.tokenizer, t, str(prompts)) for t in texts] if prompts is not None else \
-        dec.default_prompts(loaded, seed)
+        decode_stats_.default_prompts(loaded, seed)
     for prompt in ids:
         dec.check_prompt(prompt, model.vocab_size)
     spinner = console.stderr.status("decoding") if console.stderr.is_terminal else nullcontext()
     with spinner as status:
-        rows = dec.decode_stats(model, ids, n=n, max_new_tokens=max_new_tokens,
+        rows = decode_stats_.decode_stats(model, ids, n=n, max_new_tokens=max_new_tokens,
                                 temperature=temperature, k=k, p=p, beams=beams, seed=seed,
                                 on_strategy=status and (lambda s: status.update(f"decoding: {s}")))
-    better, total = dec.beam_vs_greedy(rows)
+    better, total = decode_stats_.beam_vs_greedy(rows)
     figure = plot or run / "plots" / "decode-stats.png"
     try:
-        dec.plot_decode_stats(rows, figure, f"{run.name}: decoding strategies, {total} prompts, "
+        decoding.plot_decode_stats(rows, figure, f"{run.name}: decoding strategies, {total} prompts, "
                               f"{max_new_tokens} tokens")
     except OSError as exc:
         raise fail(f"{figure}: {exc.strerror or exc}") from None
     if json_:
-        typer.echo(json.dumps(dec.stats_record(run, loaded, ids, rows, figure, n=n,
+        typer.echo(json.dumps(decoding.stats_record(run, loaded, ids, rows, figure, n=n,
                                                max_new_tokens=max_new_tokens, seed=seed), indent=2))
         return
-    console.stdout.print(dec.stats_table(f"{run}: {total} prompts x {max_new_tokens} tokens", rows))
+    console.stdout.print(decoding.stats_table(f"{run}: {total} prompts x {max_new_tokens} tokens", rows))
     typer.echo(f"beam's joint log p >= greedy's on {better} of {total} prompts")
     typer.echo(f"wrote {figure}", err=True)
 
@@ -608,6 +615,7 @@ def translate(
 
     from lnexp.decode import search as dec
     from lnexp.decode import translate as translation
+    from lnexp.run.trained import load_model
 
     if sum((text is not None, input_ is not None, eval_)) != 1:
         raise fail("give one of --text, --input FILE or --eval")
@@ -620,7 +628,7 @@ def translate(
     dec.check_settings(strategy, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens or 1)
     sources = translation.read_sources(input_) if input_ is not None else [text] if text is not None \
         else []
-    loaded = translation.load(run)
+    loaded = load_model(run, arch="encoder_decoder")
     if eval_:
         result = translation.evaluate_run(run, loaded, n, strategy, beams, length_penalty)
     else:
@@ -679,7 +687,7 @@ def reproduce(
     """
     from lnexp.core.config import with_plugins
     from lnexp.experiments import reproduce as reproduction
-    from lnexp.experiments import sweep as sweeps
+    from lnexp.experiments.sweep.tables import print_event
     from lnexp.report import console
 
     with_plugins({}, "--plugin", extra=[str(p) for p in plugin])  # a plugin's suites: listed, and known
@@ -696,7 +704,7 @@ def reproduce(
                        slurm)
     chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
     try:
-        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else sweeps.print_event,
+        outcome = reproduction.reproduce(suite, scale, jobs, out, None if quiet else print_event,
                                          set_, threads, launch, detach, [str(p) for p in plugin], chosen,
                                          pack)
     except KeyboardInterrupt:

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.run.folder import layer_profile, load_run
+from lnexp.run.reader import load_run
+from lnexp.run.rows import layer_profile
 
 runner = CliRunner()
 

@@ -13,6 +13,8 @@ from lnexp.core.config import ModelConfig
 from lnexp.core.model import KVCache, TransformerLM
 from lnexp.data.tokenizers import ByteTokenizer
 from lnexp.decode import search as dec
+from lnexp.decode import stats as decode_stats
+from lnexp.run.trained import load_model
 
 runner = CliRunner()
 V = 16
@@ -221,7 +223,7 @@ def test_settings_and_prompts_are_checked():
 
 def test_stats_show_the_difference_between_strategies():
     model = tiny()
-    rows = dec.decode_stats(model, PROMPTS[:2], n=3, max_new_tokens=10, beams=3)
+    rows = decode_stats.decode_stats(model, PROMPTS[:2], n=3, max_new_tokens=10, beams=3)
     by = {r["strategy"]: r for r in rows}
     assert list(by) == list(dec.STRATEGIES)
     assert by["greedy"]["outputs"] == 2 and by["sample"]["outputs"] == 6 and by["beam"]["outputs"] == 2
@@ -229,7 +231,8 @@ def test_stats_show_the_difference_between_strategies():
     assert by["beam"]["joint_logprob"] >= by["greedy"]["joint_logprob"] - 1e-4
     assert by["greedy"]["logprob_per_token"] > by["sample"]["logprob_per_token"]
     assert len(by["sample"]["entropy_by_step"]) == 10
-    assert dec.distinct([1, 2, 1, 2, 1], 2) == 0.5 and dec.repetition([1, 1, 1, 1, 1], 4) == 0.5
+    assert decode_stats.distinct([1, 2, 1, 2, 1], 2) == 0.5
+    assert decode_stats.repetition([1, 1, 1, 1, 1], 4) == 0.5
 
 
 # --- through the command line ---------------------------------------------------------------------
@@ -254,7 +257,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 def direct_logprob(run_dir: Path, prompt: list[int], ids: list[int]) -> float:
     """Recomputed from the saved weights, one full forward per token over the last max_seq_len."""
-    model = dec.load_model(run_dir).model
+    model = load_model(run_dir).model
     seq, total = prompt + ids, 0.0
     with torch.no_grad():
         for t in range(len(prompt), len(seq)):
@@ -350,10 +353,11 @@ def test_default_prompts_come_from_the_runs_own_text(tmp_path):
         return dec.Loaded(TransformerLM(config.model, 256), config, ByteTokenizer())
 
     run = loaded({"source": "text", "path": str(corpus), "val_fraction": 0.2})
-    prompts = dec.default_prompts(run, seed=0)
-    assert len(prompts) == 8 and all(len(p) == dec.PROMPT_BYTES for p in prompts)
-    validation = {line[: dec.PROMPT_BYTES] for line in lines[160:]}  # the last fifth of the text
+    prompts = decode_stats.default_prompts(run, seed=0)
+    assert len(prompts) == 8 and all(len(p) == decode_stats.PROMPT_BYTES for p in prompts)
+    validation = {line[: decode_stats.PROMPT_BYTES] for line in lines[160:]}  # the last fifth of the text
     assert {bytes(p).decode() for p in prompts} <= validation
-    assert dec.default_prompts(run, seed=0) == prompts  # the seed decides
+    assert decode_stats.default_prompts(run, seed=0) == prompts  # the seed decides
     stdlib = loaded({})
-    assert dec.default_prompts(stdlib) == [dec.encode(ByteTokenizer(), t) for t in dec.DEFAULT_PROMPTS]
+    assert decode_stats.default_prompts(stdlib) == [dec.encode(ByteTokenizer(), t)
+                                                    for t in decode_stats.DEFAULT_PROMPTS]

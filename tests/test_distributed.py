@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from lnexp.run.folder import load_run
+from lnexp.run.reader import load_run
 
 
 def test_two_gloo_ranks_write_one_complete_run(tmp_path, write_config):

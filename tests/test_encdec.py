@@ -12,9 +12,10 @@ from lnexp.cli import app
 from lnexp.core.config import DataConfig, ModelConfig
 from lnexp.core.layouts import admin_omega, deepnorm_encdec
 from lnexp.core.model import PAD, EncoderDecoder, build_model
-from lnexp.data.sources import BOS, EOS, LEXICON, SPECIALS, Seq2SeqTask, load_data, make_languages
-from lnexp.run.folder import load_run
+from lnexp.data.sources import LEXICON, Seq2SeqTask, load_data, make_languages
+from lnexp.data.tokenizers import BOS, EOS, SPECIALS
 from lnexp.run.probes import split_name
+from lnexp.run.reader import load_run
 
 runner = CliRunner()
 LAYOUTS = ["post", "pre", "sandwich", "deepnorm", "admin"]

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from lnexp.cli import app
 from lnexp.core.config import ConfigError, load_config
 from lnexp.run import train as training
-from lnexp.run.folder import RunWriter, load_run
+from lnexp.run.folder import RunWriter
+from lnexp.run.reader import load_run
 
 pytestmark = pytest.mark.faults
 runner = CliRunner()
@@ -279,7 +280,8 @@ def test_12_two_sweeps_of_one_name_at_once(tmp_path, write_config):
 
 
 def test_12_sweep_json_status_comes_from_the_folder(tmp_path, write_config):
-    from lnexp.experiments.sweep import expand, sweep_record
+    from lnexp.experiments.sweep import sweep_record
+    from lnexp.experiments.sweep.grid import expand
 
     path = write_config(train={"steps": 4})
     s = expand(path, ["model.norm=pre"], name="rec")

@@ -9,9 +9,10 @@ from matplotlib.collections import PolyCollection
 from typer.testing import CliRunner
 
 from lnexp.cli import app
+from lnexp.experiments.sweep import figures as sweep_figures
 from lnexp.report import plots
 from lnexp.report.compare import build, load_runs
-from lnexp.run.folder import load_run
+from lnexp.run.reader import load_run
 
 runner = CliRunner()
 _trained: dict[str, Path] = {}
@@ -45,7 +46,8 @@ def figures(monkeypatch) -> dict[str, object]:
         saved[path.name] = fig
         return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+    for module in (plots, sweep_figures):  # each draws through the one saver, imported by name
+        monkeypatch.setattr(module, "save", keep)
     yield saved
     for fig in saved.values():
         plots.plt.close(fig)
@@ -162,7 +164,7 @@ def test_sweep_figures(tmp_path, write_config, figures):
     stability = figures["stability_map.png"].axes[0]
     assert [t.get_text() for t in stability.get_yticklabels()] == ["none", "0.003", "0.03", "30"]
     assert [int(t) for t in stability.get_xticks()] == [1, 2]
-    assert stability.get_ylabel() == "largest learning rate that converges"
+    assert stability.get_ylabel() == "largest stable learning rate"
     again = invoke("plot", root)
     assert again.exit_code == 0 and again.stdout.split() == result.stdout.strip().splitlines()[-2:]
 

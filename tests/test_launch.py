@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.core.config import load_config
-from lnexp.experiments.slurm import load_launcher, read_records, status_rows
-from lnexp.experiments.sweep import expand, plan
+from lnexp.experiments.sweep.grid import expand
+from lnexp.experiments.sweep.slurm import load_launcher, read_records, status_rows
+from lnexp.experiments.sweep.state import plan
 from lnexp.run import train as training
-from lnexp.run.folder import load_run
+from lnexp.run.reader import load_run
 
 pytest.importorskip("submitit")
 runner = CliRunner()
@@ -79,7 +80,7 @@ LONG = {"model": {"dropout": 0.1}, "train": {"steps": 200, "eval_every": 50, "ev
 def submit_and_wait_for_lines(cfg, name, launcher):
     """Submit a one-cell sweep's job (detached), wait until its run has logged a line, and stop it
     there (SIGSTOP); returns the sweep, its cell and the run's pid."""
-    from lnexp.experiments.slurm import launch
+    from lnexp.experiments.sweep.slurm import launch
 
     sweep = expand(cfg, ["model.norm=pre"], name=name)
     sweep.root.mkdir(parents=True)
@@ -102,7 +103,7 @@ def submit_and_wait_for_lines(cfg, name, launcher):
 
 @pytest.mark.faults
 def test_a_killed_job_puts_its_stderr_tail_into_the_cells_meta(tmp_path, write_config, local_jobs):
-    from lnexp.experiments.slurm import launch
+    from lnexp.experiments.sweep.slurm import launch
 
     cfg = write_config(**LONG)
     launcher = load_launcher(local_jobs, {})
@@ -121,7 +122,7 @@ def test_a_killed_job_puts_its_stderr_tail_into_the_cells_meta(tmp_path, write_c
 
 @pytest.mark.faults
 def test_a_preempted_job_is_requeued_and_resumes_bit_exact(tmp_path, write_config, local_jobs):
-    from lnexp.experiments.slurm import launch
+    from lnexp.experiments.sweep.slurm import launch
 
     cfg = write_config(**LONG)
     launcher = load_launcher(local_jobs, {})

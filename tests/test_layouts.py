@@ -15,8 +15,8 @@ from lnexp.cli import app
 from lnexp.core.config import ConfigError, ModelConfig, validate
 from lnexp.core.model import KVCache, TransformerLM
 from lnexp.decode import search as dec
-from lnexp.run.folder import load_run
 from lnexp.run.probes import split_name
+from lnexp.run.reader import load_run
 
 LAYOUTS = ["post", "pre", "sandwich", "deepnorm", "admin"]
 V = 50

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lnexp.core.config import validate
-from lnexp.run.folder import load_run
 from lnexp.run.pack import packs, resume_pack, structure_key, train_pack, unpackable
+from lnexp.run.reader import load_run
 from lnexp.run.train import Stop, resume, train
 
 ALL_PROBES = ["grad", "act", "update", "adam", "output_change", "rank", "sensitivity"]
@@ -212,7 +212,7 @@ def test_reproduce_packs_only_where_measured_faster(tmp_path, monkeypatch):
 
 
 def test_a_pack_that_cannot_open_a_run_leaves_no_folder_running(tmp_path):
-    from lnexp.run.folder import RunError
+    from lnexp.run.reader import RunError
 
     first, second = cells(tmp_path, VARIANTS[:2])
     (tmp_path / "c1").mkdir()
@@ -225,7 +225,7 @@ def test_a_pack_that_cannot_open_a_run_leaves_no_folder_running(tmp_path):
 def test_ctrl_c_while_a_pack_opens_and_a_run_that_cannot_reopen_leave_the_others_resumable(tmp_path,
                                                                                           monkeypatch):
     import lnexp.run.pack as pack
-    from lnexp.run.folder import RunError
+    from lnexp.run.reader import RunError
 
     opened = []
 

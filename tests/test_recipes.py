@@ -12,7 +12,7 @@ from lnexp.cli import app
 from lnexp.core.config import ModelConfig, validate
 from lnexp.core.model import PAD, build_model
 from lnexp.core.recipes import RECIPES
-from lnexp.run.folder import load_run
+from lnexp.run.reader import load_run
 
 D, D_FF, V, L = 256, 1024, 512, 2
 

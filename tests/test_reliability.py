@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from lnexp.cli import app
 from lnexp.core.config import ConfigError, load_config
 from lnexp.run import train as training
-from lnexp.run.folder import RunWriter, load_run
+from lnexp.run.folder import RunWriter
+from lnexp.run.reader import load_run
 
 runner = CliRunner()
 RELIABLE = {"model": {"dropout": 0.1}, "train": {"steps": 30, "checkpoint_every": 10},

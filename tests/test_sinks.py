@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lnexp.cli import app
-from lnexp.run.folder import load_run
+from lnexp.run.reader import load_run
 from lnexp.run.sinks import METRIC_TAGS, probe_tag
 
 runner = CliRunner()

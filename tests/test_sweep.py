@@ -7,7 +7,9 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.core.config import ConfigError
-from lnexp.experiments.sweep import expand, folder_status, parse_grid, safe_name, split_values, summarise
+from lnexp.experiments.sweep.grid import expand, parse_grid, safe_name, split_values
+from lnexp.experiments.sweep.results import summarise
+from lnexp.experiments.sweep.state import folder_status
 
 runner = CliRunner()
 FAST = {"train": {"steps": 4, "eval_every": 2, "eval_batches": 1}, "log": {"grad_every": 2, "loss_every": 2}}
@@ -125,7 +127,7 @@ def test_jobs_run_cells_in_worker_processes_that_split_the_threads(tmp_path, wri
 
 
 def test_summary_rows_average_over_seeds_and_count_divergence():
-    from lnexp.experiments.sweep import Cell
+    from lnexp.experiments.sweep.grid import Cell
 
     class Fake:
         def __init__(self, seed):

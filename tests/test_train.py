@@ -11,8 +11,8 @@ from lnexp.cli import app
 from lnexp.core.config import DataConfig, ModelConfig, load_config
 from lnexp.core.model import TransformerLM
 from lnexp.data.sources import load_data
-from lnexp.run.folder import load_run
 from lnexp.run.probes import radam_rho
+from lnexp.run.reader import load_run
 from lnexp.run.train import Trainer, collapse_report
 
 runner = CliRunner()
@@ -221,7 +221,7 @@ def test_a_run_ends_failed_on_any_exception_and_its_clock_starts_with_the_loop(t
 
     from lnexp.core.config import validate
     from lnexp.run import sinks
-    from lnexp.run.folder import load_run
+    from lnexp.run.reader import load_run
     from lnexp.run.train import train
 
     def cfg(name: str):

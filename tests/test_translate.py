@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from lnexp.cli import app
 from lnexp.core.config import ModelConfig
 from lnexp.core.model import EncoderDecoder, KVCache
-from lnexp.data.sources import BOS, EOS, Seq2SeqTask
+from lnexp.data.sources import Seq2SeqTask
+from lnexp.data.tokenizers import BOS, EOS
 from lnexp.decode import translate as tr
 from lnexp.decode.search import beam_search, generate, greedy
 

@@ -507,3 +507,4 @@ def _kind(value: Any) -> str:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+

@@ -30,7 +30,9 @@ from lnexp.core.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-    from lnexp.core.config import ModelConfig
+# A layout's and a norm's functions take `cfg`, the config's `model` section (lnexp.core.config's
+# ModelConfig, which reads this module's registries: so typed Any here).
+
 
 
 class Where(str, Enum):
@@ -75,13 +77,13 @@ class Layout:
     out_norm: bool = False
     skip: Skip = Skip.NONE
     final_norm: bool = False
-    skip_init: Callable[[Stack, ModelConfig], float] | None = None
+    skip_init: Callable[[Stack, Any], float] | None = None
     branch_gain: Callable[[Stack], float] | None = None
     own_init: bool = False
-    per_layer: Callable[[ModelConfig, int], str] | None = None
+    per_layer: Callable[[Any, int], str] | None = None
     options: tuple[str, ...] = ()
 
-    def at(self, cfg: ModelConfig, index: int) -> Layout:
+    def at(self, cfg: Any, index: int) -> Layout:
         """The layout layer `index` of a stack uses."""
         return LAYOUTS[self.per_layer(cfg, index)] if self.per_layer else self
 
@@ -92,7 +94,7 @@ class Norm:
 
     name: str
     label: str
-    build: Callable[[ModelConfig], nn.Module]
+    build: Callable[[Any], nn.Module]
     options: tuple[str, ...] = ()
 
 
@@ -112,10 +114,10 @@ def register_layout(layout: Layout) -> Layout:
 
 
 def register_norm(name: str, label: str | None = None, options: tuple[str, ...] = ()
-                  ) -> Callable[[Callable[[ModelConfig], nn.Module]], Callable[[ModelConfig], nn.Module]]:
+                  ) -> Callable[[Callable[[Any], nn.Module]], Callable[[Any], nn.Module]]:
     """Decorator: `@register_norm("scalenorm")` on a function cfg -> nn.Module makes it a
     `model.norm_type` value."""
-    def add(build: Callable[[ModelConfig], nn.Module]) -> Callable[[ModelConfig], nn.Module]:
+    def add(build: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
         NORMS.add(name, Norm(name, label or name, build, options))
         return build
     return add
@@ -137,23 +139,23 @@ DEFAULT_NORM = "layernorm"
 
 
 @register_norm(DEFAULT_NORM, "LayerNorm")
-def _layernorm(cfg: ModelConfig) -> nn.Module:
+def _layernorm(cfg: Any) -> nn.Module:
     from torch import nn
 
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
 @register_norm("rmsnorm", "RMSNorm")
-def _rmsnorm(cfg: ModelConfig) -> nn.Module:
+def _rmsnorm(cfg: Any) -> nn.Module:
     from torch import nn
 
     return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
 @register_norm("dyt", "DyT", options=("dyt_alpha",))
-def _dyt(cfg: ModelConfig) -> nn.Module:
+def _dyt(cfg: Any) -> nn.Module:
     """Dynamic Tanh (Zhu, Chen, He, LeCun, Liu, CVPR 2025): γ·tanh(α·x) + β, α a learnable scalar."""
-    from lnexp.core.model import DyT
+    from lnexp.core.dyt import DyT
 
     return DyT(cfg.d_model, cfg.dyt_alpha)
 
@@ -183,12 +185,12 @@ def admin_omega(n_layers: int, sublayers_per_layer: int = 2) -> float:
     return math.sqrt((n + 1) / math.log(n + 1) - 1)
 
 
-def _admin_skip(stack: Stack, cfg: ModelConfig) -> float:
+def _admin_skip(stack: Stack, cfg: Any) -> float:
     # `admin_init: profile` starts every ω at 1 until TransformerLM.admin_profile_ measures them
     return admin_omega(stack.n_layers, stack.sublayers) if cfg.admin_init == "closed_form" else 1.0
 
 
-def _mix_ln(cfg: ModelConfig, index: int) -> str:
+def _mix_ln(cfg: Any, index: int) -> str:
     # Mix-LN: Post-LN in the first ⌊α·L⌋ layers, Pre-LN in the rest
     return POST.name if index < math.floor(cfg.mix_ratio * cfg.n_layers) else PRE.name
 

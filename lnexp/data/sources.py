@@ -50,10 +50,16 @@ import torch
 from lnexp.core.config import ConfigError, DataConfig
 from lnexp.core.files import FileProblem, atomic_write, map_regular
 from lnexp.core.model import PAD
-from lnexp.data.tokenizers import ByteTokenizer, SymbolTokenizer, Tokenizer, train_tokenizer
+from lnexp.data.tokenizers import (
+    BOS,
+    EOS,
+    SPECIALS,
+    ByteTokenizer,
+    SymbolTokenizer,
+    Tokenizer,
+    train_tokenizer,
+)
 
-BOS, EOS = 1, 2
-SPECIALS = 3  # PAD, BOS, EOS: content symbol c is token c + SPECIALS
 NOISE = 0.1  # copy_noise: the probability that a source symbol is replaced
 LEXICON = 64  # translate: words per language
 EVAL_SEED = 1234  # the generator of a seq2seq task's scored examples (translate --eval, eval_bleu_every)

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0-3: PAD, BOS, EOS as lnexp.data.sources's
+# Ids 0-2 of every sequence-to-sequence vocabulary: PAD (lnexp.core.model), BOS, EOS; content symbol c
+# is token c + SPECIALS.
+BOS, EOS = 1, 2
+SPECIALS = 3
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0-3: PAD, BOS, EOS as above, and unknown
 
 
 class ByteTokenizer:
@@ -163,8 +167,6 @@ def read_tokenizer(path: Path, kind: str) -> HFTokenizer:
 def run_tokenizer(run: Path, config: Any) -> Tokenizer:
     """The tokenizer a run was trained with: its tokenizer.json (bpe, word), else what its data
     source implies (bytes; numbered symbols for seq2seq tasks and pre-tokenised corpora)."""
-    from lnexp.data.sources import SPECIALS
-
     d = config.data
     if d.tokenizer != "byte":
         return read_tokenizer(run / TOKENIZER_FILE, d.tokenizer)

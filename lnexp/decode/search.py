@@ -23,24 +23,18 @@ Conventions (docs/decoding.md repeats them):
 from __future__ import annotations
 
 import math
-import random
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lnexp.core.errors import LnexpError
-from lnexp.core.model import EncoderDecoder, KVCache, TransformerLM, build_model
-from lnexp.data.tokenizers import Tokenizer, run_tokenizer
+from lnexp.core.model import EncoderDecoder, KVCache, TransformerLM
+from lnexp.data.tokenizers import Tokenizer
 
 STRATEGIES = ("greedy", "sample", "top-k", "top-p", "beam")
-
-# For decode-stats on byte-level runs: beginnings the quickstart corpus (Python's stdlib) continues.
-DEFAULT_PROMPTS = ("def ", "import ", "class ", "    return ", "    def __init__(self", "if __name__ == ",
-                   "for i in range(", "# ")
 
 # (B, V) logits, a random generator -> (B,) token ids
 Picker = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
@@ -60,44 +54,6 @@ class Loaded:
     model: TransformerLM | EncoderDecoder
     config: Any
     tokenizer: Tokenizer
-
-
-def load_model(path: str | Path, arch: str = "decoder") -> Loaded:
-    """The trained model of a run folder of `model.arch` arch, with its config and tokenizer."""
-    from lnexp.core.config import ConfigError, validate
-    from lnexp.run.folder import RunError, load_run
-
-    path = Path(path)
-    try:
-        run = load_run(path)
-    except RunError as exc:
-        raise DecodeError(str(exc)) from None
-    if "config.yaml unreadable" in run.notes or not run.config:
-        raise DecodeError(f"{path}: config.yaml missing or unreadable")
-    try:
-        config = validate(run.config, source=str(path / "config.yaml"))
-    except ConfigError as exc:
-        raise DecodeError(str(exc)) from None
-    if config.model.arch != arch:
-        command = "translate" if arch == "encoder_decoder" else "decoding"
-        raise DecodeError(f"{path}: {command} needs a model.arch {arch} run; this one is {config.model.arch}")
-    weights = path / "model.pt"
-    if not weights.is_file():
-        raise DecodeError(f"{path}: no model.pt (run status: {run.status}; a run writes it when it ends)")
-    try:
-        tokenizer = run_tokenizer(path, config)
-    except ValueError as exc:
-        raise DecodeError(str(exc)) from None
-    vocab = run.meta.get("vocab_size")  # runs before it was recorded: synthetic or bytes
-    if not isinstance(vocab, int):
-        vocab = config.data.vocab_size if config.data.source == "synthetic" else tokenizer.vocab_size
-    model = build_model(config.model, vocab)
-    try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as exc:  # a truncated file, or weights of another shape
-        raise DecodeError(f"{weights}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-                          ) from None
-    return Loaded(model.eval(), config, tokenizer)
 
 
 def encode(tokenizer: Tokenizer, text: str, what: str = "the text") -> list[int]:
@@ -402,182 +358,3 @@ def decode(model: TransformerLM, prompt: Sequence[int], strategy: str, *, n: int
 
 # --- decode-stats -----------------------------------------------------------------------------------
 
-
-def distinct(ids: Sequence[int], n: int) -> float:
-    """distinct-n (Li et al. 2016) of one output: distinct n-grams / n-grams."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else math.nan
-
-
-def repetition(ids: Sequence[int], n: int = 4) -> float:
-    """seq-rep-n (Welleck et al. 2020): the share of an output's n-grams that repeat an earlier one."""
-    return 1.0 - distinct(ids, n)
-
-
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def _by_step(series: list[list[float]]) -> list[float]:
-    """Mean over outputs at each step (outputs that stopped early drop out)."""
-    longest = max(map(len, series), default=0)
-    return [_mean([s[i] for s in series if i < len(s)]) for i in range(longest)]
-
-
-PROMPT_BYTES = 16  # a default prompt from a run's own validation text: the start of one of its lines
-
-
-def default_prompts(loaded: Loaded, seed: int = 0) -> list[list[int]]:
-    """Runs on the stdlib: DEFAULT_PROMPTS (beginnings of Python code) in the run's tokens. Other text:
-    the first PROMPT_BYTES characters of 8 lines of the run's own validation text, chosen with
-    `seed`, in the run's tokens (DEFAULT_PROMPTS if the corpus is no longer there). Synthetic runs
-    and pre-tokenised corpora: 8 prompts of 8 random tokens."""
-    config, vocab_size = loaded.config, loaded.model.vocab_size
-    rng = random.Random(seed)
-    if config.data.source == "stdlib":
-        return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
-    if config.data.source in ("synthetic", "tokens"):
-        return [[rng.randrange(vocab_size) for _ in range(8)] for _ in range(8)]
-    from lnexp.core.config import ConfigError
-    from lnexp.data.sources import load_data
-
-    try:
-        text = loaded.tokenizer.decode(load_data(config.data).val.tolist())
-    except ConfigError:  # the corpus is gone: decoding needs only the run folder
-        return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
-    # whole lines only (the split's first and last may be cut), with some text in them
-    lines = [line[:PROMPT_BYTES] for line in text.split("\n")[1:-1]
-             if len(line.strip()) >= PROMPT_BYTES // 2]
-    if len(lines) < 8:  # few line breaks: windows at random places instead
-        starts = [rng.randrange(max(1, len(text) - PROMPT_BYTES)) for _ in range(8)]
-        lines = [text[s: s + PROMPT_BYTES] for s in starts]
-    return [encode(loaded.tokenizer, line) for line in rng.sample(lines, 8)]
-
-
-def stats_settings(n: int, temperature: float, k: int, p: float, beams: int) -> list[tuple[str, str, dict]]:
-    """(strategy, label, options) of the strategies decode-stats compares."""
-    t = f" T={temperature:g}" if temperature != 1 else ""
-    return [("greedy", "greedy", {}),
-            ("sample", f"sample{t or ' T=1'}", {"n": n, "temperature": temperature}),
-            ("top-k", f"top-k k={k}{t}", {"n": n, "temperature": temperature, "k": k}),
-            ("top-p", f"top-p p={p:g}{t}", {"n": n, "temperature": temperature, "p": p}),
-            ("beam", f"beam B={beams}", {"n": 1, "beams": beams})]
-
-
-def decode_stats(model: TransformerLM, prompts: list[list[int]], n: int = 8, max_new_tokens: int = 64,
-                 temperature: float = 1.0, k: int = 40, p: float = 0.9, beams: int = 4, seed: int = 0,
-                 on_strategy: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """For each strategy over the same prompts, means over its outputs (greedy: one a prompt; beam:
-    its best hypothesis; samplers: n a prompt) of the numbers in docs/decoding.md's decode-stats table."""
-    rows = []
-    for strategy, label, options in stats_settings(n, temperature, k, p, beams):
-        if on_strategy:
-            on_strategy(label)
-        per_prompt = [decode(model, prompt, strategy, max_new_tokens=max_new_tokens, seed=seed + i,
-                             **options) for i, prompt in enumerate(prompts)]
-        outputs = [o for group in per_prompt for o in group]
-        rows.append({
-            "strategy": strategy, "label": label, "outputs": len(outputs),
-            "logprob_per_token": _mean([o.logprob / len(o.ids) for o in outputs]),
-            "joint_logprob": _mean([o.logprob for o in outputs]),
-            "distinct_1": _mean([distinct(o.ids, 1) for o in outputs]),
-            "distinct_2": _mean([distinct(o.ids, 2) for o in outputs]),
-            "repetition_4": _mean([repetition(o.ids, 4) for o in outputs]),
-            "entropy": _mean([h for o in outputs for h in o.entropies]),
-            "unique_outputs": _mean([len({tuple(o.ids) for o in group}) for group in per_prompt]),
-            "per_prompt_joint_logprob": [max(o.logprob for o in group) for group in per_prompt],
-            "entropy_by_step": _by_step([o.entropies for o in outputs]),
-            "logprob_by_step": _by_step([list(_cumsum(o.token_logprobs)) for o in outputs]),
-        })
-    return rows
-
-
-def _cumsum(values: list[float]) -> list[float]:
-    total, out = 0.0, []
-    for v in values:
-        total += v
-        out.append(total)
-    return out
-
-
-def generation_record(run: Path, loaded: Loaded, prompt: str, prompt_ids: list[int], strategy: str,
-                      outputs: list[Output], **settings: Any) -> dict[str, Any]:
-    """What `lnexp generate --json` prints: the run, the prompt, the settings and every output."""
-    return {"run": str(run), "strategy": strategy, "prompt": prompt, "prompt_ids": prompt_ids,
-            "settings": settings,
-            "outputs": [{"text": loaded.tokenizer.decode(o.ids), "ids": o.ids, "logprob": o.logprob,
-                         **({"score": o.score} if o.score is not None else {})} for o in outputs]}
-
-
-def stats_record(run: Path, loaded: Loaded, prompts: list[list[int]], rows: list[dict[str, Any]],
-                 figure: Path, **settings: Any) -> dict[str, Any]:
-    """What `lnexp decode-stats --json` prints: the prompts, the settings, every strategy's row, the
-    figure, and on how many prompts beam's joint log p is at least greedy's."""
-    return {"run": str(run), "prompts": [loaded.tokenizer.decode(i) for i in prompts], **settings,
-            "strategies": rows, "figure": str(figure), "beam_ge_greedy": list(beam_vs_greedy(rows))}
-
-
-def beam_vs_greedy(rows: list[dict[str, Any]], tolerance: float = 1e-4) -> tuple[int, int]:
-    """On how many prompts beam's best joint log-probability is >= greedy's, and of how many. Where
-    beam keeps greedy's path the two differ by float32 rounding (batches of different sizes), hence
-    the tolerance."""
-    by = {r["strategy"]: r["per_prompt_joint_logprob"] for r in rows}
-    pairs = list(zip(by["beam"], by["greedy"]))
-    return sum(b >= g - tolerance for b, g in pairs), len(pairs)
-
-
-STAT_COLUMNS = (("outputs", "n", 0), ("logprob_per_token", "log p\n/token", 3),
-                ("joint_logprob", "joint\nlog p", 4), ("distinct_1", "dist-1", 3),
-                ("distinct_2", "dist-2", 3), ("repetition_4", "rep-4", 3),
-                ("entropy", "entropy\n(nats)", 3), ("unique_outputs", "unique\noutputs", 3))
-
-
-def stats_table(title: str, rows: list[dict[str, Any]]):
-    """The decode-stats table; without vertical rules, so 80 columns hold it."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                  pad_edge=False)
-    table.add_column("strategy", no_wrap=True)
-    for _, header, _ in STAT_COLUMNS:
-        table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(row["label"], *(f"{row[key]:.{digits}g}" if digits else str(row[key])
-                                      for key, _, digits in STAT_COLUMNS))
-    return table
-
-
-def plot_decode_stats(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Three panels: entropy of the next-token distribution by step, mean joint log-probability by
-    step, and each strategy's diversity (distinct-2) against its log-probability per token."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_h, ax_lp, ax_div) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
-    for i, row in enumerate(rows):
-        color = f"C{i}"
-        steps = range(1, len(row["entropy_by_step"]) + 1)
-        ax_h.plot(steps, row["entropy_by_step"], color=color, label=row["label"])
-        ax_lp.plot(steps, row["logprob_by_step"], color=color, label=row["label"])
-        ax_div.scatter(row["distinct_2"], row["logprob_per_token"], color=color, s=60, label=row["label"])
-        ax_div.annotate(row["label"], (row["distinct_2"], row["logprob_per_token"]),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax_h.set(xlabel="generated token", ylabel="entropy of next-token distribution (nats)",
-             title="model's uncertainty along the path")
-    ax_lp.set(xlabel="generated token", ylabel="joint log-probability so far (nats)",
-              title="joint log-probability")
-    ax_div.set(xlabel="distinct-2 (within an output)", ylabel="mean log-probability per token",
-               title="diversity against likelihood")
-    ax_div.margins(x=0.2, y=0.1)
-    ax_h.legend(fontsize=8)
-    for ax in (ax_h, ax_lp, ax_div):
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -24,17 +24,9 @@ import torch
 from lnexp.core.config import ConfigError
 from lnexp.core.files import FileProblem, read_regular
 from lnexp.core.model import PAD, EncoderDecoder
-from lnexp.data.sources import BOS, EOS, PairsCorpus, Seq2SeqTask, load_data
-from lnexp.decode.search import (
-    DecodeError,
-    Loaded,
-    beam_search,
-    check_prompt,
-    encode,
-    generate,
-    greedy,
-    load_model,
-)
+from lnexp.data.sources import PairsCorpus, Seq2SeqTask, load_data
+from lnexp.data.tokenizers import BOS, EOS
+from lnexp.decode.search import DecodeError, Loaded, beam_search, check_prompt, encode, generate, greedy
 
 EVAL_PAIRS = 100  # validation pairs scored by `translate --eval` and train.eval_bleu_every
 GREEDY_BATCH = 64  # sources decoded together by greedy
@@ -108,11 +100,6 @@ def training_scores(model: EncoderDecoder, data: Seq2SeqTask | PairsCorpus, seq_
 # --- the translate command ---------------------------------------------------------------------------
 
 INPUT_LIMIT = 2**26  # --input: 64 MiB of sources
-
-
-def load(run: str | Path) -> Loaded:
-    """An encoder-decoder run's model, config and tokenizer."""
-    return load_model(run, arch="encoder_decoder")
 
 
 def read_sources(path: Path) -> list[str]:

@@ -1,6 +1,7 @@
-"""The stability map: the largest learning rate at which a run converges, against depth, one line per
-layout or recipe and seed. Drawn by `reproduce stability-map` and by `lnexp plot SWEEP` for a grid
-over the learning rate and the depth. Takes matplotlib axes; imports no matplotlib itself."""
+"""The stability map: the largest learning rate at which a run passes a test (the reproduce engine's
+"converges", a sweep's "stable"), against depth, one line per layout or recipe and seed. Drawn by
+`reproduce stability-map` and by `lnexp plot SWEEP` for a grid over the learning rate and the depth.
+Takes matplotlib axes; imports no matplotlib itself."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 
 def largest_index(flags: Sequence[bool | None]) -> int | None:
-    """Index of the largest grid value that converged (flags ordered by value); −1 if none did;
+    """Index of the largest grid value whose flag is true (flags ordered by value); −1 if none is;
     None if a cell has no result."""
     if any(f is None for f in flags):
         return None
@@ -25,9 +26,10 @@ def depth_axis(ax: Any, depths: Sequence[int], label: str) -> None:
 
 
 def largest_lr_panel(ax: Any, lrs: Sequence[float], depths: Sequence[int],
-                     lines: dict[str, list[list[int | None]]]) -> None:
-    """`lines`: label -> per seed, the index in `lrs` of the largest converging lr at each depth
-    (largest_index). Seeds of one line are jittered apart so that equal lines stay visible."""
+                     lines: dict[str, list[list[int | None]]], ylabel: str) -> None:
+    """`lines`: label -> per seed, the index in `lrs` of the largest passing lr at each depth
+    (largest_index); `ylabel` says what passing means. Seeds of one line are jittered apart so that
+    equal lines stay visible."""
     for i, (label, per_seed) in enumerate(lines.items()):
         for k, ys in enumerate(per_seed):
             if all(y is not None for y in ys):
@@ -37,5 +39,5 @@ def largest_lr_panel(ax: Any, lrs: Sequence[float], depths: Sequence[int],
     ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
     ax.set_ylim(-1.5, len(lrs) - 0.5)
     depth_axis(ax, depths, "depth (layers)")
-    ax.set_ylabel("largest learning rate that converges")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)

@@ -24,15 +24,14 @@ from rich.text import Text
 
 from lnexp.core import plugins
 from lnexp.core.layouts import label as layout_label
+from lnexp.core.nested import flatten
 from lnexp.core.probe_kinds import by_row, profile_depth, row_titles
 from lnexp.core.stats import mean_std
 from lnexp.report.console import fmt, profile_rows, profile_table
-from lnexp.run.folder import (
-    Run,
-    RunError,
+from lnexp.run.reader import Run, RunError, load_run
+from lnexp.run.rows import (
     finite,
     layer_profile,
-    load_run,
     logged_steps,
     loss_summary,
     nearest_step,
@@ -118,17 +117,6 @@ def natural_key(text: Any) -> tuple:
     return (*key, (1, text[at:], 0.0))
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.001}} -> {"optim.lr": 0.001}: the keys `--set` takes."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_diff(runs: list[Run], all_keys: bool = False) -> dict[str, list[Any]]:
     """Dotted key -> one value per run (None where a run lacks the key), only the keys that differ.
     run.name and run.dir are left out unless `all_keys`: the column headers already say them."""
@@ -156,19 +144,6 @@ def partial_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return {"steps_done": max(steps) + 1 if steps else 0, **loss_summary(metrics),
             # harmonic mean over steps = all tokens / all time, as in the summary
             "tokens_per_s": len(speeds) / sum(1 / s for s in speeds) if speeds else None}
-
-
-def band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Pointwise mean, min and max over curves (step, value), at the steps every curve has a finite
-    value."""
-    if not curves:
-        return [], [], [], []
-    common = set.intersection(*({s for s, v in c if finite(v)} for c in curves))
-    steps = sorted(common)
-    by_curve = [dict(c) for c in curves]
-    columns = [[d[s] for d in by_curve] for s in steps]
-    return steps, [sum(col) / len(col) for col in columns], [min(col) for col in columns], \
-        [max(col) for col in columns]
 
 
 @dataclass

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lnexp.run.folder import layer_profile, load_run, logged_steps, profile_ratios
+from lnexp.run.reader import load_run
+from lnexp.run.rows import layer_profile, logged_steps, profile_ratios
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)

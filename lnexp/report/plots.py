@@ -1,8 +1,4 @@
-"""Figures: `compare_figure` for runs side by side, `run_figures` for one run's folder.
-
-Agg backend: figures go to files only, so they render without a display (CI, ssh). Imported lazily
-by the CLI, so `lnexp --help` does not pay for matplotlib.
-"""
+"""Figures: `compare_figure` for runs side by side, `run_figures` for one run's folder."""
 
 from __future__ import annotations
 
@@ -11,51 +7,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import (  # noqa: E402
-    FixedLocator,
-    FormatStrFormatter,
-    LogLocator,
-    MaxNLocator,
-    NullFormatter,
-)
-
-from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, by_row, profile_depth  # noqa: E402
-from lnexp.experiments.stability import largest_index, largest_lr_panel  # noqa: E402
-from lnexp.experiments.sweep import CellResult, read_sweep  # noqa: E402
-from lnexp.report.compare import Comparison, band, group_profiles  # noqa: E402
-from lnexp.run.folder import Run, is_run, layer_profile, load_run, logged_steps, weight_roles  # noqa: E402
-
-COLORS = plt.get_cmap("tab10").colors
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)  # pyplot keeps every figure alive until closed
-    return path
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    """Trailing running mean, so per-step training losses read as a curve."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
+from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, by_row, profile_depth
+from lnexp.report.compare import Comparison, group_profiles
+from lnexp.report.figures import COLORS, band, colors, label_log_axis, save, seed_band, smooth
+from lnexp.run.reader import Run
+from lnexp.run.rows import layer_profile, logged_steps, weight_roles
 
 BYTE_SOURCES = ("stdlib", "text", "pairs")  # byte-level data: a token is a byte
 
@@ -145,21 +107,6 @@ def uses_log_scale(probe: str, param: str) -> bool:
     return kind is not None and (kind.log_scale is True or param in (kind.log_scale or ()))
 
 
-def label_log_axis(axis: Any) -> None:
-    """Plain-number tick labels on a log axis, at 1-2-5 (or every digit when the axis spans less than
-    a decade), so that a narrow range has more than one labelled tick."""
-    low, high = sorted(axis.get_view_interval())
-    if low <= 0:
-        return
-    if math.log10(high / low) > 1:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    else:  # evenly spaced round numbers, as on a linear axis
-        axis.set_major_locator(FixedLocator([t for t in MaxNLocator(6).tick_values(low, high)
-                                             if low <= t <= high]))
-    axis.set_major_formatter(FormatStrFormatter("%g"))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> None:
     depth = max(map(len, values), default=0)
     ax.set_xticks(range(depth))
@@ -168,24 +115,6 @@ def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> 
     if uses_log_scale(probe, param):
         ax.set_yscale("log")
         label_log_axis(ax.yaxis)
-
-
-def colors(n: int) -> list[Any]:
-    """n distinct colours: tab10, tab20 up to 20, then evenly spaced along a perceptual colour map."""
-    if n <= 10:
-        return list(COLORS[:n])
-    if n <= 20:
-        return list(plt.get_cmap("tab20").colors[:n])
-    cmap = plt.get_cmap("turbo")
-    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
-
-
-def _band(ax: Axes, curves: list[list[tuple[int, float]]], color: Any, **line: Any) -> None:
-    """The mean of several runs' curves at the steps they all have, with their min-max as a band."""
-    steps, mean, low, high = band(curves)
-    if steps:
-        ax.plot(steps, mean, color=color, **line)
-        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
 
 
 def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = False) -> None:
@@ -197,7 +126,7 @@ def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = Fa
                   and math.isfinite(m["loss"])]
         window = max(1, len(points) // 30)
         train.append(list(zip([s for s, _ in points], smooth([v for _, v in points], window))))
-    _band(ax, train, color, linewidth=1.6)
+    seed_band(ax, train, color, linewidth=1.6)
     val = [[(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None] for run in runs]
     steps, mean, low, high = band(val)
     if steps:
@@ -249,7 +178,7 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: st
         (line,) = ax_prof.plot(range(len(values)), values, color=color, marker="o", linewidth=1.6,
                                label=label)
         if len(runs) > 1:
-            _band(ax_prof, [list(enumerate(c.profiles[m].values)) for m in group.members], color,
+            seed_band(ax_prof, [list(enumerate(c.profiles[m].values)) for m in group.members], color,
                   linewidth=0)
         handles.append(line)
     if metric == "loss":
@@ -261,7 +190,7 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: st
     fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=ncol, frameon=False,
                title=c.legend_title or None, fontsize=9 if len(handles) <= 12 else 7)
     fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def run_figures(run: Run, out_dir: Path, suffix: str = ".png", skip_init: bool = False
@@ -278,26 +207,26 @@ def run_figures(run: Run, out_dir: Path, suffix: str = ".png", skip_init: bool =
         lr_axis(ax_lr)
         fig.suptitle(run.name)
         fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"curves{suffix}"))
+        paths.append(save(fig, out_dir / f"curves{suffix}"))
     else:
         notes.append("no metrics logged: no loss or learning-rate curves")
     grads = _by_step(run.probes, "grad")
     roles = weight_roles(run.probes)
     if roles:
         shown = {s: rows for s, rows in grads.items() if s > 0} if skip_init and len(grads) > 1 else grads
-        paths.append(_save(_heatmaps(run.name, shown, roles), out_dir / f"grad_heatmap{suffix}"))
-        paths.append(_save(_grad_profiles(run.name, grads, roles), out_dir / f"grad_profile{suffix}"))
+        paths.append(save(_heatmaps(run.name, shown, roles), out_dir / f"grad_heatmap{suffix}"))
+        paths.append(save(_grad_profiles(run.name, grads, roles), out_dir / f"grad_profile{suffix}"))
     else:
         notes.append("no grad probe logged: no gradient heatmap or profile")
     acts = _by_step(run.probes, "act")
     if acts:
-        paths.append(_save(_activations(run.name, acts), out_dir / f"activations{suffix}"))
+        paths.append(save(_activations(run.name, acts), out_dir / f"activations{suffix}"))
     else:
         notes.append("no act probe logged: no activation-norm figure")
     for probe in (k.name for k in PROBE_KINDS.values() if k.measures):  # a figure only where logged
         by_step = _by_step(run.probes, probe)
         if by_step:
-            paths.append(_save(_measures(run.name, by_step, probe), out_dir / f"{probe}{suffix}"))
+            paths.append(save(_measures(run.name, by_step, probe), out_dir / f"{probe}{suffix}"))
     return paths, notes
 
 
@@ -406,115 +335,3 @@ def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -
 
 
 # --- a sweep's figures -----------------------------------------------------------------------------
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def sweep_figures(root: Path, suffix: str = ".png") -> tuple[list[Path], list[str]]:
-    """Write a sweep's figures into SWEEP/plots/: the final validation loss against the first numeric
-    grid key, and, for a grid over optim.lr and model.n_layers, the stability map. RunError for a
-    folder that is not a sweep."""
-    grid, cells = read_sweep(root)
-    if not grid:
-        return [], [f"{root}: the grid has no key besides the seed; nothing to plot against"]
-    config = next((load_run(root / c.name, probes=False, tail=1).config for c in cells
-                   if is_run(root / c.name)), {})
-    numeric = [k for k, values in grid if all(_number(v) is not None for v in values)]
-    x_key = numeric[0] if numeric else grid[0][0]
-    out = root / "plots"
-    paths = [_save(_sweep_loss(root.name, grid, cells, x_key, config), out / f"final_loss{suffix}")]
-    if {"optim.lr", "model.n_layers"} <= set(numeric):
-        paths.append(_save(_sweep_stability(root.name, grid, cells), out / f"stability_map{suffix}"))
-    return paths, []
-
-
-def _lines(grid: list[tuple[str, list[str]]], cells: list[CellResult], exclude: set[str]
-           ) -> dict[str, list[CellResult]]:
-    """The cells by the values of the grid keys not in `exclude` (a legend label each), in grid order."""
-    others = [k for k, _ in grid if k not in exclude]
-    order = {k: {v: i for i, v in enumerate(values)} for k, values in grid}
-    lines: dict[tuple[int, ...], list[CellResult]] = {}
-    for cell in cells:
-        lines.setdefault(tuple(order[k].get(cell.values.get(k), -1) for k in others), []).append(cell)
-    return {", ".join(f"{k}={cell_list[0].values.get(k)}" for k in others) or "all cells": cell_list
-            for _, cell_list in sorted(lines.items())}
-
-
-def _sweep_loss(name: str, grid: list[tuple[str, list[str]]], cells: list[CellResult], x_key: str,
-                config: dict[str, Any]) -> Figure:
-    """Final validation loss against `x_key`: per line the seed mean of the completed cells with a
-    min-max band; a cross at the top for each diverged cell, a ring around each collapsed one."""
-    values = dict(grid)[x_key]
-    numbers = [_number(v) for v in values]
-    numeric = all(n is not None for n in numbers)
-    at = dict(zip(values, numbers if numeric else range(len(values))))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    lines = _lines(grid, cells, {x_key})
-    marked = {"diverged": False, "collapsed": False}
-    log_x = numeric and min(numbers) > 0 and max(numbers) / min(numbers) >= 10
-    spacing = min(b - a for a, b in zip(sorted(at.values()), sorted(at.values())[1:])) if len(at) > 1 else 1
-    for i, ((label, members), color) in enumerate(zip(lines.items(), colors(len(lines)))):
-        nudge = 0.04 * (i - (len(lines) - 1) / 2)  # lines' crosses at one value side by side
-        xs, mean, low, high = [], [], [], []
-        for value in values:
-            here = [c for c in members if c.values.get(x_key) == value]
-            losses = [c.final_val_loss for c in here if c.status == "completed"
-                      and c.final_val_loss is not None and math.isfinite(c.final_val_loss)]
-            if losses:
-                xs.append(at[value])
-                mean.append(sum(losses) / len(losses))
-                low.append(min(losses))
-                high.append(max(losses))
-            for c in here:
-                if c.status == "diverged":
-                    x = at[value] * (1 + nudge) if log_x else at[value] + nudge * spacing
-                    ax.plot(x, 0.97, marker="x", color=color, markersize=10, markeredgewidth=2.2,
-                            transform=ax.get_xaxis_transform(), clip_on=False)
-                    marked["diverged"] = True
-                elif c.collapsed and c.final_val_loss is not None:
-                    ax.plot(at[value], c.final_val_loss, marker="o", markersize=13, markerfacecolor="none",
-                            markeredgecolor=color, markeredgewidth=1.5)
-                    marked["collapsed"] = True
-        ax.plot(xs, mean, marker="o", color=color, linewidth=1.6, label=label)
-        ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
-    grey = dict(color="grey", linestyle="none")
-    extra = [Line2D([], [], marker="x", markeredgewidth=2.2, label="diverged (drawn at the top)", **grey)] \
-        if marked["diverged"] else []
-    if marked["collapsed"]:
-        extra.append(Line2D([], [], marker="o", markerfacecolor="none", markersize=11,
-                            label="collapsed (val loss at the unigram entropy)", **grey))
-    if log_x:
-        ax.set_xscale("log")
-        ax.minorticks_off()
-    ax.set_xticks(list(at.values()), values, rotation=30 if len(values) > 6 else 0)
-    ax.set(xlabel=x_key, ylabel=f"final validation {loss_label(config)}",
-           title=f"{name}: final validation loss (line: seed mean; band: min to max over seeds)")
-    ax.title.set_fontsize(10)
-    handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + extra, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _sweep_stability(name: str, grid: list[tuple[str, list[str]]], cells: list[CellResult]) -> Figure:
-    """The largest converging learning rate against depth, per value of the other grid keys (layout,
-    recipe) and seed: stability.largest_lr_panel, as in `reproduce stability-map`."""
-    keys = dict(grid)
-    lrs = sorted(keys["optim.lr"], key=float)
-    depths = sorted(keys["model.n_layers"], key=float)
-    seeds = sorted({c.seed for c in cells if c.seed is not None}) or [None]
-    lines = {}
-    for label, members in _lines(grid, cells, {"optim.lr", "model.n_layers"}).items():
-        at = {(c.values["optim.lr"], c.values["model.n_layers"], c.seed): c.converged for c in members}
-        lines[label] = [[largest_index([at.get((lr, n, s)) for lr in lrs]) for n in depths] for s in seeds]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    largest_lr_panel(ax, [float(lr) for lr in lrs], [int(float(n)) for n in depths], lines)
-    ax.set_title(f"{name}: largest converging learning rate by depth, one line per seed\n(converges: "
-                 "completed, not diverged, not collapsed)", fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lnexp.core.config import Config, ConfigError
-from lnexp.run.folder import Run, RunError, is_locked, is_run, load_run
+from lnexp.run.reader import Run, RunError, is_locked, is_run, load_run
 
 TB_DIR = "tb"
 WANDB_DIR = "wandb"
@@ -66,7 +66,7 @@ def by_step(metrics: list[dict[str, Any]], probes: list[dict[str, Any]]) -> dict
 def hparams(config: dict[str, Any]) -> dict[str, Any]:
     """The config as flat `section.key` hparams (run.* left out: the run is named by its folder).
     Values TensorBoard cannot show (lists, null) as their JSON text."""
-    from lnexp.report.compare import flatten
+    from lnexp.core.nested import flatten
 
     return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
             for k, v in flatten(config).items() if not k.startswith("run.")}

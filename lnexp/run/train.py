@@ -41,19 +41,7 @@ from lnexp.data.sources import Data, bits_per_byte, load_data
 from lnexp.data.tokenizers import TOKENIZER_FILE
 from lnexp.decode.translate import training_scores
 from lnexp.run import sinks
-from lnexp.run.folder import (
-    FINISHED,
-    RunError,
-    RunWriter,
-    check_target,
-    layer_profile,
-    load_run,
-    logged_steps,
-    loss_summary,
-    now,
-    read_jsonl,
-    stamped,
-)
+from lnexp.run.folder import FINISHED, RunWriter, check_target, now, stamped
 from lnexp.run.hardware import (
     Dist,
     any_rank,
@@ -64,6 +52,8 @@ from lnexp.run.hardware import (
     peak_tflops,
 )
 from lnexp.run.probes import Probes, Reading, radam_rho
+from lnexp.run.reader import RunError, load_run, read_jsonl
+from lnexp.run.rows import layer_profile, logged_steps, loss_summary
 
 CHECKPOINT = "checkpoint.pt"
 Progress = Callable[[int, int, dict], None]

@@ -27,16 +27,9 @@ from lnexp.experiments.reproduce.report import md_table, write_report
 from lnexp.experiments.reproduce.suites import SUITES
 from lnexp.experiments.reproduce.suites.layouts import choose_layouts
 from lnexp.experiments.reproduce.verdicts import Verdict, usable
-from lnexp.experiments.sweep import (
-    Cell,
-    Event,
-    Interrupted,
-    Plan,
-    execute,
-    is_finished,
-    plan,
-    threads_per_job,
-)
+from lnexp.experiments.sweep.grid import Cell, threads_per_job
+from lnexp.experiments.sweep.pool import Event, Interrupted, execute
+from lnexp.experiments.sweep.state import Plan, is_finished, plan
 from lnexp.run.folder import now
 
 __all__ = ["SCALES", "SUITES", "Scale", "Reproduction", "Stopped", "reproduce", "suite_names"]
@@ -70,7 +63,7 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
               layouts: Sequence[str] = (), pack: int | None = None) -> Reproduction:
     """Run (or reuse) the suite's cells, then write its report. `suite` may be `all`. `sets` are
     `--set` items for every cell; `threads` per run (default: the cores split over `jobs`). With a
-    slurm `launcher` the runs are batch jobs (lnexp.experiments.slurm): the report is written once all
+    slurm `launcher` the runs are batch jobs (lnexp.experiments.sweep.slurm): the report is written once all
     are done.
     `plugins` are loaded into every cell's config; `layouts` chooses the layouts suite's layouts
     (default: every registered one). `pack`: cells of one structure trained together, up to this
@@ -94,7 +87,7 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
                *(a for s in sets for a in ("--set", s))]
     try:
         if launcher is not None and launcher.kind == "slurm":
-            from lnexp.experiments.slurm import launch
+            from lnexp.experiments.sweep.slurm import launch
 
             results = launch(work, launcher, out, f"reproduce {scale.name}", lambda _: command, on_event,
                              detach)

@@ -17,8 +17,8 @@ from typing import Any
 from lnexp.core.config import Config, ConfigError, ModelConfig, apply_sets, set_key, validate, with_plugins
 from lnexp.core.layouts import DEFAULT_NORM, LAYOUTS, NORMS
 from lnexp.core.recipes import DEFAULT_RECIPE, RECIPES
-from lnexp.experiments.sweep import Cell, value_text
-from lnexp.run.folder import Run, RunError, load_run
+from lnexp.experiments.sweep.grid import Cell, value_text
+from lnexp.run.reader import Run, RunError, load_run
 
 
 @dataclass(frozen=True)

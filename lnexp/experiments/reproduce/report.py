@@ -85,16 +85,11 @@ RULE = ("Each claim is tested on every seed separately against its threshold: **
 
 
 def render_figure(path: Path, draw: Callable[[Any], Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = draw(plt)
-    try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    from lnexp.report.figures import save  # imported before drawing: it selects the Agg backend
+
+    save(draw(plt), path, dpi=110, bbox_inches="tight")
 
 
 def write_report(folder: Path, title: str, source: str, header: list[str], analysis: Analysis,
@@ -148,7 +143,7 @@ def _json(values: Sequence[float | None]) -> list[Any]:
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
     """Pointwise mean over seeds at the steps every curve has (finite values only)."""
-    from lnexp.report.compare import band
+    from lnexp.report.figures import band
 
     steps, mean, _, _ = band(curves)
     return steps, mean

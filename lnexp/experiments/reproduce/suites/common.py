@@ -17,7 +17,7 @@ from lnexp.core.registry import Registry
 from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns, final_loss, loss_curve
 from lnexp.experiments.reproduce.report import Analysis, md_table, mean_curve, mean_pm
 from lnexp.experiments.reproduce.verdicts import usable
-from lnexp.run.folder import Run
+from lnexp.run.reader import Run
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[R
     loss as dots, the unigram baseline and the convergence threshold dashed."""
 
     def draw(plt: Any):
-        from lnexp.report.plots import smooth  # drawing already pays for matplotlib
+        from lnexp.report.figures import smooth
 
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False,
                                  sharey=True)

@@ -30,7 +30,8 @@ from lnexp.experiments.reproduce.suites import depth, xiong_init
 from lnexp.experiments.reproduce.suites.common import PRE_GPT2, Suite, n_layers
 from lnexp.experiments.reproduce.verdicts import above, below, check, fit_line, usable
 from lnexp.experiments.stability import depth_axis
-from lnexp.run.folder import Run, layer_profile, logged_steps
+from lnexp.run.reader import Run
+from lnexp.run.rows import layer_profile, logged_steps
 
 # The claim's three layouts first; the registry's others come along (cheap at these scales).
 GPT2_SCALED = f"{PRE.name}+gpt2"

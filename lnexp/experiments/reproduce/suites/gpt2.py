@@ -10,7 +10,7 @@ from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, final_los
 from lnexp.experiments.reproduce.report import Analysis, Figure, md_table, mean_pm
 from lnexp.experiments.reproduce.suites.common import PRE_GPT2, Suite, n_layers, optim_lr
 from lnexp.experiments.reproduce.verdicts import above, below, check, usable
-from lnexp.run.folder import layer_profile, logged_steps
+from lnexp.run.rows import layer_profile, logged_steps
 
 
 @dataclass(frozen=True)

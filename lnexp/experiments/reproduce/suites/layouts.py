@@ -28,7 +28,7 @@ from lnexp.experiments.reproduce.verdicts import (
     within,
 )
 from lnexp.experiments.stability import largest_index
-from lnexp.run.folder import layer_profile
+from lnexp.run.rows import layer_profile
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         return fig
 
     def init_plot(plt: Any):
-        from lnexp.report.plots import label_log_axis
+        from lnexp.report.figures import label_log_axis
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
         for i, name in enumerate(names):

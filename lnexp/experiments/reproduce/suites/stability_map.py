@@ -136,7 +136,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     def lines(plt: Any):
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         largest_lr_panel(ax, lrs, depths, {name: [[index[name, n, s] for n in depths] for s in seeds]
-                                           for name in named})
+                                           for name in named}, "largest learning rate that converges")
         fig.tight_layout()
         return fig
 

@@ -27,7 +27,8 @@ from lnexp.experiments.reproduce.verdicts import (
     within,
 )
 from lnexp.experiments.stability import depth_axis
-from lnexp.run.folder import Run, layer_profile
+from lnexp.run.reader import Run
+from lnexp.run.rows import layer_profile
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     ]
 
     def profiles(plt: Any):
-        from lnexp.report.plots import label_log_axis
+        from lnexp.report.figures import label_log_axis
 
         shown = profile_depths(params)
         fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
@@ -229,7 +230,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
 
     def depth_plot(plt: Any):
         """Measured points, and the fitted power law a·L^b each verdict is about, per seed."""
-        from lnexp.report.plots import label_log_axis
+        from lnexp.report.figures import label_log_axis
 
         def power_law(ys: list[float]) -> list[float]:
             a, b = fit_line([math.log(n) for n in depths], [math.log(y) for y in ys])
@@ -283,7 +284,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
               ("enc-dec encoder stack", lambda norm, seed: encdec[norm, "enc", seed], "enc.ffn.fc2"))
 
     def encdec_plot(plt: Any):
-        from lnexp.report.plots import label_log_axis
+        from lnexp.report.figures import label_log_axis
 
         fig, axes = plt.subplots(1, len(stacks), figsize=(4.4 * len(stacks), 3.7), squeeze=False, sharey=True)
         for ax, (title, get, role) in zip(axes[0], stacks):

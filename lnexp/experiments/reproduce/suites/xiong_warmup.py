@@ -13,7 +13,7 @@ from lnexp.experiments.reproduce.report import Analysis, Figure
 from lnexp.experiments.reproduce.suites import common
 from lnexp.experiments.reproduce.suites.common import MARGIN_LOSS, POST, PRE, Suite, optim_lr, warmup_steps
 from lnexp.experiments.reproduce.verdicts import above, below, check, difference
-from lnexp.run.folder import Run
+from lnexp.run.reader import Run
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ collects the finished ones. Everything here imports submitit (an optional extra)
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +23,11 @@ from pydantic import BeforeValidator, Field, ValidationError
 
 from lnexp.core.config import ConfigError, Int, Section, _describe
 from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
-from lnexp.experiments.sweep import Cell, Event, Plan, folder_status, read_summary
-from lnexp.run.folder import FINISHED, _alive, now, write_json
+from lnexp.experiments.sweep.grid import Cell
+from lnexp.experiments.sweep.pool import Event
+from lnexp.experiments.sweep.state import Plan, folder_status, read_summary
+from lnexp.run.folder import FINISHED, now, write_json
+from lnexp.run.reader import pid_alive
 
 JOBS = "jobs"
 POLL_S = 2.0
@@ -106,7 +108,7 @@ def executor(launcher: Launcher, folder: Path) -> Any:
         ex = submitit.AutoExecutor(folder=folder, cluster=launcher.cluster,
                                    slurm_max_num_timeout=launcher.max_requeues)
     except RuntimeError as exc:  # no srun: not on a SLURM cluster
-        from lnexp.run.folder import RunError
+        from lnexp.run.reader import RunError
 
         raise RunError(f"--launcher slurm: {exc}") from None
     known = submitit.SlurmExecutor._valid_parameters()
@@ -166,13 +168,13 @@ def job_live(root: Path, record: dict[str, Any], handle: Any = None) -> bool:
                 return False
         except ChildProcessError:  # another process's (an earlier command's)
             pass
-        return _alive(pid)
+        return pid_alive(pid)
     submitit = _submitit()
     return not submitit.SlurmJob(root / JOBS, record["id"]).done(force_check=True)  # sacct
 
 
 def resumable(cell: Cell) -> bool:
-    from lnexp.experiments.sweep import config_differences
+    from lnexp.experiments.sweep.state import config_differences
 
     return (cell.path / "checkpoint.pt").exists() and not config_differences(cell.path, cell.config)
 
@@ -219,7 +221,7 @@ def launch(work: Plan, launcher: Launcher, root: Path, source: str, command: Cal
            on_submit: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Submit the plan's cells that have no live job (one job array), then wait for every job (unless
     `detach`); returns cell folder -> summary with `status` (queued/running/requeued while detached)."""
-    from lnexp.experiments.cell_job import CellJob
+    from lnexp.experiments.sweep.cell_job import CellJob
 
     records = read_records(root)
     handles: dict[str, Any] = {}
@@ -238,7 +240,7 @@ def launch(work: Plan, launcher: Launcher, root: Path, source: str, command: Cal
             jobs = ex.map_array(CellJob(), configs, [source] * len(submit),
                                 [command(cell) for cell, _ in submit], [replace for _, replace in submit])
         except Exception as exc:  # sbatch refused (a bad partition, option or account)
-            from lnexp.run.folder import RunError
+            from lnexp.run.reader import RunError
 
             raise RunError(f"job submission failed: {str(exc).strip().splitlines()[-1][:300]}") from None
         for (cell, _), job in zip(submit, jobs):
@@ -297,29 +299,3 @@ def status_rows(root: Path, cells: list[Cell]) -> list[tuple[Cell, str, str]]:
 
 
 # --- inside the job ----------------------------------------------------------------------------------
-
-def preemption_signal() -> int:
-    """The signal submitit's handler checkpoints and requeues on (SIGUSR2 unless configured)."""
-    return _submitit().JobEnvironment._usr_sig()
-
-
-def defer_preemption(stop: Any) -> Callable[[], None]:
-    """Route the pre-emption signal to `stop` (the run finishes its step and writes its checkpoint);
-    returns a function that then hands the signal to submitit's handler (checkpoint(), requeue), or
-    does nothing when no signal came."""
-    sig = preemption_signal()
-    requeue = signal.getsignal(sig)
-    caught: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        caught.append(signum)
-        stop.requested = True
-
-    signal.signal(sig, handler)
-
-    def hand_over() -> None:
-        signal.signal(sig, requeue)
-        if caught and callable(requeue):
-            requeue(caught[0], None)  # does not return: the job exits to be requeued
-
-    return hand_over

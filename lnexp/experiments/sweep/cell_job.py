@@ -1,9 +1,13 @@
-"""One sweep cell as a submitit job (imported only where submitit is installed: lnexp.experiments.slurm)."""
+"""One sweep cell as a submitit job, and what runs inside it (imported only where submitit is
+installed: lnexp.experiments.sweep.slurm)."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from typing import Any
 
+import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 
@@ -13,8 +17,7 @@ class CellJob(Checkpointable):
 
     def __call__(self, config: dict[str, Any], source: str, command: list[str], replace: bool
                  ) -> dict[str, Any]:
-        from lnexp.experiments.slurm import defer_preemption
-        from lnexp.experiments.sweep import run_cell
+        from lnexp.experiments.sweep.pool import run_cell
         from lnexp.report.console import plain_progress
         from lnexp.run.train import Stop
 
@@ -29,3 +32,30 @@ class CellJob(Checkpointable):
                    ) -> DelayedSubmission:
         """What the requeued job runs: this cell again, resuming its folder (never replacing it)."""
         return DelayedSubmission(self, config, source, command, False)
+
+
+def preemption_signal() -> int:
+    """The signal submitit's handler checkpoints and requeues on (SIGUSR2 unless configured)."""
+    return submitit.JobEnvironment._usr_sig()
+
+
+def defer_preemption(stop: Any) -> Callable[[], None]:
+    """Route the pre-emption signal to `stop` (the run finishes its step and writes its checkpoint);
+    returns a function that then hands the signal to submitit's handler (checkpoint(), requeue), or
+    does nothing when no signal came."""
+    sig = preemption_signal()
+    requeue = signal.getsignal(sig)
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        stop.requested = True
+
+    signal.signal(sig, handler)
+
+    def hand_over() -> None:
+        signal.signal(sig, requeue)
+        if caught and callable(requeue):
+            requeue(caught[0], None)  # does not return: the job exits to be requeued
+
+    return hand_over
