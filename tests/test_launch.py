@@ -185,7 +185,7 @@ def test_launcher_options_are_checked_in_one_line_before_anything_is_written(tmp
     path = str(write_config(**FAST))
     bad_file = tmp_path / "l.yaml"
     bad_file.write_text("launcher: {kind: slurm, gpus_per_cell: -1}\n")
-    for args, needle in ((["--launcher", "pbs"], "--launcher: must be one of 'local', 'slurm'"),
+    for args, needle in ((["--launcher", "pbs"], "'pbs' is not one of 'local', 'slurm'"),
                          (["--launcher", "slurm", "--time", "soon"], "--time: must be minutes or H:MM"),
                          (["--launcher", "slurm", "--slurm", "account"],
                           "--slurm account: expected KEY=VALUE"),

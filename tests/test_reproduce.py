@@ -310,7 +310,7 @@ def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_pat
 def test_cli_refuses_an_unknown_suite_or_scale(tmp_path):
     for args, needle in ((["reproduce", "nope"], "unknown suite 'nope'"),
                          (["reproduce", "radam", "--scale", "huge"],
-                          "--scale: must be one of tiny, cpu, small")):
+                          "'huge' is not one of 'tiny', 'cpu', 'small'")):
         result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and needle in result.stderr
     assert not (tmp_path / "o").exists()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -91,6 +91,16 @@ def load_launcher(file: Path | None, options: dict[str, Any]) -> Launcher:
     if launcher.kind == "local" and slurm_only:
         raise ConfigError(f"--{slurm_only[0].replace('_', '-')}: only with --launcher slurm")
     return launcher
+
+
+def from_options(file: Path | None, *, kind: str | None = None, partition: str | None = None,
+                 gpus_per_cell: int | None = None, cpus_per_cell: int | None = None, mem: str | None = None,
+                 time: str | None = None, slurm: Sequence[str] = ()) -> Launcher | None:
+    """The launcher of the command line's options (`slurm`: its `--slurm K=V` items) over `file`'s
+    `launcher:` block; None (the local pool) when neither is given. ConfigError on bad input."""
+    options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus_per_cell,
+               "cpus_per_cell": cpus_per_cell, "mem": mem, "time": time, "slurm": parse_slurm(list(slurm))}
+    return load_launcher(file, options) if file or any(options.values()) else None
 
 
 def _validate(raw: dict[str, Any], where: Callable[[str], str]) -> Launcher:
