@@ -1,7 +1,8 @@
 """What a run measures inside the model, on logging steps only.
 
 - `grad`: the norm of every parameter's gradient (named by layer and role), before clipping.
-- `act`: the RMS of the residual stream entering every block and leaving the last one.
+- `act`: the RMS of the residual stream entering every block and leaving the last one (before
+  the final norm).
 - `update`: the update-to-weight ratio ||Δθ|| / ||θ|| of every parameter after the optimiser step.
 - `adam`: quantiles (10/50/90%) of Adam's second moment v_t per parameter (`adam_v_q10` ...).
 - `output_change` (at `log.output_change_steps`): Admin's amplification measure, per layer: the
@@ -15,9 +16,9 @@
   cosine similarity between token vectors, uncentred (`*.aniso`: 1 is rank collapse).
 - `sensitivity`: ||∂loss/∂x_l||, the gradient of the training loss with respect to the residual
   stream entering each block and leaving the last (`dloss_dx`), from the logging step's own backward
-  pass (tensor hooks, no second backward); and at `log.ablation_steps`, per layer, the relative
-  change of the validation loss when every branch output of that layer is replaced by Gaussian
-  noise of the same norm, token by token (`noise_loss_change`: one forward per layer).
+  pass (a tensor hook on the stream, no second backward); and at `log.ablation_steps`, per layer,
+  the relative change of the validation loss when every branch output of that layer is replaced by
+  Gaussian noise of the same norm, token by token (`noise_loss_change`: one forward per layer).
 
 In an encoder-decoder (`model.arch: encoder_decoder`) a parameter's layer is its index in its stack
 and its role carries the stack (`enc.3.ffn.fc2.weight` -> layer 3, `enc.ffn.fc2.weight`). `act`,
@@ -27,12 +28,14 @@ logits are read from: `act` is the RMS entering each decoder block and leaving t
 The encoder's layers are not in these per-layer probes (their rows are keyed by layer index alone).
 
 Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
-reads every pending reading together with the pending losses in one transfer. The activation hooks
-record only when armed, for a logging step's forward pass. They are registered once, before the
-model's first call, so torch.compile traces them: whether they are armed is one of its guards, and
-the graph it runs on other steps has no trace of them. Each probe's eager work is labelled
-`probe:<kind>` (sensitivity's noise ablation: `probe:ablation`) for torch.profiler
-(benchmarks/bench_train.py reads its cost from these labels).
+reads every pending reading together with the pending losses in one transfer. `act` and
+`sensitivity` read the residual stream through the model's tap (lnexp.core.model: `forward(...,
+tap=)`), which the trainer passes on logging steps only (`arm()` gives it); packed training taps the
+same points its own way and hands the values over (`record_stream`). Under torch.compile the tap is
+traced into the graph, and which tap the forward gets is one of the graph's guards: a logging step
+runs a graph of its own, and the graph of the other steps has no trace of the probes. Each probe's
+eager work is labelled `probe:<kind>` (sensitivity's noise ablation: `probe:ablation`) for
+torch.profiler (benchmarks/bench_train.py reads its cost from these labels).
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+from lnexp.core.model import Tap, untapped
 from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, ProbeKind
 
 _LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_SAMPLE = 1 << 20  # torch.quantile sorts: larger tensors are subsampled evenly
 RANK_TOKENS = 4096  # the rank probe's SVD takes at most this many tokens (evenly strided)
-BRANCHES = ("attn", "cross", "ffn")  # a block's residual branches, in the order they run
 
 
 def split_name(name: str) -> tuple[int | None, str]:
@@ -116,44 +119,35 @@ class Probes:
         self._acts: list[torch.Tensor] = []
         self._stream_grads: dict[int, torch.Tensor] = {}
         self._before: list[torch.Tensor] = []
-        self.armed = False
-        if self.kinds & {"act", "sensitivity"}:
-            for index, block in enumerate(self.blocks):
-                block.register_forward_pre_hook(partial(self._enter, index))
-            self.blocks[-1].register_forward_hook(self._leave)
 
     @property
     def enabled(self) -> bool:
         return any(PROBE_KINDS[kind].training_step for kind in self.kinds)
 
-    def arm(self) -> None:
-        """Before a logging step's forward pass: record the residual stream (and its gradient)."""
+    def arm(self) -> Tap:
+        """Before a logging step's forward pass: the tap to pass it, which records the residual stream
+        (and hooks its gradient); `untapped` when neither `act` nor `sensitivity` is on."""
         self._acts, self._stream_grads = [], {}
-        self.armed = bool(self.kinds & {"act", "sensitivity"})
+        return self.tap if self.kinds & {"act", "sensitivity"} else untapped
 
-    def record_stream(self, acts: torch.Tensor | None, grad_norms: torch.Tensor | None) -> None:
-        """The stream values of a step taken outside this model's forward (a packed step, lnexp.run.pack),
-        as the hooks would have recorded them: the RMS entering each block and leaving the last
-        (`act`), and ||∂loss/∂x|| there (`sensitivity`)."""
-        if acts is not None:
-            self._acts = list(acts.unbind())
-        if grad_norms is not None:
-            self._stream_grads = dict(enumerate(grad_norms.unbind()))
-
-    def _enter(self, index: int, _module: nn.Module, args: tuple) -> None:
-        if self.armed:
-            self._record(index, args[0])
-
-    def _leave(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-        if self.armed:
-            self._record(len(self.blocks), output)
-
-    def _record(self, index: int, stream: torch.Tensor) -> None:
+    def tap(self, index: int, stream: torch.Tensor) -> torch.Tensor:
+        """The stream at boundary `index` (entering block `index`, or leaving the last): its RMS, and
+        a hook for its gradient ||∂loss/∂x||, which the step's backward pass fills."""
         if "act" in self.kinds:
             with record_function("probe:act"):
                 self._acts.append(rms(stream))
         if "sensitivity" in self.kinds and stream.requires_grad:
             stream.register_hook(partial(self._stream_grad, index))
+        return stream
+
+    def record_stream(self, acts: torch.Tensor | None, grad_norms: torch.Tensor | None) -> None:
+        """The stream values of a step taken outside this model's forward (a packed step, lnexp.run.pack),
+        as `tap` would have recorded them: the RMS entering each block and leaving the last (`act`),
+        and ||∂loss/∂x|| there (`sensitivity`)."""
+        if acts is not None:
+            self._acts = list(acts.unbind())
+        if grad_norms is not None:
+            self._stream_grads = dict(enumerate(grad_norms.unbind()))
 
     def _stream_grad(self, index: int, grad: torch.Tensor) -> None:
         with record_function("probe:sensitivity"):
@@ -161,7 +155,6 @@ class Probes:
 
     def read(self, step: int) -> Reading:
         """After backward, before the optimiser step: gradient and activation norms (on the device)."""
-        self.armed = False
         reading = Reading(step)
         if "grad" in self.kinds:
             with record_function("probe:grad"):
@@ -262,33 +255,30 @@ def output_change(probe: ProbeInput, eps: float = 1e-2) -> dict[str, torch.Tenso
 
 def branches(block: nn.Module) -> list[tuple[str, nn.Module]]:
     """A block's residual branches (attention, cross-attention, FFN), in the order they run."""
-    return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
+    return [(name, getattr(block, name)) for name in block.SUBLAYERS]
 
 
 def rank(probe: ProbeInput) -> dict[str, torch.Tensor]:
-    """The feature statistics (see the module docstring) of one forward pass, through hooks that live
-    for this call: the residual stream entering each block and leaving the last (`resid.*`), and
-    each branch's output before it joins the stream."""
-    features: dict[str, list[torch.Tensor]] = {}
+    """The feature statistics (see the module docstring) of one forward pass: of the residual stream
+    entering each block and leaving the last (`resid.*`: the model's hidden states), and of each
+    branch's output before it joins the stream (through hooks that live for this call)."""
+    outputs: dict[str, list[torch.Tensor]] = {}
 
     def keep(role: str) -> Any:
-        def hook(_module: nn.Module, args: tuple, output: Any = None) -> None:
-            stats = feature_stats(args[0] if output is None else output)
-            for column, stat in enumerate(FEATURE_STATS):
-                features.setdefault(f"{role}.{stat}", []).append(stats[column])
+        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            outputs.setdefault(role, []).append(feature_stats(output))
         return hook
 
-    blocks = probe.blocks
-    hooks = [block.register_forward_pre_hook(keep("resid")) for block in blocks]
-    hooks.append(blocks[-1].register_forward_hook(keep("resid")))
-    hooks += [branch.register_forward_hook(keep(role))
-              for block in blocks for role, branch in branches(block)]
+    hooks = [branch.register_forward_hook(keep(role))
+             for block in probe.blocks for role, branch in branches(block)]
     try:
-        probe.model(*probe.inputs)
+        _, hiddens = probe.model.with_hiddens(*probe.inputs)
     finally:
         for hook in hooks:
             hook.remove()
-    return {param: torch.stack(values) for param, values in features.items()}
+    features = {"resid": [feature_stats(x) for x in hiddens], **outputs}
+    return {f"{role}.{stat}": torch.stack(stats)[:, column]
+            for role, stats in features.items() for column, stat in enumerate(FEATURE_STATS)}
 
 
 def ablation(probe: ProbeInput) -> dict[str, torch.Tensor]:
