@@ -50,7 +50,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lnexp.core.config import Config, ModelConfig
 from lnexp.core.model import build_model, untapped
 from lnexp.core.recipes import RECIPES, InitRecipe
-from lnexp.run.probes import rms
+from lnexp.run.probes import StreamTap, dloss_dx, zero_deltas
 from lnexp.run.train import (
     History,
     LiveRun,
@@ -118,17 +118,10 @@ class Pack:
     def _forward(self, act: bool, params: dict[str, torch.Tensor], deltas: tuple[torch.Tensor, ...],
                  *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One cell's loss and stream RMS (empty unless `act`), inside vmap."""
-        acts: list[torch.Tensor] = []
-
-        def tap(index: int, stream: torch.Tensor) -> torch.Tensor:
-            """Keep the stream's RMS (an output) and add the zero whose gradient is ∂loss/∂x."""
-            if act:
-                acts.append(rms(stream))
-            return stream + deltas[index] if deltas else stream
-
+        tap = StreamTap(act, deltas)
         _, loss = functional_call(self.template, (params, self.buffers), batch,
                                   {"tap": tap if act or deltas else untapped})
-        return loss, torch.stack(acts) if acts else loss.new_zeros(0)
+        return loss, torch.stack(tap.acts) if tap.acts else loss.new_zeros(0)
 
     def step(self, trainers: list[Trainer], step: int) -> list[StepResult]:
         """One update of every trainer; what `Trainer.step` returns, per trainer."""
@@ -137,10 +130,9 @@ class Pack:
         params = {name: torch.stack(leaves)
                   for name, *leaves in zip(self.names, *(t.params for t in trainers))}
         deltas: tuple[torch.Tensor, ...] = ()
-        if probing and "sensitivity" in self.kinds:  # the decoder's stream: (cells, batch, positions, d)
-            shape = (len(trainers), *batch[-2].shape[1:], trainers[0].config.model.d_model)
-            deltas = tuple(torch.zeros(shape, device=batch[0].device, requires_grad=True)
-                           for _ in range(self.boundaries))
+        if probing and "sensitivity" in self.kinds:  # the (decoder's) stream: (cells, batch, positions, d)
+            targets = batch[-1]
+            deltas = zero_deltas(self.boundaries, (*targets.shape, self.template.cfg.d_model), targets.device)
         # SDPA's fused kernels have no batching rule (vmap would loop over the cells): the math one.
         # Folding the cells into the batch axis to reach the fused kernel was measured slower on a
         # CPU at the tiny and cpu shapes (benchmarks/RESULTS.md).
@@ -149,8 +141,7 @@ class Pack:
         for trainer in trainers:
             trainer.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # the cells share no weight: each leaf gets its own cell's gradient
-        grad_norms = torch.stack([torch.linalg.vector_norm(d.grad.float().flatten(1), dim=1)
-                                  for d in deltas], dim=1) if deltas else None
+        grad_norms = dloss_dx(deltas, start_dim=1) if deltas else None
         results = []
         for i, trainer in enumerate(trainers):
             if probing:

@@ -165,7 +165,7 @@ class Trainer:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
         probing = self.probing(step)
         batch = self._batch(step)
-        tap = self.probes.arm() if probing else untapped  # through DDP and torch.compile, as a kwarg
+        tap = self.probes.arm(batch[-1]) if probing else untapped  # through DDP and torch.compile
         with self._autocast():
             _, loss = self.forward(*batch, tap=tap)
         self.optimizer.zero_grad(set_to_none=True)
