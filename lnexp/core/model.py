@@ -241,8 +241,9 @@ class Block(nn.Module):
 
     def residual(self, name: str, x: torch.Tensor, **kwargs: torch.Tensor | LayerCache | None
                  ) -> torch.Tensor:
-        """Sub-layer `name` on the stream x, the branch F getting `kwargs`. Its modules are looked up
-        at each call, never kept: functional_call (packing) swaps the parameters a module holds."""
+        """Sub-layer `name` on the stream x, the branch F getting `kwargs`. Its pieces are looked up
+        on the block at each call, never kept: functional_call (packing) swaps the block's parameters
+        (an Admin skip is one) for the cells' own."""
         branch, norm = getattr(self, name), getattr(self, f"{name}_norm")
         where = self.layout.norm_at
         if where == Where.INPUT:  # x + F(LN(x)); sandwich: x + LN_out(F(LN(x)))
