@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lnexp.core.config import ModelConfig
-from lnexp.core.model import TransformerLM
+from lnexp.core.model import TransformerLM, build_model
 
 
 def make(**kw) -> TransformerLM:
@@ -100,3 +100,54 @@ def test_initial_loss_is_near_uniform():
     model = make(norm="pre")
     _, loss = model(torch.randint(50, (4, 16)), torch.randint(50, (4, 16)))
     assert abs(loss.item() - math.log(50)) < 1.0
+
+
+# --- the residual stream's tap (what the probes and packed training read) --------------------------
+
+def model_and_batch(arch: str, norm: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=3, d_model=32, n_heads=4, d_ff=64, max_seq_len=16, norm=norm, arch=arch)
+    tokens = torch.randint(1, 50, (3, 4, 10), generator=torch.Generator().manual_seed(1))
+    return build_model(cfg, 50), tuple(tokens) if arch == "encoder_decoder" else tuple(tokens[:2])
+
+
+def hooked_stream(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[tuple, list]:
+    """The forward's output, and the stream entering each block of the logits' stack and leaving the
+    last as module hooks see it."""
+    blocks, seen = model.residual_blocks(), []
+    hooks = [block.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for block in blocks]
+    hooks.append(blocks[-1].register_forward_hook(lambda m, args, out: seen.append(out)))
+    output = model(*inputs)
+    for hook in hooks:
+        hook.remove()
+    return output, seen
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_hiddens_are_the_stream_entering_each_block_and_leaving_the_last(arch, norm):
+    model, batch = model_and_batch(arch, norm)
+    (logits, loss), hiddens = model.with_hiddens(*batch)
+    (hooked_logits, hooked_loss), expected = hooked_stream(model, batch)
+    assert len(hiddens) == len(expected) == 4
+    assert all(torch.equal(h, e) for h, e in zip(hiddens, expected))
+    assert torch.equal(logits, hooked_logits) and torch.equal(loss, hooked_loss)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+def test_what_the_tap_returns_flows_on_and_an_added_zero_gets_dloss_dx(arch):
+    model, batch = model_and_batch(arch, "pre")
+    (logits, loss), stream = hooked_stream(model, batch)
+    for x in stream:
+        x.retain_grad()
+    loss.backward()
+    # a zero added at each boundary changes nothing, and its gradient is the stream's
+    deltas = [torch.zeros(*batch[-1].shape, 32, requires_grad=True) for _ in stream]
+    _, tapped = model(*batch, tap=lambda i, x: x + deltas[i])
+    assert torch.equal(tapped, loss)
+    tapped.backward()
+    assert all(torch.equal(d.grad, x.grad) for d, x in zip(deltas, stream))
+    # what the tap returns is what the block gets
+    doubled = model(*batch, tap=lambda i, x: 2 * x if i == 1 else x)[0]
+    model.residual_blocks()[1].register_forward_pre_hook(lambda m, args: (2 * args[0], *args[1:]))
+    assert torch.equal(doubled, model(*batch)[0]) and not torch.equal(doubled, logits)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lnexp.core.config import ModelConfig
-from lnexp.core.model import TransformerLM
+from lnexp.core.model import TransformerLM, untapped
 from lnexp.core.probe_kinds import PROBE_KINDS
 from lnexp.run.probes import Probes, feature_stats, radam_rho, split_name, tensor_norms
 
@@ -17,8 +17,8 @@ def setup(kinds=("grad", "act"), norm="post"):
 def test_grad_norms_match_naive_per_parameter_computation():
     for norm in ("post", "pre"):
         model, probes = setup(norm=norm)
-        probes.arm()
-        _, loss = model(torch.randint(40, (4, 12)), torch.randint(40, (4, 12)))
+        x, y = torch.randint(40, (4, 12)), torch.randint(40, (4, 12))
+        _, loss = model(x, y, tap=probes.arm(y))
         loss.backward()
         reading = probes.read(step=7)
         host = reading.values().tolist()
@@ -44,24 +44,23 @@ def test_activation_norms_are_the_residual_stream_rms_by_layer():
             expected.append(x.pow(2).mean().sqrt().item())
             x = block(x)
         expected.append(x.pow(2).mean().sqrt().item())
-    probes.arm()
-    model(idx)
+    model(idx, tap=probes.arm(idx))
     reading = probes.read(step=0)
     rows = reading.rows(reading.values().tolist())
     assert [r["layer"] for r in rows] == [0, 1, 2, 3]
     assert [r["value"] for r in rows] == [pytest.approx(v, rel=1e-5) for v in expected]
 
 
-def test_hooks_record_only_on_a_logging_step():
+def test_the_tap_records_only_the_pass_it_is_given_to():
     model, probes = setup(kinds=["act"])
     x = torch.randint(40, (1, 4))
-    model(x)  # an ordinary step
-    assert probes._acts == []
-    probes.arm()
+    model(x)  # an ordinary step: no tap
+    assert probes.read(0).keys == []
+    model(x, tap=probes.arm(x))
+    assert len(probes.read(1).keys) == len(model.blocks) + 1
     model(x)
-    assert len(probes.read(0).keys) == len(model.blocks) + 1
-    model(x)
-    assert probes._acts == []  # read() disarmed them
+    assert probes.read(2).keys == []  # read() took them
+    assert Probes(model, ["grad"]).arm(x) is untapped  # nothing of the stream to record
 
 
 def test_missing_gradient_counts_as_zero():
@@ -147,10 +146,9 @@ def test_each_probe_labels_its_work_for_the_profiler():
     probes = Probes(model, ["grad", "act", "update", "adam"], optimizer)
     x = torch.randint(40, (2, 8))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        model(x, x)[1].backward()  # not a logging step: no hooks armed, nothing labelled
+        model(x, x)[1].backward()  # not a logging step: no tap, nothing labelled
         optimizer.step()
-        probes.arm()
-        model(x, x)[1].backward()
+        model(x, x, tap=probes.arm(x))[1].backward()
         reading = probes.read(step=1)
         optimizer.step()
         probes.after_update(reading)
@@ -241,8 +239,7 @@ def test_sensitivity_is_the_gradient_with_respect_to_the_stream_from_the_same_ba
     torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten()).backward()
     expected = [s.grad.norm().item() for s in streams]
     model.zero_grad()
-    probes.arm()
-    model(x, y)[1].backward()
+    model(x, y, tap=probes.arm(y))[1].backward()
     got = values_of(probes.read(step=0), "sensitivity")
     assert [got[i, "dloss_dx"] for i in range(len(streams))] == pytest.approx(expected, rel=1e-5)
 
@@ -277,12 +274,11 @@ def test_rank_sensitivity_and_ablation_label_their_work_for_the_profiler():
     model, probes = setup(kinds=["rank", "sensitivity"])
     x = torch.randint(40, (2, 8))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        model(x, x)[1].backward()  # not a logging step: no gradient hooks, nothing labelled
-        probes.arm()
-        model(x, x)[1].backward()
+        model(x, x)[1].backward()  # not a logging step: no tap, nothing labelled
+        model(x, x, tap=probes.arm(x))[1].backward()
         probes.read(step=1)
         probes.evaluate(PROBE_KINDS["rank"], (x, x), step=1)
         probes.evaluate(PROBE_KINDS["sensitivity"], (x, x), step=1)
     calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
-    # a gradient hook per stream boundary (n_layers + 1), then the read
-    assert calls == {"probe:sensitivity": len(model.blocks) + 2, "probe:rank": 1, "probe:ablation": 1}
+    # making the zeros added to the stream, their gradients' norms, the read
+    assert calls == {"probe:sensitivity": 3, "probe:rank": 1, "probe:ablation": 1}

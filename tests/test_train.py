@@ -199,9 +199,10 @@ def test_diagnostic_probes_are_logged_and_compared(tmp_path, write_config):
 
 
 def test_compiled_model_measures_sensitivity_like_the_eager_one(tmp_path, write_config):
-    """The gradient hooks on the stream work under torch.compile: same values, no graph breaks (Dynamo
-    builds more graphs for them than for `act` alone)."""
+    """The zeros the tap adds to the stream work under torch.compile: same values, no graph breaks, and
+    the whole forward compiled in two graphs (tapped, not), nothing hooked inside it."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() leaves them
     for name, compiled in (("eager", False), ("compiled", True)):
         path = write_config(name, train={"steps": 6, "compile": compiled}, run={"name": name},
                             log={"grad_every": 2, "probes": ["sensitivity"], "ablation_steps": [2]})
@@ -212,6 +213,7 @@ def test_compiled_model_measures_sensitivity_like_the_eager_one(tmp_path, write_
         assert (b["step"], b["param"], b["layer"]) == (a["step"], a["param"], a["layer"])
         assert b["value"] == pytest.approx(a["value"], rel=1e-3, abs=1e-9), (a, b)
     assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
 def test_a_run_ends_failed_on_any_exception_and_its_clock_starts_with_the_loop(tmp_path, monkeypatch):

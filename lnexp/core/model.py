@@ -1,6 +1,7 @@
 """A decoder-only Transformer LM in which one key (`model.norm`) moves the norm.
 
-Each block has two residual sub-layers, F = attention then FFN. `model.norm` names a layout from
+Each block has two residual sub-layers, F = attention then FFN, so that its forward reads
+`x = self.residual("attn", x); return self.residual("ffn", x)`. `model.norm` names a layout from
 lnexp/core/layouts.py, which says where the norm sits; one `Block.residual` serves them all:
 
     on the sum          x = LN(s·x + F(x))       post; deepnorm (s = α); admin (s = ω, trained)
@@ -32,11 +33,20 @@ computed once. Without a cache (training) nothing of this runs.
 self-attention, cross-attention over the encoder output, FFN), every sub-layer wired by the same
 `Block.residual` rule, so every layout and norm applies to both stacks. Each stack counts its own
 sub-layers for the constants: the encoder has 2 per layer, the decoder 3.
+
+The residual stream: `forward(..., tap=f)` calls `x = f(index, x)` on the stream entering each block
+(index 0 .. n_layers - 1) and leaving the last (index n_layers, before the final norm), in the stream
+the logits are read from (the decoder's in an encoder-decoder). What f returns flows on, so a tap can
+read the stream (the `act` probe: its RMS), hook its gradient (`sensitivity`), or add to it (packed
+training adds a zero whose gradient is ∂loss/∂x); `with_hiddens` returns the stream itself, as
+x-transformers' `return_hiddens`. Without a tap the stream passes untouched.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +63,13 @@ GAIN_SCALED = ("attn.v.weight", "attn.out.weight", "cross.v.weight", "cross.out.
                "ffn.fc1.weight", "ffn.fc2.weight")
 # The padding id of sequence-to-sequence batches: masked out as a key, ignored as a target.
 PAD = 0
+# A tap on the residual stream: (boundary index, the stream there) -> the stream that flows on.
+Tap = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def untapped(_index: int, x: torch.Tensor) -> torch.Tensor:
+    """The forward's default tap: the stream passes as it is."""
+    return x
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -159,12 +176,15 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Two residual sub-layers (attention, FFN) wired as the layout says (see the module docstring).
 
-    Per sub-layer (`attn_*` and `ffn_*`): `*_norm` is the norm (of the branch input, of the sum, or
-    of the branch output); `*_out_norm` is an out-norm layout's norm of the branch output (None
-    otherwise); `*_skip` multiplies the skip path: None, a constant float (not a parameter), or a
-    trainable scalar nn.Parameter. `index` is the block's place in its `stack` (Mix-LN's layers
-    differ); `causal=False` makes it an encoder block.
+    Sub-layer `name` (`SUBLAYERS`, in the order they run) is its branch `<name>` and, around it,
+    `<name>_norm`, the norm (of the branch input, of the sum, or of the branch output);
+    `<name>_out_norm`, an out-norm layout's norm of the branch output (None otherwise); `<name>_skip`,
+    what multiplies the skip path: None, a constant float (not a parameter), or a trainable scalar
+    nn.Parameter. `index` is the block's place in its `stack` (Mix-LN's layers differ);
+    `causal=False` makes it an encoder block.
     """
+
+    SUBLAYERS: tuple[str, ...] = ("attn", "ffn")
 
     def __init__(self, cfg: ModelConfig, stack: Stack, index: int, causal: bool = True) -> None:
         super().__init__()
@@ -189,26 +209,30 @@ class Block(nn.Module):
 
     def sublayers(self) -> list[tuple[float | nn.Parameter | None, nn.Module]]:
         """(skip, branch) of each residual sub-layer, in the order they run."""
-        return [(self.attn_skip, self.attn), (self.ffn_skip, self.ffn)]
+        return [(getattr(self, f"{name}_skip"), getattr(self, name)) for name in self.SUBLAYERS]
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, mask: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip,
-                          cache=cache, mask=mask)
-        return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
+        x = self.residual("attn", x, cache=cache, mask=mask)
+        return self.residual("ffn", x)
 
-    def residual(self, x: torch.Tensor, branch: nn.Module, norm: nn.Module, out_norm: nn.Module | None,
-                 skip: float | torch.Tensor | None, **kwargs: torch.Tensor | LayerCache | None
+    def residual(self, name: str, x: torch.Tensor, **kwargs: torch.Tensor | LayerCache | None
                  ) -> torch.Tensor:
+        """Sub-layer `name` on the stream x, the branch F getting `kwargs`. Its pieces are looked up
+        on the block at each call, never kept: functional_call (packing) swaps the block's parameters
+        (an Admin skip is one) for the cells' own."""
+        branch, norm = getattr(self, name), getattr(self, f"{name}_norm")
         where = self.layout.norm_at
         if where == Where.INPUT:  # x + F(LN(x)); sandwich: x + LN_out(F(LN(x)))
             y = branch(norm(x), **kwargs)
+            out_norm = getattr(self, f"{name}_out_norm")
             if out_norm is not None:  # under autocast y is bf16: norm it in the stream's dtype
                 y = out_norm(y.to(x.dtype))
             return x + self.drop(y)
         if where == Where.OUTPUT:  # x + LN(F(x))
             return x + self.drop(norm(branch(x, **kwargs).to(x.dtype)))
         y = self.drop(branch(x, **kwargs))  # LN(s·x + F(x))
+        skip = getattr(self, f"{name}_skip")
         return norm(x + y if skip is None else skip * x + y)
 
     @torch.no_grad()
@@ -235,6 +259,8 @@ class DecoderBlock(Block):
     encoder output (`cross`, `cross_norm`, and as the layout needs `cross_out_norm`, `cross_skip`),
     then the FFN; three sub-layers, each through `Block.residual`."""
 
+    SUBLAYERS = ("attn", "cross", "ffn")
+
     def __init__(self, cfg: ModelConfig, stack: Stack, index: int) -> None:
         super().__init__(cfg, stack, index, causal=True)
         self.cross = Attention(cfg, causal=False)
@@ -242,15 +268,11 @@ class DecoderBlock(Block):
         self.cross_out_norm = self._out_norm(cfg)
         self.cross_skip = self._skip(cfg, stack)
 
-    def sublayers(self) -> list[tuple[float | nn.Parameter | None, nn.Module]]:
-        return [(self.attn_skip, self.attn), (self.cross_skip, self.cross), (self.ffn_skip, self.ffn)]
-
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
                 cache: LayerCache | None = None, cross_cache: LayerCache | None = None) -> torch.Tensor:
-        x = self.residual(x, self.attn, self.attn_norm, self.attn_out_norm, self.attn_skip, cache=cache)
-        x = self.residual(x, self.cross, self.cross_norm, self.cross_out_norm, self.cross_skip,
-                          memory=memory, mask=mask, cache=cross_cache)
-        return self.residual(x, self.ffn, self.ffn_norm, self.ffn_out_norm, self.ffn_skip)
+        x = self.residual("attn", x, cache=cache)
+        x = self.residual("cross", x, memory=memory, mask=mask, cache=cross_cache)
+        return self.residual("ffn", x)
 
 
 class Embedded(nn.Module):
@@ -287,8 +309,19 @@ class Embedded(nn.Module):
         raise NotImplementedError
 
     def residual_blocks(self) -> nn.ModuleList:
-        """The blocks of the stream the logits are read from (the per-layer probes follow it)."""
+        """The blocks of the stream the logits are read from (the tap's, and the per-layer probes')."""
         return self.stacks()[-1][1]
+
+    def with_hiddens(self, *inputs: torch.Tensor, **kwargs: Any) -> tuple[Any, list[torch.Tensor]]:
+        """x-transformers' `return_hiddens`: the forward's output and the residual stream at each tap
+        point (entering each block and leaving the last, before the final norm) of that pass."""
+        hiddens: list[torch.Tensor] = []
+
+        def keep(_index: int, x: torch.Tensor) -> torch.Tensor:
+            hiddens.append(x)
+            return x
+
+        return self(*inputs, tap=keep, **kwargs), hiddens
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -347,13 +380,15 @@ class TransformerLM(Embedded):
     def stacks(self) -> list[tuple[Stack, nn.ModuleList]]:
         return [(self.stack, self.blocks)]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                tap: Tap = untapped) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position of idx (and the loss if targets are given). With a cache, idx
-        continues the cached tokens: its keys and values are appended to it."""
+        continues the cached tokens: its keys and values are appended to it. `tap`: see the module
+        docstring."""
         x = self.embed(idx, 0 if cache is None else len(cache))
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
+            x = block(tap(i, x), None if cache is None else cache.layers[i])
+        x = tap(len(self.blocks), x)
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.logits(x)
@@ -433,22 +468,24 @@ class EncoderDecoder(Embedded):
             x = block(x, mask=mask)
         return (x if self.enc_final_norm is None else self.enc_final_norm(x)), mask
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every target position (and the loss over the non-PAD targets if given)."""
-        logits = self.decode(tgt_in, *self.encode(src))
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, targets: torch.Tensor | None = None,
+                tap: Tap = untapped) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every target position (and the loss over the non-PAD targets if given); `tap`
+        taps the decoder's stream."""
+        logits = self.decode(tgt_in, *self.encode(src), tap=tap)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
-               cache: KVCache | None = None) -> torch.Tensor:
+               cache: KVCache | None = None, tap: Tap = untapped) -> torch.Tensor:
         """The decoder's logits for tgt_in over an encoded source. With a cache (`KVCache(n_layers,
         cross=True)`), tgt_in continues the cached target tokens, and the source's cross-attention keys
         and values are computed at the first call only."""
         x = self.embed(tgt_in, 0 if cache is None else len(cache))
         for i, block in enumerate(self.dec):
-            x = block(x, memory, mask, *(() if cache is None else (cache.layers[i], cache.cross[i])))
+            x = block(tap(i, x), memory, mask, *(() if cache is None else (cache.layers[i], cache.cross[i])))
+        x = tap(len(self.dec), x)
         if self.dec_final_norm is not None:
             x = self.dec_final_norm(x)
         return self.logits(x)

@@ -11,12 +11,13 @@ batch through its own weights. Then each cell reads its probes, clips, steps its
 schedule (`Trainer.update`), as alone. Validation, `rank`, `output_change` and the noise ablation
 take forward passes of their own: each cell runs them on its own model, as alone.
 
-The residual-stream probes (`act`, `sensitivity`) cannot keep hooks' tensors from inside `vmap`
-(they would be batched tensors, meaningless outside it). The template's hooks instead make the
-forward return them: the RMS of the stream entering each block and leaving the last is an output of
-the vmapped function, and ||∂loss/∂x|| comes from a zero tensor added to the stream there, an input
-of the vmapped function whose gradient is ∂loss/∂x. Each cell's values go to its own probes
-(`Probes.record_stream`), which read them as their own hooks would have.
+The residual-stream probes (`act`, `sensitivity`) tap the stream where a cell alone does (the
+model's `forward(..., tap=)`), but cannot keep the tap's tensors from inside `vmap` (they would be
+batched tensors, meaningless outside it). The pack's tap instead makes the forward return them: the
+RMS of the stream entering each block and leaving the last is an output of the vmapped function,
+and ||∂loss/∂x|| comes from a zero tensor the tap adds to the stream there, an input of the vmapped
+function whose gradient is ∂loss/∂x. Each cell's values go to its own probes
+(`Probes.record_stream`), which read them as their own tap would have.
 
 A diverged cell leaves the pack (its folder says `diverged` at its step); the others go on. Cells
 checkpoint one by one in today's format, so any cell resumes alone (`lnexp train --resume`) or in a
@@ -43,14 +44,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lnexp.core.config import Config, ModelConfig
-from lnexp.core.model import build_model
+from lnexp.core.model import build_model, untapped
 from lnexp.core.recipes import RECIPES, InitRecipe
-from lnexp.run.probes import rms
+from lnexp.run.probes import StreamTap, dloss_dx, zero_deltas
 from lnexp.run.train import (
     History,
     LiveRun,
@@ -113,32 +113,15 @@ class Pack:
         self.names = [name for name, _ in first.model.named_parameters()]
         self.buffers = dict(first.model.named_buffers())  # fixed tables (sinusoids): the same in every cell
         self.kinds = first.probes.kinds
-        self.blocks = list(self.template.residual_blocks())
-        for index, block in enumerate(self.blocks):
-            block.register_forward_pre_hook(partial(self._enter, index))
-        self.blocks[-1].register_forward_hook(self._leave)
-        self.tapping, self._acts, self._deltas = False, [], ()
+        self.boundaries = len(self.template.residual_blocks()) + 1  # the tap's (entering each, leaving)
 
-    def _enter(self, index: int, _module: nn.Module, args: tuple) -> tuple | None:
-        if self.tapping:
-            return (self._tap(index, args[0]), *args[1:])
-        return None
-
-    def _leave(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        return self._tap(len(self.blocks), output) if self.tapping else None
-
-    def _tap(self, index: int, stream: torch.Tensor) -> torch.Tensor:
-        """Inside vmap: keep the stream's RMS (an output) and add the zero whose gradient is ∂loss/∂x."""
-        if "act" in self.kinds:
-            self._acts.append(rms(stream))
-        return stream + self._deltas[index] if self._deltas else stream
-
-    def _forward(self, params: dict[str, torch.Tensor], deltas: tuple[torch.Tensor, ...],
+    def _forward(self, act: bool, params: dict[str, torch.Tensor], deltas: tuple[torch.Tensor, ...],
                  *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One cell's loss and stream RMS (empty unless tapping `act`), inside vmap."""
-        self._acts, self._deltas = [], deltas
-        _, loss = functional_call(self.template, (params, self.buffers), batch)
-        return loss, torch.stack(self._acts) if self._acts else loss.new_zeros(0)
+        """One cell's loss and stream RMS (empty unless `act`), inside vmap."""
+        tap = StreamTap(act, deltas)
+        _, loss = functional_call(self.template, (params, self.buffers), batch,
+                                  {"tap": tap if act or deltas else untapped})
+        return loss, torch.stack(tap.acts) if tap.acts else loss.new_zeros(0)
 
     def step(self, trainers: list[Trainer], step: int) -> list[StepResult]:
         """One update of every trainer; what `Trainer.step` returns, per trainer."""
@@ -147,23 +130,18 @@ class Pack:
         params = {name: torch.stack(leaves)
                   for name, *leaves in zip(self.names, *(t.params for t in trainers))}
         deltas: tuple[torch.Tensor, ...] = ()
-        if probing and "sensitivity" in self.kinds:  # the decoder's stream: (cells, batch, positions, d)
-            shape = (len(trainers), *batch[-2].shape[1:], trainers[0].config.model.d_model)
-            deltas = tuple(torch.zeros(shape, device=batch[0].device, requires_grad=True)
-                           for _ in range(len(self.blocks) + 1))
-        self.tapping = probing and bool(self.kinds & {"act", "sensitivity"})
-        try:  # SDPA's fused kernels have no batching rule (vmap would loop over the cells): the math one.
-            # Folding the cells into the batch axis to reach the fused kernel was measured slower on a
-            # CPU at the tiny and cpu shapes (benchmarks/RESULTS.md).
-            with trainers[0]._autocast(), sdpa_kernel(SDPBackend.MATH):
-                loss, acts = vmap(self._forward)(params, deltas, *batch)
-        finally:
-            self.tapping, self._acts, self._deltas = False, [], ()
+        if probing and "sensitivity" in self.kinds:  # the (decoder's) stream: (cells, batch, positions, d)
+            targets = batch[-1]
+            deltas = zero_deltas(self.boundaries, (*targets.shape, self.template.cfg.d_model), targets.device)
+        # SDPA's fused kernels have no batching rule (vmap would loop over the cells): the math one.
+        # Folding the cells into the batch axis to reach the fused kernel was measured slower on a
+        # CPU at the tiny and cpu shapes (benchmarks/RESULTS.md).
+        with trainers[0]._autocast(), sdpa_kernel(SDPBackend.MATH):
+            loss, acts = vmap(partial(self._forward, probing and "act" in self.kinds))(params, deltas, *batch)
         for trainer in trainers:
             trainer.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # the cells share no weight: each leaf gets its own cell's gradient
-        grad_norms = torch.stack([torch.linalg.vector_norm(d.grad.float().flatten(1), dim=1)
-                                  for d in deltas], dim=1) if deltas else None
+        grad_norms = dloss_dx(deltas, start_dim=1) if deltas else None
         results = []
         for i, trainer in enumerate(trainers):
             if probing:

@@ -1,7 +1,8 @@
 """What a run measures inside the model, on logging steps only.
 
 - `grad`: the norm of every parameter's gradient (named by layer and role), before clipping.
-- `act`: the RMS of the residual stream entering every block and leaving the last one.
+- `act`: the RMS of the residual stream entering every block and leaving the last one (before
+  the final norm).
 - `update`: the update-to-weight ratio ||Δθ|| / ||θ|| of every parameter after the optimiser step.
 - `adam`: quantiles (10/50/90%) of Adam's second moment v_t per parameter (`adam_v_q10` ...).
 - `output_change` (at `log.output_change_steps`): Admin's amplification measure, per layer: the
@@ -15,9 +16,10 @@
   cosine similarity between token vectors, uncentred (`*.aniso`: 1 is rank collapse).
 - `sensitivity`: ||∂loss/∂x_l||, the gradient of the training loss with respect to the residual
   stream entering each block and leaving the last (`dloss_dx`), from the logging step's own backward
-  pass (tensor hooks, no second backward); and at `log.ablation_steps`, per layer, the relative
-  change of the validation loss when every branch output of that layer is replaced by Gaussian
-  noise of the same norm, token by token (`noise_loss_change`: one forward per layer).
+  pass (the gradient of a zero added to the stream there: no second backward); and at
+  `log.ablation_steps`, per layer, the relative change of the validation loss when every branch
+  output of that layer is replaced by Gaussian noise of the same norm, token by token
+  (`noise_loss_change`: one forward per layer).
 
 In an encoder-decoder (`model.arch: encoder_decoder`) a parameter's layer is its index in its stack
 and its role carries the stack (`enc.3.ffn.fc2.weight` -> layer 3, `enc.ffn.fc2.weight`). `act`,
@@ -27,32 +29,34 @@ logits are read from: `act` is the RMS entering each decoder block and leaving t
 The encoder's layers are not in these per-layer probes (their rows are keyed by layer index alone).
 
 Nothing here reads the device: a Reading keeps its values as device tensors, and the training loop
-reads every pending reading together with the pending losses in one transfer. The activation hooks
-record only when armed, for a logging step's forward pass. They are registered once, before the
-model's first call, so torch.compile traces them: whether they are armed is one of its guards, and
-the graph it runs on other steps has no trace of them. Each probe's eager work is labelled
-`probe:<kind>` (sensitivity's noise ablation: `probe:ablation`) for torch.profiler
-(benchmarks/bench_train.py reads its cost from these labels).
+reads every pending reading together with the pending losses in one transfer. `act` and
+`sensitivity` read the residual stream through the model's tap (lnexp.core.model: `forward(...,
+tap=)`), a `StreamTap` that the trainer passes on logging steps only (`arm()` gives it); a packed
+step taps its cells with the same and hands their values over (`record_stream`). Under torch.compile
+the tap is traced into the graph: the graph's guards check which tap the forward gets (`untapped`,
+or a StreamTap: its `act` flag, its `acts` list empty, its deltas' shapes), so a logging step runs a
+graph of its own and the other steps' graph has no trace of the probes. Each probe's
+eager work is labelled `probe:<kind>` (sensitivity's noise ablation: `probe:ablation`) for
+torch.profiler (benchmarks/bench_train.py reads its cost from these labels).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from torch.profiler import record_function
 
+from lnexp.core.model import Tap, untapped
 from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, ProbeKind
 
 _LAYER = re.compile(r"^(?:blocks|(enc|dec))\.(\d+)\.(.+)$")
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_SAMPLE = 1 << 20  # torch.quantile sorts: larger tensors are subsampled evenly
 RANK_TOKENS = 4096  # the rank probe's SVD takes at most this many tokens (evenly strided)
-BRANCHES = ("attn", "cross", "ffn")  # a block's residual branches, in the order they run
 
 
 def split_name(name: str) -> tuple[int | None, str]:
@@ -113,56 +117,36 @@ class Probes:
         self.names = [split_name(name) for name, _ in named]
         self.params = [p for _, p in named]
         self.blocks = list(model.residual_blocks())  # see the docstring
-        self._acts: list[torch.Tensor] = []
-        self._stream_grads: dict[int, torch.Tensor] = {}
+        self._tap: StreamTap | None = None
+        self._stream: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self._before: list[torch.Tensor] = []
-        self.armed = False
-        if self.kinds & {"act", "sensitivity"}:
-            for index, block in enumerate(self.blocks):
-                block.register_forward_pre_hook(partial(self._enter, index))
-            self.blocks[-1].register_forward_hook(self._leave)
 
     @property
     def enabled(self) -> bool:
         return any(PROBE_KINDS[kind].training_step for kind in self.kinds)
 
-    def arm(self) -> None:
-        """Before a logging step's forward pass: record the residual stream (and its gradient)."""
-        self._acts, self._stream_grads = [], {}
-        self.armed = bool(self.kinds & {"act", "sensitivity"})
+    def arm(self, targets: torch.Tensor) -> Tap:
+        """Before a logging step's forward pass: the tap to pass it (`untapped` when neither `act` nor
+        `sensitivity` is on). `targets`: the step's, one per position of the stream."""
+        if not self.kinds & {"act", "sensitivity"}:
+            return untapped
+        deltas = zero_deltas(len(self.blocks) + 1, (*targets.shape, self.model.cfg.d_model), targets.device) \
+            if "sensitivity" in self.kinds else ()
+        self._tap = StreamTap("act" in self.kinds, deltas)
+        return self._tap
 
     def record_stream(self, acts: torch.Tensor | None, grad_norms: torch.Tensor | None) -> None:
-        """The stream values of a step taken outside this model's forward (a packed step, lnexp.run.pack),
-        as the hooks would have recorded them: the RMS entering each block and leaving the last
-        (`act`), and ||∂loss/∂x|| there (`sensitivity`)."""
-        if acts is not None:
-            self._acts = list(acts.unbind())
-        if grad_norms is not None:
-            self._stream_grads = dict(enumerate(grad_norms.unbind()))
-
-    def _enter(self, index: int, _module: nn.Module, args: tuple) -> None:
-        if self.armed:
-            self._record(index, args[0])
-
-    def _leave(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-        if self.armed:
-            self._record(len(self.blocks), output)
-
-    def _record(self, index: int, stream: torch.Tensor) -> None:
-        if "act" in self.kinds:
-            with record_function("probe:act"):
-                self._acts.append(rms(stream))
-        if "sensitivity" in self.kinds and stream.requires_grad:
-            stream.register_hook(partial(self._stream_grad, index))
-
-    def _stream_grad(self, index: int, grad: torch.Tensor) -> None:
-        with record_function("probe:sensitivity"):
-            self._stream_grads[index] = torch.linalg.vector_norm(grad.detach().float())
+        """A logging step's stream values, one per boundary (None: not probed): the RMS entering each
+        block and leaving the last (`act`), and ||∂loss/∂x|| there (`sensitivity`). `read` takes them
+        from the tap `arm` gave, or a packed step (lnexp.run.pack) hands each cell's over here."""
+        self._stream = (acts, grad_norms)
 
     def read(self, step: int) -> Reading:
         """After backward, before the optimiser step: gradient and activation norms (on the device)."""
-        self.armed = False
         reading = Reading(step)
+        if self._tap is not None:  # this model's forward was tapped (a packed step hands its values over)
+            self.record_stream(*self._tap.values())
+            self._tap = None
         if "grad" in self.kinds:
             with record_function("probe:grad"):
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
@@ -170,17 +154,14 @@ class Probes:
                 reading.total_on_device = torch.linalg.vector_norm(norms)
                 reading.add("grad", [*self.names, (None, "total")],
                             torch.cat([norms, reading.total_on_device[None]]))
-        if self._acts:
+        (acts, grad_norms), self._stream = self._stream, (None, None)
+        if acts is not None:
             with record_function("probe:act"):
-                layers = [(layer, "resid") for layer in range(len(self._acts))]
-                reading.add("act", layers, torch.stack(self._acts))
-                self._acts = []
-        if self._stream_grads:
+                reading.add("act", [(layer, "resid") for layer in range(len(acts))], acts)
+        if grad_norms is not None:
             with record_function("probe:sensitivity"):
-                layers = sorted(self._stream_grads)
-                reading.add("sensitivity", [(layer, "dloss_dx") for layer in layers],
-                            torch.stack([self._stream_grads[layer] for layer in layers]))
-                self._stream_grads = {}
+                reading.add("sensitivity", [(layer, "dloss_dx") for layer in range(len(grad_norms))],
+                            grad_norms)
         if "update" in self.kinds:
             with record_function("probe:update"):
                 self._before = [p.detach().clone() for p in self.params]
@@ -229,6 +210,46 @@ class Probes:
         return reading
 
 
+class StreamTap:
+    """A logging step's tap on the residual stream (lnexp.core.model: `forward(..., tap=)`). At each
+    boundary it keeps the stream's RMS in `acts` (`act`) and, given `deltas` (`zero_deltas`), adds
+    the boundary's zero to the stream: its gradient after the backward pass is ∂loss/∂x there
+    (`sensitivity`, `dloss_dx`). Nothing is hooked: the deltas are made before the forward pass and
+    read after the backward one, so torch.compile traces the tap whole, and inside a packed step's
+    vmap (lnexp.run.pack) the deltas are its inputs and the RMSs its outputs."""
+
+    def __init__(self, act: bool, deltas: tuple[torch.Tensor, ...] = ()) -> None:
+        self.act, self.deltas = act, deltas
+        self.acts: list[torch.Tensor] = []
+
+    def __call__(self, index: int, stream: torch.Tensor) -> torch.Tensor:
+        if self.act:
+            with record_function("probe:act"):
+                self.acts.append(rms(stream))
+        return stream + self.deltas[index] if self.deltas else stream
+
+    def values(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """After the backward pass: the RMS and ||∂loss/∂x|| at each boundary (None: not tapped)."""
+        acts = torch.stack(self.acts) if self.acts else None
+        if not self.deltas:
+            return acts, None
+        with record_function("probe:sensitivity"):
+            return acts, dloss_dx(self.deltas)
+
+
+def zero_deltas(boundaries: int, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A StreamTap's deltas: a zero leaf of the stream's `shape` per boundary, for .grad to fill."""
+    with record_function("probe:sensitivity"):
+        return tuple(torch.zeros(shape, device=device, requires_grad=True) for _ in range(boundaries))
+
+
+def dloss_dx(deltas: tuple[torch.Tensor, ...], start_dim: int = 0) -> torch.Tensor:
+    """||∂loss/∂x|| at each boundary from its delta's gradient: (boundaries,); with `start_dim=1`, a
+    pack's (cells first), (cells, boundaries)."""
+    return torch.stack([torch.linalg.vector_norm(d.grad.float().flatten(start_dim), dim=-1) for d in deltas],
+                       dim=-1)
+
+
 @dataclass
 class ProbeInput:
     """What an evaluation probe gets: the model, the blocks of its residual stream (the decoder's in
@@ -262,33 +283,30 @@ def output_change(probe: ProbeInput, eps: float = 1e-2) -> dict[str, torch.Tenso
 
 def branches(block: nn.Module) -> list[tuple[str, nn.Module]]:
     """A block's residual branches (attention, cross-attention, FFN), in the order they run."""
-    return [(name, getattr(block, name)) for name in BRANCHES if hasattr(block, name)]
+    return [(name, getattr(block, name)) for name in block.SUBLAYERS]
 
 
 def rank(probe: ProbeInput) -> dict[str, torch.Tensor]:
-    """The feature statistics (see the module docstring) of one forward pass, through hooks that live
-    for this call: the residual stream entering each block and leaving the last (`resid.*`), and
-    each branch's output before it joins the stream."""
-    features: dict[str, list[torch.Tensor]] = {}
+    """The feature statistics (see the module docstring) of one forward pass: of the residual stream
+    entering each block and leaving the last (`resid.*`: the model's hidden states), and of each
+    branch's output before it joins the stream (through hooks that live for this call)."""
+    outputs: dict[str, list[torch.Tensor]] = {}
 
     def keep(role: str) -> Any:
-        def hook(_module: nn.Module, args: tuple, output: Any = None) -> None:
-            stats = feature_stats(args[0] if output is None else output)
-            for column, stat in enumerate(FEATURE_STATS):
-                features.setdefault(f"{role}.{stat}", []).append(stats[column])
+        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            outputs.setdefault(role, []).append(feature_stats(output))
         return hook
 
-    blocks = probe.blocks
-    hooks = [block.register_forward_pre_hook(keep("resid")) for block in blocks]
-    hooks.append(blocks[-1].register_forward_hook(keep("resid")))
-    hooks += [branch.register_forward_hook(keep(role))
-              for block in blocks for role, branch in branches(block)]
+    hooks = [branch.register_forward_hook(keep(role))
+             for block in probe.blocks for role, branch in branches(block)]
     try:
-        probe.model(*probe.inputs)
+        _, hiddens = probe.model.with_hiddens(*probe.inputs)
     finally:
         for hook in hooks:
             hook.remove()
-    return {param: torch.stack(values) for param, values in features.items()}
+    features = {"resid": [feature_stats(x) for x in hiddens], **outputs}
+    return {f"{role}.{stat}": torch.stack(stats)[:, column]
+            for role, stats in features.items() for column, stat in enumerate(FEATURE_STATS)}
 
 
 def ablation(probe: ProbeInput) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from torch.profiler import record_function
 from lnexp import __version__
 from lnexp.core import plugins
 from lnexp.core.config import Config, ConfigError, dump_yaml, validate
-from lnexp.core.model import build_model
+from lnexp.core.model import build_model, untapped
 from lnexp.core.probe_kinds import PROBE_KINDS
 from lnexp.core.recipes import recipe_meta
 from lnexp.data.sources import Data, bits_per_byte, load_data
@@ -155,10 +155,9 @@ class Trainer:
         """One update. Returns the loss, the probe reading (logging steps) and the pre-clip norm."""
         probing = self.probing(step)
         batch = self._batch(step)
-        if probing:
-            self.probes.arm()
+        tap = self.probes.arm(batch[-1]) if probing else untapped  # through DDP and torch.compile
         with self._autocast():
-            _, loss = self.forward(*batch)
+            _, loss = self.forward(*batch, tap=tap)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are all-reduced here, so every rank probes the same
         return self.update(step, loss, probing)
