@@ -62,7 +62,7 @@ def measure(scale: str, m: int, rounds: int) -> dict[str, float]:
     model on their M batches at once; and the medians over rounds of each round's ratios to "one by
     one" (a round's parts run back to back, so the machine's drift between rounds cancels)."""
     configs = cell_configs(scale, m)
-    data = load_data(configs[0].data)
+    data = load_data(configs[0].data, configs[0].model.arch)
     device = torch.device(configs[0].train.device)
     packed_trainers = [Trainer(c, data, device) for c in configs]
     alone_trainers = [Trainer(c, data, device) for c in configs]
@@ -98,7 +98,7 @@ def measure(scale: str, m: int, rounds: int) -> dict[str, float]:
 
 def profile(scale: str, m: int) -> None:
     configs = cell_configs(scale, m)
-    data = load_data(configs[0].data)
+    data = load_data(configs[0].data, configs[0].model.arch)
     trainers = [Trainer(c, data, torch.device(configs[0].train.device)) for c in configs]
     pack = Pack(trainers)
     for s in range(3):

@@ -84,7 +84,7 @@ def minimal_loop(config: Config, segment_done: Callable[[], None]) -> None:
     """The same model, data and optimiser in the shortest loop that trains it."""
     t = config.train
     device = torch.device(t.device)
-    data = load_data(config.data)
+    data = load_data(config.data, config.model.arch)
     torch.manual_seed(t.seed)
     model = TransformerLM(config.model, data.vocab_size).to(device)
     optimizer = build_optimizer(model, config, fused=device.type == "cuda")

@@ -167,7 +167,7 @@ def split_words(seq: list[int]) -> list[tuple[int, ...]]:
 def test_pairs_file_is_read_byte_level_with_the_last_lines_for_validation(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_bytes(b"abc\tcba\r\n\nhello\tolleh\nxy\tyx\nlast\ttsal\n")
-    data = load_data(DataConfig(source="pairs", path=str(path), val_fraction=0.25))
+    data = load_data(DataConfig(source="pairs", path=str(path), val_fraction=0.25), "encoder_decoder")
     assert data.vocab_size == 256 + SPECIALS and len(data.train) == 3 and len(data.val) == 1
     src, tgt_in, tgt_out = data.batch("val", 2, 8, torch.Generator().manual_seed(0))
     assert bytes(symbols(src[0])) == b"last" and bytes(symbols(tgt_out[0])) == b"tsal"

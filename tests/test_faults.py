@@ -88,7 +88,7 @@ def test_1_text_data_is_memory_mapped_not_copied(tmp_path):
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs /proc/self/maps")
     (tmp_path / "t.txt").write_bytes(bytes(range(256)) * 64)
-    corpus = load_data(DataConfig(source="text", path=str(tmp_path / "t.txt")))
+    corpus = load_data(DataConfig(source="text", path=str(tmp_path / "t.txt")), "decoder")
     assert len(corpus.train) + len(corpus.val) == 256 * 64 and corpus.train[:3].tolist() == [0, 1, 2]
     address = corpus.train.untyped_storage().data_ptr()
     maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines()]

@@ -357,7 +357,7 @@ def test_a_run_folder_from_lnexp_0_2_0_still_loads_and_its_model_means_the_same(
     run = load_run(path)
     assert run.status == "completed" and not run.notes
     config = validate(run.config)
-    data = load_data(config.data)
+    data = load_data(config.data, config.model.arch)
     model = build_model(config.model, data.vocab_size)
     model.load_state_dict(torch.load(path / "model.pt", weights_only=True))  # strict: same names
     model.eval()

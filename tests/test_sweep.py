@@ -9,7 +9,7 @@ from lnexp.cli import app
 from lnexp.core.config import ConfigError
 from lnexp.experiments.sweep.grid import expand, parse_grid, safe_name, split_values
 from lnexp.experiments.sweep.results import summarise
-from lnexp.experiments.sweep.state import folder_status
+from lnexp.experiments.sweep.state import read_status
 
 runner = CliRunner()
 FAST = {"train": {"steps": 4, "eval_every": 2, "eval_batches": 1}, "log": {"grad_every": 2, "loss_every": 2}}
@@ -100,7 +100,7 @@ def test_sweep_runs_summarises_and_resumes_skipping_finished_cells(tmp_path, wri
     assert again.exit_code == 0, again.output
     assert again.stderr.count("[skip]") == 3 and "[1/1] norm=pre,seed=1: completed" in again.stderr
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished.iterdir()} == stamp
-    assert folder_status(killed) == "completed"
+    assert read_status(killed) == "completed"
     # the same sweep with another config for a finished cell is refused, not silently mixed
     changed = sweep(*args, "--set", "optim.lr=0.5")
     assert changed.exit_code == 2 and "finished with another config (optim.lr" in changed.stderr

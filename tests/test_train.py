@@ -156,7 +156,7 @@ def test_collapse_report_flips_with_the_data():
 
 def test_unigram_entropy_is_computed_from_the_corpus(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"aab" * 100)
-    data = load_data(DataConfig(source="text", path=str(tmp_path / "t.txt"), val_fraction=0.1))
+    data = load_data(DataConfig(source="text", path=str(tmp_path / "t.txt"), val_fraction=0.1), "decoder")
     p = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)
     assert data.unigram_entropy() == pytest.approx(float(-(p * p.log()).sum()), rel=1e-3)
 
@@ -173,7 +173,7 @@ def test_admin_profile_init_runs_on_the_first_batch_and_skips_weight_decay(tmp_p
     path = write_config(model={"norm": "admin", "admin_init": "profile"}, optim={"name": "adamw",
                         "weight_decay": 0.1}, run={"name": "a"})
     cfg = load_config(path)
-    trainer = Trainer(cfg, load_data(cfg.data), torch.device("cpu"))
+    trainer = Trainer(cfg, load_data(cfg.data, cfg.model.arch), torch.device("cpu"))
     omegas = [b.attn_skip.item() for b in trainer.model.blocks]
     assert omegas[0] == pytest.approx(1.0) and all(w > 1.0 for w in omegas[1:])
     decay = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}

@@ -61,7 +61,7 @@ def test_word_tokenizer_maps_unseen_words_to_unk_and_bytes_escape_invalid_utf8(t
 
 def test_text_corpus_is_tokenised_with_a_tokenizer_trained_on_the_training_split_only(text_file):
     cfg = DataConfig(source="text", path=str(text_file), tokenizer="bpe", vocab_size=300, val_fraction=0.2)
-    corpus = load_data(cfg)
+    corpus = load_data(cfg, "decoder")
     raw = text_file.read_bytes()
     n_val = int(len(raw) * 0.2)
     expected = train_tokenizer("bpe", 300, [raw[:-n_val].decode()])  # trained here without a cache
@@ -116,18 +116,18 @@ def test_bin_and_npy_token_files_load_the_ids_written(tmp_path, dtype):
     ids.tofile(tmp_path / "train.bin")
     vocab = int(ids.max()) + 1
     corpus = load_data(DataConfig(source="tokens", path=str(tmp_path / "train.bin"), token_dtype=dtype,
-                                  vocab_size=vocab, val_fraction=0.2))
+                                  vocab_size=vocab, val_fraction=0.2), "decoder")
     assert torch.cat([corpus.train, corpus.val]).long().tolist() == ids.tolist()
     assert len(corpus.val) == 100 and corpus.vocab_size == vocab and corpus.bytes_per_token is None
     x, y = corpus.batch("train", 3, 8, torch.Generator().manual_seed(0))
     assert x.dtype == torch.long and (x[:, 1:] == y[:, :-1]).all()
     np.save(tmp_path / "val.npy", ids[:50])
     split = load_data(DataConfig(source="tokens", path=str(tmp_path / "train.bin"), token_dtype=dtype,
-                                 val_path=str(tmp_path / "val.npy"), vocab_size=vocab))
+                                 val_path=str(tmp_path / "val.npy"), vocab_size=vocab), "decoder")
     assert split.train.long().tolist() == ids.tolist() and split.val.long().tolist() == ids[:50].tolist()
     with pytest.raises(ConfigError, match=f"holds id {vocab - 1}, outside data.vocab_size"):
         load_data(DataConfig(source="tokens", path=str(tmp_path / "train.bin"), token_dtype=dtype,
-                             vocab_size=vocab - 1))
+                             vocab_size=vocab - 1), "decoder")
 
 
 def test_token_files_refuse_what_they_cannot_read_in_one_line(tmp_path, write_config):
@@ -163,12 +163,12 @@ def local_dataset(tmp_path: Path) -> Path:
 
 def test_hf_source_reads_a_local_dataset_through_load_dataset(local_dataset):
     lines = sample_text(40).splitlines()
-    corpus = load_data(DataConfig(source="hf", dataset=str(local_dataset), val_split="validation"))
+    corpus = load_data(DataConfig(source="hf", dataset=str(local_dataset), val_split="validation"), "decoder")
     assert bytes(corpus.train.tolist()).decode() == "".join(line + "\n" for line in lines[:30])
     assert bytes(corpus.val.tolist()).decode() == "".join(line + "\n" for line in lines[30:])
     assert "Hugging Face dataset" in corpus.description
     pairs = load_data(DataConfig(source="hf", dataset=str(local_dataset), source_field="translation.en",
-                                 target_field="translation.rev", val_fraction=0.1), seq2seq=True)
+                                 target_field="translation.rev", val_fraction=0.1), "encoder_decoder")
     assert len(pairs.train) == 27 and len(pairs.val) == 3  # the last tenth of the train split
     assert pairs.references[0] == " ".join(reversed(lines[27].split()))
     assert pairs.tokenizer.decode(pairs.val[0][0]) == lines[27]

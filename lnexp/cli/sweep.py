@@ -10,6 +10,8 @@ import typer
 from lnexp.cli._groups import fail, with_default
 from lnexp.cli._options import Force, Jobs, LauncherOptions, Plugins, Quiet, Sets, launcher_options
 from lnexp.cli._output import notes, sweep_figures
+from lnexp.core.status import FINISHED, Status
+from lnexp.experiments.sweep.state import WAITING
 
 app = typer.Typer(cls=with_default("run"), help="Train a grid of configs x seeds, or show a sweep's "
                   "state.\n\n`lnexp sweep CONFIG ...` is `lnexp sweep run CONFIG ...`.")
@@ -62,17 +64,17 @@ def run(
                                    detach=launch.detach, pack=pack)
     except KeyboardInterrupt:
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130) from None
-    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
+    waiting = sum(r.get("status") in WAITING for r in results.values())
     if waiting:  # detached: the jobs run on
         console.stderr.print(f"{waiting} cell(s) queued or running; see them with: lnexp sweep status "
                              f"{plan.root}", markup=False, soft_wrap=True)
         return
     notes((f"{config}: {warning}" for warning in warnings), "warning")  # after the sweep's checks: one line
     console.stdout.print(tables.summary_table(plan, results))
-    if not any(r.get("status") == "interrupted" for r in results.values()):
+    if not any(r.get("status") == Status.INTERRUPTED for r in results.values()):
         sweep_figures(plan.root)
-    failed = [n for n, r in results.items() if r.get("status") == "failed"]
-    if any(r.get("status") == "interrupted" for r in results.values()):
+    failed = [n for n, r in results.items() if r.get("status") == Status.FAILED]
+    if any(r.get("status") == Status.INTERRUPTED for r in results.values()):
         raise fail(f"interrupted; run the same command again to resume {plan.root}", 130)
     if failed:
         error = str(results[failed[0]].get("error")).partition("\n")[0]  # a job's log tail: in meta.json
@@ -91,5 +93,5 @@ def status(
     found = find_sweep(name)
     table, states = tables.status_table(found)
     console.stdout.print(table)
-    if all(s in ("completed", "diverged", "failed", "interrupted") for s in states):
+    if all(s in (*FINISHED, Status.FAILED, Status.INTERRUPTED) for s in states):
         console.stdout.print(tables.summary_table(found, {}))

@@ -11,6 +11,7 @@ from lnexp.cli._groups import fail
 from lnexp.cli._options import Force, Plugins, Quiet, Sets
 from lnexp.cli._output import notes
 from lnexp.core.errors import LnexpError
+from lnexp.core.status import Status
 
 
 def train(
@@ -66,10 +67,10 @@ def train(
         return
     console.stdout.print(console.summary_table(f"{outcome.path}: {outcome.status}", outcome.summary))
     console.stdout.print(console.training_profile(outcome.path))
-    if outcome.status == "diverged":
+    if outcome.status == Status.DIVERGED:
         console.stdout.print(f"diverged at step {outcome.summary['diverged_step']} "
                              "(recorded as a result; see metrics.jsonl)")
-    if outcome.status == "interrupted":
+    if outcome.status == Status.INTERRUPTED:
         console.stderr.print(f"interrupted after step {outcome.summary['steps_done']}; "
                              f"continue with: lnexp train --resume {outcome.path}")
         raise typer.Exit(130)

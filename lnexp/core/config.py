@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from lnexp.core import plugins
+from lnexp.core.data_sources import DATA_SOURCES, DEFAULT_SOURCE, LM_TASKS, SEQ2SEQ_TASKS, read_keys
 from lnexp.core.errors import LnexpError
 from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
 from lnexp.core.layouts import DEFAULT_LAYOUT, DEFAULT_NORM, LAYOUTS, NORMS
@@ -38,8 +39,6 @@ def _no_bool(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0.0, lt=1.0)]
-# An init recipe's name; a name from an earlier lnexp (`xavier`) still means what it meant then.
-InitName = Annotated[Literal[tuple(RECIPES)], BeforeValidator(lambda v: LEGACY_NAMES.get(v, v))]
 
 
 def _registered(registry: dict[str, Any]) -> Callable[[Any], str]:
@@ -56,6 +55,10 @@ def _registered(registry: dict[str, Any]) -> Callable[[Any], str]:
 LayoutName = Annotated[str, BeforeValidator(_registered(LAYOUTS))]
 NormName = Annotated[str, BeforeValidator(_registered(NORMS))]
 ProbeName = Annotated[str, BeforeValidator(_registered(PROBE_KINDS))]
+SourceName = Annotated[str, BeforeValidator(_registered(DATA_SOURCES))]
+# An init recipe's name; a name from an earlier lnexp (`xavier`) still means what it meant then.
+InitName = Annotated[str, BeforeValidator(_registered(RECIPES)),
+                     BeforeValidator(lambda v: LEGACY_NAMES.get(v, v) if isinstance(v, str) else v)]
 
 
 INIT_ONLY = {"init_only": True}
@@ -102,7 +105,7 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["stdlib", "text", "synthetic", "seq2seq", "pairs", "tokens", "hf"] = "stdlib"
+    source: SourceName = DEFAULT_SOURCE  # lnexp/core/data_sources.py
     path: str | None = None
     val_path: str | None = None  # tokens: the validation ids (else the last val_fraction of path's)
     token_dtype: Literal["uint16", "uint32"] = "uint16"  # tokens: the ids' type in a .bin (.npy says)
@@ -117,15 +120,9 @@ class DataConfig(Section):
     target_field: str | None = None
     max_bytes: Int = Field(4_000_000, ge=1024, le=2**40)
     val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
-    task: Literal["random", "copy", "reverse", "sort", "copy_noise", "translate"] = "copy"
+    task: Literal[tuple(dict.fromkeys(LM_TASKS + SEQ2SEQ_TASKS))] = "copy"  # the source says which
     vocab_size: Int = Field(256, ge=2, le=1_000_000)
     seed: Int = Field(0, ge=0, lt=2**63)  # seq2seq translate: the seed of its two made-up languages
-
-
-LM_TASKS = ("random", "copy", "reverse")
-SEQ2SEQ_TASKS = ("reverse", "sort", "copy_noise", "translate")
-SEQ2SEQ_SOURCES = ("seq2seq", "pairs")  # and hf, with model.arch encoder_decoder
-TEXT_SOURCES = ("stdlib", "text", "pairs", "hf")  # the sources a tokenizer applies to
 
 
 class OptimConfig(Section):
@@ -363,30 +360,31 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "model.n_heads", f"must divide model.d_model ({m.d_model}), got {m.n_heads}"
     if t.seq_len > m.max_seq_len:
         return "train.seq_len", f"must be <= model.max_seq_len ({m.max_seq_len}), got {t.seq_len}"
-    if d.source in ("text", "pairs", "tokens") and not d.path:
-        return "data.path", f"required when data.source is {d.source}"
-    if d.source == "tokens" and "vocab_size" not in d.model_fields_set:
-        return "data.vocab_size", "required when data.source is tokens (the ids are < vocab_size)"
-    if d.source == "hf" and not d.dataset:
-        return "data.dataset", "required when data.source is hf (a dataset name or a local folder)"
-    if d.source == "hf" and m.arch == "encoder_decoder":
+    source = DATA_SOURCES[d.source]
+    for key, why in source.required.items():
+        if key not in d.model_fields_set or getattr(d, key) in (None, ""):
+            return f"data.{key}", f"required when data.source is {d.source}" + (f" ({why})" if why else "")
+    if source.pairs == "with_encoder_decoder" and source.seq2seq(m.arch):
         for key in ("source_field", "target_field"):
             if not getattr(d, key):
-                return f"data.{key}", "required when data.source is hf with model.arch encoder_decoder"
-    if d.tokenizer != "byte" and d.source not in TEXT_SOURCES:
-        return "data.tokenizer", f"applies to text (stdlib, text, pairs, hf), not data.source {d.source}"
+                return f"data.{key}", f"required when data.source is {d.source} with model.arch {m.arch}"
+    if d.tokenizer != "byte" and not source.text:
+        texts = ", ".join(name for name, s in DATA_SOURCES.items() if s.text)
+        return "data.tokenizer", f"applies to text ({texts}), not data.source {d.source}"
     if d.tokenizer == "bpe" and d.vocab_size < MIN_BPE_VOCAB:
         return "data.vocab_size", (f"must be >= {MIN_BPE_VOCAB} with data.tokenizer bpe (256 bytes and "
                                    f"the specials before any merge), got {d.vocab_size}")
     if t.eval_bleu_every is not None and m.arch != "encoder_decoder":
         return "train.eval_bleu_every", "needs model.arch encoder_decoder (BLEU scores translations)"
-    if m.arch == "encoder_decoder" and d.source not in (*SEQ2SEQ_SOURCES, "hf"):
-        return "data.source", f"must be seq2seq, pairs or hf with model.arch encoder_decoder, got {d.source}"
-    if m.arch == "decoder" and d.source in SEQ2SEQ_SOURCES:
-        return "data.source", f"{d.source} needs model.arch encoder_decoder, got model.arch decoder"
-    tasks = {"synthetic": LM_TASKS, "seq2seq": SEQ2SEQ_TASKS}.get(d.source)
-    if tasks and d.task not in tasks:
-        return "data.task", f"must be one of {', '.join(tasks)} with data.source {d.source}, got {d.task}"
+    if m.arch not in source.arches() and m.arch == "encoder_decoder":
+        serving = [name for name, s in DATA_SOURCES.items() if m.arch in s.arches()]
+        return "data.source", (f"must be {', '.join(serving[:-1])} or {serving[-1]} with model.arch "
+                               f"{m.arch}, got {d.source}")
+    if m.arch not in source.arches():
+        return "data.source", f"{d.source} needs model.arch {source.arches()[0]}, got model.arch {m.arch}"
+    if source.tasks and d.task not in source.tasks:
+        return "data.task", (f"must be one of {', '.join(source.tasks)} with data.source {d.source}, "
+                             f"got {d.task}")
     if d.source == "seq2seq" and d.task == "translate" and d.vocab_size < 16:
         return "data.vocab_size", f"must be >= 16 for the translate task, got {d.vocab_size}"
     if m.arch == "encoder_decoder" and t.seq_len < 2:
@@ -419,20 +417,11 @@ def config_warnings(config: Config) -> list[str]:
     """Keys the user set that do nothing in this config (`key: why`): accepted, but worth a word."""
     d, s = config.data, config.schedule
     warnings = []
-    hf = d.source == "hf"
-    unused = {"max_bytes": d.source != "stdlib", "path": d.source not in ("text", "pairs", "tokens"),
-              "val_path": d.source != "tokens", "token_dtype": d.source != "tokens",
-              "task": d.source not in ("synthetic", "seq2seq"),
-              "vocab_size": d.source not in ("synthetic", "seq2seq", "tokens") and d.tokenizer == "byte",
-              "seed": not (d.source == "seq2seq" and d.task == "translate"),
-              **{key: not hf for key in ("dataset", "config", "split", "val_split")},
-              "text_field": not hf or config.model.arch == "encoder_decoder",
-              **{key: not hf or config.model.arch != "encoder_decoder"
-                 for key in ("source_field", "target_field")}}
-    for key, idle in unused.items():
-        if idle and key in d.model_fields_set:
-            warnings.append(f"data.{key}: has no effect with data.source {d.source}"
-                            + (f" and data.task {d.task}" if key == "seed" and d.source == "seq2seq" else ""))
+    read, source = read_keys(d, config.model.arch), DATA_SOURCES[d.source]
+    for key in (k for k in DataConfig.model_fields if k in d.model_fields_set and k not in read):
+        task = key in source.keys and source.tasks  # a key this source reads with another task
+        warnings.append(f"data.{key}: has no effect with data.source {d.source}"
+                        + (f" and data.task {d.task}" if task else ""))
     for kind in PROBE_KINDS.values():
         if kind.schedule in config.log.model_fields_set and kind.name not in config.log.probes:
             warnings.append(f"log.{kind.schedule}: has no effect without {kind.name} in log.probes")

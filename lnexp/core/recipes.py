@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lnexp.core.registry import Registry
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -120,25 +122,33 @@ def _xavier_per_proj(model: nn.Module, d_model: int) -> None:
             _reset_norm(module)
 
 
-RECIPES: dict[str, InitRecipe] = {r.name: r for r in (
-    # fairseq's transformer_lm and transformer (IWSLT, WMT) architectures share no embeddings by
-    # default (`share_decoder_input_output_embed` / `share_all_embeddings` False in
-    # `base_lm_architecture` and `base_architecture`) and use sinusoidal positions
-    # (`decoder_learned_pos` False).
-    InitRecipe("fairseq", "fairseq v0.9: modules/multihead_attention.py MultiheadAttention.reset_parameters; "
-               "modules/transformer_layer.py Linear; models/transformer.py Embedding, TransformerDecoder",
-               _fairseq, embed_scale=True, padding_row=True,
-               defaults={"tie_embeddings": False, "positional": "sinusoidal"}),
-    # GPT-2 ties wte and lm_head and learns its positions.
-    InitRecipe("gpt2", "nanoGPT model.py GPT._init_weights (GPT-2's init)", _gpt2, embed_scale=False,
-               padding_row=False, defaults={"tie_embeddings": True, "positional": "learned"}),
-    InitRecipe("torch", "PyTorch module defaults (nn.Linear/nn.Embedding/nn.LayerNorm.reset_parameters)",
-               _torch, embed_scale=False, padding_row=False,
-               defaults={"tie_embeddings": False, "positional": "learned"}),
-    InitRecipe("xavier_per_proj", "lnexp 0.1 model.init_weights (its `xavier`)", _xavier_per_proj,
-               embed_scale=True, padding_row=False,
-               defaults={"tie_embeddings": True, "positional": "learned"}),
-)}
+RECIPES: Registry[InitRecipe] = Registry("init recipe")
+
+
+def register_recipe(recipe: InitRecipe) -> InitRecipe:
+    """Add a recipe (a plugin's or a built-in): its name becomes a `model.init` value."""
+    return RECIPES.add(recipe.name, recipe)
+
+
+# fairseq's transformer_lm and transformer (IWSLT, WMT) architectures share no embeddings by default
+# (`share_decoder_input_output_embed` / `share_all_embeddings` False in `base_lm_architecture` and
+# `base_architecture`) and use sinusoidal positions (`decoder_learned_pos` False).
+register_recipe(InitRecipe(
+    "fairseq", "fairseq v0.9: modules/multihead_attention.py MultiheadAttention.reset_parameters; "
+    "modules/transformer_layer.py Linear; models/transformer.py Embedding, TransformerDecoder",
+    _fairseq, embed_scale=True, padding_row=True,
+    defaults={"tie_embeddings": False, "positional": "sinusoidal"}))
+# GPT-2 ties wte and lm_head and learns its positions.
+register_recipe(InitRecipe(
+    "gpt2", "nanoGPT model.py GPT._init_weights (GPT-2's init)", _gpt2, embed_scale=False, padding_row=False,
+    defaults={"tie_embeddings": True, "positional": "learned"}))
+register_recipe(InitRecipe(
+    "torch", "PyTorch module defaults (nn.Linear/nn.Embedding/nn.LayerNorm.reset_parameters)", _torch,
+    embed_scale=False, padding_row=False, defaults={"tie_embeddings": False, "positional": "learned"}))
+register_recipe(InitRecipe(
+    "xavier_per_proj", "lnexp 0.1 model.init_weights (its `xavier`)", _xavier_per_proj, embed_scale=True,
+    padding_row=False, defaults={"tie_embeddings": True, "positional": "learned"}))
+RECIPES.seal()
 DEFAULT_RECIPE = "fairseq"
 # Names a config may still carry from earlier lnexp versions, and what they meant then.
 LEGACY_NAMES = {"xavier": "xavier_per_proj"}

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from lnexp.core.config import ConfigError, DataConfig
+from lnexp.core.data_sources import DATA_SOURCES
 from lnexp.core.files import FileProblem, atomic_write, map_regular
 from lnexp.core.model import PAD
 from lnexp.data.tokenizers import (
@@ -266,28 +267,39 @@ class PairsCorpus:
 Data = Corpus | SyntheticTask | Seq2SeqTask | PairsCorpus
 
 
-def load_data(cfg: DataConfig, seq2seq: bool = False) -> Data:
-    """Build the configured data source (`seq2seq`: pairs, for model.arch encoder_decoder); raises
-    ConfigError (naming the key) if it cannot."""
-    if cfg.source == "synthetic":
-        return SyntheticTask(cfg.task, cfg.vocab_size)
-    if cfg.source == "seq2seq":
-        return Seq2SeqTask(cfg.task, cfg.vocab_size, cfg.seed)
-    if cfg.source == "tokens":
-        return _tokens_corpus(cfg)
-    if cfg.source == "pairs":
-        train, val = _split(_read_pairs(Path(cfg.path)), cfg.val_fraction, "data.path", cfg.path,
-                            "source<TAB>target lines")
-        return _pairs_corpus(train, val, cfg, f"source/target pairs {cfg.path}")
-    if cfg.source == "hf":
-        return _hf_data(cfg, seq2seq)
-    if cfg.source == "text":
-        raw = _read(Path(cfg.path))  # the tensor shares the map's memory: nothing is copied
-        tokens = torch.frombuffer(raw, dtype=torch.uint8) if len(raw) else torch.zeros(0, dtype=torch.uint8)
-        n_val = int(len(tokens) * cfg.val_fraction)
-        return _text_corpus(tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:],
-                            f"text file {cfg.path}", cfg)
+def load_data(cfg: DataConfig, arch: str) -> Data:
+    """Build the configured data source (its loader, lnexp/core/data_sources.py), pairs when the source
+    gives them under `model.arch` arch; raises ConfigError (naming the key) if it cannot."""
+    source = DATA_SOURCES[cfg.source]
+    return source.load(cfg, source.seq2seq(arch))
+
+
+# --- the loaders the data sources name ---------------------------------------------------------------
+
+def load_stdlib(cfg: DataConfig, seq2seq: bool) -> Data:
     return _text_corpus(*_stdlib_splits(cfg.max_bytes, cfg.val_fraction), cfg)
+
+
+def load_text(cfg: DataConfig, seq2seq: bool) -> Data:
+    raw = _read(Path(cfg.path))  # the tensor shares the map's memory: nothing is copied
+    tokens = torch.frombuffer(raw, dtype=torch.uint8) if len(raw) else torch.zeros(0, dtype=torch.uint8)
+    n_val = int(len(tokens) * cfg.val_fraction)
+    return _text_corpus(tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:], f"text file {cfg.path}",
+                        cfg)
+
+
+def load_synthetic(cfg: DataConfig, seq2seq: bool) -> Data:
+    return SyntheticTask(cfg.task, cfg.vocab_size)
+
+
+def load_seq2seq(cfg: DataConfig, seq2seq: bool) -> Data:
+    return Seq2SeqTask(cfg.task, cfg.vocab_size, cfg.seed)
+
+
+def load_pairs(cfg: DataConfig, seq2seq: bool) -> Data:
+    train, val = _split(_read_pairs(Path(cfg.path)), cfg.val_fraction, "data.path", cfg.path,
+                        "source<TAB>target lines")
+    return _pairs_corpus(train, val, cfg, f"source/target pairs {cfg.path}")
 
 
 def _read(path: Path, key: str = "data.path") -> bytes | mmap.mmap:
@@ -453,7 +465,7 @@ def _token_ids(path: Path, key: str, dtype: str) -> torch.Tensor:
         torch.zeros(0, dtype=TOKEN_DTYPES[dtype])
 
 
-def _tokens_corpus(cfg: DataConfig) -> Corpus:
+def load_tokens(cfg: DataConfig, seq2seq: bool) -> Corpus:
     ids = _token_ids(Path(cfg.path), "data.path", cfg.token_dtype)
     if cfg.val_path:
         train, val = ids, _token_ids(Path(cfg.val_path), "data.val_path", cfg.token_dtype)
@@ -470,7 +482,7 @@ def _tokens_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(train, val, description, cfg.vocab_size, SymbolTokenizer(cfg.vocab_size), None)
 
 
-def _hf_data(cfg: DataConfig, seq2seq: bool) -> Corpus | PairsCorpus:
+def load_hf(cfg: DataConfig, seq2seq: bool) -> Corpus | PairsCorpus:
     """Text or pairs from `datasets.load_dataset` (see the module docstring)."""
     splits = {"data.split": _hf_split(cfg, cfg.split, "data.split")}
     if cfg.val_split:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lnexp.core.data_sources import is_seq2seq
+
 TOKENIZER_FILE = "tokenizer.json"
 # Ids 0-2 of every sequence-to-sequence vocabulary: PAD (lnexp.core.model), BOS, EOS; content symbol c
 # is token c + SPECIALS.
@@ -174,4 +176,4 @@ def run_tokenizer(run: Path, config: Any) -> Tokenizer:
         return SymbolTokenizer(d.vocab_size + SPECIALS, SPECIALS)
     if d.source == "tokens":
         return SymbolTokenizer(d.vocab_size)
-    return ByteTokenizer(SPECIALS if config.model.arch == "encoder_decoder" else 0)
+    return ByteTokenizer(SPECIALS if is_seq2seq(d.source, config.model.arch) else 0)

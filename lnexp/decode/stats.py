@@ -56,7 +56,7 @@ def default_prompts(loaded: Loaded, seed: int = 0) -> list[list[int]]:
     from lnexp.data.sources import load_data
 
     try:
-        text = loaded.tokenizer.decode(load_data(config.data).val.tolist())
+        text = loaded.tokenizer.decode(load_data(config.data, config.model.arch).val.tolist())
     except ConfigError:  # the corpus is gone: decoding needs only the run folder
         return [encode(loaded.tokenizer, text) for text in DEFAULT_PROMPTS]
     # whole lines only (the split's first and last may be cut), with some text in them

@@ -131,7 +131,7 @@ def evaluate_run(run: Path, loaded: Loaded, n: int = EVAL_PAIRS, strategy: str =
     """`translate --eval`: the run's data read again (as training read it), its validation pairs scored."""
     config = loaded.config
     try:
-        data = load_data(config.data, seq2seq=True)
+        data = load_data(config.data, config.model.arch)
         data.check(config.train.seq_len)
     except ConfigError as exc:
         raise DecodeError(f"{run / 'config.yaml'}: {exc}") from None

@@ -27,6 +27,7 @@ from lnexp.core.layouts import label as layout_label
 from lnexp.core.nested import flatten
 from lnexp.core.probe_kinds import by_row, profile_depth, row_titles
 from lnexp.core.stats import mean_std
+from lnexp.core.status import Status
 from lnexp.report.console import fmt, profile_rows, profile_table
 from lnexp.run.reader import Run, RunError, load_run
 from lnexp.run.rows import (
@@ -234,7 +235,7 @@ def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step
     legends = [_legend(h, {k: v[i] for k, v in differing.items()}) for i, h in enumerate(headers)]
     outcomes = [outcome(run) for run in runs]
     for header, o in zip(headers, outcomes):
-        if o["status"] in ("running", "stale"):
+        if o["status"] in (Status.RUNNING, Status.STALE):
             notes.append(f"{header}: {o['status']}; outcome so far, from metrics.jsonl")
     profiles = [run_profile(run, probe, param, at, notes, h) for run, h in zip(runs, headers)]
     groups, legend_title = make_groups(runs, headers, differing, list(group_by))

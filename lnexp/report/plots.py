@@ -13,19 +13,17 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from lnexp.core.data_sources import loss_unit
 from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, by_row, profile_depth
 from lnexp.report.compare import Comparison, group_profiles
 from lnexp.report.figures import COLORS, band, colors, label_log_axis, save, seed_band, smooth
 from lnexp.run.reader import Run
 from lnexp.run.rows import layer_profile, logged_steps, weight_roles
 
-BYTE_SOURCES = ("stdlib", "text", "pairs")  # byte-level data: a token is a byte
-
 
 def loss_label(config: dict[str, Any]) -> str:
-    """`loss (nats per byte)` for byte-level data, else `loss (nats per token)`."""
-    source = config.get("data", {}).get("source", "stdlib")
-    return f"loss (nats per {'byte' if source in BYTE_SOURCES else 'token'})"
+    """`loss (nats per byte)` for byte-level text, else `loss (nats per token)` (its data source says)."""
+    return f"loss (nats per {loss_unit(config.get('data', {}))})"
 
 
 def warmup_steps(run: Run) -> int:

@@ -26,6 +26,7 @@ from lnexp.core.files import (
     atomic_write,
     try_lock,
 )
+from lnexp.core.status import Status
 from lnexp.run.reader import LOCK, RunError, is_locked, is_run, read_json, read_jsonl
 
 RESERVE = ".reserve"  # space held back, freed when a write hits a full disk so the failure can be recorded
@@ -34,7 +35,6 @@ RESERVE_BYTES = 64 * 1024
 # was being created: --force and sweeps may replace it.
 RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "probes.jsonl", "summary.json", "model.pt",
              "checkpoint.pt", "plots", "tb", "wandb", LOCK, RESERVE}
-FINISHED = ("completed", "diverged")  # a run that ended as a result: never resumed, never re-run
 
 
 def now() -> str:
@@ -70,7 +70,7 @@ def _is_temp(name: str) -> bool:
 
 def _in_use(path: Path) -> RunError:
     meta = read_json(path / "meta.json", [])  # a pid only of a run that says it is running
-    running = isinstance(meta.get("pid"), int) and meta.get("status") == "running"
+    running = isinstance(meta.get("pid"), int) and meta.get("status") == Status.RUNNING
     pid = f" (pid {meta['pid']})" if running else ""
     return RunError(f"{path}: in use by a running process{pid}; stop it first")
 
@@ -145,7 +145,7 @@ class RunWriter:
             raise RunError(f"{path}: cannot create the run folder ({exc.strerror})") from None
         self._claim(path)
         try:
-            self.meta = {"status": "running", **meta}
+            self.meta = {"status": Status.RUNNING, **meta}
             self.write_json("meta.json", self.meta)  # first: with meta.json, the folder is a run
             self.write_file("config.yaml", lambda f: f.write(config_yaml.encode()))
             self._start()
@@ -237,7 +237,7 @@ class RunWriter:
         self.meta.update(fields)
         self.write_json("meta.json", self.meta)
 
-    def finish(self, status: str, summary: dict[str, Any], error: str | None = None) -> None:
+    def finish(self, status: Status, summary: dict[str, Any], error: str | None = None) -> None:
         """The run's last words, summary.json and meta.json, then the folder is let go. Best effort on
         a full disk: the reserve is freed first, so that there is room to say what happened."""
         self.remove(RESERVE)

@@ -50,6 +50,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lnexp.core.config import Config, ModelConfig
 from lnexp.core.model import build_model, untapped
 from lnexp.core.recipes import RECIPES, InitRecipe
+from lnexp.core.status import Status
 from lnexp.run.probes import StreamTap, dloss_dx, zero_deltas
 from lnexp.run.train import (
     History,
@@ -167,14 +168,14 @@ def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop 
                 ) -> list[Outcome]:
     """Resume interrupted runs of one structure key, checkpointed at the same step, together."""
     runs: list[LiveRun] = []
-    with _closed_on_failure(runs, "interrupted"):  # another's failure to reopen is not theirs
+    with _closed_on_failure(runs, Status.INTERRUPTED):  # another's failure to reopen is not theirs
         for path in paths:
             trainer, writer, _, history = reopen_run(path, command)
             runs.append(LiveRun.of(trainer, writer, path, history))
     steps = {run.history.steps_done for run in runs}
     if len(steps) > 1 or len({structure_key(run.trainer.config) for run in runs}) > 1:
         for run in runs:  # as they were: each can still be resumed, alone or in a pack of its own kind
-            run.close("interrupted", {})
+            run.close(Status.INTERRUPTED, {})
         raise ValueError("a pack resumes runs of one structure checkpointed at one step")
     start = steps.pop()
     with _closed_on_failure(runs):
@@ -183,7 +184,7 @@ def resume_pack(paths: list[Path], command: list[str] | None = None, stop: Stop 
 
 
 @contextmanager
-def _closed_on_failure(runs: list[LiveRun], status: str = "failed") -> Iterator[None]:
+def _closed_on_failure(runs: list[LiveRun], status: Status = Status.FAILED) -> Iterator[None]:
     """While a pack opens: if anything fails, the runs already open are closed, so that no folder is
     left saying it is running: `status` (failed: with why; interrupted: resumable as they were), or
     interrupted on Ctrl-C."""
@@ -191,11 +192,11 @@ def _closed_on_failure(runs: list[LiveRun], status: str = "failed") -> Iterator[
         yield
     except KeyboardInterrupt:
         for run in runs:
-            run.close("interrupted", {})
+            run.close(Status.INTERRUPTED, {})
         raise
     except BaseException as exc:
         for run in runs:
-            run.close(status, {}, failure_message(exc) if status == "failed" else None)
+            run.close(status, {}, failure_message(exc) if status == Status.FAILED else None)
         raise
 
 
@@ -228,7 +229,7 @@ def timed_steps(configs: list[Config], packed: bool, steps: int = MEASURED_STEPS
     warm-up step: all in one pack, or one after another."""
     from lnexp.data.sources import load_data
 
-    data = load_data(configs[0].data)
+    data = load_data(configs[0].data, configs[0].model.arch)
     device = torch.device("cuda" if configs[0].train.device != "cpu" and torch.cuda.is_available() else "cpu")
     with torch.random.fork_rng(devices=[]):
         trainers = [Trainer(c, data, device) for c in configs]

@@ -21,6 +21,7 @@ from lnexp.core.files import (
     read_regular,
     try_lock,
 )
+from lnexp.core.status import Status
 
 
 class RunError(LnexpError):
@@ -60,23 +61,44 @@ class Run:
         return self.path.name
 
     @property
-    def status(self) -> str:
-        status = self.summary.get("status") or self.meta.get("status")
-        return status if isinstance(status, str) else "unknown"
+    def status(self) -> Status:
+        return status_of(self.summary, self.meta)
 
     @property
-    def state(self) -> str:
+    def state(self) -> Status:
         """`status`, except that a run still marked running whose process is gone (killed, machine
-        rebooted) is "stale": its lock is free (or, for a folder without a lock file, its pid is gone;
+        rebooted) is STALE: its lock is free (or, for a folder without a lock file, its pid is gone;
         only decidable on the host that ran it)."""
-        if self.status != "running":
+        if self.status != Status.RUNNING:
             return self.status
         locked = is_locked(self.path)
         if locked is not None:
-            return "running" if locked else "stale"
+            return Status.RUNNING if locked else Status.STALE
         if self.meta.get("host") != platform.node():
             return self.status
-        return "running" if pid_alive(self.meta.get("pid")) else "stale"
+        return Status.RUNNING if pid_alive(self.meta.get("pid")) else Status.STALE
+
+
+def status_of(summary: dict[str, Any], meta: dict[str, Any]) -> Status:
+    """A run's status: its summary.json's (written last), else its meta.json's; UNKNOWN if neither
+    says one this version knows."""
+    try:
+        return Status(summary.get("status") or meta.get("status"))
+    except ValueError:
+        return Status.UNKNOWN
+
+
+def read_status(path: Path) -> Status | None:
+    """The status of the run folder `path` as `Run.status` reads it, without reading its lines; None
+    when there is no such folder."""
+    if not path.is_dir():
+        return None
+    return status_of(read_summary(path), read_json(path / "meta.json", [], missing_ok=True))
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run folder's summary.json ({} when it has none yet, or it is damaged)."""
+    return read_json(path / "summary.json", [], missing_ok=True)
 
 
 def pid_alive(pid: Any) -> bool:
@@ -106,7 +128,7 @@ def load_run(path: str | Path, probes: bool = True, tail: int | None = None) -> 
         raise RunError(f"{path}: not a run folder (no meta.json)")
     notes: list[str] = []
     meta = read_json(path / "meta.json", notes)
-    summary = read_json(path / "summary.json", notes, missing_ok=meta.get("status") == "running")
+    summary = read_json(path / "summary.json", notes, missing_ok=meta.get("status") == Status.RUNNING)
     for key in [k for k, v in summary.items() if k in SUMMARY_NUMBERS and not _number_or_none(v)]:
         notes.append(f"summary.json: {key} is not a number; ignored")
         del summary[key]

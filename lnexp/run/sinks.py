@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lnexp.core.config import Config, ConfigError
+from lnexp.core.status import FINISHED, Status
 from lnexp.run.reader import Run, RunError, is_locked, is_run, load_run
 
 TB_DIR = "tb"
@@ -96,12 +97,12 @@ class TensorBoard:
                 self.writer.add_scalar(tag, value, step)
         self.writer.flush()  # live: what the jsonl has, the event file has
 
-    def finish(self, status: str, summary: dict[str, Any]) -> None:
+    def finish(self, status: Status, summary: dict[str, Any]) -> None:
         """The config and final metrics through the HParams plugin (filter, group, parallel
         coordinates across a sweep's cells). Not for an interrupted run: its resumption says them."""
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-        if status == "interrupted":
+        if status == Status.INTERRUPTED:
             self.writer.close()
             return
         metrics = final_metrics(summary)
@@ -134,9 +135,9 @@ class WandB:
                 self.run.log(scalars, step=step)
                 self.last = step
 
-    def finish(self, status: str, summary: dict[str, Any]) -> None:
+    def finish(self, status: Status, summary: dict[str, Any]) -> None:
         self.run.summary.update({"status": status, **final_metrics(summary)})
-        self.run.finish(exit_code=0 if status in ("completed", "diverged") else 1)
+        self.run.finish(exit_code=0 if status in FINISHED else 1)
 
 
 class Sinks:
@@ -168,7 +169,7 @@ class Sinks:
         for sink in self.sinks:
             sink.write(steps)
 
-    def finish(self, status: str, summary: dict[str, Any]) -> None:
+    def finish(self, status: Status, summary: dict[str, Any]) -> None:
         if self.probes:
             self.add_metrics([])
         for sink in self.sinks:

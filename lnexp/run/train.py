@@ -37,11 +37,12 @@ from lnexp.core.config import Config, ConfigError, dump_yaml, validate
 from lnexp.core.model import build_model, untapped
 from lnexp.core.probe_kinds import PROBE_KINDS
 from lnexp.core.recipes import recipe_meta
+from lnexp.core.status import FINISHED, Status
 from lnexp.data.sources import Data, bits_per_byte, load_data
 from lnexp.data.tokenizers import TOKENIZER_FILE
 from lnexp.decode.translate import training_scores
 from lnexp.run import sinks
-from lnexp.run.folder import FINISHED, RunWriter, check_target, now, stamped
+from lnexp.run.folder import RunWriter, check_target, now, stamped
 from lnexp.run.hardware import (
     Dist,
     any_rank,
@@ -250,7 +251,7 @@ def failure_message(exc: BaseException) -> str:
 
 @dataclass
 class Outcome:
-    status: str
+    status: Status
     summary: dict[str, Any]
     path: Path
     main: bool = True  # False on torchrun ranks other than 0, which write and print nothing
@@ -274,7 +275,7 @@ def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
         torch.set_num_threads(t.threads)
     try:
         sinks.check(config)
-        data = load_data(config.data, seq2seq=config.model.arch == "encoder_decoder")
+        data = load_data(config.data, config.model.arch)
         data.check(t.seq_len)
         dist, device = init_distributed(t.device)
         _check_fits(config, data.vocab_size, device)
@@ -382,7 +383,7 @@ def new_run(config: Config, source: str, command: list[str] | None = None, force
             try:
                 writer.write_file(TOKENIZER_FILE, lambda f: f.write(tokenizer.encode()))
             except OSError as exc:
-                writer.finish("failed", {}, failure_message(exc))
+                writer.finish(Status.FAILED, {}, failure_message(exc))
                 raise RunError(f"{path}: cannot write {TOKENIZER_FILE} ({exc.strerror})") from None
     return trainer, writer, path
 
@@ -431,7 +432,7 @@ def reopen_run(path: Path, command: list[str] | None = None
         writer = RunWriter.reopen(path, keep_before=step)
         resumes = writer.meta.get("resumes", []) + [{"from_step": step, "at": now(),
                                                      "command": command or sys.argv}]
-        writer.update_meta(status="running", resumes=resumes, pid=os.getpid(), host=platform.node())
+        writer.update_meta(status=Status.RUNNING, resumes=resumes, pid=os.getpid(), host=platform.node())
     kept = [r for r in run.metrics if r["step"] < step]
     wall = run.meta.get("wall_time_s")
     history = History(kept, {r["step"]: r["val_loss"] for r in kept if r.get("val_loss") is not None},
@@ -458,7 +459,7 @@ class LiveRun:
     def history(self) -> History:
         return self.log.history
 
-    def close(self, status: str, summary: dict[str, Any], error: str | None = None) -> None:
+    def close(self, status: Status, summary: dict[str, Any], error: str | None = None) -> None:
         self.outcome = close_run(self.trainer, self.writer, self.path, self.history, status, summary, error)
 
 
@@ -485,16 +486,16 @@ def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None,
             _loop(live, start, stop, step_all)
     except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint of this point
         for run in live:
-            run.close("interrupted", {})
+            run.close(Status.INTERRUPTED, {})
         raise
     except BaseException as exc:  # SystemExit too (a plugin's, a progress callback's)
         for run in live:
-            run.close("failed", {}, failure_message(exc))
+            run.close(Status.FAILED, {}, failure_message(exc))
         raise
     return [run.outcome for run in runs]
 
 
-def close_run(trainer: Trainer, writer: RunWriter | None, path: Path, history: History, status: str,
+def close_run(trainer: Trainer, writer: RunWriter | None, path: Path, history: History, status: Status,
               summary: dict[str, Any], error: str | None = None) -> Outcome:
     """Write a run's end: a finished run's final weights (model.pt, replacing the checkpoint), then its
     status and summary, whatever happened."""
@@ -503,7 +504,7 @@ def close_run(trainer: Trainer, writer: RunWriter | None, path: Path, history: H
             save_state(writer, "model.pt", trainer.model.state_dict())
             writer.remove(CHECKPOINT)  # model.pt holds the final weights; a finished run is not resumed
     except Exception as exc:
-        status, error = "failed", failure_message(exc)
+        status, error = Status.FAILED, failure_message(exc)
         raise
     finally:
         if writer:
@@ -626,9 +627,9 @@ class RunLog:
         if self.diverged_step is None and halted:  # interrupted (here or on another rank): keep the state
             if writer:
                 save_state(writer, CHECKPOINT, trainer.checkpoint(steps_done))
-            status = "interrupted"
+            status = Status.INTERRUPTED
         elif self.diverged_step is None:
-            status = "completed"
+            status = Status.COMPLETED
             if trainer.dist.main:
                 final_val = history.val_losses[t.steps] = trainer.evaluate()
                 row = {"step": t.steps, "lr": None, "loss": None, "val_loss": final_val,
@@ -640,7 +641,7 @@ class RunLog:
                     writer.metrics([row])
                 history.rows.append(row)
         else:
-            status = "diverged"
+            status = Status.DIVERGED
         segment = time.perf_counter() - self.began
         summary = _summarise(history, self.diverged_step, steps_done,
                              (steps_done - start) * self.tokens_per_step / segment)

@@ -22,6 +22,7 @@ from typing import Any
 
 from lnexp import __version__
 from lnexp.core.errors import LnexpError
+from lnexp.core.status import Status
 from lnexp.experiments.reproduce.engine import SCALES, Scale, SuiteRuns, make_cells, with_plugins_in_cells
 from lnexp.experiments.reproduce.report import md_table, write_report
 from lnexp.experiments.reproduce.suites import SUITES
@@ -29,7 +30,7 @@ from lnexp.experiments.reproduce.suites.layouts import choose_layouts
 from lnexp.experiments.reproduce.verdicts import Verdict, usable
 from lnexp.experiments.sweep.grid import Cell, threads_per_job
 from lnexp.experiments.sweep.pool import Event, Interrupted, execute
-from lnexp.experiments.sweep.state import Plan, is_finished, plan
+from lnexp.experiments.sweep.state import WAITING, Plan, is_finished, plan
 from lnexp.run.folder import now
 
 __all__ = ["SCALES", "SUITES", "Scale", "Reproduction", "Stopped", "reproduce", "suite_names"]
@@ -96,10 +97,10 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
                               on_event=on_event, pack=pack)
     except Interrupted as exc:
         raise Stopped(stopped_message(work, exc.results)) from None
-    if any(r.get("status") == "interrupted" for r in results.values()):
+    if any(r.get("status") == Status.INTERRUPTED for r in results.values()):
         raise Stopped(stopped_message(work, results))
-    failed = {name: r.get("error", "") for name, r in results.items() if r.get("status") == "failed"}
-    waiting = sum(r.get("status") in ("queued", "running", "requeued") for r in results.values())
+    failed = {name: r.get("error", "") for name, r in results.items() if r.get("status") == Status.FAILED}
+    waiting = sum(r.get("status") in WAITING for r in results.values())
     wall = time.perf_counter() - start
     if waiting:
         return Reproduction({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
@@ -124,8 +125,8 @@ def stopped_message(work: Plan, results: dict[str, dict[str, Any]]) -> str:
     """How many of the runs to train were done, interrupted (resumable) and never started."""
     todo = [cell.key for cell, _ in work.todo]
     statuses = [results.get(key, {}).get("status") for key in todo]
-    interrupted = sum(s == "interrupted" and "steps_done" in results[k] for s, k in zip(statuses, todo))
-    done = sum(s not in (None, "interrupted") for s in statuses)
+    interrupted = sum(s == Status.INTERRUPTED and "steps_done" in results[k] for s, k in zip(statuses, todo))
+    done = sum(s not in (None, Status.INTERRUPTED) for s in statuses)
     return (f"interrupted: {done} of {len(todo)} run(s) done, {interrupted} interrupted (they resume from "
             f"their checkpoints), {len(todo) - done - interrupted} never started; no report written. Run "
             "the same command again to resume")

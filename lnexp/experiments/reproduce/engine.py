@@ -17,6 +17,7 @@ from typing import Any
 from lnexp.core.config import Config, ConfigError, ModelConfig, apply_sets, set_key, validate, with_plugins
 from lnexp.core.layouts import DEFAULT_NORM, LAYOUTS, NORMS
 from lnexp.core.recipes import DEFAULT_RECIPE, RECIPES
+from lnexp.core.status import Status
 from lnexp.experiments.sweep.grid import Cell, value_text
 from lnexp.run.reader import Run, RunError, load_run
 
@@ -256,7 +257,7 @@ def unigram_val_loss(config: Config) -> float:
 
     from lnexp.data.sources import load_data
 
-    data = load_data(config.data)
+    data = load_data(config.data, config.model.arch)
     if not hasattr(data, "train"):
         return math.log(data.vocab_size)
     t = config.train
@@ -272,9 +273,9 @@ def final_loss(run: Run | None) -> float | None:
     """Final validation loss of a completed run, +∞ for a diverged one, None for no result."""
     if run is None:
         return None
-    if run.status == "diverged":
+    if run.status == Status.DIVERGED:
         return math.inf
-    if run.status != "completed":
+    if run.status != Status.COMPLETED:
         return None
     value = run.summary.get("final_val_loss")
     return float(value) if value is not None else None

@@ -24,9 +24,9 @@ from lnexp.core.config import ConfigError
 from lnexp.core.files import try_lock
 from lnexp.experiments.sweep.grid import Cell, Sweep, expand
 from lnexp.experiments.sweep.pool import Event, execute, on_signals, raise_interrupt
-from lnexp.experiments.sweep.state import folder_status, plan
+from lnexp.experiments.sweep.state import plan
 from lnexp.run.folder import now, write_json
-from lnexp.run.reader import RunError
+from lnexp.run.reader import RunError, read_status
 
 # --- running ---------------------------------------------------------------------------------------
 
@@ -43,7 +43,7 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
         "updated": now(),
         # the folder is the truth; a result only for a cell that never got one (failed before it, queued)
         "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides,
-                   "status": folder_status(c.path) or results.get(c.key, {}).get("status"),
+                   "status": read_status(c.path) or results.get(c.key, {}).get("status"),
                    **({"job": jobs[c.key]} if c.key in jobs else {})}
                   for c in sweep.cells],
     }

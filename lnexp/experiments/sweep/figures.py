@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from lnexp.core.status import Status
 from lnexp.experiments.stability import largest_index, largest_lr_panel
 from lnexp.experiments.sweep.results import CellResult, read_sweep
 from lnexp.report.figures import colors, save
@@ -74,7 +75,7 @@ def _sweep_loss(name: str, grid: list[tuple[str, list[str]]], cells: list[CellRe
         xs, mean, low, high = [], [], [], []
         for value in values:
             here = [c for c in members if c.values.get(x_key) == value]
-            losses = [c.final_val_loss for c in here if c.status == "completed"
+            losses = [c.final_val_loss for c in here if c.status == Status.COMPLETED
                       and c.final_val_loss is not None and math.isfinite(c.final_val_loss)]
             if losses:
                 xs.append(at[value])
@@ -82,7 +83,7 @@ def _sweep_loss(name: str, grid: list[tuple[str, list[str]]], cells: list[CellRe
                 low.append(min(losses))
                 high.append(max(losses))
             for c in here:
-                if c.status == "diverged":
+                if c.status == Status.DIVERGED:
                     x = at[value] * (1 + nudge) if log_x else at[value] + nudge * spacing
                     ax.plot(x, 0.97, marker="x", color=color, markersize=10, markeredgewidth=2.2,
                             transform=ax.get_xaxis_transform(), clip_on=False)

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from lnexp.core.config import ConfigError, validate
+from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell
-from lnexp.experiments.sweep.state import Plan, folder_status, read_summary
-from lnexp.run.folder import FINISHED
-from lnexp.run.reader import RunError
+from lnexp.experiments.sweep.state import Plan
+from lnexp.run.reader import RunError, read_status, read_summary
 
+NOT_STARTED = {"status": Status.INTERRUPTED, "error": "not started: the sweep was stopped"}
 _worker_stop: Any = None  # a pool worker's Stop, set by a signal (see _worker_init)
 
 
@@ -58,13 +59,13 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
 
     stop = stop or _worker_stop
     if stop is not None and stop.requested:
-        return {"status": "interrupted", "error": "not started: the sweep was stopped"}
+        return NOT_STARTED
     try:
         cfg = validate(config, source)  # in a worker or a batch job: loads the config's plugins
     except ConfigError as exc:
-        return {"status": "failed", "error": str(exc)}
+        return {"status": Status.FAILED, "error": str(exc)}
     path = Path(cfg.run.dir) / cfg.run.name
-    status = folder_status(path) if resume else None
+    status = read_status(path) if resume else None
     try:
         if status in FINISHED:
             return {**read_summary(path), "status": status}
@@ -74,9 +75,9 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
             outcome = train(cfg, source, command, force=force or status is not None, progress=progress,
                             stop=stop)
     except (ConfigError, RunError) as exc:
-        return {"status": "failed", "error": str(exc)}
+        return {"status": Status.FAILED, "error": str(exc)}
     except Exception as exc:  # the run folder says "failed" and why; the other cells go on
-        return {"status": "failed", "error": failure_message(exc)}
+        return {"status": Status.FAILED, "error": failure_message(exc)}
     return {**outcome.summary, "status": outcome.status}
 
 
@@ -90,14 +91,14 @@ def run_pack(configs: list[dict[str, Any]], source: str, commands: list[list[str
     if len(configs) == 1:
         return [run_cell(configs[0], source, commands[0], force[0])]
     if _worker_stop is not None and _worker_stop.requested:
-        return [{"status": "interrupted", "error": "not started: the sweep was stopped"} for _ in configs]
+        return [NOT_STARTED for _ in configs]
     try:
         outcomes = train_pack([validate(c, source) for c in configs], [source] * len(configs),
                               commands, force, stop=_worker_stop)
     except (ConfigError, RunError) as exc:
-        return [{"status": "failed", "error": str(exc)} for _ in configs]
+        return [{"status": Status.FAILED, "error": str(exc)} for _ in configs]
     except Exception as exc:
-        return [{"status": "failed", "error": failure_message(exc)} for _ in configs]
+        return [{"status": Status.FAILED, "error": failure_message(exc)} for _ in configs]
     return [{**o.summary, "status": o.status} for o in outcomes]
 
 
@@ -150,7 +151,7 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                         for cell in unit_cells:
                             on_event(done, total, cell, "started", {})
                     finished(unit_cells, run_pack(*unit_args))
-                    if any(results[c.key].get("status") == "interrupted" for c in unit_cells):  # Ctrl-C
+                    if any(results[c.key].get("status") == Status.INTERRUPTED for c in unit_cells):  # Ctrl-C
                         break
         except KeyboardInterrupt:
             raise Interrupted(results) from None
@@ -200,7 +201,7 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
                 try:
                     unit_results = future.result()
                 except Exception as exc:  # a worker that died (killed, out of memory)
-                    unit_results = [{"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    unit_results = [{"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
                                     for _ in unit_cells]
                 finished(unit_cells, unit_results)
                 if not stopping:
@@ -211,7 +212,7 @@ def execute(work: Plan, jobs: int = 1, source: str = "sweep",
             raise Interrupted(results) from None
         raise
     pool.shutdown()
-    if stopping or any(r.get("status") == "interrupted" for r in results.values()):
+    if stopping or any(r.get("status") == Status.INTERRUPTED for r in results.values()):
         raise Interrupted(results)  # every started cell has checkpointed and returned
     return results
 

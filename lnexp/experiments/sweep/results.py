@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lnexp.core.stats import mean_std
+from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell
-from lnexp.experiments.sweep.state import folder_status, read_summary
-from lnexp.run.folder import FINISHED
-from lnexp.run.reader import RunError
+from lnexp.run.reader import RunError, read_status, read_summary
 
 
 def reported_loss(summary: dict[str, Any]) -> float | None:
@@ -29,15 +28,15 @@ def summarise(cells: list[Cell], results: dict[str, dict[str, Any]]) -> list[dic
         groups.setdefault(cell.group, []).append(cell)
     rows = []
     for group, members in groups.items():
-        summaries = [results.get(c.key) or {"status": folder_status(c.path), **read_summary(c.path)}
+        summaries = [results.get(c.key) or {"status": read_status(c.path), **read_summary(c.path)}
                      for c in members]
         statuses = [s.get("status") for s in summaries]
-        losses = [reported_loss(s) for s in summaries if s.get("status") == "completed"]
+        losses = [reported_loss(s) for s in summaries if s.get("status") == Status.COMPLETED]
         mean, std, _ = mean_std([v for v in losses if v is not None and math.isfinite(v)])
         rows.append({"group": group, "labels": members[0].labels, "seeds": len(members),
                      "loss_mean": mean, "loss_std": std,
-                     "diverged": statuses.count("diverged"), "failed": statuses.count("failed"),
-                     "unfinished": sum(s not in FINISHED and s != "failed" for s in statuses)})
+                     "diverged": statuses.count(Status.DIVERGED), "failed": statuses.count(Status.FAILED),
+                     "unfinished": sum(s not in FINISHED and s != Status.FAILED for s in statuses)})
     return rows
 
 
@@ -48,7 +47,7 @@ class CellResult:
     name: str
     values: dict[str, str]  # grid key -> value text (train.seed left out)
     seed: int | None
-    status: str | None
+    status: Status | None
     final_val_loss: float | None
     collapsed: bool
 
@@ -59,7 +58,8 @@ class CellResult:
         if self.status not in FINISHED:
             return None
         loss = self.final_val_loss
-        return self.status == "completed" and not self.collapsed and loss is not None and math.isfinite(loss)
+        return self.status == Status.COMPLETED and not self.collapsed and loss is not None \
+            and math.isfinite(loss)
 
 
 def read_sweep(root: Path) -> tuple[list[tuple[str, list[str]]], list[CellResult]]:
@@ -79,6 +79,6 @@ def read_sweep(root: Path) -> tuple[list[tuple[str, list[str]]], list[CellResult
         seed = values.pop("train.seed", entry.get("seed"))
         loss = summary.get("final_val_loss")
         cells.append(CellResult(path.name, values, int(seed) if str(seed).isdigit() else None,
-                                folder_status(path), loss if isinstance(loss, (int, float)) else None,
+                                read_status(path), loss if isinstance(loss, (int, float)) else None,
                                 summary.get("collapsed") is True))
     return [(k, v) for k, v in grid if k != "train.seed"], cells

@@ -23,11 +23,12 @@ from pydantic import BeforeValidator, Field, ValidationError
 
 from lnexp.core.config import ConfigError, Int, Section, _describe
 from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
+from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell
 from lnexp.experiments.sweep.pool import Event
-from lnexp.experiments.sweep.state import Plan, folder_status, read_summary
-from lnexp.run.folder import FINISHED, now, write_json
-from lnexp.run.reader import pid_alive
+from lnexp.experiments.sweep.state import JobState, Plan
+from lnexp.run.folder import now, write_json
+from lnexp.run.reader import pid_alive, read_status, read_summary
 
 JOBS = "jobs"
 POLL_S = 2.0
@@ -189,20 +190,21 @@ def resumable(cell: Cell) -> bool:
     return (cell.path / "checkpoint.pt").exists() and not config_differences(cell.path, cell.config)
 
 
-def cell_state(root: Path, cell: Cell, record: dict[str, Any] | None, live: bool) -> tuple[str, str]:
-    """(state, detail): queued, running, requeued, completed, diverged, interrupted, failed, new."""
-    status = folder_status(cell.path)
+def cell_state(root: Path, cell: Cell, record: dict[str, Any] | None, live: bool
+               ) -> tuple[Status | JobState, str]:
+    """(state, detail): the run's Status, or its job's JobState while the job waits."""
+    status = read_status(cell.path)
     if record is None:
-        return "new" if status is None else status, ""
+        return JobState.NEW if status is None else status, ""
     if status in FINISHED:
         return status, f"job {record['id']}"
     log = str(job_paths(root, record).stderr)
     if live:
-        state = {"running": "running", "interrupted": "requeued"}.get(status, "queued")
-        return state, f"job {record['id']}"
-    if status == "interrupted":
-        return "interrupted", f"job {record['id']}"
-    return "failed", f"job {record['id']}, log {log}"
+        waiting = {Status.RUNNING: Status.RUNNING, Status.INTERRUPTED: JobState.REQUEUED}
+        return waiting.get(status, JobState.QUEUED), f"job {record['id']}"
+    if status == Status.INTERRUPTED:
+        return Status.INTERRUPTED, f"job {record['id']}"
+    return Status.FAILED, f"job {record['id']}, log {log}"
 
 
 def record_failure(root: Path, cell: Cell, record: dict[str, Any]) -> str:
@@ -220,7 +222,7 @@ def record_failure(root: Path, cell: Cell, record: dict[str, Any]) -> str:
     own = f"{meta['error']}\n" if meta.get("error") else ""  # the run's own message comes first
     error = f"{own}job {record['id']} ended without a finished run; stderr tail:\n{tail}"
     cell.path.mkdir(parents=True, exist_ok=True)
-    write_json(cell.path / "meta.json", {**meta, "status": "failed", "error": error, "job": record})
+    write_json(cell.path / "meta.json", {**meta, "status": Status.FAILED, "error": error, "job": record})
     return error
 
 
@@ -278,14 +280,14 @@ def watch(root: Path, work: Plan, records: dict[str, dict[str, Any]], handles: d
             record = records.get(key)
             live = record is not None and job_live(root, record, handles.get(key))
             state, detail = cell_state(root, cell, record, live)
-            if state in ("running", "requeued") and key not in started:
+            if state in (Status.RUNNING, JobState.REQUEUED) and key not in started:
                 started.add(key)
                 if on_event:
                     on_event(done, total, cell, "started", {"status": state, "error": detail})
             if live and not detach:
                 continue
             if not live and state not in FINISHED and record is not None:
-                detail = record_failure(root, cell, record) if state == "failed" else detail
+                detail = record_failure(root, cell, record) if state == Status.FAILED else detail
             results[key] = {**read_summary(cell.path), "status": state, "error": detail}
             del pending[key]
             if not live:
@@ -303,7 +305,7 @@ def status_rows(root: Path, cells: list[Cell]) -> list[tuple[Cell, str, str]]:
     rows = []
     for cell in cells:
         record = records.get(cell.key)
-        live = record is not None and folder_status(cell.path) not in FINISHED and job_live(root, record)
+        live = record is not None and read_status(cell.path) not in FINISHED and job_live(root, record)
         rows.append((cell, *cell_state(root, cell, record, live)))
     return rows
 

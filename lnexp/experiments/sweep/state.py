@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lnexp.core.config import Config, ConfigError
+from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell
-from lnexp.run.folder import FINISHED
-
-
-def folder_status(path: Path) -> str | None:
-    """The status of the run in `path` (summary first, then meta), or None when there is no run."""
-    for name in ("summary.json", "meta.json"):
-        try:
-            status = json.loads((path / name).read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if status:
-            return status
-    return "unknown" if path.exists() else None
+from lnexp.run.reader import read_status, read_summary
 
 
 def is_finished(path: Path) -> bool:
-    return folder_status(path) in FINISHED
+    return read_status(path) in FINISHED
+
+
+class JobState(str, Enum):
+    """A sweep cell's state where its run folder does not say it all (lnexp.experiments.sweep.slurm): a
+    batch job waiting, or no run at all."""
+
+    NEW = "new"            # no run folder and no job: not started
+    QUEUED = "queued"      # its job waits for a node
+    REQUEUED = "requeued"  # its job was stopped (time limit, pre-emption) and waits to continue
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# A cell whose run is still to come, after `--detach`: running, or a job waiting.
+WAITING = (Status.RUNNING, JobState.QUEUED, JobState.REQUEUED)
 
 
 def config_differences(path: Path, config: Config) -> list[str]:
@@ -60,13 +66,6 @@ def _comparable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def read_summary(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def preflight(cells: list[Cell]) -> None:
     """Checks that need the data or the device (after validation, before anything is written)."""
     from lnexp.data.sources import load_data
@@ -77,7 +76,7 @@ def preflight(cells: list[Cell]) -> None:
         key = (json.dumps(c.data.model_dump(mode="json"), sort_keys=True), c.train.seq_len)
         if key not in seen:
             seen.add(key)
-            data = load_data(c.data, seq2seq=c.model.arch == "encoder_decoder")
+            data = load_data(c.data, c.model.arch)
             data.check(c.train.seq_len)
     if any(cell.config.train.device == "cuda" for cell in cells):
         import torch
@@ -105,7 +104,7 @@ def plan(cells: list[Cell], force: bool = False, mismatch: str = "error") -> Pla
     """
     todo, skipped = [], {}
     for cell in cells:
-        status = folder_status(cell.path)
+        status = read_status(cell.path)
         if status in FINISHED and not force:
             diffs = config_differences(cell.path, cell.config)
             if not diffs:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell, Sweep
 from lnexp.experiments.sweep.results import reported_loss, summarise
-from lnexp.experiments.sweep.state import folder_status
-from lnexp.run.folder import FINISHED
+from lnexp.experiments.sweep.state import JobState
+from lnexp.run.reader import read_status
 
 
 def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, Any]) -> None:
@@ -22,7 +23,7 @@ def print_event(done: int, total: int, cell: Cell, kind: str, result: dict[str, 
     where = {"skipped": "skip", "submitted": "job"}.get(kind, f"{done:>{width}}/{total}")
     status = result.get("status", "?")
     detail = f"val loss {fmt(reported_loss(result))}" if status in FINISHED else result.get("error", "")
-    if status == "diverged":
+    if status == Status.DIVERGED:
         detail = f"at step {result.get('diverged_step')}"
     seconds = None if kind == "skipped" else result.get("wall_time_s")
     wall = "" if seconds is None else f" ({seconds:.1f} s)"
@@ -36,7 +37,7 @@ def cells_table(sweep: Sweep):
     for column in ("cell", "overrides", "state"):
         table.add_column(column)
     for cell in sweep.cells:
-        table.add_row(cell.name, " ".join(cell.overrides), folder_status(cell.path) or "new")
+        table.add_row(cell.name, " ".join(cell.overrides), read_status(cell.path) or JobState.NEW)
     return table
 
 

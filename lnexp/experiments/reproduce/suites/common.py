@@ -14,6 +14,7 @@ from typing import Any
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
 from lnexp.core.registry import Registry
+from lnexp.core.status import Status
 from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns, final_loss, loss_curve
 from lnexp.experiments.reproduce.report import Analysis, md_table, mean_curve, mean_pm
 from lnexp.experiments.reproduce.verdicts import usable
@@ -133,7 +134,7 @@ def curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[R
                 if vsteps:
                     ax.plot(vsteps, vmean, "o", color=color, markersize=4)
                 for r in runs:
-                    if r is not None and r.status == "diverged":
+                    if r is not None and r.status == Status.DIVERGED:
                         ax.axvline(r.summary.get("diverged_step") or 0, color=color, linestyle=":")
             ax.axhline(ctx.baseline(), color="grey", linestyle="--", linewidth=0.8,
                        label="unigram baseline (seed mean)")
@@ -155,7 +156,7 @@ def settings_table(ctx: SuiteRuns, rows: list[tuple[list[str], list[Run | None]]
         losses = [final_loss(r) for r in runs]
         conv = [ctx.converged(r) for r in runs]
         out.append([*labels, mean_pm(losses), f"{sum(c is True for c in conv)}/{len(runs)}",
-                    f"{sum(r is not None and r.status == 'diverged' for r in runs)}/{len(runs)}",
+                    f"{sum(r is not None and r.status == Status.DIVERGED for r in runs)}/{len(runs)}",
                     ", ".join(r.name if r else "missing" for r in runs)])
     return md_table([*header, "final val loss (mean ± std, n)", "converged", "diverged", "runs"], out)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lnexp.core.layouts import LAYOUTS, POST, PRE
+from lnexp.core.status import Status
 from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
 from lnexp.experiments.reproduce.report import Analysis, Figure, md_table, mean_pm, num
 from lnexp.experiments.reproduce.suites import depth, xiong_init
@@ -127,7 +128,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     def profile(name: str, n: int, s: int, probe: str, param: str, when: str) -> list[float]:
         run = runs[name, n, s]
         step = step_of(run, when)
-        if step is None or (when == "trained" and run.status != "completed"):
+        if step is None or (when == "trained" and run.status != Status.COMPLETED):
             return []
         values = layer_profile(run.probes, probe, param, step)
         return values if len(values) in (n, n + 1) else []

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
+from lnexp.core.status import Status
 from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
 from lnexp.experiments.reproduce.report import Analysis, Figure
 from lnexp.experiments.reproduce.suites import common
@@ -39,7 +40,7 @@ def _val_at(run: Run | None, step: int) -> float | None:
     for m in run.metrics:
         if m["step"] == step and m.get("val_loss") is not None:
             return float(m["val_loss"])
-    return math.inf if run.status == "diverged" else None
+    return math.inf if run.status == Status.DIVERGED else None
 
 
 def analyse(ctx: SuiteRuns) -> Analysis:
