@@ -1,4 +1,5 @@
-"""One registry type for the layouts, norms and probes (lnexp/core/layouts.py, lnexp/core/probe_kinds.py)."""
+"""One registry type for every vocabulary a plugin may extend: layouts and norms, probes, init recipes,
+data sources (lnexp.core) and suites (lnexp.experiments.reproduce)."""
 
 from __future__ import annotations
 

@@ -44,9 +44,6 @@ class DecodeError(LnexpError):
     """Bad decoding input (run, prompt, settings): printed as one line, exit code 2."""
 
 
-# --- loading a run ------------------------------------------------------------------------------------
-
-
 @dataclass
 class Loaded:
     """A run's trained model (on the CPU, eval mode), its validated config and its tokenizer."""
@@ -354,7 +351,3 @@ def decode(model: TransformerLM, prompt: Sequence[int], strategy: str, *, n: int
     generator = torch.Generator(model.tok_emb.weight.device).manual_seed(seed)
     return generate(model, prompt, make_picker(strategy, temperature, k, p), 1 if strategy == "greedy" else n,
                     max_new_tokens, generator, stop, use_cache)
-
-
-# --- decode-stats -----------------------------------------------------------------------------------
-

@@ -330,6 +330,3 @@ def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -
     fig.suptitle(f"{name}: {kind.title} by layer")
     fig.tight_layout()
     return fig
-
-
-# --- a sweep's figures -----------------------------------------------------------------------------

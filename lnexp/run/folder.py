@@ -1,4 +1,4 @@
-"""The run folder: writing it as a run goes, and reading it back (also from runs killed mid-way).
+"""The run folder, written as a run goes (lnexp.run.reader reads it back, lnexp.run.rows queries its lines).
 
     runs/<name>/config.yaml    the fully resolved config, after overrides
     runs/<name>/meta.json      status, command, seed, versions, device, times, git commit

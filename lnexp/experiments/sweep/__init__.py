@@ -3,12 +3,13 @@
     runs/<sweep>/sweep.json    the sweep: config, grids, seeds, and one entry per cell
     runs/<sweep>/<cell>/       a run folder (lnexp.run.folder), named from the cell's overrides
 
-Every cell's config is built with `config.load_config` and validated before any cell runs, so a bad
-grid value is one line, exit code 2, and nothing written. A cell whose folder already holds a
-finished run (summary status completed or diverged) is skipped: re-running a sweep resumes it. Cells
-run in this process (`jobs=1`) or in a pool of worker processes that share the CPU threads.
+Every cell's config is built with `config.load_config` and validated before any cell runs (`grid`), so
+a bad grid value is one line, exit code 2, and nothing written. A cell whose folder already holds a
+finished run (completed or diverged) is skipped (`state.plan`): re-running a sweep resumes it. Cells
+run in this process or in a pool of worker processes that share the CPU threads (`pool`), or as
+SLURM jobs (`slurm`, `cell_job`); `results`, `tables` and `figures` read a sweep folder back.
 
-This module imports no torch at import time (`lnexp --help` stays fast); `preflight` and the runners do.
+This package imports no torch at import time (`lnexp --help` stays fast); `preflight` and the runners do.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from lnexp.experiments.sweep.state import plan
 from lnexp.run.folder import now, write_json
 from lnexp.run.reader import RunError, read_status
 
-# --- running ---------------------------------------------------------------------------------------
 
 def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     from lnexp.experiments.sweep.slurm import read_records
@@ -109,10 +109,3 @@ def _train_command(sweep: Sweep, cell: Cell) -> list[str]:
     sets = [*sweep.sets, *cell.overrides, f"run.name={cell.name}", f"run.dir={sweep.root}"]
     return ["lnexp", "train", sweep.config_file, *(a for s in sets for a in ("--set", s)),
             *(a for p in cell.config.plugins for a in ("--plugin", p)), "--quiet"]
-
-
-# --- the summary -----------------------------------------------------------------------------------
-
-# --- reading a sweep folder back (figures) ---------------------------------------------------------
-
-# --- terminal output -------------------------------------------------------------------------------

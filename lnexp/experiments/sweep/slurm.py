@@ -308,6 +308,3 @@ def status_rows(root: Path, cells: list[Cell]) -> list[tuple[Cell, str, str]]:
         live = record is not None and read_status(cell.path) not in FINISHED and job_live(root, record)
         rows.append((cell, *cell_state(root, cell, record, live)))
     return rows
-
-
-# --- inside the job ----------------------------------------------------------------------------------
