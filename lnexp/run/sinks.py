@@ -107,7 +107,7 @@ class TensorBoard:
             return
         metrics = final_metrics(summary)
         file_writer = self.writer._get_file_writer()
-        for proto in hparams_summaries({**hparams(self.config), "status": status}, metrics):
+        for proto in hparams_summaries({**hparams(self.config), "status": str(status)}, metrics):
             file_writer.add_summary(proto)
         step = summary.get("steps_done") or 0
         for tag, value in metrics.items():
@@ -136,7 +136,8 @@ class WandB:
                 self.last = step
 
     def finish(self, status: Status, summary: dict[str, Any]) -> None:
-        self.run.summary.update({"status": status, **final_metrics(summary)})
+        # its value: W&B would write an Enum by its name
+        self.run.summary.update({"status": str(status), **final_metrics(summary)})
         self.run.finish(exit_code=0 if status in FINISHED else 1)
 
 
