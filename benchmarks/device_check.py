@@ -461,12 +461,16 @@ def machine(dry: bool) -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "CPU"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    try:  # the device machine's copy of the checkout may have no .git, or no git
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
     return {"device": device, "gpus": torch.cuda.device_count(), "dry_run": dry,
             "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
             "peak_tflops": peak_tflops(torch.device("cuda"), None) if cuda else None,
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "lnexp": __version__, "commit": commit.stdout.strip() or "unknown", "cores": os.cpu_count(),
+            "lnexp": __version__, "commit": commit or "unknown", "cores": os.cpu_count(),
             "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "command": " ".join(sys.argv)}
 
 
