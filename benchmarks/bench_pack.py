@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 
-from lnexp.core.config import Config, validate
+from lnexp.core.config import Config, apply_sets, validate
 from lnexp.data.sources import load_data
 from lnexp.experiments.reproduce.engine import SCALES
 from lnexp.run.pack import Pack
@@ -36,8 +37,9 @@ ROUND = 5  # steps per timed round
 TARGET_M8 = {"tiny": 3.0, "small": 5.0}
 
 
-def cell_configs(scale: str, m: int) -> list[Config]:
-    raw = SCALES[scale].train
+def cell_configs(scale: str, m: int, sets: Sequence[str] = ()) -> list[Config]:
+    """M cells of the scale's training shape, `--set`-style `sets` applied to each (a smaller shape)."""
+    raw = apply_sets(SCALES[scale].train, list(sets))
     configs = []
     for i in range(m):
         cell = {k: dict(v) for k, v in raw.items()}
@@ -57,11 +59,11 @@ def sync() -> None:
 WAYS = ("packed", "alone", "one model")
 
 
-def measure(scale: str, m: int, rounds: int) -> dict[str, float]:
+def measure(scale: str, m: int, rounds: int, sets: Sequence[str] = ()) -> dict[str, float]:
     """Median tokens/s (all cells together) of M cells packed, of the same cells one by one and of one
     model on their M batches at once; and the medians over rounds of each round's ratios to "one by
     one" (a round's parts run back to back, so the machine's drift between rounds cancels)."""
-    configs = cell_configs(scale, m)
+    configs = cell_configs(scale, m, sets)
     data = load_data(configs[0].data, configs[0].model.arch)
     device = torch.device(configs[0].train.device)
     packed_trainers = [Trainer(c, data, device) for c in configs]

@@ -10,8 +10,10 @@
    `probe:<kind>` label per logging step, against the step itself. It resolves costs far below
    the whole-loop noise of a shared 2-core VM.
 3. The single model's step against nanoGPT's `GPT` (benchmarks/nanogpt_model.py, vendored): both
-   in the same bare AdamW loop, same shape (6 layers, d_model 128, Pre-LN, GELU, GPT-2 init, tied,
-   learned positions, biases) and data kind, taking turns every SEGMENT steps. Target >= 1.0x.
+   in the same bare AdamW loop, same shape and data kind, taking turns every SEGMENT steps
+   (`PAIRS`: at --shape cpu 6 layers, d_model 128, Pre-LN, GELU, GPT-2 init, tied, learned
+   positions, biases; at gpt2-small GPT-2 small as nanoGPT's bench.py runs it, bf16, compiled).
+   Target >= 1.0x.
 
     python benchmarks/bench_train.py                       # CPU shape, 2 cores
     python benchmarks/bench_train.py --shape gpt2-small    # on a GPU: bf16, compile
@@ -27,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -271,38 +274,75 @@ NANOGPT_SHAPE = {"n_layers": 6, "d_model": 128, "n_heads": 4, "d_ff": 512, "max_
                  "activation": "gelu", "init": "gpt2", "residual_scaling": "gpt2", "bias": True}
 
 
-def bare_loop(build: Callable[[], torch.nn.Module], segment_done: Callable[[], None], steps: int) -> None:
-    """A model in the barest AdamW loop: random bytes, 16 x 128 tokens, lr 1e-3."""
+@dataclass(frozen=True)
+class Pair:
+    """What `versus_nanogpt` builds both models at and feeds them: lnexp's model keys (nanoGPT's
+    GPTConfig is derived from them; its MLP is always 4 x d_model wide), random tokens, the device,
+    bf16 autocast, and torch.compile's backend (None: eager)."""
+
+    model: dict[str, Any]
+    vocab_size: int = 256
+    batch_size: int = 16
+    seq_len: int = 128
+    device: str = "cpu"
+    bf16: bool = False
+    compile: str | None = None
+
+    def describe(self) -> str:
+        m = self.model
+        biases = "" if m.get("bias", True) else " no biases"
+        return (f"{m['n_layers']} layers d_model {m['d_model']} {m['n_heads']} heads, Pre-LN GELU{biases}, "
+                f"vocab {self.vocab_size}, {self.batch_size} x {self.seq_len} tokens, {self.device}"
+                f"{', bf16 autocast' if self.bf16 else ''}, "
+                + (f"torch.compile ({self.compile})" if self.compile else "eager"))
+
+
+# GPT-2 small as nanoGPT's bench.py runs it: GELU, no biases, vocabulary padded to 50304, 12 x 1024 tokens
+PAIRS = {"cpu": Pair(NANOGPT_SHAPE),
+         "gpt2-small": Pair({**SHAPES["gpt2-small"]["model"], "activation": "gelu", "bias": False},
+                            vocab_size=50304, batch_size=12, seq_len=1024, device="cuda", bf16=True,
+                            compile="inductor")}
+
+
+def bare_loop(build: Callable[[], torch.nn.Module], segment_done: Callable[[], None], steps: int,
+              pair: Pair) -> None:
+    """A model in the barest AdamW loop (fused on CUDA): random tokens, lr 1e-3."""
     torch.manual_seed(0)
-    model = build()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    device = torch.device(pair.device)
+    model = build().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if device.type == "cuda" else None)
+    forward = torch.compile(model, backend=pair.compile) if pair.compile else model
+    generator = torch.Generator(device).manual_seed(0)
     for step in range(steps):
-        tokens = torch.randint(256, (16, 129), generator=generator)
-        _, loss = model(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+        tokens = torch.randint(pair.vocab_size, (pair.batch_size, pair.seq_len + 1), generator=generator,
+                               device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=pair.bf16):
+            _, loss = forward(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if (step + 1) % SEGMENT == 0:
-            loss.item()
+            loss.item()  # and the wait for the device
             segment_done()
 
 
-def versus_nanogpt(rounds: int) -> dict[str, Any]:
+def versus_nanogpt(rounds: int, pair: Pair = PAIRS["cpu"]) -> dict[str, Any]:
     """lnexp's TransformerLM against nanoGPT's GPT, alternating segments (nanoGPT, lnexp, nanoGPT,
-    ...); each lnexp segment against the mean of its two neighbours, median over rounds."""
+    ...); each lnexp segment against the mean of its two neighbours, median over rounds. The first
+    segment of each (and its compilation) warms up."""
     from nanogpt_model import GPT, GPTConfig
 
-    m = NANOGPT_SHAPE
-    lnexp_config = validate({"model": m}).model
-    nano_config = GPTConfig(block_size=m["max_seq_len"], vocab_size=256, n_layer=m["n_layers"],
-                            n_head=m["n_heads"], n_embd=m["d_model"], dropout=0.0, bias=True)
+    m = pair.model
+    lnexp_config = validate({"model": m, "train": {"seq_len": pair.seq_len}}).model
+    nano_config = GPTConfig(block_size=m["max_seq_len"], vocab_size=pair.vocab_size, n_layer=m["n_layers"],
+                            n_head=m["n_heads"], n_embd=m["d_model"], dropout=0.0, bias=m.get("bias", True))
     # nanoGPT runs rounds + 2 segments, lnexp rounds + 1 (one warm-up each): a loop with a segment
     # more than it is given turns for never ends (its thread waits for a turn, and `finish` for it)
     runner = Interleaved({"nanoGPT GPT": functools.partial(bare_loop, lambda: GPT(nano_config),
-                                                           steps=(rounds + 2) * SEGMENT),
-                          "lnexp": functools.partial(bare_loop, lambda: TransformerLM(lnexp_config, 256),
-                                                     steps=(rounds + 1) * SEGMENT)})
+                                                           steps=(rounds + 2) * SEGMENT, pair=pair),
+                          "lnexp": functools.partial(bare_loop,
+                                                     lambda: TransformerLM(lnexp_config, pair.vocab_size),
+                                                     steps=(rounds + 1) * SEGMENT, pair=pair)})
     for _ in range(rounds + 1):
         runner.give_turn("nanoGPT GPT")
         runner.give_turn("lnexp")
@@ -310,10 +350,11 @@ def versus_nanogpt(rounds: int) -> dict[str, Any]:
     runner.finish()
     timed = runner.log[2:]  # the first pair warms up
     relative = [(timed[i - 1][1] + timed[i + 1][1]) / 2 / timed[i][1] for i in range(1, len(timed) - 1, 2)]
-    tokens = SEGMENT * 16 * 128
+    tokens = SEGMENT * pair.batch_size * pair.seq_len
     return {"tokens_per_s": {name: tokens / statistics.median(s for n, s in timed if n == name)
                              for name in ("nanoGPT GPT", "lnexp")},
-            "ratio": median_interval(relative), "threads": torch.get_num_threads()}
+            "ratio": median_interval(relative), "threads": torch.get_num_threads(),
+            "first_segment_s": dict(runner.log[:2]), "pair": pair.describe()}
 
 
 def nanogpt_report(result: dict[str, Any]) -> str:
@@ -322,9 +363,9 @@ def nanogpt_report(result: dict[str, Any]) -> str:
     met = "yes" if low >= target else "no" if high < target else "within noise"
     speeds = ", ".join(f"{name} {value:,.0f}" for name, value in result["tokens_per_s"].items())
     return "\n".join([
-        f"bare AdamW loop, 6 layers d_model 128 Pre-LN GELU, 16 x 128 tokens, {result['threads']} threads "
-        f"(tokens/s, median segment: {speeds})", "",
-        "| speed ratio | median | 95% interval | target | met |", "| --- | --- | --- | --- | --- |",
+        f"bare AdamW loop, {result['pair']}, {result['threads']} threads "
+        f"(tokens/s, median segment: {speeds})",
+        "", "| speed ratio | median | 95% interval | target | met |", "| --- | --- | --- | --- | --- |",
         f"| lnexp / nanoGPT GPT | {median:.3f} | {low:.3f} - {high:.3f} | >= {target} | {met} |"])
 
 
@@ -335,7 +376,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--only-nanogpt", action="store_true", help="only part 3, against nanoGPT's GPT")
     args = parser.parse_args()
-    print(nanogpt_report(versus_nanogpt(args.rounds)))
+    print(nanogpt_report(versus_nanogpt(args.rounds, PAIRS[args.shape])))
     print()
     if args.only_nanogpt:
         return
