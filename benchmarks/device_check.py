@@ -51,7 +51,7 @@ on shared cores: a second thread only waits): a tiny GPT pair compiled by the `a
 (dynamo and AOT autograd; inductor's code generation alone takes a minute or more on 2 cores), cells of
 d_model 16 on a synthetic task (`pack` at one shape: the cut makes the three alike), and a `dry-run`
 reproduction scale (xiong2020-init at depths 2 and 3, xiong2020-warmup at one learning rate, one seed,
-4 steps) that the part's process registers before it calls `lnexp reproduce ... --scale dry-run`.
+4 steps), passed to `lnexp.experiments.reproduce.reproduce`, the call `lnexp reproduce` makes.
 """
 
 from __future__ import annotations
@@ -302,16 +302,15 @@ def part_ddp(rec: Recorder, dry: bool, work: Path) -> None:
 
 # --- 3. reproduce, timed ---------------------------------------------------------------------------
 
-def register_dry_run_scale() -> None:
-    """Adds a `dry-run` scale to the reproduction's scales, in this process only, so the dry run types
-    the same `lnexp reproduce` command as the GPU run: `tiny`, cut to seconds."""
+def dry_run_scale() -> Any:
+    """`tiny`, cut to seconds: the scale the dry run reproduces at (the GPU run: `small`)."""
     from lnexp.core.config import apply_sets
     from lnexp.experiments.reproduce.engine import SCALES
     from lnexp.experiments.reproduce.suites import xiong_init, xiong_warmup
 
     tiny = SCALES["tiny"]
     shrink = [*DRY_SETS, "train.steps=4", "train.eval_every=2", "log.grad_every=2", "log.loss_every=2"]
-    SCALES["dry-run"] = replace(
+    return replace(
         tiny, name="dry-run", train=apply_sets(tiny.train, shrink), init=apply_sets(tiny.init, DRY_SETS),
         seeds=1, init_seeds=1, warmup=2, suite_params={"xiong2020-init": xiong_init.Params((2, 3), 2),
                                                        "xiong2020-warmup": xiong_warmup.Params((3e-3,))})
@@ -345,22 +344,23 @@ def reproduce_rows(out: Path, suite: str, total: int) -> list[list[Any]]:
 
 
 def part_reproduce(suite: str, rec: Recorder, dry: bool, work: Path) -> None:
-    from lnexp.experiments.reproduce import SCALES, SUITES
+    """`lnexp reproduce SUITE --scale small` through the library call the command makes (the dry run's
+    scale is no name the command line accepts)."""
+    from lnexp.experiments.reproduce import SCALES, SUITES, reproduce
     from lnexp.experiments.reproduce.engine import make_cells
 
-    if dry:
-        register_dry_run_scale()
-    scale = "dry-run" if dry else "small"
+    scale = dry_run_scale() if dry else SCALES["small"]
     out = work / f"reproduce-{suite}"
-    cells = make_cells(SCALES[scale], SUITES[suite].specs(SCALES[scale]), out, None)
+    cells = make_cells(scale, SUITES[suite].specs(scale), out, None)
     total = len({id(cell) for cell in cells.values()})  # specs of the same config share a cell
-    with rec.entry(f"lnexp reproduce {suite} --scale {scale}", out=str(out), suite=suite, total=total
+    with rec.entry(f"lnexp reproduce {suite} --scale {scale.name}", out=str(out), suite=suite, total=total
                    ) as entry:
-        code = lnexp_cli(["reproduce", suite, "--scale", scale, "--out", str(out), "--quiet",
-                          *(["--threads", "1"] if dry else [])])
-        entry["rows"] += reproduce_rows(out, suite, total)
-        if code:
-            raise RuntimeError(f"lnexp reproduce exited with {code}")
+        try:
+            outcome = reproduce(suite, scale, out=out, threads=1 if dry else None)
+        finally:
+            entry["rows"] += reproduce_rows(out, suite, total)
+        if outcome.failed:
+            raise RuntimeError(f"{len(outcome.failed)} run(s) failed: {next(iter(outcome.failed.values()))}")
 
 
 # --- the parts, run one by one in their own processes ----------------------------------------------
