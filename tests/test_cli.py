@@ -1,6 +1,8 @@
 """The command line itself: sub-commands, the one-line errors, the shared option declarations."""
 
 import re
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -148,3 +150,14 @@ def test_the_choices_are_the_library_s():
     assert [s.value for s in Scale] == list(SCALES)
     assert [k.value for k in LauncherKind] == list(typing.get_args(Launcher.model_fields["kind"].annotation))
     assert [m.value for m in Metric] == ["loss", *SCORES]
+
+
+def test_help_imports_neither_torch_nor_the_config_schema():
+    """`lnexp --help` stays fast: the commands import the heavy modules (torch, pydantic's schema, the
+    experiments) when they run, not when the command line is built."""
+    code = ("import sys, runpy; sys.argv = ['lnexp', '--help']\n"
+            "try:\n    runpy.run_module('lnexp', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'pydantic', 'lnexp.core.config', 'lnexp.experiments.sweep')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

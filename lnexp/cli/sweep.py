@@ -11,7 +11,6 @@ from lnexp.cli._groups import fail, with_default
 from lnexp.cli._options import Force, Jobs, LauncherOptions, Plugins, Quiet, Sets, launcher_options
 from lnexp.cli._output import notes, sweep_figures
 from lnexp.core.status import FINISHED, Status
-from lnexp.experiments.sweep.state import WAITING
 
 app = typer.Typer(cls=with_default("run"), help="Train a grid of configs x seeds, or show a sweep's "
                   "state.\n\n`lnexp sweep CONFIG ...` is `lnexp sweep run CONFIG ...`.")
@@ -49,6 +48,7 @@ def run(
     from lnexp.experiments import sweep as sweeps
     from lnexp.experiments.sweep import tables
     from lnexp.experiments.sweep.grid import expand
+    from lnexp.experiments.sweep.state import WAITING
     from lnexp.report import console
 
     plan = expand(config, grid, seeds=seeds, sets=set_, name=name, jobs=jobs,
