@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,14 +389,15 @@ def new_run(config: Config, source: str, command: list[str] | None = None, force
 
 
 def resume(path: Path, command: list[str] | None = None, progress: Progress | None = None,
-           stop: Stop | None = None) -> Outcome:
+           stop: Stop | None = None, trust: Sequence[str | Path] = ()) -> Outcome:
     """Continue an interrupted or failed run from its checkpoint; later lines are rewritten. Refused
-    while another process holds the run."""
-    trainer, writer, step, history = reopen_run(path, command)
+    while another process holds the run. `trust`: the `--plugin` files trusted as the plugins its
+    config names (lnexp.core.plugins.trusted)."""
+    trainer, writer, step, history = reopen_run(path, command, trust)
     return train_runs([LiveRun.of(trainer, writer, path, history, progress)], step, stop)[0]
 
 
-def reopen_run(path: Path, command: list[str] | None = None
+def reopen_run(path: Path, command: list[str] | None = None, trust: Sequence[str | Path] = ()
                ) -> tuple[Trainer, RunWriter | None, int, History]:
     """An interrupted run's trainer restored from its checkpoint, its folder reopened at the
     checkpoint's step, and what it had logged before (`resume`'s setup, shared with lnexp.run.pack)."""
@@ -418,7 +419,8 @@ def reopen_run(path: Path, command: list[str] | None = None
     problem = checkpoint_problem(state)
     if problem:
         raise RunError(f"{file}: malformed checkpoint ({problem})")
-    config = validate(state["config"], source=str(file))
+    needed = plugins.trusted(state["config"].get("plugins", []), run.meta.get("plugins"), trust, path)
+    config = validate({**state["config"], "plugins": needed}, source=str(file))
     data, dist, device = prepare(config, str(path / "config.yaml"))
     trainer = Trainer(config, data, device, dist)
     try:
