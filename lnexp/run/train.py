@@ -49,7 +49,7 @@ from lnexp.run.hardware import (
     flops_per_token,
     gather,
     init_distributed,
-    memory_bytes,
+    memory_available,
     peak_tflops,
 )
 from lnexp.run.probes import Probes, Reading, radam_rho
@@ -293,8 +293,9 @@ ACTIVATION_FACTOR = 12
 def _check_fits(config: Config, vocab_size: int, device: torch.device) -> None:
     """Refuse a run whose weights, gradients and Adam moments (16 bytes a parameter), plus the
     activations one training step keeps (ACTIVATION_FACTOR x d_model, 2 x d_ff and the attention
-    weights per token and layer, the logits per token) and the validation batches, exceed the
-    device's memory."""
+    weights per token and layer, the logits per token) and the validation batches, exceed what the
+    device can still give it (on a CPU the smallest of free memory, RLIMIT_AS and the cgroup's
+    limit: lnexp.run.hardware.memory_available)."""
     m, t = config.model, config.train
     n_params = m.n_layers * (4 * m.d_model**2 + 2 * m.d_model * m.d_ff) \
         + (vocab_size + m.max_seq_len) * m.d_model
@@ -302,15 +303,18 @@ def _check_fits(config: Config, vocab_size: int, device: torch.device) -> None:
         + 2 * vocab_size
     activations = t.batch_size * t.seq_len * per_token * (2 if uses_bf16(config, device) else 4)
     val_batches = t.eval_batches * t.batch_size * t.seq_len * 8 * 3  # int64 tokens: inputs, targets
-    weights, available = 16 * n_params, memory_bytes(device)
-    if available and weights > available:
+    weights, available = 16 * n_params, memory_available(device)
+    if available is None:
+        return
+    room = f"the {available.bytes / 2**30:.1f} GiB of {available.what}"
+    if weights > available.bytes:
         raise ConfigError(f"model: {n_params:,} parameters need at least {weights / 2**30:.1f} GiB, "
-                          f"more than the {available / 2**30:.1f} GiB of {device}")
+                          f"more than {room}")
     needed = weights + activations + val_batches
-    if available and needed > available:
+    if needed > available.bytes:
         raise ConfigError(f"train.batch_size: {t.batch_size} sequences of {t.seq_len} tokens need at "
                           f"least {needed / 2**30:.1f} GiB (weights, optimiser and activations), more than "
-                          f"the {available / 2**30:.1f} GiB of {device}")
+                          f"{room}")
 
 
 def run_meta(config: Config, source: str, command: list[str], device: torch.device, data: Data,
