@@ -266,6 +266,7 @@ def test_numbers_sort_as_numbers_and_wide_tables_turn(pair, tmp_path, monkeypatc
     cells = [tmp_path / "runs" / f"cell-{i:02d}" for i in range(14)]  # a sweep's worth of columns
     for cell in cells:
         shutil.copytree(post, cell)
+    monkeypatch.setattr(console.Output, "is_terminal", True)  # a terminal's width counts; a pipe's not
     monkeypatch.setattr(console.stdout, "width", 120)
     narrow = invoke("compare", *cells)
     assert narrow.exit_code == 0
@@ -289,6 +290,7 @@ def test_runs_shows_an_unfinished_runs_last_val_loss_at_its_step(pair, tmp_path,
     result = invoke("runs", tmp_path / "runs")
     row = next(line for line in result.stdout.splitlines() if line.strip().startswith("pre "))
     assert f"{last['val_loss']:.4g} @ {last['step']}" in row
+    monkeypatch.setattr(console.Output, "is_terminal", True)
     monkeypatch.setattr(console.stdout, "width", 30)
     narrow = invoke("runs", tmp_path / "runs")
     assert narrow.exit_code == 0 and "pre" in narrow.stdout.splitlines()  # the whole name, on its own line

@@ -289,7 +289,7 @@ def test_generate_prints_plain_text_and_is_reproducible(run_dir):
     first, second = runner.invoke(app, args), runner.invoke(app, args)
     assert first.exit_code == 0 and first.stdout == second.stdout
     ids = json.loads(runner.invoke(app, [*args, "--json"]).stdout)["outputs"][0]["ids"]
-    assert first.stdout == dec.printable(ByteTokenizer().decode(ids)) + "\n"
+    assert first.stdout == dec.printable(ByteTokenizer().decode(list(b"def ") + ids)) + "\n"  # prompt first
     several = runner.invoke(app, ["generate", str(run_dir), "--prompt", "a", "--strategy", "beam",
                                   "--n", "2"])
     assert several.exit_code == 0 and several.stdout.count("--- ") == 2 and "log p" in several.stdout

@@ -523,9 +523,10 @@ def test_top_k_keeps_tied_tokens_by_position():
 def test_collapse_is_a_band_around_the_unigram_loss():
     from lnexp.run.train import collapse_report
 
-    assert collapse_report([], 3.0, 4.9)["collapsed"] is False  # untrained: far above, not collapsed
-    assert collapse_report([], 3.0, 3.02)["collapsed"] is True
-    assert collapse_report([], 3.0, 2.0)["collapsed"] is False
+    plateau = [{"step": s, "loss": 3.0} for s in range(100)]
+    assert collapse_report([], 3.0, 4.9, plateau)["collapsed"] is False  # untrained: far above
+    assert collapse_report([], 3.0, 3.02, plateau)["collapsed"] is True
+    assert collapse_report([], 3.0, 2.0, plateau)["collapsed"] is False
 
 
 def test_a_saved_config_trains_again_under_a_fresh_name(tmp_path, write_config):

@@ -150,7 +150,8 @@ def test_a_plugin_layout_norm_and_probe_train_compare_and_sweep(folder):
     assert swept.exit_code == 0, swept.output
     cells = sorted(p.name for p in (folder / "runs" / "peri").glob("*/meta.json"))
     assert len(cells) == 2
-    generated = invoke("generate", run, "--prompt", "\x01\x02", "--max-new-tokens", "4")
+    generated = invoke("generate", run, "--prompt", "\x01\x02", "--max-new-tokens", "4", "--plugin",
+                       "my_norms.py")
     assert generated.exit_code == 0, generated.output
 
 

@@ -149,9 +149,11 @@ def test_collapse_report_flips_with_the_data():
                 for i, v in enumerate(values)]
 
     probes = grads(0, [1.0, 1.0, 1.0]) + grads(10, [1.0, 1e-4, 0.5])
-    assert collapse_report(probes, 2.0, 1.97) == {"unigram_entropy": 2.0, "collapsed": True, "dead_layers": 1}
-    assert collapse_report(probes, 2.0, 1.5)["collapsed"] is False
-    assert collapse_report(grads(0, [1.0]) + grads(10, [0.5]), 2.0, 1.5)["dead_layers"] == 0
+    plateau = [{"step": s, "loss": 2.0} for s in range(20)]
+    assert collapse_report(probes, 2.0, 1.97, plateau) == {"unigram_entropy": 2.0, "collapsed": True,
+                                                           "dead_layers": 1}
+    assert collapse_report(probes, 2.0, 1.5, plateau)["collapsed"] is False
+    assert collapse_report(grads(0, [1.0]) + grads(10, [0.5]), 2.0, 1.5, plateau)["dead_layers"] == 0
 
 
 def test_unigram_entropy_is_computed_from_the_corpus(tmp_path):

@@ -84,7 +84,8 @@ Sets = Annotated[list[str], typer.Option(
     "in every run).")]
 Plugins = Annotated[list[Path], typer.Option(
     "--plugin", help="A Python file whose layouts, norms, probes and suites register, like the built-in "
-    "ones (repeatable; see docs/plugins.md).", show_default=False)]
+    "ones; for a run folder's model, the file trusted as a plugin its config names (its sha256 must be the "
+    "one meta.json recorded). Repeatable; see docs/plugins.md.", show_default=False)]
 Force = Annotated[bool, typer.Option("--force", help="Train again what is already trained, replacing its run "
                                      "folder (a sweep: its finished cells).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress on stderr (no bar, no line per run).")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +15,7 @@ from lnexp.cli._options import (
     Json,
     LengthPenalty,
     MaxNewTokens,
+    Plugins,
     Seed,
     Temperature,
     Threads,
@@ -23,14 +24,19 @@ from lnexp.cli._options import (
     TranslateStrategy,
 )
 
+if TYPE_CHECKING:
+    from lnexp.data.tokenizers import Tokenizer
+
 RunFolder = Annotated[Path, typer.Argument(help="Run folder (with model.pt).")]
 
 
 def generate(
     run: RunFolder,
-    prompt: Annotated[str, typer.Option(help="Text to continue (in the run's tokens: UTF-8 bytes, or its "
-                                        "tokenizer.json's).",
-                                        show_default=False)],
+    prompt: Annotated[str | None, typer.Option(help="Text to continue (in the run's tokens: UTF-8 bytes, "
+                                               "or its tokenizer.json's).", show_default=False)] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="A UTF-8 file whose text, as it is (a final "
+                                                     "newline included), is the prompt.",
+                                                     show_default=False)] = None,
     strategy: Annotated[DecodeStrategy, typer.Option(
         help="greedy (argmax), sample (multinomial from the softmax), top-k, top-p (nucleus) or "
         "beam.")] = DecodeStrategy.greedy,
@@ -47,9 +53,10 @@ def generate(
     seed: Seed = 0,
     json_: Json = False,
     threads: Threads = 1,
+    plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
-    """Continue --prompt with the model of RUN and print the generated text (--json: per output, its
-    text, token ids and joint log-probability).
+    """Continue --prompt (or --prompt-file) with the model of RUN and print the prompt and its
+    continuation (--json: per output, its text, token ids and joint log-probability).
 
     Joint log-probabilities are under the untempered model. Keys and values are cached (cost per
     token linear in length); past model.max_seq_len tokens the context is a sliding window.
@@ -65,12 +72,18 @@ def generate(
     torch.set_num_threads(threads)
     settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, k=k, p=p, beams=beams, seed=seed)
     dec.check_settings(strategy.value, n=n, alpha=length_penalty, **settings)
+    if (prompt is None) == (prompt_file is None):
+        raise fail("give the prompt as --prompt TEXT or --prompt-file FILE (one of them)")
+    source = "--prompt" if prompt is not None else str(prompt_file)
+    if prompt_file is not None:
+        prompt = _read_text(prompt_file)
     if not prompt:
-        raise dec.DecodeError("--prompt is empty")
+        raise dec.DecodeError(f"{source} is empty")
     if stop == "":
         raise dec.DecodeError("--stop is empty")
-    loaded = load_model(run)
-    prompt_ids = dec.encode(loaded.tokenizer, prompt, "--prompt")
+    loaded = load_model(run, trust=plugin)
+    prompt_ids = dec.encode(loaded.tokenizer, prompt, source)
+    _warn_unknown(loaded.tokenizer, [prompt], source)
     stop_ids = dec.encode(loaded.tokenizer, stop, "--stop") if stop else []
     outputs = dec.decode(loaded.model, prompt_ids, strategy.value, n=n, alpha=length_penalty, stop=stop_ids,
                          **settings)
@@ -84,7 +97,30 @@ def generate(
         if len(outputs) > 1:
             score = f", score {out.score:.4g}" if out.score is not None else ""
             typer.echo(f"--- {i + 1}/{len(outputs)} (log p {out.logprob:.4g}{score}) ---")
-        typer.echo(dec.printable(loaded.tokenizer.decode(out.ids)))
+        # decoded together: a character whose bytes straddle the prompt's end is shown whole
+        typer.echo(dec.printable(loaded.tokenizer.decode(prompt_ids + out.ids)))
+
+
+def _warn_unknown(tokenizer: Tokenizer, texts: list[str], what: str) -> None:
+    """A warning naming the words the run's tokenizer reads as <unk> (the model sees them as one)."""
+    from lnexp.cli._output import notes
+
+    words = list(dict.fromkeys(word for text in texts for word in tokenizer.unknown(text)))
+    if words:
+        shown = ", ".join(map(repr, words[:5])) + (f" and {len(words) - 5} more" if len(words) > 5 else "")
+        notes([f"{what}: not in the run's vocabulary, read as <unk>: {shown}"], "warning")
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 file of at most 1 MiB (a prompt, prompts); DecodeError naming it otherwise."""
+    from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
+    from lnexp.decode.search import DecodeError
+
+    try:
+        return read_regular(path, CONFIG_LIMIT).decode("utf-8")
+    except (FileProblem, UnicodeDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+        raise DecodeError(f"{path}: cannot read ({why})") from None
 
 
 def decode_stats(
@@ -103,6 +139,7 @@ def decode_stats(
     json_: Json = False,
     plot: FigureFile = None,
     threads: Threads = 1,
+    plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Compare greedy, sample, top-k, top-p and beam on the same prompts: log-probability per token and
     joint, distinct-1/2, repetition, next-token entropy; a table and a figure (--plot, default
@@ -122,17 +159,10 @@ def decode_stats(
         dec.check_settings(strategy, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
                            k=k, p=p, beams=beams, seed=seed)
     if prompts is not None:
-        from lnexp.core.files import CONFIG_LIMIT, FileProblem, read_regular
-
-        try:
-            lines = read_regular(prompts, CONFIG_LIMIT).decode("utf-8").splitlines()
-        except (FileProblem, UnicodeDecodeError) as exc:
-            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
-            raise dec.DecodeError(f"{prompts}: cannot read ({why})") from None
-        texts = [line for line in lines if line.strip()]
+        texts = [line for line in _read_text(prompts).splitlines() if line.strip()]
         if not texts:
             raise dec.DecodeError(f"{prompts}: no prompts (one per line)")
-    loaded = load_model(run)
+    loaded = load_model(run, trust=plugin)
     model = loaded.model
     ids = [dec.encode(loaded.tokenizer, t, str(prompts)) for t in texts] if prompts is not None else \
         stats.default_prompts(loaded, seed)
@@ -174,6 +204,7 @@ def translate(
                                                        "train.seq_len).", show_default=False)] = None,
     json_: Json = False,
     threads: Threads = 1,
+    plugin: Plugins = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Translate --text or --input FILE with the encoder-decoder of RUN, or score it with --eval.
 
@@ -195,10 +226,11 @@ def translate(
     dec.check_settings(how, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens or 1)
     sources = translation.read_sources(input_) if input_ is not None else [text] if text is not None \
         else []
-    loaded = load_model(run, arch="encoder_decoder")
+    loaded = load_model(run, arch="encoder_decoder", trust=plugin)
     if eval_:
         result = translation.evaluate_run(run, loaded, n=n, strategy=how, beams=beams, alpha=length_penalty)
     else:
+        _warn_unknown(loaded.tokenizer, sources, "--text" if text is not None else str(input_))
         result = {"translations": translation.translate_texts(
             loaded, sources, strategy=how, beams=beams, alpha=length_penalty, max_new_tokens=max_new_tokens)}
     if json_:

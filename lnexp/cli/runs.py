@@ -17,7 +17,8 @@ def compare(
     runs: Annotated[list[str], typer.Argument(help="Run folders, or globs (quoted: lnexp expands them).")],
     all_: Annotated[bool, typer.Option("--all", help="Every config key, not only the differing.")] = False,
     probe: Annotated[str, typer.Option(help="Per-layer profile of: " + ", ".join(
-        f"{name} ({title})" for name, title in row_titles().items()) + "; or a plugin's.")] = "grad",
+        f"{name} ({title})" for name, title in row_titles().items()) + "; or a probe the runs logged (a "
+        "plugin's, by name).")] = "grad",
     param: Annotated[str | None, typer.Option(
         help="Weight role of a per-weight profile (attn.q, ..., ffn.fc2; default ffn.fc2), or all: a "
              "layer's combined norm. rank: resid|attn|cross|ffn.erank|pr|aniso (default resid.erank); "
@@ -37,7 +38,6 @@ def compare(
                                            "train.eval_bleu_every logged.")] = Metric.loss,
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
-    from lnexp.core.probe_kinds import default_param
     from lnexp.report import compare as comparison
     from lnexp.report import console
 
@@ -47,12 +47,13 @@ def compare(
         raise fail("--json and --markdown: choose one")
     if metric is not Metric.loss and plot is None:
         raise fail("--metric: chooses the curves of the figure; give --plot FILE")
-    loaded, found = comparison.load_runs(runs)  # and their plugins' probes
+    loaded, found = comparison.load_runs(runs)  # never their plugins: a run folder is data
     if not loaded:
         raise fail("nothing to compare: " + "; ".join(found))
-    if probe not in row_titles():
-        raise fail(f"--probe: must be one of {', '.join(row_titles())}, got {probe!r}")
-    param = param or default_param(probe)
+    choices = comparison.probe_choices(loaded)
+    if probe not in choices:
+        raise fail(f"--probe: must be one of {', '.join(choices)}, got {probe!r}")
+    param = param or comparison.profile_param(loaded, probe)
 
     c = comparison.build(loaded, probe=probe, param=param, at="last" if at == "last" else int(at),
                          all_keys=all_, notes=found, group_by=group_by)

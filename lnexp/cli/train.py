@@ -56,7 +56,7 @@ def train(
                                        cfg.log.print_every if cfg else None) as progress:
             outcome = training.train(cfg, str(config), command, force=force, progress=progress,
                                      on_ready=warn) \
-                if cfg else training.resume(resume, command, progress=progress)
+                if cfg else training.resume(resume, command, progress=progress, trust=plugin)
     except LnexpError:
         raise
     except Exception as exc:  # the run folder already says "failed" and why

@@ -39,6 +39,7 @@ import hashlib
 import math
 import mmap
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Callable
@@ -526,14 +527,30 @@ def _column(cfg: DataConfig, split: Any, field: str, split_key: str) -> list[str
     return values
 
 
+HUB_TIMEOUT_S = 3.0  # to reach the hub before it counts as unreachable (datasets' own retries take ~30 s)
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # `name` or `owner/name`
+
+
 def _hf_split(cfg: DataConfig, split: str, key: str) -> Any:
-    """One split of the dataset; ConfigError naming the key that is wrong."""
+    """One split of the dataset; ConfigError naming the key that is wrong. A name that can only be a
+    folder and is not one, or a hub that cannot be reached, is said in one line within seconds,
+    without the hub client's retries and log lines."""
     try:
         import datasets
+        from huggingface_hub.utils import logging as hub_logging
     except ImportError:
         raise ConfigError("data.source: hf needs Hugging Face datasets: pip install 'lnexp[hf]'") from None
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # "Retrying in 1s" lines: the one line below says it all
+    name = cfg.dataset
+    local = Path(name).expanduser().exists()
+    if not local and (name.startswith((".", "~", "/")) or not _REPO_ID.fullmatch(name)):
+        raise ConfigError(f"data.dataset: {name}: no such folder")
+    offline = getattr(datasets.config, "HF_HUB_OFFLINE", False) or \
+        getattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    if not local and not offline:
+        _check_hub(name)
     try:
         return datasets.load_dataset(cfg.dataset, cfg.config, split=split)
     except ValueError as exc:
@@ -541,9 +558,25 @@ def _hf_split(cfg: DataConfig, split: str, key: str) -> Any:
         blamed = key if message.startswith("Unknown split") else \
             "data.config" if "BuilderConfig" in message or "Config name" in message else "data.dataset"
         raise ConfigError(f"{blamed}: {cfg.dataset}: {message}") from None
-    except Exception as exc:  # not found, no network: datasets' own words
+    except Exception as exc:  # not found, not cached (offline): datasets' own words
         message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise ConfigError(f"data.dataset: {cfg.dataset}: {message}") from None
+        also = " (nor is it a local folder)" if "/" in name and not local else ""
+        raise ConfigError(f"data.dataset: {name}: {message}{also}") from None
+
+
+def _check_hub(name: str) -> None:
+    """ConfigError, at once, when the hub does not answer within HUB_TIMEOUT_S (through the hub
+    client's own session: its proxies and HF_ENDPOINT count)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT_S)
+    except Exception as exc:  # any answer, even an error status, means the hub is reachable
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigError(f"data.dataset: {name}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be "
+                          f"reached ({why}); a dataset in the local cache loads with HF_HUB_OFFLINE=1, and "
+                          "a local folder of data files as data.dataset: ./FOLDER") from None
 
 
 def bits_per_byte(loss: float | None, data: Data) -> float | None:

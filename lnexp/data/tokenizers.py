@@ -28,6 +28,18 @@ TOKENIZER_FILE = "tokenizer.json"
 BOS, EOS = 1, 2
 SPECIALS = 3
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0-3: PAD, BOS, EOS as above, and unknown
+UNK = 3
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's, the `tokenizers` ByteLevel pre-tokenizer's), character ->
+    byte: a printable byte is its own character, the others are U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+_BYTE_OF = _byte_alphabet()
 
 
 class ByteTokenizer:
@@ -55,6 +67,9 @@ class ByteTokenizer:
             return " ".join(map(str, ids))
         return bytes(ids).decode("utf-8", errors="backslashreplace")
 
+    def unknown(self, text: str) -> list[str]:
+        return []  # every byte is a token
+
     def to_json(self) -> str | None:
         return None
 
@@ -76,6 +91,9 @@ class SymbolTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(str(i - self.offset) for i in ids if i >= self.offset)
+
+    def unknown(self, text: str) -> list[str]:
+        return []  # a number outside the vocabulary is refused (lnexp.decode.search.check_prompt)
 
     def to_json(self) -> str | None:
         return None
@@ -99,7 +117,21 @@ class HFTokenizer:
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        """The text of `ids`: PAD, BOS and EOS dropped, an unknown word shown as <unk>; a byte-level
+        BPE's bytes that are not valid UTF-8 (a character cut off) as \\xNN escapes, as ByteTokenizer
+        writes them (the library's decoder would put U+FFFD in their place)."""
+        ids = [i for i in ids if i >= UNK]
+        if self.kind != "bpe":
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+        tokens = [self.tokenizer.id_to_token(i) or "" for i in ids]
+        data = b"".join(token.encode() if token in SPECIAL_TOKENS else bytes(_BYTE_OF[c] for c in token)
+                        for token in tokens)
+        return data.decode("utf-8", errors="backslashreplace")
+
+    def unknown(self, text: str) -> list[str]:
+        """The words of `text` this tokenizer reads as <unk> (a word tokenizer's out-of-vocabulary words)."""
+        encoding = self.tokenizer.encode(text)
+        return [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == UNK]
 
     def to_json(self) -> str | None:
         return self.tokenizer.to_str()

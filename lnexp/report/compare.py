@@ -22,10 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from lnexp.core import plugins
 from lnexp.core.layouts import label as layout_label
 from lnexp.core.nested import flatten
-from lnexp.core.probe_kinds import by_row, profile_depth, row_titles
+from lnexp.core.probe_kinds import by_row, default_param, profile_depth, row_titles
 from lnexp.core.stats import mean_std
 from lnexp.core.status import Status
 from lnexp.report.console import fmt, profile_rows, profile_table
@@ -66,22 +65,11 @@ OPTIONAL_OUTCOME = ("final_val_bits_per_byte", "final_bleu", "final_chrf", "fina
 BEST_STYLE = "bold green"
 
 
-def load_plugins(run: Run) -> list[str]:
-    """Load the plugins a run's config names, so its layouts and probes are known here; a note for
-    each that cannot be."""
-    listed = run.config.get("plugins", [])
-    notes = []
-    for path in listed if isinstance(listed, list) else []:
-        try:
-            plugins.load(path)
-        except plugins.PluginError as exc:
-            notes.append(f"plugin {exc}")
-    return notes
-
-
 def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
     """Every run the paths or globs name, once each, in the order given. What cannot be read becomes a
-    note (one line each), so the runs that can be read are still shown."""
+    note (one line each), so the runs that can be read are still shown. The plugins a run's config
+    names are not loaded (a run folder is data: reading it runs no code from it); their probes are
+    shown by their rows' names (`probe_choices`)."""
     runs: list[Run] = []
     notes: list[str] = []
     seen: set[Path] = set()
@@ -102,8 +90,22 @@ def load_runs(patterns: list[str]) -> tuple[list[Run], list[str]]:
                 continue
             runs.append(run)
             notes.extend(f"{path}: {note}" for note in run.notes)
-            notes.extend(f"{path}: {note}" for note in load_plugins(run))
     return runs, notes
+
+
+def probe_choices(runs: list[Run]) -> dict[str, str]:
+    """`--probe`'s values and their titles: every declared probe's rows, and the probes these runs
+    logged that no declaration here knows (a plugin's, not loaded), titled by their names."""
+    logged = dict.fromkeys(r["probe"] for run in runs for r in run.probes)
+    return {**row_titles(), **{name: name for name in logged if by_row(name) is None}}
+
+
+def profile_param(runs: list[Run], probe: str) -> str:
+    """The profile shown when no --param is given: the declared default, or for a probe no declaration
+    knows, the first quantity the runs logged of it."""
+    if by_row(probe) is not None:
+        return default_param(probe)
+    return next((r["param"] for run in runs for r in run.probes if r["probe"] == probe), "all")
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -202,7 +204,10 @@ class Comparison:
 
     @property
     def profile_quantity(self) -> str:
-        kind, title = by_row(self.probe), row_titles()[self.probe]
+        kind = by_row(self.probe)
+        if kind is None:  # a probe this process has no declaration of (a plugin's): its rows' names
+            return f"{self.probe} {self.param}"
+        title = row_titles()[self.probe]
         weights = "all weights" if self.param == "all" else self.param
         return title if kind.entries == "layer" else kind.measures.get(self.param, self.param) \
             if kind.entries == "measures" else f"{title} of {weights}"

@@ -9,14 +9,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console, ConsoleDimensions
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lnexp.run.reader import load_run
 from lnexp.run.rows import layer_profile, logged_steps, profile_ratios
 
-stdout = Console(highlight=False)
+FULL_WIDTH = 100_000  # wider than any table: a pipe or a file gets each row whole, on one line
+
+
+class Output(Console):
+    """stdout: as wide as the terminal, or, piped or redirected (a script, a log), as wide as what is
+    printed, so that no table is cut at 80 columns or wrapped inside a cell, whatever COLUMNS says."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(FULL_WIDTH, size.height)
+
+
+stdout = Output(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -84,15 +97,16 @@ def training_progress(name: str, quiet: bool, print_every: int | None = None
     if not stderr.is_terminal:
         yield plain_progress(print_every)
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} tok/s"),
-               TimeRemainingColumn())
+    # until the first step is done the bar says what is happening instead of `0/? loss - lr -`
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
+               TextColumn("{task.fields[numbers]}"), TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=False) as bar:
-        task = bar.add_task(name, total=None, loss="-", lr="-", speed="-")
+        task = bar.add_task(name, total=None, steps="", numbers="loading the data and building the model")
 
         def update(done: int, total: int, row: dict) -> None:
-            bar.update(task, completed=done, total=total, loss=fmt(row.get("loss")),
-                       lr=fmt(row.get("lr"), 3), speed=fmt(row.get("tokens_per_s"), 3))
+            bar.update(task, completed=done, total=total, steps=f"{done}/{total}",
+                       numbers=f"loss {fmt(row.get('loss'))}  lr {fmt(row.get('lr'), 3)}  "
+                       f"{fmt(row.get('tokens_per_s'), 3)} tok/s")
 
         yield update
 

@@ -57,11 +57,12 @@ def layer_profile(rows: list[dict[str, Any]], probe: str, param: str, step: int)
         return [chosen[i] for i in sorted(chosen)]
     measures = kind is not None and kind.entries == "measures"
     named = measures or param == "all" or param.endswith((".weight", ".bias"))
-    name = param if named else param + ".weight"
+    # a probe without a declaration here (a plugin's, not loaded): its param as logged, or a weight's
+    names = {param} if named else {param + ".weight"} if kind is not None else {param, param + ".weight"}
     squares: dict[int, float] = {}
     for r in rows:
         if r["probe"] == probe and r["step"] == step and r["layer"] is not None \
-                and (name == "all" or r["param"] == name):
+                and (param == "all" or r["param"] in names):
             squares[r["layer"]] = squares.get(r["layer"], 0.0) + r["value"] ** 2
     return [squares[i] ** 0.5 for i in sorted(squares)]
 

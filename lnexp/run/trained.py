@@ -1,19 +1,23 @@
 """A run's trained model loaded back for decoding (`generate`, `decode-stats`, `translate`): its validated
-config, its tokenizer, its final weights (model.pt, torch.load with weights_only=True)."""
+config, its tokenizer, its final weights (model.pt, torch.load with weights_only=True), and the
+plugins its layouts or norms come from, only from files the user trusts (lnexp.core.plugins.trusted)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from lnexp.core import plugins
 from lnexp.core.model import build_model
 from lnexp.data.tokenizers import run_tokenizer
 from lnexp.decode.search import DecodeError, Loaded
 
 
-def load_model(path: str | Path, arch: str = "decoder") -> Loaded:
-    """The trained model of a run folder of `model.arch` arch, with its config and tokenizer."""
+def load_model(path: str | Path, arch: str = "decoder", trust: Sequence[str | Path] = ()) -> Loaded:
+    """The trained model of a run folder of `model.arch` arch, with its config and tokenizer. `trust`:
+    the `--plugin` files the user trusts as the plugins the run's config names."""
     from lnexp.core.config import ConfigError, validate
     from lnexp.run.reader import RunError, load_run
 
@@ -24,8 +28,9 @@ def load_model(path: str | Path, arch: str = "decoder") -> Loaded:
         raise DecodeError(str(exc)) from None
     if "config.yaml unreadable" in run.notes or not run.config:
         raise DecodeError(f"{path}: config.yaml missing or unreadable")
+    needed = plugins.trusted(run.config.get("plugins", []), run.meta.get("plugins"), trust, path)
     try:
-        config = validate(run.config, source=str(path / "config.yaml"))
+        config = validate({**run.config, "plugins": needed}, source=str(path / "config.yaml"))
     except ConfigError as exc:
         raise DecodeError(str(exc)) from None
     if config.model.arch != arch:

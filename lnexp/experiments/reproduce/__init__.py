@@ -14,6 +14,7 @@ an interrupted `lnexp reproduce` resumes, and re-running it only rewrites the re
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,12 +85,17 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     # the longest cells first: better packing of the worker processes
     unique.sort(key=lambda c: -c.config.train.steps * c.config.model.n_layers)
     work = plan(unique, mismatch="replace")
-    command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--out", str(out),
-               *(a for s in sets for a in ("--set", s))]
+    if launcher is not None and launcher.kind == "slurm":
+        from lnexp.experiments.sweep.slurm import check, launch
+
+        check(launcher)  # before anything is written
+    # what every run's meta.json and the reports record: every option that chose these runs or their speed
+    command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--jobs", str(jobs), "--out", str(out),
+               *(["--threads", str(threads)] if threads else []), *(["--pack", str(pack)] if pack else []),
+               *(["--layouts", ",".join(layouts)] if layouts else []),
+               *(a for p in plugins for a in ("--plugin", p)), *(a for s in sets for a in ("--set", s))]
     try:
         if launcher is not None and launcher.kind == "slurm":
-            from lnexp.experiments.sweep.slurm import launch
-
             results = launch(work, launcher, out, f"reproduce {scale.name}", lambda _: command, on_event,
                              detach)
         else:
@@ -110,7 +116,7 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
                         {s: cells[s] for s in specs[name]}, sets)
         analysis = SUITES[name].analyse(ctx)
         mark_missing(analysis.verdicts, list({id(c): c for c in ctx.cells.values()}.values()))
-        header = _header(name, scale, ctx, jobs, wall, len(work.todo), suite, out, sets)
+        header = _header(scale, ctx, wall, len(work.todo), command)
         note = (f"Rows that are not reproduced or inconclusive are measured results at scale `{scale.name}`, "
                 f"not refutations of the papers: {scale.paper_gap}. The numbers say how far each claim "
                 "is from its threshold.")
@@ -143,8 +149,9 @@ def mark_missing(verdicts: list[Verdict], cells: list[Cell]) -> None:
             v.verdict = f"missing ({missing} of {len(cells)} runs)"
 
 
-def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, trained: int, invoked: str,
-            out: Path, sets: Sequence[str]) -> list[str]:
+def _header(scale: Scale, ctx: SuiteRuns, wall: float, trained: int, command: list[str]) -> list[str]:
+    """The report's first lines: the scale, the runs and what their training took, and the command that
+    wrote it, which took `wall` seconds."""
     cells = list({id(c): c for c in ctx.cells.values()}.values())
     seconds, devices, packs, packed = 0.0, set(), {}, 0
     for cell in cells:
@@ -152,13 +159,13 @@ def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, tra
             meta = json.loads((cell.path / "meta.json").read_text())
         except (OSError, ValueError):
             continue
-        wall = meta.get("wall_time_s") or 0.0
+        run_wall = meta.get("wall_time_s") or 0.0
         if meta.get("packs"):  # a pack's runs each record the pack's wall time: count it once
             key = json.dumps(meta["packs"])
-            packs[key] = max(packs.get(key, 0.0), wall)
+            packs[key] = max(packs.get(key, 0.0), run_wall)
             packed += 1
         else:
-            seconds += wall
+            seconds += run_wall
         devices.add(f"{meta.get('device', '?')}, {meta.get('threads', '?')} thread(s)")
     seconds += sum(packs.values())
     families = sorted({Path(c.config.run.dir).name for c in cells})
@@ -173,8 +180,7 @@ def _header(name: str, scale: Scale, ctx: SuiteRuns, jobs: int, wall: float, tra
            "numbers differ from the same run alone at rounding level, and can drift further over its "
            "steps (docs/packing.md)." if packs else ""),
         "",
-        f"Written {now()} by lnexp {__version__} (`lnexp reproduce {invoked} --scale {scale.name} "
-        f"--jobs {jobs} --out {out}{''.join(f' --set {s}' for s in sets)}`), which trained {trained} "
+        f"Written {now()} by lnexp {__version__} (`{shlex.join(command)}`), which trained {trained} "
         "run(s) and reused the others "
         f"(finished runs are never trained again) in {wall:.0f} s of wall time.",
     ]

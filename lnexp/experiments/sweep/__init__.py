@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lnexp.core.config import ConfigError
+from lnexp.core.config import Config, ConfigError, RunConfig
 from lnexp.core.files import try_lock
-from lnexp.experiments.sweep.grid import Cell, Sweep, expand
+from lnexp.experiments.sweep.grid import Cell, Sweep, labels_for
 from lnexp.experiments.sweep.pool import Event, execute, on_signals, raise_interrupt
-from lnexp.experiments.sweep.state import plan
+from lnexp.experiments.sweep.state import JobState, plan
 from lnexp.run.folder import now, write_json
 from lnexp.run.reader import RunError, read_status
 
@@ -43,7 +43,7 @@ def sweep_record(sweep: Sweep, results: dict[str, dict[str, Any]] | None = None)
         "updated": now(),
         # the folder is the truth; a result only for a cell that never got one (failed before it, queued)
         "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides,
-                   "status": read_status(c.path) or results.get(c.key, {}).get("status"),
+                   "status": read_status(c.path) or results.get(c.key, {}).get("status") or JobState.NEW,
                    **({"job": jobs[c.key]} if c.key in jobs else {})}
                   for c in sweep.cells],
     }
@@ -56,6 +56,10 @@ def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event 
     With a slurm `launcher` the cells are submitted as jobs (lnexp.experiments.sweep.slurm), and
     waited for unless `detach`."""
     plan(sweep.cells, force)  # raises before anything is written
+    if launcher is not None and launcher.kind == "slurm":
+        from lnexp.experiments.sweep.slurm import check
+
+        check(launcher)  # so does a launcher that cannot submit here
     sweep.root.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(sweep.root), on_signals(raise_interrupt):
         work = plan(sweep.cells, force)  # again, under the lock: what another sweep finished is skipped
@@ -77,20 +81,31 @@ def run_sweep(sweep: Sweep, jobs: int = 1, force: bool = False, on_event: Event 
 
 
 def find_sweep(name: str, runs: Path = Path("runs")) -> Sweep:
-    """The sweep named `name` (under `runs`) or in the folder `name`, expanded again from its sweep.json."""
+    """The sweep named `name` (under `runs`) or in the folder `name`, as its sweep.json lists it, for
+    reading: its config file is not read again (nor its plugins loaded: a sweep folder is data, like
+    a run folder), so each cell carries the default config in its own folder."""
     root = Path(name) if (Path(name) / "sweep.json").is_file() else runs / name
     try:
         record = json.loads((root / "sweep.json").read_text())
-    except (OSError, ValueError):
+        grids = [(str(k), [str(v) for v in values]) for k, values in record["grid"].items()]
+        entries = [e for e in record["cells"] if isinstance(e, dict) and _folder_name(e.get("name"))]
+        seeds, sets = int(record.get("seeds", 1)), [str(s) for s in record.get("set", [])]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         raise ConfigError(f"{root}: no readable sweep.json (is {name!r} a sweep's name or folder?)") from None
-    grids = [f"{k}={','.join(v)}" for k, v in record.get("grid", {}).items()]
-    sweep = expand(record["config_file"], grids, record.get("seeds", 1), record.get("set", []),
-                   record.get("name"))
-    if sweep.root.resolve() != root.resolve():  # the sweep was run with --set run.dir elsewhere
-        for cell in sweep.cells:
-            cell.config.run.dir = str(root)
-        sweep.root = root
-    return sweep
+    labels = labels_for([k for k, _ in grids])
+    cells = []
+    for entry in entries:
+        overrides = [str(o) for o in entry.get("overrides", [])]
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        config = Config(run=RunConfig(name=entry["name"], dir=str(root)))
+        cells.append(Cell(entry["name"], str(entry.get("group", "all")), overrides, config,
+                          {labels[k]: v for k, v in values.items() if k in labels and k != "train.seed"}))
+    return Sweep(root.name, root, str(record.get("config_file")), grids, seeds, sets, cells)
+
+
+def _folder_name(name: Any) -> bool:
+    """A cell's name as sweep.json may give it: one folder inside the sweep's, never a way out."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
 
 
 @contextmanager

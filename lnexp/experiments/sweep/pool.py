@@ -70,7 +70,8 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
         if status in FINISHED:
             return {**read_summary(path), "status": status}
         if status is not None and (path / CHECKPOINT).exists():
-            outcome = resume_run(path, ["lnexp", "train", "--resume", str(path)], progress, stop)
+            outcome = resume_run(path, ["lnexp", "train", "--resume", str(path)], progress, stop,
+                                 trust=cfg.plugins)  # the cell's own plugins, as its config names them
         else:
             outcome = train(cfg, source, command, force=force or status is not None, progress=progress,
                             stop=stop)

@@ -112,6 +112,17 @@ def _validate(raw: dict[str, Any], where: Callable[[str], str]) -> Launcher:
         raise ConfigError(f"{where('.'.join(map(str, error['loc'])))}: {_describe(error)}") from None
 
 
+def check(launcher: Launcher) -> None:
+    """What submitting needs, checked before a sweep or reproduction writes anything: submitit and,
+    for SLURM, its `srun` (RunError: a failed start leaves no state behind)."""
+    submitit = _submitit()
+    if launcher.cluster == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
+        from lnexp.run.reader import RunError
+
+        raise RunError("--launcher slurm: no SLURM here (no srun on PATH); run it on the cluster, or use "
+                       "--launcher local")
+
+
 def executor(launcher: Launcher, folder: Path) -> Any:
     """A submitit executor asking, per job, for what `launcher` says."""
     submitit = _submitit()
@@ -301,10 +312,11 @@ def watch(root: Path, work: Plan, records: dict[str, dict[str, Any]], handles: d
 
 def status_rows(root: Path, cells: list[Cell]) -> list[tuple[Cell, str, str]]:
     """Every cell's state, for `lnexp sweep status` (no job is submitted or waited for)."""
-    records = read_records(root)
+    # by the resolved folder: the sweep's folder may be named otherwise than when its cells were submitted
+    records = {str(Path(key).resolve()): record for key, record in read_records(root).items()}
     rows = []
     for cell in cells:
-        record = records.get(cell.key)
+        record = records.get(str(cell.path.resolve()))
         live = record is not None and read_status(cell.path) not in FINISHED and job_live(root, record)
         rows.append((cell, *cell_state(root, cell, record, live)))
     return rows
