@@ -164,12 +164,21 @@ class WandbConfig(Section):
     mode: Literal["online", "offline"] = "online"  # offline: files in RUN/wandb/, `wandb sync` later
 
 
+Steps = list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]]  # an evaluation probe's schedule
+
+
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
     probes: list[ProbeName] = ["grad", "act"]  # lnexp/core/probe_kinds.py
-    output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    output_change_steps: Steps = [0]
     # sensitivity's noise ablation: one forward per layer, so only at these steps
-    ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    ablation_steps: Steps = [0]
+    intrinsic_dim_steps: Steps = [0]
+    outlier_steps: Steps = [0]
+    layer_change_steps: Steps = [0]  # one forward per layer (each block skipped in turn)
+    direction_ablation_steps: Steps = [0]  # two forwards per layer
+    # direction_ablation's k: the top-k dimensions by RMS, and the top-k principal directions
+    direction_k: Int = Field(4, ge=1)
     loss_every: Int = Field(10, ge=1)
     tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
     wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
@@ -400,6 +409,9 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
                     and getattr(m, option) != ModelConfig.model_fields[option].default:
                 owners = " or ".join(name for name, item in registry.items() if option in item.options)
                 return f"model.{option}", f"applies only to model.{kind} {owners}, got model.{kind} {chosen}"
+    if config.log.direction_k >= m.d_model:
+        return "log.direction_k", (f"must be < model.d_model ({m.d_model}): ablating every direction "
+                                   f"leaves nothing to compare, got {config.log.direction_k}")
     name = config.run.name
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
                              or name.startswith("~") or "\0" in name):
@@ -423,8 +435,9 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(f"data.{key}: has no effect with data.source {d.source}"
                         + (f" and data.task {d.task}" if task else ""))
     for kind in PROBE_KINDS.values():
-        if kind.schedule in config.log.model_fields_set and kind.name not in config.log.probes:
-            warnings.append(f"log.{kind.schedule}: has no effect without {kind.name} in log.probes")
+        for key in (kind.schedule, *kind.options):
+            if key in config.log.model_fields_set and kind.name not in config.log.probes:
+                warnings.append(f"log.{key}: has no effect without {kind.name} in log.probes")
     if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
         warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
     if s.warmup_steps > config.train.steps:
