@@ -91,6 +91,8 @@ class ModelConfig(Section):
     # DyT's initial α (the paper's default outside LLMs)
     dyt_alpha: Float = Field(0.5, gt=0.0, json_schema_extra=INIT_ONLY)
     arch: Literal["decoder", "encoder_decoder"] = "decoder"
+    # a norm (norm_type) on each head's queries and keys before their dot product (Dehghani et al. 2023)
+    qk_norm: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -402,7 +404,8 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
     layout = LAYOUTS[m.norm]
     if m.residual_scaling == "gpt2" and layout.own_init:  # GPT-2's branch scaling would confound it
-        return "model.residual_scaling", f"must be none with model.norm {m.norm} (it sets its own init)"
+        why = layout.own_init if isinstance(layout.own_init, str) else "it sets its own init"
+        return "model.residual_scaling", f"must be none with model.norm {m.norm} ({why})"
     for kind, registry, chosen in (("norm", LAYOUTS, m.norm), ("norm_type", NORMS, m.norm_type)):
         for option in dict.fromkeys(o for item in registry.values() for o in item.options):
             if option not in registry[chosen].options \
