@@ -213,11 +213,10 @@ def test_feature_stats_on_inputs_whose_answer_is_known():
     assert erank == 0 and pr == 0 and aniso == pytest.approx(1.0, abs=1e-6)
 
 
-def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_forward():
-    model, probes = setup(kinds=["rank"], norm="pre")
-    x = torch.randint(40, (4, 10))
+def stream_and_branches(model, x):
+    """The Pre-LN stream entering each block and leaving the last, and each branch's output, by hand."""
     seen = {}
-    with torch.no_grad():  # the stream and branch outputs by hand
+    with torch.no_grad():
         h = model.embed(x)
         for i, block in enumerate(model.blocks):
             seen[i, "resid"] = h
@@ -226,6 +225,13 @@ def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_f
             f = block.ffn(block.ffn_norm(h))
             seen[i, "ffn"], h = f, h + f
         seen[len(model.blocks), "resid"] = h
+    return seen
+
+
+def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_forward():
+    model, probes = setup(kinds=["rank"], norm="pre")
+    x = torch.randint(40, (4, 10))
+    seen = stream_and_branches(model, x)
     reading = probes.evaluate(PROBE_KINDS["rank"], (x, x), step=3)
     got = values_of(reading, "rank")
     assert len(got) == 3 * (len(model.blocks) + 1) + 2 * 3 * len(model.blocks)
@@ -301,21 +307,6 @@ def test_rank_sensitivity_and_ablation_label_their_work_for_the_profiler():
 
 
 # --- the feature-dimension instruments (issue #26) ---------------------------------------------------
-
-def stream_and_branches(model, x):
-    """The Pre-LN stream entering each block and leaving the last, and each branch's output, by hand."""
-    seen = {}
-    with torch.no_grad():
-        h = model.embed(x)
-        for i, block in enumerate(model.blocks):
-            seen[i, "resid"] = h
-            a = block.attn(block.attn_norm(h))
-            seen[i, "attn"], h = a, h + a
-            f = block.ffn(block.ffn_norm(h))
-            seen[i, "ffn"], h = f, h + f
-        seen[len(model.blocks), "resid"] = h
-    return seen
-
 
 def test_intrinsic_dim_is_twonn_of_the_layer_normalised_stream():
     model, probes = setup(kinds=["intrinsic_dim"], norm="pre")
@@ -455,3 +446,21 @@ def test_direction_k_must_leave_directions_and_warns_without_its_probe():
     assert config_warnings(validate({"log": {"direction_k": 2}})) == \
         ["log.direction_k: has no effect without direction_ablation in log.probes"]
     assert config_warnings(validate({"log": {"direction_k": 2, "probes": ["direction_ablation"]}})) == []
+
+
+def test_the_instruments_read_nothing_back_to_the_host(monkeypatch):
+    """Their values stay on the device until the flush's one transfer: no .item(), bool(), float(),
+    int(), .tolist() or .numpy() of a tensor while they measure (a library's own checks aside)."""
+    kinds = ["intrinsic_dim", "outliers", "layer_change", "direction_ablation"]
+    model, probes = setup(kinds=kinds, norm="pre")
+    x = torch.randint(40, (4, 10))
+    x[1] = x[0]  # duplicate tokens, for TwoNN's merging
+
+    def read(*args, **kwargs):
+        raise AssertionError("a host read")
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, read)
+    readings = [probes.evaluate(PROBE_KINDS[kind], (x, x), step=0) for kind in kinds]
+    monkeypatch.undo()
+    assert all(torch.isfinite(r.values()).all() for r in readings)
