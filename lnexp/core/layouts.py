@@ -229,6 +229,9 @@ MIX = register_layout(Layout(
     "mix", "Mix-LN", "Post-LN in the first ⌊α·L⌋ layers, Pre-LN in the rest, final LN",
     "Li, Yin, Liu 2024 (ICLR 2025)", norm_at=Where.INPUT, final_norm=True, per_layer=_mix_ln,
     options=("mix_ratio",)))
+REORDERED = register_layout(Layout(
+    "reordered", "Reordered (OLMo 2)", "x = x + LN(F(x)), final LN", "OLMo 2, 2025",
+    norm_at=Where.OUTPUT, final_norm=True))
 PERI = register_layout(Layout(
     "peri_ln", "Peri-LN", "x = x + LN_out(F(LN(x))), LN on the embedding, final LN",
     "Kim et al. 2025 (ICML)", norm_at=Where.INPUT, out_norm=True, final_norm=True, embed_norm=True))
@@ -236,9 +239,6 @@ LNS = register_layout(Layout(
     "lns", "LayerNorm Scaling", "x = x + F(LN(x)/√l), l the layer (1-based), final LN",
     "Sun et al. 2025 (NeurIPS), The Curse of Depth", norm_at=Where.INPUT, final_norm=True,
     input_scale=_lns_scale, own_init="its source trains without scaled initialisation"))
-REORDERED = register_layout(Layout(
-    "reordered", "Reordered (OLMo 2)", "x = x + LN(F(x)), final LN", "OLMo 2, 2025",
-    norm_at=Where.OUTPUT, final_norm=True))
 DEFAULT_LAYOUT = POST.name
 LAYOUTS.seal()
 NORMS.seal()
