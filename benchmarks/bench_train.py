@@ -36,6 +36,7 @@ import torch
 
 from lnexp.core.config import Config, validate
 from lnexp.core.model import TransformerLM
+from lnexp.core.probe_kinds import PROBE_KINDS
 from lnexp.data.sources import load_data
 from lnexp.run.train import build_optimizer, train
 
@@ -195,20 +196,24 @@ def median_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 PROFILED = {"probes off": [], "default probes": DEFAULT_PROBES,  # each on every step
-            "every probe": [*DEFAULT_PROBES, "update", "adam", "output_change", "rank", "sensitivity"]}
+            "every probe": list(PROBE_KINDS)}
+SCHEDULED = [kind for kind in PROBE_KINDS.values() if kind.schedule]  # evaluation probes at log.*_steps
 
 
 def probe_costs(shape: str, steps: int = 60) -> dict[str, dict[str, float]]:
     """torch.profiler over lnexp's loop, probes on every step: ms inside each `probe:<kind>` label
-    per step (output change: per call, at one step), inside `lnexp:flush` per flush (the one
-    transfer and the writing of the lines), and the steady-state step itself."""
+    per step (an evaluation probe with a schedule, `output_change` ... `direction_ablation`: per
+    call, at one step), inside `lnexp:flush` per flush (the one transfer and the writing of the
+    lines), and the steady-state step itself."""
     table = {}
     for name, kinds in PROFILED.items():
         with tempfile.TemporaryDirectory() as tmp:
             config = make_config(shape, steps, (1, kinds), tmp, "profile")
-            config.log.output_change_steps = config.log.ablation_steps = [steps // 2]
+            for kind in SCHEDULED:
+                setattr(config.log, kind.schedule, [steps // 2])
             flushes, profiler = profiled_train(config)
-        calls = {"probe:output_change": 1, "probe:ablation": 1, "lnexp:flush": len(flushes)}
+        calls = {f"probe:{kind.evaluator().__name__}": 1 for kind in SCHEDULED}
+        calls["lnexp:flush"] = len(flushes)
         intervals = [b - a for a, b in zip(flushes, flushes[1:])]
         row = {"step": statistics.median(intervals) * 1e3 / SEGMENT}  # with its probes
         for event in profiler.key_averages():
@@ -258,7 +263,7 @@ def report(result: dict[str, Any]) -> str:
 def cost_report(costs: dict[str, dict[str, float]]) -> str:
     labels = sorted({label for row in costs.values() for label in row if label != "step"})
     lines = [f"torch.profiler over lnexp's loop, probes on every step ({CLOCK} time inside each label, "
-             "ms; a probe's per step, output_change's and ablation's per call, lnexp:flush per flush of "
+             "ms; a probe's per step, a scheduled evaluation probe's per call, lnexp:flush per flush of "
              f"{SEGMENT} steps)", "",
              "| profiled run | step | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 2) + "|"]
     for name, row in costs.items():

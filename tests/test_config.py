@@ -37,7 +37,7 @@ def test_defaults_fill_what_the_user_leaves_out(tmp_path):
     ("optim:\n  lr: on\n", "c.yaml: optim.lr: must be a number, got true"),
     ("model:\n  norm: on\n",
      "c.yaml: model.norm: must be one of 'post', 'pre', 'sandwich', 'deepnorm', 'admin', 'mix', "
-     "'reordered', got true"),
+     "'reordered', 'peri_ln', 'lns', got true"),
     ("optim:\n  lrr: 1\n", "c.yaml: optim.lrr: unknown key (did you mean 'lr'?)"),
     ("modle:\n  n_layers: 2\n", "c.yaml: modle: unknown key (did you mean 'model'?)"),
     ("train:\n  steps: 1.5\n", "c.yaml: train.steps: must be an integer, got 1.5"),

@@ -4,6 +4,7 @@ Each wiring is checked by recomputing a block's output from its own modules, so 
 which tensor is normalised where.
 """
 
+import copy
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.core.config import ConfigError, ModelConfig, validate
-from lnexp.core.model import KVCache, TransformerLM
+from lnexp.core.model import Attention, KVCache, TransformerLM
 from lnexp.decode import search as dec
 from lnexp.run.probes import split_name
 from lnexp.run.reader import load_run
@@ -227,10 +228,11 @@ def test_rmsnorm_block_output_has_unit_rms_not_zero_mean():
 
 # --- decoding and training ------------------------------------------------------------------------
 
+@pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
-@pytest.mark.parametrize("norm", LAYOUTS)
-def test_cached_decoding_equals_uncached(norm, norm_type):
-    model = make(norm=norm, norm_type=norm_type, n_layers=2).eval()
+@pytest.mark.parametrize("norm", [*LAYOUTS, "peri_ln", "lns"])
+def test_cached_decoding_equals_uncached(norm, norm_type, qk_norm):
+    model = make(norm=norm, norm_type=norm_type, qk_norm=qk_norm, n_layers=2).eval()
     x = torch.randint(V, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(x)[0]
@@ -384,3 +386,172 @@ def test_every_recipe_resets_a_dyt_norm_like_a_layernorm():
         model.recipe.init(model, model.cfg.d_model)
         assert all(d.alpha.item() == pytest.approx(0.7) and torch.all(d.weight == 1)
                    and torch.all(d.bias == 0) for d in dyts), init
+
+
+# --- issue #26: LayerNorm Scaling, Peri-LN, QK-norm ----------------------------------------------------
+
+def loss_and_grads(model: TransformerLM, loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def by_hand(model: TransformerLM, idx: torch.Tensor, embed_norm=None, input_scale=lambda i: 1.0,
+            out_norms: bool = False) -> torch.Tensor:
+    """A Pre-LN stack's loss computed from `model`'s own modules: the embedding (through `embed_norm`
+    if given), each sub-layer x + [LN_out](F(LN(x)·input_scale(layer))), the final norm."""
+    x = model.embed(idx)
+    x = embed_norm(x) if embed_norm is not None else x
+    for i, block in enumerate(model.blocks):
+        for name in ("attn", "ffn"):
+            y = getattr(block, name)(getattr(block, f"{name}_norm")(x) * input_scale(i))
+            x = x + (getattr(block, f"{name}_out_norm")(y) if out_norms else y)
+    logits = model.logits(model.final_norm(x))
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
+
+
+def test_layernorm_scaling_equals_a_hand_built_pre_ln_stack_with_scaled_norm_outputs():
+    """LayerNorm Scaling (Sun et al. 2025): each branch-input norm's output × 1/√l, l = 1, 2, ...;
+    the final norm unscaled. Loss and every gradient at init, against Pre-LN's modules by hand."""
+    lns, pre = make(norm="lns", n_layers=4), make(norm="pre", n_layers=4)
+    assert block_names(lns) == block_names(pre)
+    assert [b.input_scale for b in lns.blocks] == pytest.approx([1, 2**-0.5, 3**-0.5, 0.5])
+    pre.load_state_dict(lns.state_dict())  # same names: only the wiring differs
+    idx = torch.randint(V, (4, 16), generator=torch.Generator().manual_seed(3))
+    got = loss_and_grads(lns, lns(idx, idx)[1])
+    expected = loss_and_grads(pre, by_hand(pre, idx, input_scale=lambda i: 1 / math.sqrt(i + 1)))
+    assert torch.allclose(got[0], expected[0], atol=1e-6)
+    for name, grad in got[1].items():
+        assert torch.allclose(grad, expected[1][name], atol=1e-6), name
+    assert not torch.allclose(lns(idx, idx)[1], pre(idx, idx)[1])  # the scaling does change the loss
+
+
+def test_layernorm_scaling_refuses_gpt2_scaled_init_with_its_reason():
+    with pytest.raises(ConfigError, match=r"^c.yaml: model.residual_scaling: must be none with model.norm "
+                                          r"lns \(its source trains without scaled initialisation\)"):
+        validate({"model": {"norm": "lns", "residual_scaling": "gpt2"}}, source="c.yaml")
+    assert validate({"model": {"norm": "lns", "init": "gpt2"}}).model.norm == "lns"
+
+
+def test_peri_ln_is_sandwich_ln_with_a_norm_on_the_embedding():
+    """Peri-LN (Kim et al. 2025): x + LN_out(F(LN(x))) on every sub-layer, LN on the embedding output,
+    a final LN. Loss and every gradient at init, against Sandwich-LN's modules by hand."""
+    peri, sandwich = make(norm="peri_ln"), make(norm="sandwich")
+    names = {n for n, _ in peri.named_parameters()}
+    assert names - {n for n, _ in sandwich.named_parameters()} == {"embed_norm.weight", "embed_norm.bias"}
+    sandwich.load_state_dict({k: v for k, v in peri.state_dict().items() if not k.startswith("embed_norm")})
+    idx = torch.randint(V, (4, 16), generator=torch.Generator().manual_seed(4))
+    embed_norm = copy.deepcopy(peri.embed_norm)  # the hand-built stack's own copy, for its gradients
+    got = loss_and_grads(peri, peri(idx, idx)[1])
+    expected = loss_and_grads(sandwich, by_hand(sandwich, idx, embed_norm=embed_norm, out_norms=True))
+    expected[1].update({f"embed_norm.{n}": p.grad for n, p in embed_norm.named_parameters()})
+    assert torch.allclose(got[0], expected[0], atol=1e-6)
+    for name, grad in got[1].items():
+        assert torch.allclose(grad, expected[1][name], atol=1e-6), name
+    assert peri.embed_norm.weight.grad.abs().sum() > 0
+
+
+def test_peri_ln_norms_both_embeddings_of_an_encoder_decoder():
+    from lnexp.core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, max_seq_len=16,
+                                    norm="peri_ln", arch="encoder_decoder"), V)
+    seen = {name: [] for name in ("enc_embed_norm", "dec_embed_norm")}
+    for name, into in seen.items():
+        getattr(model, name).register_forward_hook(lambda m, args, out, into=into: into.append(out))
+    src, tgt = (torch.randint(1, V, (2, 10), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    model(src, tgt, tgt)[1].backward()
+    assert all(len(outputs) == 1 and is_normalised(outputs[0]) for outputs in seen.values())
+    assert all(norm.weight.grad.abs().sum() > 0 for norm in (model.enc_embed_norm, model.dec_embed_norm))
+
+
+def attention_by_hand(attn, x: torch.Tensor) -> torch.Tensor:
+    """Causal self-attention with each head's queries and keys through attn's q_norm and k_norm."""
+    B, T, C = x.shape
+    heads = (attn.n_heads, C // attn.n_heads)
+    q, k, v = (proj(x).view(B, T, *heads).transpose(1, 2) for proj in (attn.q, attn.k, attn.v))
+    q, k = attn.q_norm(q), attn.k_norm(k)  # over head_dim, per head
+    scores = q @ k.transpose(-1, -2) / math.sqrt(heads[1])
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
+    return attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm"])
+def test_qk_norm_norms_each_heads_queries_and_keys(norm_type):
+    model = make(norm="pre", qk_norm=True, norm_type=norm_type)
+    plain = make(norm="pre", norm_type=norm_type)
+    added = {n for n, _ in model.named_parameters()} - {n for n, _ in plain.named_parameters()}
+    suffixes = ("weight", "bias") if norm_type == "layernorm" else ("weight",)
+    assert added == {f"blocks.{i}.attn.{which}.{s}" for i in range(4) for which in ("q_norm", "k_norm")
+                     for s in suffixes}
+    attn = model.blocks[0].attn
+    assert attn.q_norm.weight.shape == (8,)  # head_dim = 32 / 4, shared by the heads
+    with torch.no_grad():  # a non-trivial γ (and β), so that a missing or misplaced norm shows
+        for p in (*attn.q_norm.parameters(), *attn.k_norm.parameters()):
+            p.uniform_(0.5, 1.5)
+    x = wild()
+    assert torch.allclose(attn(x), attention_by_hand(attn, x), atol=1e-5)
+    idx = torch.randint(V, (2, 12))
+    model(idx, idx)[1].backward()
+    assert attn.q_norm.weight.grad.abs().sum() > 0 and attn.k_norm.weight.grad.abs().sum() > 0
+
+
+def test_qk_norm_in_an_encoder_decoder_decodes_with_a_cache_as_without_and_runs_under_bf16():
+    from lnexp.core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, max_seq_len=16,
+                                    qk_norm=True, arch="encoder_decoder"), V).eval()
+    src, tgt = (torch.randint(1, V, (2, 10), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    calls = []
+    for stack in (model.enc, model.dec):
+        for module in stack.modules():
+            if isinstance(module, Attention):
+                for norm in (module.q_norm, module.k_norm):
+                    norm.register_forward_hook(lambda m, args, out: calls.append(m))
+    with torch.no_grad():
+        model(src, tgt, tgt)
+        assert len(calls) == 2 * (2 + 2 * 2)  # q and k of every attention: 2 encoder, 2 × 2 decoder
+        memory, mask = model.encode(src)
+        full = model.decode(tgt, memory, mask)
+        cache = KVCache(2, cross=True)
+        parts = [model.decode(tgt[:, a:b], memory, mask, cache) for a, b in ((0, 4), (4, 5), (5, 10))]
+        assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # q, k normed in float32, back to bf16
+            assert torch.isfinite(model(src, tgt, tgt)[1])
+
+
+@pytest.mark.parametrize("norm,extra", [("lns", []), ("peri_ln", []), ("pre", ["model.qk_norm=true"]),
+                                        ("post", ["model.qk_norm=true", "model.norm_type=rmsnorm"])])
+def test_the_issue_26_layouts_and_qk_norm_train_on_the_smoke_config(tmp_path, norm, extra):
+    args = [a for item in extra for a in ("--set", item)]
+    result = CliRunner().invoke(app, ["train", "configs/smoke.yaml", "--set", f"model.norm={norm}", *args,
+                                      "--set", "model.n_layers=4", "--set", "train.steps=20",
+                                      "--set", f"run.dir={tmp_path}", "--set", "run.name=r", "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "r")
+    assert run.status == "completed" and run.summary["final_val_loss"] < math.log(256)
+
+
+def test_the_new_layouts_and_qk_norm_pack_as_they_train_alone(tmp_path):
+    from lnexp.run.pack import train_pack
+    from lnexp.run.train import train
+
+    def cell(name: str, seed: int, model: dict):
+        return validate({
+            "model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16, **model},
+            "data": {"source": "synthetic", "task": "copy", "vocab_size": 16},
+            "train": {"steps": 6, "batch_size": 4, "seq_len": 16, "eval_every": 5, "eval_batches": 1,
+                      "seed": seed},
+            "log": {"grad_every": 2, "probes": ["grad", "act", "sensitivity"]},
+            "run": {"dir": str(tmp_path), "name": name}})
+
+    for model in ({"norm": "lns"}, {"norm": "peri_ln", "qk_norm": True}):
+        tag = model["norm"]
+        packed = [cell(f"{tag}-packed-{s}", s, model) for s in (0, 1)]
+        assert [o.status for o in train_pack(packed, ["test"] * 2, [["test"]] * 2)] == ["completed"] * 2
+        for seed in (0, 1):
+            assert train(cell(f"{tag}-alone-{seed}", seed, model), "test", ["test"]).status == "completed"
+            losses = [[m["loss"] for m in load_run(tmp_path / f"{tag}-{how}-{seed}").metrics if m["loss"]]
+                      for how in ("packed", "alone")]
+            assert losses[0] == pytest.approx(losses[1], rel=1e-4), (tag, seed)

@@ -1,11 +1,23 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from lnexp.core.config import ModelConfig
+from lnexp.core.config import LogConfig, ModelConfig, validate
 from lnexp.core.model import TransformerLM, untapped
 from lnexp.core.probe_kinds import PROBE_KINDS
-from lnexp.run.probes import Probes, feature_stats, radam_rho, split_name, tensor_norms
+from lnexp.run.probes import (
+    Probes,
+    feature_stats,
+    mean_replace_top_dims,
+    mean_replace_top_pcs,
+    outlier_stats,
+    radam_rho,
+    split_name,
+    tensor_norms,
+    twonn,
+)
 
 
 def setup(kinds=("grad", "act"), norm="post"):
@@ -201,11 +213,10 @@ def test_feature_stats_on_inputs_whose_answer_is_known():
     assert erank == 0 and pr == 0 and aniso == pytest.approx(1.0, abs=1e-6)
 
 
-def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_forward():
-    model, probes = setup(kinds=["rank"], norm="pre")
-    x = torch.randint(40, (4, 10))
+def stream_and_branches(model, x):
+    """The Pre-LN stream entering each block and leaving the last, and each branch's output, by hand."""
     seen = {}
-    with torch.no_grad():  # the stream and branch outputs by hand
+    with torch.no_grad():
         h = model.embed(x)
         for i, block in enumerate(model.blocks):
             seen[i, "resid"] = h
@@ -214,6 +225,13 @@ def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_f
             f = block.ffn(block.ffn_norm(h))
             seen[i, "ffn"], h = f, h + f
         seen[len(model.blocks), "resid"] = h
+    return seen
+
+
+def test_rank_probe_reads_the_stream_and_every_branch_output_of_the_validation_forward():
+    model, probes = setup(kinds=["rank"], norm="pre")
+    x = torch.randint(40, (4, 10))
+    seen = stream_and_branches(model, x)
     reading = probes.evaluate(PROBE_KINDS["rank"], (x, x), step=3)
     got = values_of(reading, "rank")
     assert len(got) == 3 * (len(model.blocks) + 1) + 2 * 3 * len(model.blocks)
@@ -242,6 +260,9 @@ def test_sensitivity_is_the_gradient_with_respect_to_the_stream_from_the_same_ba
     model(x, y, tap=probes.arm(y))[1].backward()
     got = values_of(probes.read(step=0), "sensitivity")
     assert [got[i, "dloss_dx"] for i in range(len(streams))] == pytest.approx(expected, rel=1e-5)
+    # the scale-free sensitivity ‖x‖·‖∂loss/∂x‖, both over the step's whole stream
+    scale_free = [s.detach().norm().item() * s.grad.norm().item() for s in streams]
+    assert [got[i, "scale_free"] for i in range(len(streams))] == pytest.approx(scale_free, rel=1e-5)
 
 
 def test_noise_ablation_matches_a_hand_built_one_and_is_zero_for_a_silent_layer():
@@ -280,5 +301,166 @@ def test_rank_sensitivity_and_ablation_label_their_work_for_the_profiler():
         probes.evaluate(PROBE_KINDS["rank"], (x, x), step=1)
         probes.evaluate(PROBE_KINDS["sensitivity"], (x, x), step=1)
     calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
-    # making the zeros added to the stream, their gradients' norms, the read
-    assert calls == {"probe:sensitivity": 3, "probe:rank": 1, "probe:ablation": 1}
+    # making the zeros added to the stream, the stream's norm at each boundary, their gradients'
+    # norms, the read
+    assert calls == {"probe:sensitivity": 3 + len(model.blocks) + 1, "probe:rank": 1, "probe:ablation": 1}
+
+
+# --- the feature-dimension instruments (issue #26) ---------------------------------------------------
+
+def test_intrinsic_dim_is_twonn_of_the_layer_normalised_stream():
+    model, probes = setup(kinds=["intrinsic_dim"], norm="pre")
+    x = torch.randint(40, (8, 16))
+    got = values_of(probes.evaluate(PROBE_KINDS["intrinsic_dim"], (x, x), step=0), "intrinsic_dim")
+    streams = {layer: h for (layer, role), h in stream_and_branches(model, x).items() if role == "resid"}
+    assert len(got) == 2 * len(streams)
+    for layer, h in streams.items():
+        normalised = (h - h.mean(-1, keepdim=True)) / h.var(-1, unbiased=False, keepdim=True).add(1e-5).sqrt()
+        expected = twonn(normalised).tolist()
+        assert [got[layer, "twonn"], got[layer, "twonn_se"]] == pytest.approx(expected, rel=1e-4), layer
+        assert got[layer, "twonn"] > 1
+    assert model.training
+
+
+def test_the_instruments_take_at_most_4096_tokens_of_the_validation_batch():
+    model = TransformerLM(ModelConfig(n_layers=1, d_model=32, n_heads=4, d_ff=64, max_seq_len=300), 40)
+    probes = Probes(model, ["outliers", "rank"])
+    x = torch.randint(40, (20, 300))  # 6,000 tokens: the first 13 sequences (3,900 tokens) are kept
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    probes.evaluate(PROBE_KINDS["outliers"], (x, x), step=0)
+    assert seen == [torch.Size([13, 300, 32])]
+    probes.evaluate(PROBE_KINDS["rank"], (x, x), step=0)  # one that does not say so: the whole batch
+    assert seen[-1] == torch.Size([20, 300, 32])
+
+
+def test_outliers_reads_the_stream_and_every_branch_output():
+    model, probes = setup(kinds=["outliers"], norm="pre")
+    x = torch.randint(40, (4, 10))
+    got = values_of(probes.evaluate(PROBE_KINDS["outliers"], (x, x), step=0), "outliers")
+    seen = stream_and_branches(model, x)
+    assert len(got) == 2 * len(seen)
+    for (layer, role), tensor in seen.items():
+        expected = outlier_stats(tensor).tolist()
+        assert [got[layer, f"{role}.kurtosis"], got[layer, f"{role}.max_median"]] == \
+            pytest.approx(expected, rel=1e-5), (layer, role)
+
+
+def test_layer_change_angles_and_skips_match_hand_built_ones():
+    model, probes = setup(kinds=["layer_change"], norm="post")
+    x, y = torch.randint(40, (3, 9)), torch.randint(40, (3, 9))
+    got = values_of(probes.evaluate(PROBE_KINDS["layer_change"], (x, y), step=0), "layer_change")
+    with torch.no_grad():
+        model.eval()
+        streams = [model.embed(x)]
+        for block in model.blocks:
+            streams.append(block(streams[-1]))
+
+        def loss_from(h, start):
+            for block in model.blocks[start:]:
+                h = block(h)
+            return torch.nn.functional.cross_entropy(model.logits(h).flatten(0, 1), y.flatten()).item()
+
+        base = loss_from(streams[0], 0)
+        for i in range(len(model.blocks)):
+            cos = torch.nn.functional.cosine_similarity(streams[i], streams[i + 1], dim=-1)
+            assert got[i, "angle"] == pytest.approx((torch.arccos(cos) / math.pi).mean().item(), rel=1e-4)
+            skipped = loss_from(streams[i], i + 1)  # block i's output is its input
+            assert got[i, "skip_loss_change"] == pytest.approx((skipped - base) / base, rel=1e-4, abs=1e-7)
+    assert len(got) == 2 * len(model.blocks)
+
+
+def test_direction_ablation_mean_replaces_at_one_boundary_with_the_configured_k():
+    model, probes = setup(kinds=["direction_ablation"], norm="pre")
+    x, y = torch.randint(40, (3, 9)), torch.randint(40, (3, 9))
+    kind = PROBE_KINDS["direction_ablation"]
+    got = values_of(probes.evaluate(kind, (x, y), step=0, log=LogConfig(direction_k=3)), "direction_ablation")
+    assert len(got) == 2 * (len(model.blocks) + 1)
+    with torch.no_grad():
+        model.eval()
+
+        def loss(boundary=None, ablate=None):
+            h = model.embed(x)
+            for i, block in enumerate(model.blocks):
+                h = block(ablate(h, 3) if i == boundary else h)
+            h = ablate(h, 3) if boundary == len(model.blocks) else h
+            return torch.nn.functional.cross_entropy(
+                model.logits(model.final_norm(h)).flatten(0, 1), y.flatten()).item()
+
+        base = loss()
+        for boundary in range(len(model.blocks) + 1):
+            for param, ablate in (("top_dims_loss_change", mean_replace_top_dims),
+                                  ("top_pcs_loss_change", mean_replace_top_pcs)):
+                expected = (loss(boundary, ablate) - base) / base
+                assert got[boundary, param] == pytest.approx(expected, rel=1e-4, abs=1e-7), (boundary, param)
+    default = values_of(probes.evaluate(kind, (x, y), step=0), "direction_ablation")  # k = 4
+    assert default[1, "top_dims_loss_change"] != got[1, "top_dims_loss_change"]
+
+
+def test_the_instruments_label_their_work_for_the_profiler():
+    kinds = ["intrinsic_dim", "outliers", "layer_change", "direction_ablation"]
+    model, probes = setup(kinds=kinds)
+    x = torch.randint(40, (2, 8))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        model(x, x)[1].backward()  # a training step: the instruments take no part in it
+        for kind in kinds:
+            probes.evaluate(PROBE_KINDS[kind], (x, x), step=1)
+    calls = {e.key: e.count for e in profiler.key_averages() if e.key.startswith("probe:")}
+    assert calls == {f"probe:{kind}": 1 for kind in kinds}
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+def test_the_instruments_run_at_their_schedules_in_a_training_run(tmp_path, arch):
+    from lnexp.run.reader import load_run
+    from lnexp.run.train import train
+
+    kinds = ["grad", "sensitivity", "intrinsic_dim", "outliers", "layer_change", "direction_ablation"]
+    data = {"source": "seq2seq", "task": "reverse"} if arch == "encoder_decoder" else \
+        {"source": "synthetic", "task": "copy"}
+    config = validate({
+        "model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_ff": 32, "max_seq_len": 16, "arch": arch},
+        "data": {**data, "vocab_size": 16},
+        "train": {"steps": 8, "batch_size": 4, "seq_len": 16, "eval_every": 10, "eval_batches": 1},
+        "log": {"grad_every": 2, "probes": kinds, "intrinsic_dim_steps": [0, 6], "outlier_steps": [3],
+                "layer_change_steps": [6], "direction_ablation_steps": [0], "direction_k": 2},
+        "run": {"dir": str(tmp_path), "name": "r"}})
+    assert train(config, "test", ["test"]).status == "completed"
+    rows = load_run(tmp_path / "r").probes
+    steps = {kind: sorted({r["step"] for r in rows if r["probe"] == kind}) for kind in kinds}
+    assert steps == {"grad": [0, 2, 4, 6], "sensitivity": [0, 2, 4, 6], "intrinsic_dim": [0, 6],
+                     "outliers": [3], "layer_change": [6], "direction_ablation": [0]}
+    per_param = {}
+    for r in rows:
+        per_param.setdefault((r["probe"], r["param"]), []).append(r)
+    assert len(per_param["sensitivity", "scale_free"]) == 4 * 3  # 4 logging steps, 3 boundaries
+    assert len(per_param["intrinsic_dim", "twonn"]) == 2 * 3 and len(per_param["layer_change", "angle"]) == 2
+    assert len(per_param["outliers", "ffn.kurtosis"]) == 2
+    assert all(math.isfinite(r["value"]) for r in rows)
+
+
+def test_direction_k_must_leave_directions_and_warns_without_its_probe():
+    from lnexp.core.config import ConfigError, config_warnings
+
+    with pytest.raises(ConfigError, match=r"^c.yaml: log.direction_k: must be < model.d_model \(32\)"):
+        validate({"model": {"d_model": 32}, "log": {"direction_k": 32}}, source="c.yaml")
+    assert config_warnings(validate({"log": {"direction_k": 2}})) == \
+        ["log.direction_k: has no effect without direction_ablation in log.probes"]
+    assert config_warnings(validate({"log": {"direction_k": 2, "probes": ["direction_ablation"]}})) == []
+
+
+def test_the_instruments_read_nothing_back_to_the_host(monkeypatch):
+    """Their values stay on the device until the flush's one transfer: no .item(), bool(), float(),
+    int(), .tolist() or .numpy() of a tensor while they measure (a library's own checks aside)."""
+    kinds = ["intrinsic_dim", "outliers", "layer_change", "direction_ablation"]
+    model, probes = setup(kinds=kinds, norm="pre")
+    x = torch.randint(40, (4, 10))
+    x[1] = x[0]  # duplicate tokens, for TwoNN's merging
+
+    def read(*args, **kwargs):
+        raise AssertionError("a host read")
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, read)
+    readings = [probes.evaluate(PROBE_KINDS[kind], (x, x), step=0) for kind in kinds]
+    monkeypatch.undo()
+    assert all(torch.isfinite(r.values()).all() for r in readings)

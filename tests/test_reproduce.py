@@ -322,8 +322,8 @@ def test_compare_labels_every_layout_of_the_suites(tmp_path):
     specs = SUITES["layouts"].specs(SCALES["tiny"]) + SUITES["xiong2020-init"].specs(SCALES["tiny"]) + \
         SUITES["gpt2-scaling"].specs(SCALES["tiny"])
     labels = {layout(c.config.to_dict()) for c in make_cells(SCALES["tiny"], specs, tmp_path, None).values()}
-    assert labels == {"post", "pre", "sandwich", "deepnorm", "admin", "mix", "reordered", "post+encdec",
-                      "pre+encdec", "pre+gpt2"}
+    assert labels == {"post", "pre", "sandwich", "deepnorm", "admin", "mix", "reordered", "peri_ln", "lns",
+                      "post+encdec", "pre+encdec", "pre+gpt2"}
     assert layout({"model": {"norm": "pre", "norm_type": "rmsnorm", "arch": "encoder_decoder"}}) == \
         "pre+rmsnorm+encdec"
 

@@ -210,7 +210,8 @@ def test_compiled_model_measures_sensitivity_like_the_eager_one(tmp_path, write_
                             log={"grad_every": 2, "probes": ["sensitivity"], "ablation_steps": [2]})
         assert train(path).exit_code == 0
     eager, compiled = (load_run(tmp_path / "runs" / n) for n in ("eager", "compiled"))
-    assert len(compiled.probes) == len(eager.probes) == 3 * (2 + 1) + 2  # dloss_dx at 0, 2, 4; ablation
+    # dloss_dx and scale_free at 0, 2, 4; ablation
+    assert len(compiled.probes) == len(eager.probes) == 3 * 2 * (2 + 1) + 2
     for a, b in zip(eager.probes, compiled.probes):
         assert (b["step"], b["param"], b["layer"]) == (a["step"], a["param"], a["layer"])
         assert b["value"] == pytest.approx(a["value"], rel=1e-3, abs=1e-9), (a, b)

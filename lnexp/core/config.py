@@ -91,6 +91,8 @@ class ModelConfig(Section):
     # DyT's initial α (the paper's default outside LLMs)
     dyt_alpha: Float = Field(0.5, gt=0.0, json_schema_extra=INIT_ONLY)
     arch: Literal["decoder", "encoder_decoder"] = "decoder"
+    # a norm (norm_type) on each head's queries and keys before their dot product (Dehghani et al. 2023)
+    qk_norm: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -164,12 +166,21 @@ class WandbConfig(Section):
     mode: Literal["online", "offline"] = "online"  # offline: files in RUN/wandb/, `wandb sync` later
 
 
+Steps = list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]]  # an evaluation probe's schedule
+
+
 class LogConfig(Section):
     grad_every: Int = Field(10, ge=1)
     probes: list[ProbeName] = ["grad", "act"]  # lnexp/core/probe_kinds.py
-    output_change_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    output_change_steps: Steps = [0]
     # sensitivity's noise ablation: one forward per layer, so only at these steps
-    ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
+    ablation_steps: Steps = [0]
+    intrinsic_dim_steps: Steps = [0]
+    outlier_steps: Steps = [0]
+    layer_change_steps: Steps = [0]  # one forward per layer (each block skipped in turn)
+    direction_ablation_steps: Steps = [0]  # two forwards per layer
+    # direction_ablation's k: the top-k dimensions by RMS, and the top-k principal directions
+    direction_k: Int = Field(4, ge=1)
     loss_every: Int = Field(10, ge=1)
     tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
     wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
@@ -393,13 +404,17 @@ def _check_consistency(config: Config) -> tuple[str, str] | None:
         return "model.d_model", f"must be even for sinusoidal positions, got {m.d_model}"
     layout = LAYOUTS[m.norm]
     if m.residual_scaling == "gpt2" and layout.own_init:  # GPT-2's branch scaling would confound it
-        return "model.residual_scaling", f"must be none with model.norm {m.norm} (it sets its own init)"
+        why = layout.own_init if isinstance(layout.own_init, str) else "it sets its own init"
+        return "model.residual_scaling", f"must be none with model.norm {m.norm} ({why})"
     for kind, registry, chosen in (("norm", LAYOUTS, m.norm), ("norm_type", NORMS, m.norm_type)):
         for option in dict.fromkeys(o for item in registry.values() for o in item.options):
             if option not in registry[chosen].options \
                     and getattr(m, option) != ModelConfig.model_fields[option].default:
                 owners = " or ".join(name for name, item in registry.items() if option in item.options)
                 return f"model.{option}", f"applies only to model.{kind} {owners}, got model.{kind} {chosen}"
+    if config.log.direction_k >= m.d_model:
+        return "log.direction_k", (f"must be < model.d_model ({m.d_model}): ablating every direction "
+                                   f"leaves nothing to compare, got {config.log.direction_k}")
     name = config.run.name
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
                              or name.startswith("~") or "\0" in name):
@@ -423,8 +438,9 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(f"data.{key}: has no effect with data.source {d.source}"
                         + (f" and data.task {d.task}" if task else ""))
     for kind in PROBE_KINDS.values():
-        if kind.schedule in config.log.model_fields_set and kind.name not in config.log.probes:
-            warnings.append(f"log.{kind.schedule}: has no effect without {kind.name} in log.probes")
+        for key in (kind.schedule, *kind.options):
+            if key in config.log.model_fields_set and kind.name not in config.log.probes:
+                warnings.append(f"log.{key}: has no effect without {kind.name} in log.probes")
     if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
         warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
     if s.warmup_steps > config.train.steps:

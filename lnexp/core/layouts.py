@@ -4,7 +4,9 @@ A layout says where a block's norm sits relative to each residual sub-layer F (a
 attention, FFN):
 
     on the sum          x = LN(s·x + F(x))       post, deepnorm (s = α, a constant), admin (s = ω, trained)
-    on the branch input x = x + F(LN(x))         pre; sandwich adds LN_out: x = x + LN_out(F(LN(x)))
+    on the branch input x = x + F(LN(x))         pre; sandwich adds LN_out: x = x + LN_out(F(LN(x)));
+                                                 peri_ln: sandwich with a norm on the embedding too;
+                                                 lns scales LN(x) by 1/√l (layer l, 1-based)
     on the branch output x = x + LN(F(x))        reordered (OLMo 2)
 
 and whether the stack ends with a final norm, and which init scaling and constants it brings. A
@@ -65,9 +67,11 @@ class Stack:
 class Layout:
     """A block layout. `skip_init(stack, cfg)` gives the skip multiplier (constant) or its initial value
     (trainable); `branch_gain(stack)` multiplies the init of the value, output and FFN projections
-    (q and k keep theirs); `per_layer(cfg, index)` names the layout that layer `index` uses instead;
-    `options` are the `model.*` keys only this layout reads; `own_init` refuses GPT-2's residual
-    scaling, which would confound the layout's own init."""
+    (q and k keep theirs); `input_scale(index)` multiplies the branch-input norm's output in layer
+    `index` (0-based; LayerNorm Scaling); `embed_norm` norms the embedding output (Peri-LN);
+    `per_layer(cfg, index)` names the layout that layer `index` uses instead; `options` are the
+    `model.*` keys only this layout reads; `own_init` refuses GPT-2's residual scaling, which would
+    confound the layout's own init (True), or for the reason it gives (a string)."""
 
     name: str
     label: str
@@ -79,7 +83,9 @@ class Layout:
     final_norm: bool = False
     skip_init: Callable[[Stack, Any], float] | None = None
     branch_gain: Callable[[Stack], float] | None = None
-    own_init: bool = False
+    input_scale: Callable[[int], float] | None = None
+    embed_norm: bool = False
+    own_init: bool | str = False
     per_layer: Callable[[Any, int], str] | None = None
     options: tuple[str, ...] = ()
 
@@ -110,6 +116,8 @@ def register_layout(layout: Layout) -> Layout:
         raise ValueError(f"layout {layout.name!r}: a skip multiplier needs skip_init, and only it")
     if layout.skip != Skip.NONE and layout.norm_at != Where.SUM:
         raise ValueError(f"layout {layout.name!r}: a skip multiplier needs norm_at sum")
+    if layout.input_scale is not None and layout.norm_at != Where.INPUT:
+        raise ValueError(f"layout {layout.name!r}: input_scale needs norm_at input (a norm to scale)")
     return LAYOUTS.add(layout.name, layout)
 
 
@@ -190,6 +198,11 @@ def _admin_skip(stack: Stack, cfg: Any) -> float:
     return admin_omega(stack.n_layers, stack.sublayers) if cfg.admin_init == "closed_form" else 1.0
 
 
+def _lns_scale(index: int) -> float:
+    # LayerNorm Scaling: 1/√l for layer l = index + 1, as the authors' code (LlamaDecoderLayer, 'LNS')
+    return 1 / math.sqrt(index + 1)
+
+
 def _mix_ln(cfg: Any, index: int) -> str:
     # Mix-LN: Post-LN in the first ⌊α·L⌋ layers, Pre-LN in the rest
     return POST.name if index < math.floor(cfg.mix_ratio * cfg.n_layers) else PRE.name
@@ -219,6 +232,13 @@ MIX = register_layout(Layout(
 REORDERED = register_layout(Layout(
     "reordered", "Reordered (OLMo 2)", "x = x + LN(F(x)), final LN", "OLMo 2, 2025",
     norm_at=Where.OUTPUT, final_norm=True))
+PERI = register_layout(Layout(
+    "peri_ln", "Peri-LN", "x = x + LN_out(F(LN(x))), LN on the embedding, final LN",
+    "Kim et al. 2025 (ICML)", norm_at=Where.INPUT, out_norm=True, final_norm=True, embed_norm=True))
+LNS = register_layout(Layout(
+    "lns", "LayerNorm Scaling", "x = x + F(LN(x)/√l), l the layer (1-based), final LN",
+    "Sun et al. 2025 (NeurIPS), The Curse of Depth", norm_at=Where.INPUT, final_norm=True,
+    input_scale=_lns_scale, own_init="its source trains without scaled initialisation"))
 DEFAULT_LAYOUT = POST.name
 LAYOUTS.seal()
 NORMS.seal()

@@ -5,13 +5,15 @@ Each block has two residual sub-layers, F = attention then FFN, so that its forw
 lnexp/core/layouts.py, which says where the norm sits; one `Block.residual` serves them all:
 
     on the sum          x = LN(s·x + F(x))       post; deepnorm (s = α); admin (s = ω, trained)
-    on the branch input x = x + F(LN(x))         pre; sandwich: x = x + LN_out(F(LN(x)))
+    on the branch input x = x + F(LN(x))         pre; sandwich, peri_ln: x = x + LN_out(F(LN(x)));
+                                                 lns: x = x + F(LN(x)·s), s = 1/√l a constant
     on the branch output x = x + LN(F(x))        reordered (OLMo 2)
 
 Mix-LN picks post or pre per layer. As in fairseq's `normalize_before`, the same norm modules
 (`attn_norm`, `ffn_norm`) serve every order, so a block's parameter names and shapes are identical
 across layouts; an out-norm layout adds `attn_out_norm`/`ffn_out_norm`, a trainable skip adds the
-scalar parameters `attn_skip`/`ffn_skip`, and a layout with a final norm owns `final_norm`.
+scalar parameters `attn_skip`/`ffn_skip`, a layout with a final norm owns `final_norm`, one with an
+embedding norm (Peri-LN) `embed_norm`, and `model.qk_norm` adds `attn.q_norm`/`attn.k_norm`.
 `model.norm_type` names the norm module (LayerNorm, RMSNorm, DyT, a plugin's). The layout is decided
 once, in `Block.__init__`: the forward pass only tests which of the optional pieces exist.
 
@@ -72,21 +74,26 @@ def untapped(_index: int, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    """One norm over d_model, the kind `model.norm_type` names (lnexp/core/layouts.py NORMS)."""
-    return NORMS[cfg.norm_type].build(cfg)
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """One norm over d_model (or `dim` features: QK-norm's head_dim), the kind `model.norm_type` names
+    (lnexp/core/layouts.py NORMS). A norm's builder reads the width from `cfg.d_model`."""
+    return NORMS[cfg.norm_type].build(cfg if dim is None else cfg.model_copy(update={"d_model": dim}))
 
 
 class Attention(nn.Module):
     """Multi-head attention: causal self-attention (the LM, the decoder), or non-causal over `memory`
     (the encoder's self-attention: memory is None; the decoder's cross-attention: the encoder output).
-    `mask`, (batch, 1, 1, keys) bool, True where a key may be attended: the source's non-PAD tokens."""
+    `mask`, (batch, 1, 1, keys) bool, True where a key may be attended: the source's non-PAD tokens.
+    With `model.qk_norm`, `q_norm` and `k_norm` (one norm over head_dim each, shared by the heads)
+    norm every head's queries and keys before the dot product; keys are cached normed."""
 
     def __init__(self, cfg: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         d = cfg.d_model
         self.n_heads, self.dropout, self.causal = cfg.n_heads, cfg.dropout, causal
         self.q, self.k, self.v, self.out = (nn.Linear(d, d, bias=cfg.bias) for _ in range(4))
+        head_dim = d // cfg.n_heads
+        self.q_norm, self.k_norm = (make_norm(cfg, head_dim) if cfg.qk_norm else None for _ in range(2))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, memory: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,6 +101,7 @@ class Attention(nn.Module):
         heads = (self.n_heads, C // self.n_heads)
         if memory is None:  # self-attention: q, k and v in one matmul, as nanoGPT's c_attn
             q, k, v = (t.view(B, T, *heads).transpose(1, 2) for t in self._project(x, self.q, self.k, self.v))
+            k = normed(self.k_norm, k)
         else:  # cross-attention: q from x, k and v (one matmul) from the encoder output
             q = self.q(x).view(B, T, *heads).transpose(1, 2)
             if cache is not None and cache.k is not None:  # while decoding: the source's keys and
@@ -101,8 +109,10 @@ class Attention(nn.Module):
             else:
                 S = memory.shape[1]
                 k, v = (t.view(B, S, *heads).transpose(1, 2) for t in self._project(memory, self.k, self.v))
+                k = normed(self.k_norm, k)
                 if cache is not None:
                     cache.k, cache.v = k, v
+        q = normed(self.q_norm, q)
         if memory is not None or not self.causal:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
@@ -126,6 +136,11 @@ class Attention(nn.Module):
         weight = torch.cat([p.weight for p in projections])
         bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
         return F.linear(x, weight, bias).split(projections[0].out_features, dim=-1)
+
+
+def normed(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """x through an optional norm, in x's dtype (under autocast a norm returns float32)."""
+    return x if norm is None else norm(x).to(x.dtype)
 
 
 class LayerCache:
@@ -196,6 +211,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.attn_out_norm, self.ffn_out_norm = self._out_norm(cfg), self._out_norm(cfg)
         self.attn_skip, self.ffn_skip = self._skip(cfg, stack), self._skip(cfg, stack)
+        # what multiplies the branch-input norm's output: a constant, not a parameter (LayerNorm Scaling)
+        self.input_scale = None if self.layout.input_scale is None else self.layout.input_scale(index)
 
     def _out_norm(self, cfg: ModelConfig) -> nn.Module | None:
         return make_norm(cfg) if self.layout.out_norm else None
@@ -223,8 +240,9 @@ class Block(nn.Module):
         (an Admin skip is one) for the cells' own."""
         branch, norm = getattr(self, name), getattr(self, f"{name}_norm")
         where = self.layout.norm_at
-        if where == Where.INPUT:  # x + F(LN(x)); sandwich: x + LN_out(F(LN(x)))
-            y = branch(norm(x), **kwargs)
+        if where == Where.INPUT:  # x + F(LN(x)); sandwich: x + LN_out(F(LN(x))); lns: x + F(LN(x)·s)
+            h = norm(x)
+            y = branch(h if self.input_scale is None else h * self.input_scale, **kwargs)
             out_norm = getattr(self, f"{name}_out_norm")
             if out_norm is not None:  # under autocast y is bf16: norm it in the stream's dtype
                 y = out_norm(y.to(x.dtype))
@@ -296,13 +314,18 @@ class Embedded(nn.Module):
     def final_norm_or_none(self) -> nn.Module | None:
         return make_norm(self.cfg) if LAYOUTS[self.cfg.norm].final_norm else None
 
-    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Scaled token embeddings plus the positions start, start + 1, ..."""
+    def embed_norm_or_none(self) -> nn.Module | None:
+        return make_norm(self.cfg) if LAYOUTS[self.cfg.norm].embed_norm else None
+
+    def embed(self, idx: torch.Tensor, start: int = 0, norm: nn.Module | None = None) -> torch.Tensor:
+        """Scaled token embeddings plus the positions start, start + 1, ..., through the stack's
+        embedding norm `norm` if its layout has one (Peri-LN), then dropout."""
         end = start + idx.shape[1]
         if end > self.cfg.max_seq_len:
             raise ValueError(f"{end} positions exceed model.max_seq_len ({self.cfg.max_seq_len})")
         table = self.pos_emb.weight if self.cfg.positional == "learned" else self.sinusoid
-        return self.drop(self.tok_emb(idx) * self.embed_scale + table[start:end])
+        x = self.tok_emb(idx) * self.embed_scale + table[start:end]
+        return self.drop(x if norm is None else norm(x))
 
     def stacks(self) -> list[tuple[Stack, nn.ModuleList]]:
         """Each residual stack and its blocks, in the order they run."""
@@ -374,6 +397,7 @@ class TransformerLM(Embedded):
         self.stack = Stack(cfg.n_layers, 2, "lm")
         self.blocks = nn.ModuleList(Block(cfg, self.stack, i) for i in range(cfg.n_layers))
         self.final_norm = self.final_norm_or_none()
+        self.embed_norm = self.embed_norm_or_none()
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.reset_parameters()
 
@@ -385,7 +409,7 @@ class TransformerLM(Embedded):
         """Logits for every position of idx (and the loss if targets are given). With a cache, idx
         continues the cached tokens: its keys and values are appended to it. `tap`: see the module
         docstring."""
-        x = self.embed(idx, 0 if cache is None else len(cache))
+        x = self.embed(idx, 0 if cache is None else len(cache), self.embed_norm)
         for i, block in enumerate(self.blocks):
             x = block(tap(i, x), None if cache is None else cache.layers[i])
         x = tap(len(self.blocks), x)
@@ -437,7 +461,8 @@ class EncoderDecoder(Embedded):
     cross-attention `cross` over the encoder output, FFN `ffn`), all wired by `model.norm`.
 
     Source and target share one token embedding (and the tied output projection) and one position
-    table. A layout with a final norm ends each stack with one (`enc_final_norm`, `dec_final_norm`).
+    table. A layout with a final norm ends each stack with one (`enc_final_norm`, `dec_final_norm`),
+    one with an embedding norm starts each with one (`enc_embed_norm`, `dec_embed_norm`).
     Source PAD tokens are masked as keys in the encoder and in cross-attention; PAD targets are
     ignored in the loss. Constants count each stack's sub-layers: GPT-2 scaling 1/sqrt(2L) in the
     encoder and 1/sqrt(3L) in the decoder; Admin's closed-form omega with N = 2L and N = 3L; DeepNorm
@@ -454,6 +479,8 @@ class EncoderDecoder(Embedded):
         self.dec = nn.ModuleList(DecoderBlock(cfg, self.dec_stack, i) for i in range(n))
         self.enc_final_norm = self.final_norm_or_none()
         self.dec_final_norm = self.final_norm_or_none()
+        self.enc_embed_norm = self.embed_norm_or_none()
+        self.dec_embed_norm = self.embed_norm_or_none()
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.reset_parameters()
 
@@ -463,7 +490,7 @@ class EncoderDecoder(Embedded):
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder output and the source key mask, (batch, 1, 1, source length), True = not PAD."""
         mask = (src != PAD)[:, None, None, :]
-        x = self.embed(src)
+        x = self.embed(src, norm=self.enc_embed_norm)
         for block in self.enc:
             x = block(x, mask=mask)
         return (x if self.enc_final_norm is None else self.enc_final_norm(x)), mask
@@ -482,7 +509,7 @@ class EncoderDecoder(Embedded):
         """The decoder's logits for tgt_in over an encoded source. With a cache (`KVCache(n_layers,
         cross=True)`), tgt_in continues the cached target tokens, and the source's cross-attention keys
         and values are computed at the first call only."""
-        x = self.embed(tgt_in, 0 if cache is None else len(cache))
+        x = self.embed(tgt_in, 0 if cache is None else len(cache), self.dec_embed_norm)
         for i, block in enumerate(self.dec):
             x = block(tap(i, x), memory, mask, *(() if cache is None else (cache.layers[i], cache.cross[i])))
         x = tap(len(self.dec), x)

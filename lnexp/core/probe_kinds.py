@@ -23,6 +23,12 @@ from typing import Any, Literal
 from lnexp.core.registry import Registry
 
 FEATURE_STATS = {"erank": "effective rank", "pr": "participation ratio", "aniso": "anisotropy"}
+OUTLIER_STATS = {"kurtosis": "kurtosis of the neuron RMS", "max_median": "max |a| / median |a|"}
+# Where the per-site probes (rank, outliers) measure: the stream and each branch's output
+SITES = {"resid": "residual stream", "attn": "attention output", "cross": "cross-attention output",
+         "ffn": "FFN output"}
+# An evaluation probe that says so (`tokens`) takes at most this many tokens of the validation batch
+PROBE_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,9 @@ class ProbeKind:
     rows carry with their titles, when not its own (adam's three quantiles). `evaluate`: an
     evaluation probe's function (or "module:function"), run at the steps the `schedule` key of
     `log` lists, else every `log.grad_every` steps. `training_step`: a built-in measured by
-    lnexp/run/probes.py's `Probes` on the training step's own passes."""
+    lnexp/run/probes.py's `Probes` on the training step's own passes. `tokens`: an evaluation probe's
+    validation batch is cut to its first sequences holding at most this many tokens (at least one
+    sequence). `options`: the `log.*` keys only this probe reads (its function gets their values)."""
 
     name: str
     title: str
@@ -46,6 +54,8 @@ class ProbeKind:
     evaluate: Callable[..., dict[str, Any]] | str | None = None
     training_step: bool = False  # measured on the training step's own forward and backward
     log_scale: bool | tuple[str, ...] = False  # figures' y scale: log for all, or for these measures
+    tokens: int | None = None
+    options: tuple[str, ...] = ()
 
     def row_titles(self) -> dict[str, str]:
         return self.rows or {self.name: self.title}
@@ -105,17 +115,42 @@ register_probe(ProbeKind("adam", "Adam v_t quantiles", "weight", rows={
 register_probe(ProbeKind("output_change", "output change under perturbation", "layer",
                          schedule="output_change_steps", evaluate="lnexp.run.probes:output_change",
                          log_scale=True))
-register_probe(ProbeKind(
-    "rank", "feature dimensionality", "measures",
-    {f"{where}.{stat}": f"{title} of the {what}"
-     for where, what in (("resid", "residual stream"), ("attn", "attention output"),
-                         ("cross", "cross-attention output"), ("ffn", "FFN output"))
-     for stat, title in FEATURE_STATS.items()},
-    stream=("resid.",), evaluate="lnexp.run.probes:rank"))
+
+
+def per_site(stats: dict[str, str]) -> dict[str, str]:
+    """Measures `<site>.<stat>` for every site (SITES) and stat, with their titles."""
+    return {f"{site}.{stat}": f"{title} of the {what}" for site, what in SITES.items()
+            for stat, title in stats.items()}
+
+
+register_probe(ProbeKind("rank", "feature dimensionality", "measures", per_site(FEATURE_STATS),
+                         stream=("resid.",), evaluate="lnexp.run.probes:rank"))
 register_probe(ProbeKind(
     "sensitivity", "loss sensitivity", "measures",
     {"dloss_dx": "‖∂loss/∂x‖ of the residual stream",
+     "scale_free": "‖x‖·‖∂loss/∂x‖ of the residual stream",
      "noise_loss_change": "relative loss change, branch outputs replaced by noise"},
-    stream=("dloss_dx",), schedule="ablation_steps", evaluate="lnexp.run.probes:ablation", training_step=True,
-    log_scale=("dloss_dx",)))
+    stream=("dloss_dx", "scale_free"), schedule="ablation_steps", evaluate="lnexp.run.probes:ablation",
+    training_step=True, log_scale=("dloss_dx", "scale_free")))
+# The feature-dimension instruments (issue #26): each on a validation batch of at most PROBE_TOKENS
+register_probe(ProbeKind(
+    "intrinsic_dim", "intrinsic dimension (TwoNN)", "measures",
+    {"twonn": "TwoNN intrinsic dimension of the LN-normalised residual stream",
+     "twonn_se": "standard error of the TwoNN intrinsic dimension"},
+    stream=("twonn",), schedule="intrinsic_dim_steps", evaluate="lnexp.run.probes:intrinsic_dim",
+    tokens=PROBE_TOKENS))
+register_probe(ProbeKind("outliers", "outlier features", "measures", per_site(OUTLIER_STATS),
+                         stream=("resid.",), schedule="outlier_steps", evaluate="lnexp.run.probes:outliers",
+                         log_scale=True, tokens=PROBE_TOKENS))
+register_probe(ProbeKind(
+    "layer_change", "layer change", "measures",
+    {"angle": "angular distance between a block's input and output",
+     "skip_loss_change": "relative loss change, the block skipped"},
+    schedule="layer_change_steps", evaluate="lnexp.run.probes:layer_change", tokens=PROBE_TOKENS))
+register_probe(ProbeKind(
+    "direction_ablation", "direction ablation", "measures",
+    {"top_dims_loss_change": "relative loss change, the top-k dimensions by RMS mean-replaced",
+     "top_pcs_loss_change": "relative loss change, the top-k principal directions mean-replaced"},
+    stream=("top_",), schedule="direction_ablation_steps", evaluate="lnexp.run.probes:direction_ablation",
+    tokens=PROBE_TOKENS, options=("direction_k",)))
 PROBE_KINDS.seal()

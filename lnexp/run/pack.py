@@ -14,8 +14,8 @@ take forward passes of their own: each cell runs them on its own model, as alone
 The residual-stream probes (`act`, `sensitivity`) tap the stream where a cell alone does (the
 model's `forward(..., tap=)`), but cannot keep the tap's tensors from inside `vmap` (they would be
 batched tensors, meaningless outside it). The pack's tap instead makes the forward return them: the
-RMS of the stream entering each block and leaving the last is an output of the vmapped function,
-and ||∂loss/∂x|| comes from a zero tensor the tap adds to the stream there, an input of the vmapped
+RMS and the norm of the stream entering each block and leaving the last are outputs of the vmapped
+function, and ||∂loss/∂x|| comes from a zero tensor the tap adds to the stream there, an input of the vmapped
 function whose gradient is ∂loss/∂x. Each cell's values go to its own probes
 (`Probes.record_stream`), which read them as their own tap would have.
 
@@ -117,12 +117,13 @@ class Pack:
         self.boundaries = len(self.template.residual_blocks()) + 1  # the tap's (entering each, leaving)
 
     def _forward(self, act: bool, params: dict[str, torch.Tensor], deltas: tuple[torch.Tensor, ...],
-                 *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One cell's loss and stream RMS (empty unless `act`), inside vmap."""
+                 *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One cell's loss, stream RMS (empty unless `act`) and stream norm (empty without deltas),
+        inside vmap."""
         tap = StreamTap(act, deltas)
         _, loss = functional_call(self.template, (params, self.buffers), batch,
                                   {"tap": tap if act or deltas else untapped})
-        return loss, torch.stack(tap.acts) if tap.acts else loss.new_zeros(0)
+        return loss, *(torch.stack(kept) if kept else loss.new_zeros(0) for kept in (tap.acts, tap.norms))
 
     def step(self, trainers: list[Trainer], step: int) -> list[StepResult]:
         """One update of every trainer; what `Trainer.step` returns, per trainer."""
@@ -138,7 +139,8 @@ class Pack:
         # Folding the cells into the batch axis to reach the fused kernel was measured slower on a
         # CPU at the tiny and cpu shapes (benchmarks/RESULTS.md).
         with trainers[0]._autocast(), sdpa_kernel(SDPBackend.MATH):
-            loss, acts = vmap(partial(self._forward, probing and "act" in self.kinds))(params, deltas, *batch)
+            loss, acts, norms = vmap(partial(self._forward, probing and "act" in self.kinds))(
+                params, deltas, *batch)
         for trainer in trainers:
             trainer.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # the cells share no weight: each leaf gets its own cell's gradient
@@ -146,8 +148,8 @@ class Pack:
         results = []
         for i, trainer in enumerate(trainers):
             if probing:
-                trainer.probes.record_stream(acts[i] if acts.shape[-1] else None,
-                                             None if grad_norms is None else grad_norms[i])
+                sensed = (None, None) if grad_norms is None else (grad_norms[i], norms[i])
+                trainer.probes.record_stream(acts[i] if acts.shape[-1] else None, *sensed)
             results.append(trainer.update(step, loss[i], probing))
         return results
 

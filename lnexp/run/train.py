@@ -186,7 +186,7 @@ class Trainer:
         """The readings due at `step` of the evaluation probes (lnexp/core/probe_kinds.py), which take
         forward passes of their own on the first validation batch."""
         log = self.config.log
-        return [self.probes.evaluate(kind, self.val_batches[0], step, seed=self.config.train.seed)
+        return [self.probes.evaluate(kind, self.val_batches[0], step, seed=self.config.train.seed, log=log)
                 for kind in map(PROBE_KINDS.get, log.probes) if kind.evaluate and kind.due(log, step)]
 
     @torch.no_grad()
