@@ -63,7 +63,10 @@ class Metric(str, Enum):
 
 
 class ExportFormat(str, Enum):
+    """lnexp.run.sinks.EXPORTS."""
+
     tensorboard = "tensorboard"
+    wandb = "wandb"
 
 
 class LauncherKind(str, Enum):

@@ -111,12 +111,14 @@ def plot(
 
 def export(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, or folders of them (a sweep, runs/).")],
-    to: Annotated[ExportFormat, typer.Option(help="Format: tensorboard (event files in RUN/tb/).")] = \
-        ExportFormat.tensorboard,
+    to: Annotated[ExportFormat, typer.Option(help="tensorboard: event files in RUN/tb/; wandb: a W&B run in "
+                                             "RUN/wandb/, offline unless log.wandb.mode or WANDB_MODE "
+                                             "says online.")] = ExportFormat.tensorboard,
 ) -> None:
-    """Write TensorBoard event files for existing runs, so `tensorboard --logdir runs/` shows them.
+    """Write TensorBoard event files, or a W&B run, for existing runs, as a run with log.tensorboard or
+    log.wandb writes them: `tensorboard --logdir runs/`, or `wandb sync` the offline runs.
 
-    The same scalars and HParams as a run with log.tensorboard: true; RUN/tb/ is replaced."""
+    The same scalars, config and final metrics; RUN/tb/ or RUN/wandb/ is replaced."""
     from lnexp.run import sinks
 
     written, found = sinks.export(runs, to.value)
@@ -125,6 +127,9 @@ def export(
         typer.echo(str(path))
     if not written:
         raise fail("nothing exported")
+    offline = [str(p) for path in written for p in sorted(path.glob("wandb/offline-run-*"))]
+    if offline:
+        notes([f"upload with: wandb sync {' '.join(offline)}"])
 
 
 def list_runs(

@@ -11,12 +11,15 @@ and per probe, role and layer `grad/ffn.fc2/layer_03` (layers from 0, as in prob
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lnexp.core.config import Config, ConfigError
+from lnexp.core.errors import LnexpError
 from lnexp.core.status import FINISHED, Status
 from lnexp.run.reader import Run, RunError, is_locked, is_run, load_run
 
@@ -38,8 +41,18 @@ def check(config: Config) -> None:
     from importlib.util import find_spec
 
     for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if getattr(config.log, key) and find_spec(package) is None:
+        if getattr(config.log, key) not in (None, False) and find_spec(package) is None:
             raise ConfigError(f"log.{key}: needs the {package} package (pip install 'lnexp[{package}]')")
+
+
+def start_error(exc: Exception, blame: Callable[[str], str]) -> LnexpError:
+    """A sink that would not start (W&B without a login, a folder it cannot write), as one line
+    naming its key; `blame` prefixes it with what set the key."""
+    if isinstance(exc, LnexpError):
+        return exc
+    key = "log.wandb" if type(exc).__module__.startswith("wandb") else "log.tensorboard"
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return RunError(blame(f"{key}: could not start ({reason}); no run was made"))
 
 
 def metric_scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -115,18 +128,30 @@ class TensorBoard:
         self.writer.close()
 
 
+def wandb_settings(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """wandb.init's arguments for the run in `path`: the keys `log.wandb` sets (the rest are W&B's
+    environment's: WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE), named after the run; a sweep's cell
+    (a run folder beside sweep.json) is named SWEEP/CELL and grouped by its sweep unless a group is
+    set (`log.wandb.group`, WANDB_RUN_GROUP)."""
+    settings = config.get("log", {}).get("wandb") or {}
+    given = {k: v for k, v in settings.items() if v not in (None, [])}
+    sweep = path.parent.name if (path.parent / "sweep.json").is_file() else None
+    group = given.pop("group", None) or os.environ.get("WANDB_RUN_GROUP") or sweep
+    return {**given, "name": f"{sweep}/{path.name}" if sweep else path.name,
+            **({"group": group} if group else {})}
+
+
 class WandB:
     """A W&B run in RUN/wandb/: the same scalars by step, the config, the summary."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], project: str, mode: str, name: str) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], settings: dict[str, Any]) -> None:
         try:
             import wandb
         except ImportError:
             raise MissingExtra("log.wandb: needs the wandb package (pip install 'lnexp[wandb]')") from None
         folder.mkdir(exist_ok=True)
-        self.run = wandb.init(project=project, mode=mode, dir=str(folder), name=name,
-                              config=hparams(config), reinit="create_new",
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(dir=str(folder), config=hparams(config), reinit="create_new",
+                              settings=wandb.Settings(silent=True, console="off"), **settings)
         self.last = -1
 
     def write(self, steps: dict[int, dict[str, float]]) -> None:
@@ -138,7 +163,6 @@ class WandB:
     def finish(self, status: Status, summary: dict[str, Any]) -> None:
         self.run.summary.update({"status": status, **final_metrics(summary)})
         self.run.finish(exit_code=0 if status in FINISHED else 1)
-
 
 class Sinks:
     """The sinks a run's config asks for, fed with the rows as RunWriter writes them. Probe rows wait
@@ -155,9 +179,8 @@ class Sinks:
         sinks: list[TensorBoard | WandB] = []
         if log.get("tensorboard"):
             sinks.append(TensorBoard(path / TB_DIR, config, start))
-        if log.get("wandb"):
-            w = log["wandb"]
-            sinks.append(WandB(path / WANDB_DIR, config, w["project"], w.get("mode", "online"), path.name))
+        if log.get("wandb") is not None:
+            sinks.append(WandB(path / WANDB_DIR, config, wandb_settings(config, path)))
         return cls(sinks) if sinks else None
 
     def add_probes(self, rows: list[dict[str, Any]]) -> None:
@@ -195,18 +218,23 @@ def run_folders(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def export_tensorboard(run: Run) -> Path:
-    """Write RUN/tb/ anew from the run's files (a previous tb/ is replaced once the new one is
-    complete). Refused for a run a process is still writing."""
+def export_run(run: Run, to: str) -> Path:
+    """Write RUN/tb/ (`to` tensorboard) or RUN/wandb/ (an offline W&B run unless `log.wandb.mode` or
+    WANDB_MODE says otherwise: `wandb sync` uploads it) anew from the run's files; an earlier one is
+    replaced once the new one is complete. Refused for a run a process is still writing."""
     if is_locked(run.path):
         raise RunError(f"{run.path}: still running; export it when it has ended")
-    final = run.path / TB_DIR
-    fresh = run.path / f".{TB_DIR}.tmp"
+    name = TB_DIR if to == "tensorboard" else WANDB_DIR
+    final, fresh, old = (run.path / n for n in (name, f".{name}.tmp", f".{name}.old"))
     shutil.rmtree(fresh, ignore_errors=True)
-    sink = TensorBoard(fresh, run.config)
+    if to == "tensorboard":
+        sink: TensorBoard | WandB = TensorBoard(fresh, run.config)
+    else:
+        settings = wandb_settings(run.config, run.path)
+        settings["mode"] = settings.get("mode") or os.environ.get("WANDB_MODE") or "offline"
+        sink = WandB(fresh, run.config, settings)
     sink.write(by_step(run.metrics, run.probes))
     sink.finish(run.status, run.summary)
-    old = run.path / f".{TB_DIR}.old"
     if final.exists():
         final.rename(old)
     fresh.rename(final)
@@ -214,14 +242,17 @@ def export_tensorboard(run: Run) -> Path:
     return final
 
 
+EXPORTS = ("tensorboard", "wandb")
+
+
 def export(paths: list[Path], to: str = "tensorboard") -> tuple[list[Path], list[str]]:
     """Export every run folder under `paths`; returns the folders written and notes on runs skipped."""
-    if to != "tensorboard":
-        raise RunError(f"--to: must be tensorboard, got {to!r}")
+    if to not in EXPORTS:
+        raise RunError(f"--to: must be one of {', '.join(EXPORTS)}, got {to!r}")
     written, notes = [], []
     for folder in run_folders(paths):
         try:
-            written.append(export_tensorboard(load_run(folder)))
+            written.append(export_run(load_run(folder), to))
         except RunError as exc:
             if isinstance(exc, MissingExtra):
                 raise

@@ -15,6 +15,7 @@ import errno
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,8 +280,8 @@ def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
         data.check(t.seq_len)
         dist, device = init_distributed(t.device)
         _check_fits(config, data.vocab_size, device)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    except ConfigError as exc:  # named after what set the key: a --set, a base file, the file
+        raise ConfigError(config.blame(str(exc), source)) from None
     return data, dist, device
 
 
@@ -385,6 +386,12 @@ def new_run(config: Config, source: str, command: list[str] | None = None, force
             except OSError as exc:
                 writer.finish(Status.FAILED, {}, failure_message(exc))
                 raise RunError(f"{path}: cannot write {TOKENIZER_FILE} ({exc.strerror})") from None
+        try:
+            writer.sinks = sinks.Sinks.open(config.to_dict(), path)
+        except Exception as exc:  # W&B would not start (no login, no network): no run was made
+            writer.close()
+            shutil.rmtree(path, ignore_errors=True)
+            raise sinks.start_error(exc, lambda fault: config.blame(fault, source)) from None
     return trainer, writer, path
 
 
@@ -433,6 +440,11 @@ def reopen_run(path: Path, command: list[str] | None = None
         resumes = writer.meta.get("resumes", []) + [{"from_step": step, "at": now(),
                                                      "command": command or sys.argv}]
         writer.update_meta(status=Status.RUNNING, resumes=resumes, pid=os.getpid(), host=platform.node())
+        try:
+            writer.sinks = sinks.Sinks.open(config.to_dict(), path, step)
+        except Exception as exc:
+            writer.finish(Status.FAILED, {}, failure_message(exc))
+            raise sinks.start_error(exc, lambda fault: f"{path}: {fault}") from None
     kept = [r for r in run.metrics if r["step"] < step]
     wall = run.meta.get("wall_time_s")
     history = History(kept, {r["step"]: r["val_loss"] for r in kept if r.get("val_loss") is not None},
@@ -479,9 +491,6 @@ def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None,
     however the loop ends: as its log says, or interrupted (a second signal) or failed (an error)."""
     live = list(runs)
     try:
-        for run in runs:
-            if run.writer:
-                run.writer.sinks = sinks.Sinks.open(run.trainer.config.to_dict(), run.path, start)
         with _stop_on_signals(stop) as stop:
             _loop(live, start, stop, step_all)
     except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint of this point
