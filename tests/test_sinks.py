@@ -115,20 +115,30 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch):
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """W&B as on a machine never logged in: no API key anywhere, W&B's settings in tmp_path."""
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = write_config("wb", run={"name": "wb"},
-                          log={"wandb": {"project": "lnexp-test", "mode": "offline"}})
-    result = invoke("train", config, "--quiet")
-    assert result.exit_code == 0, result.output
-    run = load_run(tmp_path / "runs" / "wb")
-    files = list((run.path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    import wandb
+
+    wandb.teardown()  # W&B reads its environment once per process: again with this one
+    yield
+    wandb.teardown()
+
+
+def wandb_run(folder: Path) -> tuple[object, dict, dict, dict]:
+    """The offline W&B run in `folder` (RUN/wandb/): its run record, history, config and summary."""
+    files = list(folder.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = wandb_records(files[0])
     got: dict[str, dict[int, float]] = {}
-    config_items, summary = {}, {}
-    for record in records:
+    config_items, summary, run_record = {}, {}, None
+    for record in wandb_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             step = record.history.step.num
@@ -139,16 +149,79 @@ def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch
         elif kind in ("config", "run"):
             update = record.config.update if kind == "config" else record.run.config.update
             config_items.update({i.key: json.loads(i.value_json) for i in update})
+            run_record = record.run if kind == "run" else run_record
         elif kind == "summary":
             summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
                             for i in record.summary.update})
+    return run_record, got, config_items, summary
+
+
+def assert_wandb_matches(folder: Path, run) -> object:
+    record, got, config_items, summary = wandb_run(folder)
     want = expected_scalars(run)
     assert got.keys() == want.keys()
     for tag, values in want.items():
         assert got[tag] == pytest.approx(values, rel=1e-12), tag
-    assert config_items["model.norm"] == "post"
+    assert config_items["model.norm"] == run.config["model"]["norm"]
     assert summary["final/final_val_loss"] == pytest.approx(run.summary["final_val_loss"])
-    assert summary["status"] == "completed"
+    assert summary["status"] == run.status
+    return record
+
+
+def test_wandb_offline_from_the_environment_with_the_configs_settings(tmp_path, write_config, monkeypatch,
+                                                                     no_wandb_login):
+    """WANDB_MODE=offline without a login: the config's unset keys are W&B's environment's."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_ENTITY", "env-team")
+    config = write_config("wb", run={"name": "wb"},
+                          log={"wandb": {"entity": "team", "tags": ["ln", "post"], "notes": "a note",
+                                         "group": "g1"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "wb")
+    record = assert_wandb_matches(run.path / "wandb", run)
+    assert (record.project, record.entity, record.run_group) == ("from-env", "team", "g1")
+    assert list(record.tags) == ["ln", "post"] and record.notes == "a note" and record.display_name == "wb"
+
+
+def test_a_sweeps_cells_are_named_after_it_and_grouped(tmp_path, monkeypatch):
+    from lnexp.run.sinks import wandb_settings
+
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    (tmp_path / "lr").mkdir()
+    (tmp_path / "lr" / "sweep.json").write_text("{}")
+    cell = {"log": {"wandb": {"project": "p", "tags": [], "group": None, "mode": None}}}
+    assert wandb_settings(cell, tmp_path / "lr" / "lr=0.1,seed=0") == \
+        {"project": "p", "name": "lr/lr=0.1,seed=0", "group": "lr"}
+    cell["log"]["wandb"]["group"] = "mine"
+    assert wandb_settings(cell, tmp_path / "lr" / "c")["group"] == "mine"
+    assert wandb_settings({"log": {"wandb": {}}}, tmp_path / "alone") == {"name": "alone"}
+
+
+def test_a_wandb_run_that_cannot_start_leaves_no_run_folder(tmp_path, write_config, no_wandb_login):
+    config = write_config("online", run={"name": "online"}, log={"wandb": {"project": "p", "mode": "online"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: log.wandb: could not start (") \
+        and "API key" in lines[0], lines
+    assert not (tmp_path / "runs" / "online").exists()
+    unknown = invoke("train", write_config("typo", log={"wandb": {"projekt": "p"}}), "--quiet")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip().endswith("log.wandb.projekt: unknown key (did you mean 'project'?)")
+
+
+def test_export_to_wandb_writes_an_offline_run(tmp_path, write_config, no_wandb_login):
+    result = invoke("train", write_config("plain", run={"name": "plain"}), "--quiet")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "runs" / "plain"
+    result = invoke("export", path, "--to", "wandb")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(path / "wandb")]
+    assert "wandb sync " + str(path / "wandb" / "wandb" / "offline-run-") in result.stderr
+    record = assert_wandb_matches(path / "wandb", load_run(path))
+    assert record.display_name == "plain"
 
 
 def test_a_missing_extra_is_one_line_and_nothing_written(tmp_path, write_config, monkeypatch):

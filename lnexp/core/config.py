@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -598,10 +598,12 @@ def _suggest(loc: tuple[Any, ...]) -> str:
     *parents, name = loc
     section: type[BaseModel] = Config
     for part in parents:
-        annotation = section.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        annotation = section.model_fields[part].annotation  # a section, or an optional one (log.wandb)
+        sections = [a for a in (annotation, *get_args(annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return ""
-        section = annotation
+        section = sections[0]
     close = difflib.get_close_matches(str(name), list(section.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -161,7 +161,8 @@ class WandB:
                 self.last = step
 
     def finish(self, status: Status, summary: dict[str, Any]) -> None:
-        self.run.summary.update({"status": status, **final_metrics(summary)})
+        # the value: W&B writes an Enum member by its name
+        self.run.summary.update({"status": Status(status).value, **final_metrics(summary)})
         self.run.finish(exit_code=0 if status in FINISHED else 1)
 
 class Sinks:
