@@ -168,7 +168,3 @@ def test_sweep_figures(tmp_path, write_config, figures):
     again = invoke("plot", root)
     assert again.exit_code == 0 and again.stdout.split() == result.stdout.strip().splitlines()[-2:]
 
-
-def test_loss_label_units():
-    assert plots.loss_label({"data": {"source": "stdlib"}}) == "loss (nats per byte)"
-    assert plots.loss_label({"data": {"source": "seq2seq"}}) == "loss (nats per token)"

@@ -62,6 +62,13 @@ class Metric(str, Enum):
     exact_match = "exact_match"
 
 
+class Unit(str, Enum):
+    """lnexp.report.units: NATS, BPB."""
+
+    nats = "nats"
+    bpb = "bpb"
+
+
 class ExportFormat(str, Enum):
     """lnexp.run.sinks.EXPORTS."""
 
@@ -98,6 +105,10 @@ FigureFile = Annotated[Path | None, typer.Option(
     "--plot", callback=_figure_file, show_default=False,
     help="Write the figure to FILE: .png, .svg or .pdf.")]
 Format = Annotated[ImageFormat, typer.Option("--format", help="The figures' file format.")]
+LossUnitOption = Annotated[Unit, typer.Option(
+    "--unit", help="Losses in nats per each run's own unit (per byte for byte-level text, per token "
+    "otherwise; runs in different units are not drawn on one axis), or bpb: bits per byte, in which "
+    "runs of different tokenizers compare (text runs only).")]
 
 # Decoding: generate, decode-stats, translate.
 Threads = Annotated[int, typer.Option(min=1, help="CPU threads. A token a step makes small matrix products: "

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from lnexp.cli._groups import fail
-from lnexp.cli._options import ExportFormat, FigureFile, Format, ImageFormat, Json, Metric
+from lnexp.cli._options import (
+    ExportFormat,
+    FigureFile,
+    Format,
+    ImageFormat,
+    Json,
+    LossUnitOption,
+    Metric,
+    Unit,
+)
 from lnexp.cli._output import notes, sweep_figures
 from lnexp.core.probe_kinds import row_titles
 
@@ -35,6 +44,7 @@ def compare(
         "figure.")] = [],  # noqa: B006 (typer reads it)
     metric: Annotated[Metric, typer.Option(help="The figure's curves: loss, or a translation score that "
                                            "train.eval_bleu_every logged.")] = Metric.loss,
+    unit: LossUnitOption = Unit.nats,
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp.core.probe_kinds import default_param
@@ -55,7 +65,11 @@ def compare(
     param = param or default_param(probe)
 
     c = comparison.build(loaded, probe=probe, param=param, at="last" if at == "last" else int(at),
-                         all_keys=all_, notes=found, group_by=group_by)
+                         all_keys=all_, notes=found, group_by=group_by, unit=unit.value)
+    if plot is not None and metric is Metric.loss and c.loss_unit is None:
+        from lnexp.report.units import loss_units
+
+        loss_units(c.runs)  # raises: runs in different units on one axis, before anything is printed
     score = metric.value
     if metric is not Metric.loss and not any(m.get(score) is not None for run in loaded for m in run.metrics):
         c.notes.append(f"no run logged {score} (train.eval_bleu_every logs it, on encoder-decoder runs)")
@@ -83,6 +97,7 @@ def plot(
     skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
                                             "heatmap (its initial gradients can take up the colour "
                                             "scale).")] = False,
+    unit: LossUnitOption = Unit.nats,
 ) -> None:
     """Write figures for one RUN into RUN/plots/ and print their paths.
 
@@ -92,14 +107,14 @@ def plot(
     from lnexp.run.reader import is_run, load_run
 
     if (run / "sweep.json").exists() and not is_run(run):
-        sweep_figures(run, f".{format_.value}")
+        sweep_figures(run, f".{format_.value}", unit.value)
         return
     loaded = load_run(run)
     from lnexp.report import plots
 
     try:
         paths, found = plots.run_figures(loaded, run / "plots", suffix=f".{format_.value}",
-                                         skip_init=skip_init)
+                                         skip_init=skip_init, unit=unit.value)
     except OSError as exc:
         raise fail(f"{run / 'plots'}: {exc.strerror or exc}") from None
     notes(loaded.notes + found)

@@ -28,8 +28,9 @@ WANDB_DIR = "wandb"
 METRIC_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr",
                "grad_norm_total": "train/grad_norm_total", "tokens_per_s": "train/tokens_per_s"}
 # The summary's numbers shown as HParams metrics (and W&B summary), and the run's status as an hparam.
-FINAL_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "steps_done", "diverged_step",
-                 "tokens_per_s", "wall_time_s", "dead_layers")
+# final_val_bits_per_byte: text runs', comparable across tokenizers.
+FINAL_METRICS = ("final_val_loss", "final_val_bits_per_byte", "best_val_loss", "final_train_loss",
+                 "steps_done", "diverged_step", "tokens_per_s", "wall_time_s", "dead_layers")
 
 
 class MissingExtra(RunError):

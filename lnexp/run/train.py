@@ -334,6 +334,7 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "git_commit": _git_commit(),
         "data": data.description,
         "vocab_size": data.vocab_size,
+        "bytes_per_token": data.bytes_per_token,  # of the validation text (None: not text): bits per byte
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a pool worker's or a job's GPU
     }
