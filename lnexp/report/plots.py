@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -334,7 +335,7 @@ def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -
     for ax, param in zip(axes, params):
         steps = {step: rows for step, rows in by_step.items() if any(r["param"] == param for r in rows)}
         _steps_panel(ax, steps, probe, param)
-        ax.set_title(kind.measures[param], fontsize=9)
+        ax.set_ylabel(textwrap.fill(kind.measures[param], 30), fontsize=9)  # what is measured, where
     fig.suptitle(f"{name}: {kind.title} by layer")
     fig.tight_layout()
     return fig
