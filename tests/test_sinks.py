@@ -1,10 +1,13 @@
 """TensorBoard and W&B: what a run logs there equals its metrics.jsonl and probes.jsonl, live and exported."""
 
 import json
+import math
 import struct
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
@@ -22,7 +25,8 @@ def invoke(*args):
 def read_events(folder: Path) -> tuple[dict[str, dict[int, float]], object]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    every = {kind: 0 for kind in ("scalars", "histograms", "images", "tensors")}  # 0: keep all
+    acc = EventAccumulator(str(folder), size_guidance=every)
     acc.Reload()
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}, acc
 
@@ -71,6 +75,36 @@ def test_live_tensorboard_equals_the_jsonl_files(tmp_path, write_config):
     assert_events_match(run.path / "tb", run)
 
 
+def test_tensorboard_gets_the_config_the_figures_and_opt_in_gradient_histograms(tmp_path, write_config):
+    config = write_config("hist", run={"name": "hist"},
+                          log={"tensorboard": True, "grad_every": 5, "loss_every": 4, "histograms_every": 5})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "hist")
+    assert_events_match(run.path / "tb", run)
+    _, acc = read_events(run.path / "tb")
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert yaml.safe_load(text.strip("`").removeprefix("yaml\n")) == run.config
+    images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
+    figures = ("curves", "grad_heatmap", "grad_profile", "activations")
+    assert set(images) == {f"figures/{name}" for name in figures}
+    assert all([e.step for e in events] == [run.summary["steps_done"]] for events in images.values())
+    # a histogram of each weight's gradient every 5 steps: its sum of squares is the grad probe's norm²
+    hists = {tag: {e.step: e.histogram_value for e in acc.Histograms(tag)}
+             for tag in acc.Tags()["histograms"]}
+    assert "grad_hist/ffn.fc2/layer_01" in hists and "grad_hist/tok_emb" in hists
+    norms = {(probe_tag(r), r["step"]): r["value"] for r in run.probes if r["probe"] == "grad"}
+    weights = torch.load(run.path / "model.pt")
+    for tag, by_step in hists.items():
+        assert sorted(by_step) == [0, 5, 10], tag
+        for step, h in by_step.items():
+            norm = norms[(tag.replace("grad_hist/", "grad/"), step)]
+            assert math.sqrt(h.sum_squares) == pytest.approx(norm, rel=1e-5), (tag, step)
+            assert sum(h.bucket) == h.num and h.min <= h.max
+    assert {h.num for by_step in hists.values() for h in by_step.values()} == \
+        {float(w.numel()) for w in weights.values() if w.ndim >= 2}
+
+
 def test_export_of_an_old_run_and_a_sweep(tmp_path, write_config):
     config = write_config("sw", train={"steps": 8})
     result = invoke("sweep", config, "--grid", "model.norm=post,pre", "--quiet")
@@ -83,10 +117,12 @@ def test_export_of_an_old_run_and_a_sweep(tmp_path, write_config):
     assert result.stdout.split() == [str(c / "tb") for c in cells]
     for cell in cells:
         assert_events_match(cell / "tb", load_run(cell))
-    # again on one run: its tb/ is replaced, not appended to
+        _, acc = read_events(cell / "tb")
+        assert "figures/curves" in acc.Tags()["images"] and not acc.Tags()["histograms"]
+    # again on one run: its tb/ is replaced, not appended to (the scalars' event file, the figures')
     result = invoke("export", cells[0])
     assert result.exit_code == 0, result.output
-    assert len(list((cells[0] / "tb").iterdir())) == 1
+    assert len(list((cells[0] / "tb").iterdir())) == 2
     assert_events_match(cells[0] / "tb", load_run(cells[0]))
     bad = invoke("export", cells[0], "--to", "csv")
     assert bad.exit_code == 2 and "--to" in bad.output

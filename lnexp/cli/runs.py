@@ -137,6 +137,10 @@ def export(
     from lnexp.run import sinks
 
     written, found = sinks.export(runs, to.value)
+    if to is ExportFormat.tensorboard:
+        from lnexp.report.tensorboard import figures_to_tensorboard
+
+        found += [note for path in written for note in figures_to_tensorboard(path.parent)]
     notes(found)
     for path in written:
         typer.echo(str(path))

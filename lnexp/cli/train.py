@@ -79,6 +79,9 @@ def train(
         raise fail(f"training failed: {failure_message(exc)}", 1) from None
     if not outcome.main:
         return
+    from lnexp.report.tensorboard import figures_to_tensorboard
+
+    notes(figures_to_tensorboard(outcome.path))
     console.stdout.print(console.summary_table(f"{outcome.path}: {outcome.status}", outcome.summary))
     console.stdout.print(console.training_profile(outcome.path))
     if outcome.status == Status.DIVERGED:

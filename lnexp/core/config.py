@@ -193,6 +193,8 @@ class LogConfig(Section):
     ablation_steps: list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]] = [0]
     loss_every: Int = Field(10, ge=1)
     tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
+    # TensorBoard's histograms of the weights' gradients every this many steps (None: none; they cost)
+    histograms_every: Int | None = Field(None, ge=1)
     # a Weights & Biases run of the same scalars (the wandb extra); `true`: W&B's own settings
     wandb: Annotated[WandbConfig | None, BeforeValidator(_switch)] = None
     # the plain progress line where stderr is not a terminal (batch jobs, nohup, CI): every this many
@@ -554,6 +556,8 @@ def config_warnings(config: Config) -> list[str]:
     for kind in PROBE_KINDS.values():
         if kind.schedule in config.log.model_fields_set and kind.name not in config.log.probes:
             warnings.append(f"log.{kind.schedule}: has no effect without {kind.name} in log.probes")
+    if config.log.histograms_every and not config.log.tensorboard:
+        warnings.append("log.histograms_every: has no effect without log.tensorboard")
     if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
         warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
     if s.warmup_steps > config.train.steps:

@@ -11,6 +11,7 @@ and per probe, role and layer `grad/ffn.fc2/layer_03` (layers from 0, as in prob
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -68,6 +69,27 @@ def probe_tag(row: dict[str, Any]) -> str:
         f"{row['probe']}/{param}/layer_{row['layer']:02d}"
 
 
+HISTOGRAM_BINS = 30
+HISTOGRAM_STATS = 5  # min, max, count, sum, sum of squares; then the bins' counts
+
+
+def grad_histograms(grads: list[Any]) -> Any:
+    """A histogram of each gradient, on its device (no sync: the flush reads it with the losses): a
+    row per tensor of HISTOGRAM_STATS numbers and HISTOGRAM_BINS counts over [min, max]."""
+    import torch
+
+    rows = []
+    for g in grads:
+        g = g.detach().float().flatten()
+        low, high = g.min(), g.max()
+        scaled = (g - low) / (high - low).clamp_min(1e-30) * HISTOGRAM_BINS
+        bins = scaled.long().clamp_(0, HISTOGRAM_BINS - 1)
+        counts = torch.zeros(HISTOGRAM_BINS, device=g.device).scatter_add_(0, bins, torch.ones_like(g))
+        rows.append(torch.cat([torch.stack([low, high, g.new_tensor(g.numel()), g.sum(), g.square().sum()]),
+                               counts]))
+    return torch.stack(rows)
+
+
 def by_step(metrics: list[dict[str, Any]], probes: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     """Every scalar of these rows, grouped by step, in step order."""
     steps: dict[int, dict[str, float]] = defaultdict(dict)
@@ -104,6 +126,18 @@ class TensorBoard:
                                "(pip install 'lnexp[tensorboard]')") from None
         self.writer = SummaryWriter(str(folder), purge_step=start or None)
         self.config = config
+        if not start:  # the resolved config, as the run folder's config.yaml has it
+            import yaml
+
+            self.writer.add_text("config", f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```", 0)
+
+    def histograms(self, step: int, tags: list[str], rows: list[list[float]]) -> None:
+        """grad_histograms' rows, read back, as TensorBoard histograms (a non-finite one is left out)."""
+        for tag, (low, high, count, total, squares, *counts) in zip(tags, rows):
+            if all(map(math.isfinite, (low, high, squares))):
+                width = (high - low) / HISTOGRAM_BINS
+                limits = [low + width * (i + 1) for i in range(HISTOGRAM_BINS)]
+                self.writer.add_histogram_raw(tag, low, high, count, total, squares, limits, counts, step)
 
     def write(self, steps: dict[int, dict[str, float]]) -> None:
         for step, scalars in steps.items():
@@ -140,6 +174,19 @@ def wandb_settings(config: dict[str, Any], path: Path) -> dict[str, Any]:
     group = given.pop("group", None) or os.environ.get("WANDB_RUN_GROUP") or sweep
     return {**given, "name": f"{sweep}/{path.name}" if sweep else path.name,
             **({"group": group} if group else {})}
+
+
+def add_figures(folder: Path, figures: dict[str, Any], step: int) -> None:
+    """Figures (matplotlib's, closed here) as images `figures/<name>` at `step`, in an event file of
+    their own in `folder` (RUN/tb/)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    try:
+        for name, fig in figures.items():
+            writer.add_figure(f"figures/{name}", fig, step, close=True)
+    finally:
+        writer.close()
 
 
 class WandB:
@@ -187,6 +234,12 @@ class Sinks:
 
     def add_probes(self, rows: list[dict[str, Any]]) -> None:
         self.probes += rows
+
+    def add_histograms(self, step: int, tags: list[str], rows: list[list[float]]) -> None:
+        """Gradient histograms (grad_histograms' rows): TensorBoard's alone."""
+        for sink in self.sinks:
+            if isinstance(sink, TensorBoard):
+                sink.histograms(step, tags, rows)
 
     def add_metrics(self, rows: list[dict[str, Any]]) -> None:
         steps = by_step(rows, self.probes)

@@ -53,7 +53,7 @@ from lnexp.run.hardware import (
     memory_bytes,
     peak_tflops,
 )
-from lnexp.run.probes import Probes, Reading, radam_rho
+from lnexp.run.probes import Probes, Reading, radam_rho, split_name
 from lnexp.run.reader import RunError, load_run, read_jsonl
 from lnexp.run.rows import layer_profile, logged_steps, loss_summary
 
@@ -132,6 +132,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config)
         self.probes = Probes(self.model, config.log.probes, self.optimizer)
         self.params = list(self.model.parameters())
+        # log.histograms_every: the weights' gradients, histogrammed on the device, kept for the flush
+        self.histogram_every = config.log.histograms_every if config.log.tensorboard else None
+        weights = [(name, p) for name, p in self.model.named_parameters() if p.ndim >= 2]
+        self.histogram_tags = [sinks.probe_tag({"probe": "grad_hist", "layer": layer, "param": param})
+                               for layer, param in (split_name(name) for name, _ in weights)]
+        self.histogram_weights = [p for _, p in weights]
+        self.histograms: list[tuple[int, torch.Tensor]] = []
         val_gen = torch.Generator().manual_seed(t.seed + 1)  # the same val batches at every eval
         self.val_batches = [self._to_device(data.batch("val", t.batch_size, t.seq_len, val_gen))
                             for _ in range(t.eval_batches)]
@@ -168,6 +175,8 @@ class Trainer:
         """The step after the backward pass (the gradients are in the parameters' .grad): read the
         probes, clip, update, advance the schedule (shared with packed training, lnexp.run.pack)."""
         clip = self.config.optim.clip_grad_norm
+        if self.histogram_every and step % self.histogram_every == 0:
+            self.histograms.append((step, sinks.grad_histograms([p.grad for p in self.histogram_weights])))
         reading = self.probes.read(step) if probing else None
         if reading and reading.total_on_device is not None and self.dist.world_size > 1:
             reading.ranks = gather(torch.stack([reading.total_on_device, loss.detach().float()]))
@@ -581,17 +590,27 @@ class RunLog:
         """Read pending losses and readings in one transfer, write their lines; a loss past the
         threshold sets `diverged_step` (and ends the lines there)."""
         pending, extra, writer, history = self.pending, self.extra, self.writer, self.history
+        histograms = self.trainer.histograms
         if not (pending or extra):
             return
         config, dist = self.trainer.config, self.trainer.dist
         readings = [r for _, _, r, _ in pending if r] + extra
         clips = [n for *_, n in pending if n is not None]
-        tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings]
+        tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings] + \
+            [h for _, h in histograms]
         host = torch.cat([x.float().flatten() for x in tensors]).tolist()  # the one transfer
         losses, clip_norms = host[: len(pending)], iter(host[len(pending): len(pending) + len(clips)])
         offset, values = len(pending) + len(clips), {}
         for r in readings:
             values[id(r)], offset = host[offset: offset + len(r.keys)], offset + len(r.keys)
+        for step, h in histograms:
+            width, block = h.shape[1], h.numel()
+            if writer and writer.sinks:
+                flat = host[offset: offset + block]
+                writer.sinks.add_histograms(step, self.trainer.histogram_tags,
+                                            [flat[i: i + width] for i in range(0, block, width)])
+            offset += block
+        histograms.clear()
         elapsed = time.perf_counter() - self.last_flush
         self.last_flush = time.perf_counter()
         speed = len(pending) * self.tokens_per_step / max(elapsed, 1e-9)
