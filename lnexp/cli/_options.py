@@ -149,6 +149,9 @@ class LauncherOptions:
     slurm: Annotated[list[str], typer.Option(
         "--slurm", help="slurm: any other sbatch option, K=V (repeatable): --slurm account=proj --slurm "
         "qos=high.")] = ()
+    setup: Annotated[list[str], typer.Option(
+        "--setup", help="slurm: a line the batch script runs before the job, e.g. 'module load cuda' or "
+        "'source ~/venv/bin/activate' (repeatable; after the launcher file's setup lines).")] = ()
     detach: Annotated[bool, typer.Option(
         "--detach", help="slurm: submit and return; run the same command again (or lnexp sweep status) to "
         "see and collect the cells.")] = False
@@ -161,7 +164,15 @@ class LauncherOptions:
         return slurm.from_options(self.launcher_config, kind=self.launcher and self.launcher.value,
                                   partition=self.partition, gpus_per_cell=self.gpus_per_cell,
                                   cpus_per_cell=self.cpus_per_cell, mem=self.mem, time=self.time,
-                                  slurm=self.slurm)
+                                  slurm=self.slurm, setup=self.setup)
+
+    def storage_warnings(self, launcher: Launcher | None, root: Path) -> list[str]:
+        """For jobs on a cluster's nodes: where `root` (the runs) or the data cache are this node's own
+        storage."""
+        from lnexp.experiments.sweep import slurm
+
+        remote = launcher is not None and launcher.kind == "slurm" and launcher.cluster == "slurm"
+        return slurm.storage_warnings(root) if remote else []
 
 
 def launcher_options(command: Callable[..., None]) -> Callable[..., None]:
