@@ -151,6 +151,7 @@ def test_sweep_figures(tmp_path, write_config, figures):
                     "--quiet")
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "grid"
+    assert f"{root}: final validation loss (nats per token) over 1 seed(s)" in result.stdout
     assert result.stdout.strip().splitlines()[-2:] == [str(root / "plots" / "final_loss.png"),
                                                        str(root / "plots" / "stability_map.png")]
     ax = figures["final_loss.png"].axes[0]

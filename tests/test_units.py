@@ -122,6 +122,8 @@ def test_a_sweep_over_tokenizers_draws_bits_per_byte_and_categories_as_points(tm
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "tok"
     assert "final_loss.png not drawn" in result.stderr and "--unit bpb" in result.stderr
+    assert "final validation loss (nats per each row's unit)" in result.stdout
+    assert re.search(r"│ word\s+│\s+2 │.*│\s+token │", result.stdout)  # the table's loss per column
     assert not (root / "plots" / "final_loss.png").exists()
     from lnexp.experiments.sweep import figures
 
