@@ -47,7 +47,7 @@ def text_runs(tmp_path_factory, write_config) -> dict[str, Path]:
                            ("words", {"source": "text", "path": str(corpus), "tokenizer": "word",
                                       "vocab_size": 64}),
                            ("synthetic", {})):
-            sections = {**TEXT, "data": data} if data else {}
+            sections = {**TEXT, "data": data, "log": {"tensorboard": True}} if data else {}
             config = write_config(name, run={"name": name}, **sections)
             result = invoke("train", config, "--quiet")
             assert result.exit_code == 0, result.output
@@ -68,6 +68,18 @@ def test_each_run_has_its_own_unit_and_bytes_per_token(text_runs):
     summary = runs["words"].summary
     assert bpb.convert(runs["words"], summary["final_val_loss"]) == \
         pytest.approx(summary["final_val_bits_per_byte"])
+    # bits per byte in TensorBoard's HParams: runs of different tokenizers side by side
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(runs["words"].path / "tb"))
+    acc.Reload()
+    [logged] = acc.Scalars("final/final_val_bits_per_byte")
+    assert logged.value == pytest.approx(summary["final_val_bits_per_byte"])
+    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    metrics = plugin_data_pb2.HParamsPluginData.FromString(content).experiment.metric_infos
+    assert "final/final_val_bits_per_byte" in {m.name.tag for m in metrics}
     # a run from before bytes_per_token was recorded: what its summary implies
     del runs["words"].meta["bytes_per_token"]
     assert bytes_per_token(runs["words"]) == pytest.approx(per_word)
