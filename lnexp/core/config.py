@@ -301,6 +301,7 @@ def _origin(origins: dict[str, str], key: str, below: bool = True) -> str | None
 
 
 def _forget(origins: dict[str, str], key: str) -> None:
+    """Drop what set `key` and the keys inside it (a value that replaces them)."""
     for old in [k for k in origins if k == key or k.startswith(key + ".")]:
         del origins[old]
 
@@ -347,7 +348,7 @@ def _merge(into: dict[str, Any], origins: dict[str, str], raw: dict[str, Any],
     `raw_origins`' entries, or `source` for each of them."""
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value and isinstance(into.get(key), dict):
+        if isinstance(value, dict) and isinstance(into.get(key), dict):  # `{}` leaves the base's keys
             _merge(into[key], origins, value, raw_origins, source, dotted + ".")
             continue
         into[key] = copy.deepcopy(value)

@@ -79,14 +79,18 @@ def grad_histograms(grads: list[Any]) -> Any:
     import torch
 
     rows = []
+    device = next((g.device for g in grads if g is not None), None)
     for g in grads:
+        if g is None:  # a weight this step did not reach: a row of NaN, left out when written
+            rows.append(torch.full((HISTOGRAM_STATS + HISTOGRAM_BINS,), math.nan, device=device))
+            continue
         g = g.detach().float().flatten()
         low, high = g.min(), g.max()
         scaled = (g - low) / (high - low).clamp_min(1e-30) * HISTOGRAM_BINS
         bins = scaled.long().clamp_(0, HISTOGRAM_BINS - 1)
         counts = torch.zeros(HISTOGRAM_BINS, device=g.device).scatter_add_(0, bins, torch.ones_like(g))
-        rows.append(torch.cat([torch.stack([low, high, g.new_tensor(g.numel()), g.sum(), g.square().sum()]),
-                               counts]))
+        count = torch.full((), float(g.numel()), device=g.device)  # a fill, not a copy from the host
+        rows.append(torch.cat([torch.stack([low, high, count, g.sum(), g.square().sum()]), counts]))
     return torch.stack(rows)
 
 
@@ -213,6 +217,7 @@ class WandB:
         self.run.summary.update({"status": Status(status).value, **final_metrics(summary)})
         self.run.finish(exit_code=0 if status in FINISHED else 1)
 
+
 class Sinks:
     """The sinks a run's config asks for, fed with the rows as RunWriter writes them. Probe rows wait
     for the metrics rows of the same flush, so each step goes out once, in step order (W&B's rule)."""
@@ -228,8 +233,13 @@ class Sinks:
         sinks: list[TensorBoard | WandB] = []
         if log.get("tensorboard"):
             sinks.append(TensorBoard(path / TB_DIR, config, start))
-        if log.get("wandb") is not None:
-            sinks.append(WandB(path / WANDB_DIR, config, wandb_settings(config, path)))
+        try:
+            if log.get("wandb") is not None:
+                sinks.append(WandB(path / WANDB_DIR, config, wandb_settings(config, path)))
+        except BaseException:  # W&B would not start: the event file opened before it is closed
+            for sink in sinks:
+                sink.writer.close()
+            raise
         return cls(sinks) if sinks else None
 
     def add_probes(self, rows: list[dict[str, Any]]) -> None:
