@@ -107,7 +107,7 @@ def test_a_config_extends_base_files_merged_in_order_and_errors_name_the_file_th
     assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads) == (2, 32, 4)  # merged key by key
     assert (cfg.optim.lr, cfg.optim.name) == (3e-3, "adamw")  # the file over its base
     top.write_text("extends: base/optim.yaml\nmodel: {}\n")  # an empty mapping keeps the base's keys
-    assert load_config(top).model.n_layers == 2
+    assert load_config(top, ["model.d_model=32"]).model.n_layers == 2
     top.write_text("extends: [base/optim.yaml]\noptim: {lr: 3e-3}\n")
     assert error_of(top) == \
         f"{tmp_path}/base/model.yaml: model.n_heads: must divide model.d_model (30), got 4"
