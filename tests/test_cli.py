@@ -12,7 +12,15 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.cli._groups import with_default
-from lnexp.cli._options import DecodeStrategy, LauncherKind, LauncherOptions, Metric, Scale
+from lnexp.cli._options import (
+    DecodeStrategy,
+    ExportFormat,
+    LauncherKind,
+    LauncherOptions,
+    Metric,
+    Scale,
+    Unit,
+)
 
 runner = CliRunner()
 
@@ -145,11 +153,15 @@ def test_the_choices_are_the_library_s():
     from lnexp.experiments.reproduce.engine import SCALES
     from lnexp.experiments.sweep.slurm import Launcher
     from lnexp.report.plots import SCORES
+    from lnexp.report.units import BPB, NATS
+    from lnexp.run.sinks import EXPORTS
 
     assert [s.value for s in DecodeStrategy] == list(STRATEGIES)
     assert [s.value for s in Scale] == list(SCALES)
     assert [k.value for k in LauncherKind] == list(typing.get_args(Launcher.model_fields["kind"].annotation))
     assert [m.value for m in Metric] == ["loss", *SCORES]
+    assert [f.value for f in ExportFormat] == list(EXPORTS)
+    assert [u.value for u in Unit] == [NATS, BPB]
 
 
 def test_help_imports_neither_torch_nor_the_config_schema():

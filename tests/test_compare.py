@@ -46,6 +46,9 @@ def pair(tmp_path, write_config) -> tuple[Path, Path]:
     return tmp_path / "runs" / "post", tmp_path / "runs" / "pre"
 
 
+FINAL_VAL = "final val loss (nats per token)"  # the runs' synthetic data: nats per token
+
+
 def rows_of(stdout: str, label: str) -> list[str]:
     """The cells of the table row(s) that start with `label`."""
     return [re.split(r"\s*│\s*", line.strip("│ "))[1:] for line in stdout.splitlines()
@@ -93,7 +96,7 @@ def test_compare_tables_show_the_numbers(pair):
     assert rows_of(out, "model.n_layers") == [["2", "3"]]
     assert rows_of(out, "optim.lr") == []  # equal in both: not shown without --all
     assert rows_of(out, "status") == [["completed", "completed"]]
-    assert rows_of(out, "final val loss") == [[f"{r.summary['final_val_loss']:.4g}" for r in runs]]
+    assert rows_of(out, FINAL_VAL) == [[f"{r.summary['final_val_loss']:.4g}" for r in runs]]
     assert rows_of(out, "steps done") == [["12", "12"]]
     profiles = [layer_profile(r.probes, "grad", "ffn.fc2", 0) for r in runs]
     assert rows_of(out, "2") == [["-", f"{profiles[1][2]:.4g}"]]  # post has no layer 2
@@ -246,7 +249,7 @@ def test_group_by_aggregates_runs(pair, tmp_path):
     assert groups[0]["outcome"]["final_val_loss"]["mean"] == pytest.approx(loss)
     assert groups[0]["outcome"]["final_val_loss"]["std"] == 0
     table = invoke("compare", post, twin, pre, "--group-by", "model.norm").stdout
-    assert rows_of(table, "final val loss")[0][0] == f"{loss:.4g} ± 0"
+    assert rows_of(table, FINAL_VAL)[0][0] == f"{loss:.4g} ± 0"
     assert rows_of(table, "status") == [["2 completed", "1 completed"]]
     bad = invoke("compare", post, pre, "--group-by", "model.nrom")
     assert bad.exit_code == 2 and "--group-by model.nrom" in bad.stderr
@@ -272,9 +275,9 @@ def test_numbers_sort_as_numbers_and_wide_tables_turn(pair, tmp_path, monkeypatc
     assert narrow.exit_code == 0
     # a row per run: each run's name starts a row whole, the outcome labels head the columns
     assert all(len(rows_of(narrow.stdout, cell.name)) == 2 for cell in cells)  # outcome and profile
-    assert not rows_of(narrow.stdout, "final val loss")
+    assert not rows_of(narrow.stdout, FINAL_VAL)
     assert "…" not in narrow.stdout
-    assert rows_of(invoke("compare", *pair).stdout, "final val loss")  # two runs fit: not turned
+    assert rows_of(invoke("compare", *pair).stdout, FINAL_VAL)  # two runs fit: not turned
 
 
 def test_runs_shows_an_unfinished_runs_last_val_loss_at_its_step(pair, tmp_path, monkeypatch):

@@ -95,3 +95,69 @@ def test_cli_data_shorter_than_one_sequence(tmp_path, write_config):
     result = runner.invoke(app, ["train", str(path), "--quiet"])
     assert result.exit_code == 2 and "fewer than one sequence" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_extends_base_files_merged_in_order_and_errors_name_the_file_that_set_the_key(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.yaml").write_text("model: {n_layers: 2, d_model: 30, n_heads: 4}\n")
+    (tmp_path / "base" / "optim.yaml").write_text("extends: model.yaml\noptim: {lr: 1e-2, name: adamw}\n")
+    top = tmp_path / "exp.yaml"
+    top.write_text("extends: [base/optim.yaml]\nmodel: {d_model: 32}\noptim: {lr: 3e-3}\n")
+    cfg = load_config(top)
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads) == (2, 32, 4)  # merged key by key
+    assert (cfg.optim.lr, cfg.optim.name) == (3e-3, "adamw")  # the file over its base
+    top.write_text("extends: base/optim.yaml\nmodel: {}\n")  # an empty mapping keeps the base's keys
+    assert load_config(top, ["model.d_model=32"]).model.n_layers == 2
+    top.write_text("extends: [base/optim.yaml]\noptim: {lr: 3e-3}\n")
+    assert error_of(top) == \
+        f"{tmp_path}/base/model.yaml: model.n_heads: must divide model.d_model (30), got 4"
+    assert error_of(top, "model.d_model=32", "optim.lr=-1") == "--set optim.lr: must be > 0.0, got -1"
+    (tmp_path / "base" / "model.yaml").write_text("extends: ../exp.yaml\n")
+    assert "extends: a cycle" in error_of(top)
+    top.write_text("extends: {a: 1}\n")
+    assert error_of(top) == f"{top}: extends: must be a config file or a list of them"
+    top.write_text("extends: nothere.yaml\n")
+    assert error_of(top) == f"{tmp_path}/nothere.yaml: no such file"
+
+
+def test_a_data_fault_names_the_set_that_caused_it(tmp_path, write_config):
+    import numpy as np
+
+    from lnexp.run.train import prepare
+
+    path = write_config()
+    cfg = load_config(path, ["data.source=text", "data.path=nofile.txt"])
+    with pytest.raises(ConfigError) as info:
+        prepare(cfg, str(path))
+    assert str(info.value) == "--set data.path: no such file: nofile.txt"
+    np.arange(300, dtype=np.uint16).tofile(tmp_path / "ids.bin")
+    ids = str(tmp_path / "ids.bin")
+    tokens = write_config("tok", data={"source": "tokens", "path": ids, "vocab_size": 512})
+    cfg = load_config(tokens, ["data.vocab_size=100"])
+    with pytest.raises(ConfigError) as info:
+        prepare(cfg, str(tokens))
+    assert str(info.value) == (f"--set data.vocab_size=100: data.path: {tmp_path / 'ids.bin'} holds id 299, "
+                               "outside data.vocab_size (100)")
+    # the same fault from the file is the file's
+    with pytest.raises(ConfigError) as info:
+        prepare(load_config(write_config("tok2", data={"source": "tokens", "path": ids, "vocab_size": 100})),
+                "tok2.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'tok2.yaml'}: data.path: ")
+
+
+def test_print_config_and_bare_overrides(tmp_path, write_config):
+    import yaml
+
+    path = write_config()
+    result = runner.invoke(app, ["train", str(path), "optim.lr=0.02", "--set", "model.norm=pre",
+                                 "--print-config"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    assert printed["optim"]["lr"] == 0.02 and printed["model"]["norm"] == "pre"
+    assert printed == load_config(path, ["optim.lr=0.02", "model.norm=pre"]).to_dict()
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    bad = runner.invoke(app, ["train", str(path), "optim.lr=-1", "--quiet"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: --set optim.lr: must be > 0.0, got -1"
+    bad = runner.invoke(app, ["train", str(path), "other.yaml"])
+    assert bad.exit_code == 2 and "other.yaml: expected KEY=VALUE after CONFIG" in bad.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,15 +1,18 @@
 """Every figure, rendered from tiny runs and read back as matplotlib objects: axis labels, limits,
 scales, legends, checked against the runs' own numbers."""
 
+import re
 from pathlib import Path
 
 import matplotlib.colors
+import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
 from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.experiments.sweep import figures as sweep_figures
+from lnexp.report import figures as report_figures
 from lnexp.report import plots
 from lnexp.report.compare import build, load_runs
 from lnexp.run.reader import load_run
@@ -40,13 +43,14 @@ def figures(monkeypatch) -> dict[str, object]:
     """The figures the code under test saves, by file name, still open."""
     saved = {}
 
-    def keep(fig, path):
+    def keep(fig, path, **savefig):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=40)
         saved[path.name] = fig
         return path
 
-    for module in (plots, sweep_figures):  # each draws through the one saver, imported by name
+    # each draws through the one saver, imported by name (decoding's when it draws)
+    for module in (plots, sweep_figures, report_figures):
         monkeypatch.setattr(module, "save", keep)
     yield saved
     for fig in saved.values():
@@ -147,6 +151,7 @@ def test_sweep_figures(tmp_path, write_config, figures):
                     "--quiet")
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "grid"
+    assert f"{root}: final validation loss (nats per token) over 1 seed(s)" in result.stdout
     assert result.stdout.strip().splitlines()[-2:] == [str(root / "plots" / "final_loss.png"),
                                                        str(root / "plots" / "stability_map.png")]
     ax = figures["final_loss.png"].axes[0]
@@ -169,6 +174,91 @@ def test_sweep_figures(tmp_path, write_config, figures):
     assert again.exit_code == 0 and again.stdout.split() == result.stdout.strip().splitlines()[-2:]
 
 
-def test_loss_label_units():
-    assert plots.loss_label({"data": {"source": "stdlib"}}) == "loss (nats per byte)"
-    assert plots.loss_label({"data": {"source": "seq2seq"}}) == "loss (nats per token)"
+
+# --- every figure kind: labelled axes, loss axes with their unit, legends clear of the data -----------
+
+LOSS_UNIT = re.compile(r"\((nats per (byte|token)|bits per byte)\)")
+
+
+def drawn_points(ax, renderer) -> np.ndarray:
+    """Display coordinates of what an axes draws: line vertices and points along their segments,
+    markers and error bars, band outlines (clipped to the axes, as drawn)."""
+    chunks = []
+    for line in ax.get_lines():
+        xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if line.get_linestyle() not in ("None", "none", "") and len(xy) > 1:
+            t = np.linspace(0, 1, 25)[:, None, None]
+            xy = np.concatenate([xy, (xy[:-1] + t * (xy[1:] - xy[:-1])).reshape(-1, 2)])
+        chunks.append(xy)
+    for coll in ax.collections:
+        offsets = coll.get_offset_transform().transform(np.asarray(coll.get_offsets(), dtype=float))
+        chunks.append(offsets)
+        for path in coll.get_paths():
+            chunks.append(coll.get_transform().transform(path.vertices))
+    points = np.concatenate([c for c in chunks if len(c)]) if chunks else np.zeros((0, 2))
+    box = ax.get_window_extent(renderer)
+    inside = (points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0) & \
+        (points[:, 1] <= box.y1)
+    return points[inside & np.isfinite(points).all(axis=1)]
+
+
+def figure_faults(name: str, fig) -> list[str]:
+    """What a reviewer would send back: an axes with data but no label, a loss axis without its unit,
+    a legend over data points or over another panel."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    faults = []
+    panels = [ax for ax in fig.axes if ax.get_visible() and (ax.get_lines() or ax.collections or ax.images)]
+    for ax in panels:
+        if not ax.get_ylabel() or (not ax.get_xlabel() and not ax.images and ax.get_xticks().size):
+            faults.append(f"{name}: an axes without a label ({ax.get_title()!r})")
+        loss_axis = re.match(r"(final validation )?loss( \(|$)", ax.get_ylabel())
+        if loss_axis and not LOSS_UNIT.search(ax.get_ylabel()):
+            faults.append(f"{name}: loss axis without its unit: {ax.get_ylabel()!r}")
+    legends = [(ax.get_legend(), ax) for ax in fig.axes if ax.get_legend()] + \
+        [(legend, None) for legend in fig.legends]
+    for legend, owner in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in panels:
+            if ax is owner:
+                points = drawn_points(ax, renderer)
+                covered = (points[:, 0] > box.x0) & (points[:, 0] < box.x1) & (points[:, 1] > box.y0) & \
+                    (points[:, 1] < box.y1)
+                if covered.any():
+                    faults.append(f"{name}: the legend covers {covered.sum()} drawn points")
+            elif box.overlaps(ax.get_window_extent(renderer)):
+                faults.append(f"{name}: a legend over another panel ({ax.get_title()!r})")
+    return faults
+
+
+def test_every_figure_kind_labels_its_axes_and_keeps_legends_off_the_data(runs, figures, tmp_path,
+                                                                         write_config):
+    from lnexp.report import decoding
+
+    loaded = load_runs([str(p) for p in runs.values()])[0]
+    plots.compare_figure(build(loaded), tmp_path / "compare.png")
+    plots.compare_figure(build(loaded, group_by=["optim.lr"]), tmp_path / "grouped.png")
+    rank = write_config("rank", run={"name": "rank"}, log={"probes": ["grad", "act", "rank", "sensitivity"]})
+    assert invoke("train", rank, "--quiet").exit_code == 0
+    for run in (load_run(runs["warm"]), load_run(tmp_path / "runs" / "rank")):
+        plots.run_figures(run, tmp_path / run.name)
+    config = write_config("grid", train={"steps": 6, "eval_every": 3})
+    for grid in (["optim.lr=3e-3,3e-2,30", "model.n_layers=1,2"], ["model.norm=post,pre,sandwich"]):
+        result = invoke("sweep", config, *(a for g in grid for a in ("--grid", g)), "--seeds", "2", "--quiet",
+                        "--name", grid[0].split("=")[0].split(".")[1])
+        assert result.exit_code == 0, result.output
+        figures.update({f"{grid[0][:9]}:{k}": figures.pop(k) for k in list(figures)
+                        if k in ("final_loss.png", "stability_map.png")})
+    # five strategies whose curves fill every corner of the panels: no room for a legend inside them
+    rows = [{"label": label, "entropy_by_step": [a + (b - a) * t / 11 for t in range(12)],
+             "logprob_by_step": [-(a + 0.3) * t for t in range(12)], "distinct_2": a / 3,
+             "logprob_per_token": -a}
+            for label, a, b in (("greedy", 0, 3), ("sample", 3, 0), ("top-k", 1.5, 1.5), ("top-p", 0.2, 0.2),
+                                ("beam", 2.8, 2.8))]
+    decoding.plot_decode_stats(rows, tmp_path / "decode-stats.png", "decode")
+    kinds = {name.split(":")[-1].removesuffix(".png") for name in figures}
+    assert kinds >= {"compare", "grouped", "curves", "grad_heatmap", "grad_profile", "activations", "rank",
+                     "sensitivity", "final_loss", "stability_map", "decode-stats"}, kinds
+    faults = [fault for name, fig in figures.items() for fault in figure_faults(name, fig)]
+    assert not faults, "\n".join(faults)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,16 +148,23 @@ def test_a_preempted_job_is_requeued_and_resumes_bit_exact(tmp_path, write_confi
                        torch.load(cell.path / "model.pt")["blocks.1.ffn.fc2.weight"])
 
 
-def test_sbatch_script_carries_the_options_and_one_array_of_all_cells(tmp_path, write_config, monkeypatch):
+@pytest.fixture
+def stub_slurm(tmp_path, monkeypatch):
+    """sbatch, sacct and srun on PATH: sbatch keeps the script it is given and names job 4242; sacct
+    knows no state (the jobs are queued); srun is there for submitit to find."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/script.sh\n"
                                     "echo 'Submitted batch job 4242'\n")
-    (bin_dir / "sacct").write_text("#!/bin/sh\nexit 0\n")  # no state yet: the jobs are queued
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it
+    (bin_dir / "sacct").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
     for tool in ("sbatch", "sacct", "srun"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return tmp_path / "script.sh"
+
+
+def test_sbatch_script_carries_the_options_and_one_array_of_all_cells(tmp_path, write_config, stub_slurm):
     result = runner.invoke(app, ["sweep", str(write_config(**FAST)), "--grid", "optim.lr=1e-3,3e-3",
                                  "--seeds", "2", "--name", "cluster", "--launcher", "slurm",
                                  "--partition", "gpu", "--gpus-per-cell", "2", "--cpus-per-cell", "8",
@@ -220,3 +228,35 @@ def test_train_prints_a_plain_line_now_and_then_when_stderr_is_a_log(write_confi
     fields = lines[-1].split(" | ")
     assert fields[1].startswith("loss ") and fields[2].startswith("val ") and fields[3].startswith("lr ")
     assert fields[4].endswith(" tok/s") and fields[5].startswith("eta ")
+
+
+def test_dry_run_prints_the_batch_script_with_its_setup_lines_and_submits_nothing(tmp_path, write_config,
+                                                                                  stub_slurm):
+    launcher = tmp_path / "cluster.yaml"
+    launcher.write_text(yaml.safe_dump({"launcher": {"kind": "slurm", "partition": "gpu",
+                                                     "setup": ["module load cuda/12.4"]}}))
+    args = ["sweep", str(write_config(**FAST)), "--grid", "optim.lr=1e-3,3e-3", "--seeds", "2",
+            "--name", "dry", "--launcher-config", str(launcher), "--setup", "source ~/venv/bin/activate",
+            "--detach"]
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert not stub_slurm.exists() and not (tmp_path / "runs" / "dry").exists()  # nothing submitted, written
+    script = dry.stdout[dry.stdout.index("#!/bin/bash"):]
+    lines = script.splitlines()
+    assert "#SBATCH --array=0-3%4" in lines and "#SBATCH --partition=gpu" in lines
+    setup = lines.index("module load cuda/12.4")
+    assert lines[setup + 1] == "source ~/venv/bin/activate"
+    assert setup < next(i for i, line in enumerate(lines) if line.startswith("srun"))
+    # the node-local storage the jobs could not see, said before anything is submitted
+    assert f"warning: the sweep's folder {tmp_path / 'runs' / 'dry'} is under /tmp" in dry.stderr
+    submitted = runner.invoke(app, args)
+    assert submitted.exit_code == 0, submitted.output
+    assert stub_slurm.read_text() == script  # what the dry run printed is what sbatch got
+
+
+def test_node_local_storage_is_named():
+    from lnexp.experiments.sweep.slurm import node_local
+
+    assert node_local(Path("/tmp/x/runs")) == "under /tmp"
+    if Path("/dev/shm").is_dir():
+        assert node_local(Path("/dev/shm/lnexp")).startswith(("on tmpfs", "under /dev/shm"))

@@ -1,10 +1,13 @@
 """TensorBoard and W&B: what a run logs there equals its metrics.jsonl and probes.jsonl, live and exported."""
 
 import json
+import math
 import struct
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from lnexp.cli import app
@@ -22,7 +25,8 @@ def invoke(*args):
 def read_events(folder: Path) -> tuple[dict[str, dict[int, float]], object]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    every = {kind: 0 for kind in ("scalars", "histograms", "images", "tensors")}  # 0: keep all
+    acc = EventAccumulator(str(folder), size_guidance=every)
     acc.Reload()
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}, acc
 
@@ -71,6 +75,36 @@ def test_live_tensorboard_equals_the_jsonl_files(tmp_path, write_config):
     assert_events_match(run.path / "tb", run)
 
 
+def test_tensorboard_gets_the_config_the_figures_and_opt_in_gradient_histograms(tmp_path, write_config):
+    config = write_config("hist", run={"name": "hist"},
+                          log={"tensorboard": True, "grad_every": 5, "loss_every": 4, "histograms_every": 5})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "hist")
+    assert_events_match(run.path / "tb", run)
+    _, acc = read_events(run.path / "tb")
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert yaml.safe_load(text.strip("`").removeprefix("yaml\n")) == run.config
+    images = {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
+    figures = ("curves", "grad_heatmap", "grad_profile", "activations")
+    assert set(images) == {f"figures/{name}" for name in figures}
+    assert all([e.step for e in events] == [run.summary["steps_done"]] for events in images.values())
+    # a histogram of each weight's gradient every 5 steps: its sum of squares is the grad probe's norm²
+    hists = {tag: {e.step: e.histogram_value for e in acc.Histograms(tag)}
+             for tag in acc.Tags()["histograms"]}
+    assert "grad_hist/ffn.fc2/layer_01" in hists and "grad_hist/tok_emb" in hists
+    norms = {(probe_tag(r), r["step"]): r["value"] for r in run.probes if r["probe"] == "grad"}
+    weights = torch.load(run.path / "model.pt")
+    for tag, by_step in hists.items():
+        assert sorted(by_step) == [0, 5, 10], tag
+        for step, h in by_step.items():
+            norm = norms[(tag.replace("grad_hist/", "grad/"), step)]
+            assert math.sqrt(h.sum_squares) == pytest.approx(norm, rel=1e-5), (tag, step)
+            assert sum(h.bucket) == h.num and h.min <= h.max
+    assert {h.num for by_step in hists.values() for h in by_step.values()} == \
+        {float(w.numel()) for w in weights.values() if w.ndim >= 2}
+
+
 def test_export_of_an_old_run_and_a_sweep(tmp_path, write_config):
     config = write_config("sw", train={"steps": 8})
     result = invoke("sweep", config, "--grid", "model.norm=post,pre", "--quiet")
@@ -83,10 +117,12 @@ def test_export_of_an_old_run_and_a_sweep(tmp_path, write_config):
     assert result.stdout.split() == [str(c / "tb") for c in cells]
     for cell in cells:
         assert_events_match(cell / "tb", load_run(cell))
-    # again on one run: its tb/ is replaced, not appended to
+        _, acc = read_events(cell / "tb")
+        assert "figures/curves" in acc.Tags()["images"] and not acc.Tags()["histograms"]
+    # again on one run: its tb/ is replaced, not appended to (the scalars' event file, the figures')
     result = invoke("export", cells[0])
     assert result.exit_code == 0, result.output
-    assert len(list((cells[0] / "tb").iterdir())) == 1
+    assert len(list((cells[0] / "tb").iterdir())) == 2
     assert_events_match(cells[0] / "tb", load_run(cells[0]))
     bad = invoke("export", cells[0], "--to", "csv")
     assert bad.exit_code == 2 and "--to" in bad.output
@@ -115,20 +151,30 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch):
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """W&B as on a machine never logged in: no API key anywhere, W&B's settings in tmp_path."""
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = write_config("wb", run={"name": "wb"},
-                          log={"wandb": {"project": "lnexp-test", "mode": "offline"}})
-    result = invoke("train", config, "--quiet")
-    assert result.exit_code == 0, result.output
-    run = load_run(tmp_path / "runs" / "wb")
-    files = list((run.path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    import wandb
+
+    wandb.teardown()  # W&B reads its environment once per process: again with this one
+    yield
+    wandb.teardown()
+
+
+def wandb_run(folder: Path) -> tuple[object, dict, dict, dict]:
+    """The offline W&B run in `folder` (RUN/wandb/): its run record, history, config and summary."""
+    files = list(folder.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = wandb_records(files[0])
     got: dict[str, dict[int, float]] = {}
-    config_items, summary = {}, {}
-    for record in records:
+    config_items, summary, run_record = {}, {}, None
+    for record in wandb_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             step = record.history.step.num
@@ -139,16 +185,79 @@ def test_wandb_offline_logs_the_same_scalars(tmp_path, write_config, monkeypatch
         elif kind in ("config", "run"):
             update = record.config.update if kind == "config" else record.run.config.update
             config_items.update({i.key: json.loads(i.value_json) for i in update})
+            run_record = record.run if kind == "run" else run_record
         elif kind == "summary":
             summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
                             for i in record.summary.update})
+    return run_record, got, config_items, summary
+
+
+def assert_wandb_matches(folder: Path, run) -> object:
+    record, got, config_items, summary = wandb_run(folder)
     want = expected_scalars(run)
     assert got.keys() == want.keys()
     for tag, values in want.items():
         assert got[tag] == pytest.approx(values, rel=1e-12), tag
-    assert config_items["model.norm"] == "post"
+    assert config_items["model.norm"] == run.config["model"]["norm"]
     assert summary["final/final_val_loss"] == pytest.approx(run.summary["final_val_loss"])
-    assert summary["status"] == "completed"
+    assert summary["status"] == run.status
+    return record
+
+
+def test_wandb_offline_from_the_environment_with_the_configs_settings(tmp_path, write_config, monkeypatch,
+                                                                     no_wandb_login):
+    """WANDB_MODE=offline without a login: the config's unset keys are W&B's environment's."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_ENTITY", "env-team")
+    config = write_config("wb", run={"name": "wb"},
+                          log={"wandb": {"entity": "team", "tags": ["ln", "post"], "notes": "a note",
+                                         "group": "g1"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "runs" / "wb")
+    record = assert_wandb_matches(run.path / "wandb", run)
+    assert (record.project, record.entity, record.run_group) == ("from-env", "team", "g1")
+    assert list(record.tags) == ["ln", "post"] and record.notes == "a note" and record.display_name == "wb"
+
+
+def test_a_sweeps_cells_are_named_after_it_and_grouped(tmp_path, monkeypatch):
+    from lnexp.run.sinks import wandb_settings
+
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    (tmp_path / "lr").mkdir()
+    (tmp_path / "lr" / "sweep.json").write_text("{}")
+    cell = {"log": {"wandb": {"project": "p", "tags": [], "group": None, "mode": None}}}
+    assert wandb_settings(cell, tmp_path / "lr" / "lr=0.1,seed=0") == \
+        {"project": "p", "name": "lr/lr=0.1,seed=0", "group": "lr"}
+    cell["log"]["wandb"]["group"] = "mine"
+    assert wandb_settings(cell, tmp_path / "lr" / "c")["group"] == "mine"
+    assert wandb_settings({"log": {"wandb": {}}}, tmp_path / "alone") == {"name": "alone"}
+
+
+def test_a_wandb_run_that_cannot_start_leaves_no_run_folder(tmp_path, write_config, no_wandb_login):
+    config = write_config("online", run={"name": "online"}, log={"wandb": {"project": "p", "mode": "online"}})
+    result = invoke("train", config, "--quiet")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {config}: log.wandb: could not start (") \
+        and "API key" in lines[0], lines
+    assert not (tmp_path / "runs" / "online").exists()
+    unknown = invoke("train", write_config("typo", log={"wandb": {"projekt": "p"}}), "--quiet")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip().endswith("log.wandb.projekt: unknown key (did you mean 'project'?)")
+
+
+def test_export_to_wandb_writes_an_offline_run(tmp_path, write_config, no_wandb_login):
+    result = invoke("train", write_config("plain", run={"name": "plain"}), "--quiet")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "runs" / "plain"
+    result = invoke("export", path, "--to", "wandb")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [str(path / "wandb")]
+    assert "wandb sync " + str(path / "wandb" / "wandb" / "offline-run-") in result.stderr
+    record = assert_wandb_matches(path / "wandb", load_run(path))
+    assert record.display_name == "plain"
 
 
 def test_a_missing_extra_is_one_line_and_nothing_written(tmp_path, write_config, monkeypatch):

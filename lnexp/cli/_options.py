@@ -62,8 +62,18 @@ class Metric(str, Enum):
     exact_match = "exact_match"
 
 
+class Unit(str, Enum):
+    """lnexp.report.units: NATS, BPB."""
+
+    nats = "nats"
+    bpb = "bpb"
+
+
 class ExportFormat(str, Enum):
+    """lnexp.run.sinks.EXPORTS."""
+
     tensorboard = "tensorboard"
+    wandb = "wandb"
 
 
 class LauncherKind(str, Enum):
@@ -96,6 +106,10 @@ FigureFile = Annotated[Path | None, typer.Option(
     "--plot", callback=_figure_file, show_default=False,
     help="Write the figure to FILE: .png, .svg or .pdf.")]
 Format = Annotated[ImageFormat, typer.Option("--format", help="The figures' file format.")]
+LossUnitOption = Annotated[Unit, typer.Option(
+    "--unit", help="Losses in nats per each run's own unit (per byte for byte-level text, per token "
+    "otherwise; runs in different units are not drawn on one axis), or bpb: bits per byte, in which "
+    "runs of different tokenizers compare (text runs only).")]
 
 # Decoding: generate, decode-stats, translate.
 Threads = Annotated[int, typer.Option(min=1, help="CPU threads. A token a step makes small matrix products: "
@@ -136,6 +150,9 @@ class LauncherOptions:
     slurm: Annotated[list[str], typer.Option(
         "--slurm", help="slurm: any other sbatch option, K=V (repeatable): --slurm account=proj --slurm "
         "qos=high.")] = ()
+    setup: Annotated[list[str], typer.Option(
+        "--setup", help="slurm: a line the batch script runs before the job, e.g. 'module load cuda' or "
+        "'source ~/venv/bin/activate' (repeatable; after the launcher file's setup lines).")] = ()
     detach: Annotated[bool, typer.Option(
         "--detach", help="slurm: submit and return; run the same command again (or lnexp sweep status) to "
         "see and collect the cells.")] = False
@@ -148,7 +165,15 @@ class LauncherOptions:
         return slurm.from_options(self.launcher_config, kind=self.launcher and self.launcher.value,
                                   partition=self.partition, gpus_per_cell=self.gpus_per_cell,
                                   cpus_per_cell=self.cpus_per_cell, mem=self.mem, time=self.time,
-                                  slurm=self.slurm)
+                                  slurm=self.slurm, setup=self.setup)
+
+    def storage_warnings(self, launcher: Launcher | None, root: Path) -> list[str]:
+        """For jobs on a cluster's nodes: where `root` (the runs) or the data cache are this node's own
+        storage."""
+        from lnexp.experiments.sweep import slurm
+
+        remote = launcher is not None and launcher.kind == "slurm" and launcher.cluster == "slurm"
+        return slurm.storage_warnings(root) if remote else []
 
 
 def launcher_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -18,12 +18,12 @@ def notes(lines: Iterable[str], kind: str = "note") -> None:
         console.stderr.print(f"{kind}: {line}", markup=False, soft_wrap=True)
 
 
-def sweep_figures(root: Path, suffix: str = ".png") -> None:
-    """Write a sweep's figures and print their paths (stdout), its notes (stderr)."""
+def sweep_figures(root: Path, suffix: str = ".png", unit: str = "nats") -> None:
+    """Write a sweep's figures (losses in `unit`) and print their paths (stdout), its notes (stderr)."""
     from lnexp.experiments.sweep.figures import sweep_figures as draw
 
     try:
-        paths, found = draw(root, suffix)
+        paths, found = draw(root, suffix, unit)
     except OSError as exc:
         raise fail(f"{root / 'plots'}: {exc.strerror or exc}") from None
     notes(found)

@@ -9,6 +9,7 @@ import typer
 
 from lnexp.cli._groups import fail, with_default
 from lnexp.cli._options import Jobs, LauncherOptions, Plugins, Quiet, Scale, Sets, launcher_options
+from lnexp.cli._output import notes
 from lnexp.core.layouts import LAYOUTS
 
 app = typer.Typer(cls=with_default("run"), help="Test the papers' claims and write a report, or list the "
@@ -62,6 +63,7 @@ def run(
     if suite not in reproduction.suite_names():
         raise fail(f"unknown suite {suite!r}; choose one of: {', '.join(reproduction.suite_names())}")
     launcher = launch.load()
+    notes(launch.storage_warnings(launcher, out or Path("runs")), "warning")
     chosen = [name.strip() for name in (layouts or "").split(",") if name.strip()]
     try:
         outcome = reproduction.reproduce(

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from lnexp.cli._groups import fail
-from lnexp.cli._options import ExportFormat, FigureFile, Format, ImageFormat, Json, Metric
+from lnexp.cli._options import (
+    ExportFormat,
+    FigureFile,
+    Format,
+    ImageFormat,
+    Json,
+    LossUnitOption,
+    Metric,
+    Unit,
+)
 from lnexp.cli._output import notes, sweep_figures
 from lnexp.core.probe_kinds import row_titles
 
@@ -36,6 +45,7 @@ def compare(
         "figure.")] = [],  # noqa: B006 (typer reads it)
     metric: Annotated[Metric, typer.Option(help="The figure's curves: loss, or a translation score that "
                                            "train.eval_bleu_every logged.")] = Metric.loss,
+    unit: LossUnitOption = Unit.nats,
 ) -> None:
     """Put runs side by side: the config keys that differ, the outcome, a per-layer profile."""
     from lnexp.report import compare as comparison
@@ -56,7 +66,11 @@ def compare(
     param = param or comparison.profile_param(loaded, probe)
 
     c = comparison.build(loaded, probe=probe, param=param, at="last" if at == "last" else int(at),
-                         all_keys=all_, notes=found, group_by=group_by)
+                         all_keys=all_, notes=found, group_by=group_by, unit=unit.value)
+    if plot is not None and metric is Metric.loss and c.loss_unit is None:
+        from lnexp.report.units import loss_units
+
+        loss_units(c.runs)  # raises: runs in different units on one axis, before anything is printed
     score = metric.value
     if metric is not Metric.loss and not any(m.get(score) is not None for run in loaded for m in run.metrics):
         c.notes.append(f"no run logged {score} (train.eval_bleu_every logs it, on encoder-decoder runs)")
@@ -84,6 +98,7 @@ def plot(
     skip_init: Annotated[bool, typer.Option("--skip-init", help="Leave step 0 out of the gradient "
                                             "heatmap (its initial gradients can take up the colour "
                                             "scale).")] = False,
+    unit: LossUnitOption = Unit.nats,
 ) -> None:
     """Write figures for one RUN into RUN/plots/ and print their paths.
 
@@ -93,14 +108,14 @@ def plot(
     from lnexp.run.reader import is_run, load_run
 
     if (run / "sweep.json").exists() and not is_run(run):
-        sweep_figures(run, f".{format_.value}")
+        sweep_figures(run, f".{format_.value}", unit.value)
         return
     loaded = load_run(run)
     from lnexp.report import plots
 
     try:
         paths, found = plots.run_figures(loaded, run / "plots", suffix=f".{format_.value}",
-                                         skip_init=skip_init)
+                                         skip_init=skip_init, unit=unit.value)
     except OSError as exc:
         raise fail(f"{run / 'plots'}: {exc.strerror or exc}") from None
     notes(loaded.notes + found)
@@ -112,20 +127,29 @@ def plot(
 
 def export(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, or folders of them (a sweep, runs/).")],
-    to: Annotated[ExportFormat, typer.Option(help="Format: tensorboard (event files in RUN/tb/).")] = \
-        ExportFormat.tensorboard,
+    to: Annotated[ExportFormat, typer.Option(help="tensorboard: event files in RUN/tb/; wandb: a W&B run in "
+                                             "RUN/wandb/, offline unless log.wandb.mode or WANDB_MODE "
+                                             "says online.")] = ExportFormat.tensorboard,
 ) -> None:
-    """Write TensorBoard event files for existing runs, so `tensorboard --logdir runs/` shows them.
+    """Write TensorBoard event files, or a W&B run, for existing runs, as a run with log.tensorboard or
+    log.wandb writes them: `tensorboard --logdir runs/`, or `wandb sync` the offline runs.
 
-    The same scalars and HParams as a run with log.tensorboard: true; RUN/tb/ is replaced."""
+    The same scalars, config and final metrics; RUN/tb/ or RUN/wandb/ is replaced."""
     from lnexp.run import sinks
 
     written, found = sinks.export(runs, to.value)
+    if to is ExportFormat.tensorboard:
+        from lnexp.report.tensorboard import figures_to_tensorboard
+
+        found += [note for path in written for note in figures_to_tensorboard(path.parent)]
     notes(found)
     for path in written:
         typer.echo(str(path))
     if not written:
         raise fail("nothing exported")
+    offline = [str(p) for path in written for p in sorted(path.glob("wandb/offline-run-*"))]
+    if offline:
+        notes([f"upload with: wandb sync {' '.join(offline)}"])
 
 
 def list_runs(

@@ -29,8 +29,9 @@ def run(
     set_: Sets = [],  # noqa: B006 (typer reads it)
     name: Annotated[str | None, typer.Option(help="Sweep name: its folder is <run.dir>/<name>/ "
                                              "(default: the config's stem).", show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells; train and write "
-                                          "nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the cells (and, with --launcher slurm, "
+                                          "the batch script submitit would submit); train, submit and "
+                                          "write nothing.")] = False,
     force: Force = False,
     quiet: Quiet = False,
     launch: LauncherOptions = LauncherOptions(),
@@ -55,8 +56,17 @@ def run(
                          plugins=[str(p) for p in plugin])
     launcher = launch.load()
     warnings = dict.fromkeys(w for cell in plan.cells for w in config_warnings(cell.config))
+    notes(launch.storage_warnings(launcher, plan.root), "warning")
     if dry_run:
         console.stdout.print(tables.cells_table(plan))
+        if launcher is not None and launcher.kind == "slurm":
+            from lnexp.experiments.sweep import slurm
+            from lnexp.experiments.sweep.state import plan as unfinished
+
+            todo = len(unfinished(plan.cells, force).todo)
+            script = slurm.batch_script(launcher, plan.root, todo) if todo else \
+                "# every cell is finished: nothing would be submitted\n"
+            typer.echo(script, nl=False)
         return
     try:
         results = sweeps.run_sweep(plan, jobs=jobs, force=force,

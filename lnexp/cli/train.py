@@ -16,9 +16,15 @@ from lnexp.core.status import Status
 
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config file.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="KEY=VALUE overrides after CONFIG, as with --set: optim.lr=3e-3 model.norm=pre.",
+        show_default=False)] = None,
     set_: Sets = [],  # noqa: B006 (typer reads it)
     resume: Annotated[Path | None, typer.Option(help="Continue this run folder from its checkpoint.",
                                                 show_default=False)] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved config (base files, overrides and defaults "
+        "applied) as YAML and exit without training.")] = False,
     force: Force = False,
     quiet: Quiet = False,
     plugin: Plugins = [],  # noqa: B006 (typer reads it)
@@ -27,14 +33,22 @@ def train(
 
     Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits with code 130.
     """
-    from lnexp.core.config import config_warnings, load_config
+    from lnexp.core.config import config_warnings, dump_yaml, load_config
     from lnexp.report import console
     from lnexp.run.folder import retrain_name
 
     if (config is None) == (resume is None):
         raise fail("give a CONFIG file to train, or --resume RUN to continue a run (not both)")
-    if resume is not None and set_:
-        raise fail("--resume continues a run with its own config; --set cannot change it")
+    for item in overrides or []:
+        if "=" not in item:
+            raise fail(f"{item}: expected KEY=VALUE after CONFIG (an override, as with --set)")
+    set_ = [*set_, *(overrides or [])]  # recorded in the command as --set
+    if resume is not None and (set_ or print_config):
+        raise fail(f"--resume continues a run with its own config; {'--set' if set_ else '--print-config'} "
+                   "cannot change or show it (its config.yaml is the resolved config)")
+    if print_config:
+        typer.echo(dump_yaml(load_config(config, set_, [str(p) for p in plugin])), nl=False)
+        return
     command = ["lnexp", "train", *([str(config)] if config else ["--resume", str(resume)]),
                *(a for s in set_ for a in ("--set", s)), *(["--force"] if force else []),
                *(["--quiet"] if quiet else []), *(a for p in plugin for a in ("--plugin", str(p)))]
@@ -65,6 +79,9 @@ def train(
         raise fail(f"training failed: {failure_message(exc)}", 1) from None
     if not outcome.main:
         return
+    from lnexp.report.tensorboard import figures_to_tensorboard
+
+    notes(figures_to_tensorboard(outcome.path))
     console.stdout.print(console.summary_table(f"{outcome.path}: {outcome.status}", outcome.summary))
     console.stdout.print(console.training_profile(outcome.path))
     if outcome.status == Status.DIVERGED:

@@ -9,12 +9,21 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from lnexp.core import plugins
 from lnexp.core.data_sources import DATA_SOURCES, DEFAULT_SOURCE, LM_TASKS, SEQ2SEQ_TASKS, read_keys
@@ -59,6 +68,11 @@ SourceName = Annotated[str, BeforeValidator(_registered(DATA_SOURCES))]
 # An init recipe's name; a name from an earlier lnexp (`xavier`) still means what it meant then.
 InitName = Annotated[str, BeforeValidator(_registered(RECIPES)),
                      BeforeValidator(lambda v: LEGACY_NAMES.get(v, v) if isinstance(v, str) else v)]
+
+
+def _switch(value: Any) -> Any:
+    """A section that may be given as `true` (its defaults) or `false` (off)."""
+    return ({} if value else None) if isinstance(value, bool) else value
 
 
 INIT_ONLY = {"init_only": True}
@@ -162,8 +176,15 @@ class TrainConfig(Section):
 
 
 class WandbConfig(Section):
-    project: str = Field(min_length=1)
-    mode: Literal["online", "offline"] = "online"  # offline: files in RUN/wandb/, `wandb sync` later
+    """wandb.init's settings. A key left unset is W&B's own: its environment (WANDB_PROJECT,
+    WANDB_ENTITY, WANDB_MODE, WANDB_RUN_GROUP) or default; a key set here wins."""
+
+    project: str | None = Field(None, min_length=1)
+    entity: str | None = Field(None, min_length=1)
+    group: str | None = Field(None, min_length=1)  # unset: a sweep's cells are grouped by the sweep's name
+    tags: list[str] = []
+    notes: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None  # offline: `wandb sync` later
 
 
 Steps = list[Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]]  # an evaluation probe's schedule
@@ -183,7 +204,10 @@ class LogConfig(Section):
     direction_k: Int = Field(4, ge=1)
     loss_every: Int = Field(10, ge=1)
     tensorboard: bool = False  # event files in RUN/tb/, written at each flush (the tensorboard extra)
-    wandb: WandbConfig | None = None  # a Weights & Biases run of the same scalars (the wandb extra)
+    # TensorBoard's histograms of the weights' gradients every this many steps (None: none; they cost)
+    histograms_every: Int | None = Field(None, ge=1)
+    # a Weights & Biases run of the same scalars (the wandb extra); `true`: W&B's own settings
+    wandb: Annotated[WandbConfig | None, BeforeValidator(_switch)] = None
     # the plain progress line where stderr is not a terminal (batch jobs, nohup, CI): every this many
     # steps (rounded up to loss_every), or None: about every 10 seconds
     print_every: Int | None = Field(None, ge=1)
@@ -208,18 +232,37 @@ class Config(Section):
         """Loss above which a run counts as exploded: twice a uniform guess unless configured."""
         return self.train.diverge_loss or 2.0 * math.log(vocab_size)
 
+    # what set each key, for error messages after validation (a data file that is not there): a
+    # config file's path or `--set ITEM`; load_config fills it
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def blame(self, fault: str, default: str) -> str:
+        """A fault found after validation (`key: why`, e.g. from loading the data), prefixed by what
+        set it: the `--set` of a key it names, else the file that set its key, else `default`."""
+        key, _, why = fault.partition(": ")
+        named = [key, *_mentioned(why)]
+        for origin in (_origin(self._origins, k, below=False) for k in named):
+            if origin and origin.startswith(SET):
+                return _set_blame(origin[len(SET):], key, why)
+        return f"{_origin(self._origins, key) or default}: {fault}"
+
+
+SET = "--set "
+EXTENDS_DEPTH = 8  # base files extending base files: deeper than this is a mistake
+
 
 def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] = ()) -> Config:
-    """Read a YAML config, load its plugins and `plugins` (`--plugin`), apply `key.path=value`
-    overrides, validate; raise ConfigError on any fault.
+    """Read a YAML config (and the base files it `extends`), load its plugins and `plugins`
+    (`--plugin`), apply `key.path=value` overrides, validate; raise ConfigError on any fault.
 
     A fault is blamed on the `--set` that brought it in (the first override after which the config
-    fails this way), else on the file."""
+    fails this way), else on the file that set its key (a base file, or the config itself)."""
     path = Path(path)
-    raw = with_plugins(_read_yaml(path), str(path), path.parent, list(plugins))
+    composed, origins = _read_composed(path)
+    raw = with_plugins(composed, str(path), path.parent, list(plugins))
     items = [(item, *_parse_override(item)) for item in overrides]
     configs = [copy.deepcopy(raw)]
     for _, key, value in items:
@@ -227,16 +270,105 @@ def load_config(path: str | Path, overrides: list[str] = (), plugins: list[str] 
         set_key(configs[-1], key, value)
     fault = _fault(configs[-1])
     if fault is None:
-        return Config.model_validate(configs[-1])
+        config = Config.model_validate(configs[-1])
+        for item, key, value in items:
+            _record(origins, key, value, SET + item)
+        config._origins = origins
+        return config
     culprit = len(items)
     while culprit > 0 and _fault(configs[culprit - 1]) == fault:
         culprit -= 1
     key, message = fault
     if culprit == 0:
-        raise ConfigError(f"{path}: {key}: {message}")
-    item, blamed, _ = items[culprit - 1]
+        named = (_origin(origins, k) for k in (key, *_mentioned(message)))
+        raise ConfigError(f"{next((o for o in named if o), path)}: {key}: {message}")
+    raise ConfigError(_set_blame(items[culprit - 1][0], key, message))
+
+
+def _set_blame(item: str, key: str, message: str) -> str:
+    """`--set KEY: why` for a fault of the key the `--set` item sets (or of a key inside it), else
+    `--set ITEM: key: why`."""
+    blamed = item.partition("=")[0].strip()
     named = blamed if key == blamed or key.startswith(blamed + ".") else f"{item}: {key}"
-    raise ConfigError(f"--set {named}: {message}")
+    return f"{SET}{named}: {message}"
+
+
+def _mentioned(message: str) -> list[str]:
+    """The config keys a message names (`outside data.vocab_size (256)` -> data.vocab_size)."""
+    sections = "|".join(Config.model_fields)
+    return re.findall(rf"\b(?:{sections})(?:\.[A-Za-z_]\w*)+", message)
+
+
+def _origin(origins: dict[str, str], key: str, below: bool = True) -> str | None:
+    """What set `key`: itself, else the section it lies in (set as a whole), else (`below`) the last
+    key set inside it."""
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:depth]))
+        if found:
+            return found
+    inside = [origin for k, origin in origins.items() if k.startswith(key + ".")] if below else []
+    return inside[-1] if inside else None
+
+
+def _forget(origins: dict[str, str], key: str) -> None:
+    """Drop what set `key` and the keys inside it (a value that replaces them)."""
+    for old in [k for k in origins if k == key or k.startswith(key + ".")]:
+        del origins[old]
+
+
+def _record(origins: dict[str, str], key: str, value: Any, source: str) -> None:
+    """Note `source` as what set `key` to `value` (each key inside a mapping value); what set the
+    keys it replaces is forgotten."""
+    _forget(origins, key)
+    if isinstance(value, dict) and value:
+        for child, inner in value.items():
+            _record(origins, f"{key}.{child}", inner, source)
+    else:
+        origins[key] = source
+
+
+def _read_composed(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """A config file merged over the base files it `extends` (one path or a list, relative to its
+    folder; merged in order, each may extend others): mappings merge key by key, any other value
+    replaces the base's. Returns the merged YAML and the file that set each key."""
+    raw = _read_yaml(path)
+    bases = raw.pop("extends", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: extends: must be a config file or a list of them")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: extends: a cycle ({' -> '.join(map(str, (*chain, path.resolve())))})")
+    if len(chain) >= EXTENDS_DEPTH:
+        raise ConfigError(f"{path}: extends: more than {EXTENDS_DEPTH} files deep")
+    listed = raw.get("plugins")
+    if isinstance(listed, list) and all(isinstance(p, str) and p for p in listed):
+        raw["plugins"] = [str(path.parent / Path(p).expanduser()) for p in listed]  # from its own folder
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for base in bases:
+        _merge(merged, origins, *_read_composed(path.parent / Path(base).expanduser(),
+                                                (*chain, path.resolve())))
+    _merge(merged, origins, raw, None, str(path))
+    return merged, origins
+
+
+def _merge(into: dict[str, Any], origins: dict[str, str], raw: dict[str, Any],
+           raw_origins: dict[str, str] | None, source: str = "", prefix: str = "") -> None:
+    """Merge `raw` into `into` (mappings key by key) and what set its keys into `origins`:
+    `raw_origins`' entries, or `source` for each of them."""
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):  # `{}` leaves the base's keys
+            _merge(into[key], origins, value, raw_origins, source, dotted + ".")
+            continue
+        into[key] = copy.deepcopy(value)
+        if raw_origins is None:
+            _record(origins, dotted, value, source)
+        else:
+            _forget(origins, dotted)
+            origins.update({k: o for k, o in raw_origins.items()
+                            if k == dotted or k.startswith(dotted + ".")})
 
 
 def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
@@ -280,8 +412,8 @@ def _fault(raw: dict[str, Any]) -> tuple[str, str] | None:
     """The first problem of a config, as (key, message), or None."""
     try:
         config = Config.model_validate(raw)
-    except ValidationError as exc:
-        error = exc.errors()[0]
+    except ValidationError as exc:  # a misspelt key first: it explains a required one being missing
+        error = next((e for e in exc.errors() if e["type"] == "extra_forbidden"), exc.errors()[0])
         return ".".join(str(part) for part in error["loc"]), _describe(error)
     return _check_consistency(config)
 
@@ -441,6 +573,8 @@ def config_warnings(config: Config) -> list[str]:
         for key in (kind.schedule, *kind.options):
             if key in config.log.model_fields_set and kind.name not in config.log.probes:
                 warnings.append(f"log.{key}: has no effect without {kind.name} in log.probes")
+    if config.log.histograms_every and not config.log.tensorboard:
+        warnings.append("log.histograms_every: has no effect without log.tensorboard")
     if "momentum" in config.optim.model_fields_set and config.optim.name != "sgd":
         warnings.append(f"optim.momentum: has no effect with optim.name {config.optim.name}")
     if s.warmup_steps > config.train.steps:
@@ -485,10 +619,12 @@ def _suggest(loc: tuple[Any, ...]) -> str:
     *parents, name = loc
     section: type[BaseModel] = Config
     for part in parents:
-        annotation = section.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        annotation = section.model_fields[part].annotation  # a section, or an optional one (log.wandb)
+        sections = [a for a in (annotation, *get_args(annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return ""
-        section = annotation
+        section = sections[0]
     close = difflib.get_close_matches(str(name), list(section.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -28,6 +28,7 @@ from lnexp.core.probe_kinds import by_row, default_param, profile_depth, row_tit
 from lnexp.core.stats import mean_std
 from lnexp.core.status import Status
 from lnexp.report.console import fmt, profile_rows, profile_table
+from lnexp.report.units import BPB, NATS, LossUnit, loss_units, own_units
 from lnexp.run.reader import Run, RunError, load_run
 from lnexp.run.rows import (
     finite,
@@ -62,6 +63,8 @@ OUTCOME: tuple[tuple[str, str, Callable[..., Any] | None], ...] = (
     ("final_exact_match", "final exact match", max),
 )
 OPTIONAL_OUTCOME = ("final_val_bits_per_byte", "final_bleu", "final_chrf", "final_exact_match")
+# the outcome's losses, in nats per each run's unit (byte or token) or, with --unit bpb, bits per byte
+LOSSES = ("final_train_loss", "best_train_loss", "final_val_loss", "best_val_loss", "unigram_entropy")
 BEST_STYLE = "bold green"
 
 
@@ -201,6 +204,8 @@ class Comparison:
     groups: list[Group] = field(default_factory=list)  # one per run unless grouped
     legend_title: str = ""  # the keys the figure's legend entries give the values of
     grouped: bool = False
+    # the unit the outcomes' losses are in; None: each run's own, which differ (bytes and tokens)
+    loss_unit: LossUnit | None = None
 
     @property
     def profile_quantity(self) -> str:
@@ -229,8 +234,10 @@ class Comparison:
 
 
 def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step = 0,
-          all_keys: bool = False, notes: list[str] | None = None, group_by: list[str] = ()) -> Comparison:
-    """Raises ConfigError for a --group-by key that no run's config has."""
+          all_keys: bool = False, notes: list[str] | None = None, group_by: list[str] = (),
+          unit: str = NATS) -> Comparison:
+    """Raises ConfigError for a --group-by key that no run's config has, LnexpError for `unit` BPB
+    with a run that is not text. The outcomes' losses are in `unit` (NATS: each run's own)."""
     notes = list(notes or [])
     names = [run.name for run in runs]
     headers = [run.name if names.count(run.name) == 1 else str(run.path) for run in runs]
@@ -238,14 +245,18 @@ def build(runs: list[Run], probe: str = "grad", param: str = "ffn.fc2", at: Step
         notes.append("only one run: nothing to compare it with")
     differing = config_diff(runs)  # the legends name only these, even with all_keys
     legends = [_legend(h, {k: v[i] for k, v in differing.items()}) for i, h in enumerate(headers)]
+    shared = unit == BPB or len(set(own_units(runs))) <= 1
+    loss_unit = loss_units(runs, unit) if shared or group_by else None  # a mean of mixed units: refused
     outcomes = [outcome(run) for run in runs]
+    for run, o in zip(runs, outcomes):
+        o.update({key: loss_unit.convert(run, o[key]) for key in LOSSES} if loss_unit else {})
     for header, o in zip(headers, outcomes):
         if o["status"] in (Status.RUNNING, Status.STALE):
             notes.append(f"{header}: {o['status']}; outcome so far, from metrics.jsonl")
     profiles = [run_profile(run, probe, param, at, notes, h) for run, h in zip(runs, headers)]
     groups, legend_title = make_groups(runs, headers, differing, list(group_by))
     return Comparison(runs, headers, legends, config_diff(runs, all_keys), all_keys, outcomes, probe, param,
-                      at, profiles, notes, groups, legend_title, bool(group_by))
+                      at, profiles, notes, groups, legend_title, bool(group_by), loss_unit)
 
 
 def make_groups(runs: list[Run], headers: list[str], differing: dict[str, list[Any]], group_by: list[str]
@@ -319,9 +330,19 @@ def sections(c: Comparison) -> list[Section]:
         values = [o[key] for o in c.outcomes]
         if key in OPTIONAL_OUTCOME and all(v is None for v in values):
             continue
-        rows.append([label, *(_status(o) if key == "status" else fmt(v) for o, v in zip(c.outcomes, values))])
+        rows.append([_label(c, key, label), *(_status(o) if key == "status" else fmt(v)
+                                              for o, v in zip(c.outcomes, values))])
+        if key in LOSSES and c.loss_unit is None:  # different units: no best among them
+            continue
         best |= {(len(rows) - 1, col) for col in best_runs(values, better)}
+    if c.loss_unit is None:
+        rows.insert(1, ["losses in nats per", *own_units(c.runs)])
     return [diff, Section("outcome (best in each row highlighted)", ["", *c.headers], rows, best)]
+
+
+def _label(c: Comparison, key: str, label: str) -> str:
+    """An outcome row's label; a loss's names its unit where the runs share one."""
+    return c.loss_unit.label(label) if key in LOSSES and c.loss_unit else label
 
 
 def group_stats(c: Comparison, group: Group, key: str) -> tuple[float, float, int]:
@@ -352,7 +373,7 @@ def grouped_sections(c: Comparison) -> list[Section]:
                    diff_rows, set())
     rows, best = [], set()
     for r, (key, label, better) in enumerate(OUTCOME):
-        rows.append([label, *(_group_cell(c, g, key) for g in c.groups)])
+        rows.append([_label(c, key, label), *(_group_cell(c, g, key) for g in c.groups)])
         if key != "status":
             means = [group_stats(c, g, key)[0] for g in c.groups]
             best |= {(r, col) for col in best_runs(means, better)}
@@ -451,13 +472,16 @@ def to_json(c: Comparison) -> str:
     """The same data for scripts: raw numbers, lists aligned with `runs`; NaN/inf become null."""
     data = {
         "runs": [{"name": run.name, "path": str(run.path), "header": header, "label": legend,
-                  "layout": layout_label(run.config), "outcome": o,
+                  "layout": layout_label(run.config), "loss_unit": f"nats per {unit}", "outcome": o,
                   "profile": {"step": p.step, "values": p.values, **profile_ratios(p.values)}}
-                 for run, header, legend, o, p in zip(c.runs, c.headers, c.legends, c.outcomes, c.profiles)],
+                 for run, header, legend, o, p, unit in zip(c.runs, c.headers, c.legends, c.outcomes,
+                                                            c.profiles, own_units(c.runs))],
         "config_diff": c.diff,
         "best": {key: [c.headers[i] for i in sorted(best_runs([o[key] for o in c.outcomes], better))]
                  for key, _, better in OUTCOME if better},
         "profile": {"probe": c.probe, "param": c.param, "at": c.at},
+        # the outcomes' losses: in this unit, or (null) each in its run's `loss_unit`
+        "loss_unit": c.loss_unit.name if c.loss_unit else None,
         "notes": c.notes,
     }
     if c.grouped:

@@ -71,7 +71,8 @@ def plot_decode_stats(rows: list[dict[str, Any]], path: Path, title: str) -> Pat
     ax_div.set(xlabel="distinct-2 (within an output)", ylabel="mean log-probability per token",
                title="diversity against likelihood")
     ax_div.margins(x=0.2, y=0.1)
-    ax_h.legend(fontsize=8)
+    # one legend for the three panels, below them: inside a panel it would cover some strategy's curve
+    fig.legend(*ax_h.get_legend_handles_labels(), loc="outside lower center", ncol=len(rows), fontsize=9)
     for ax in (ax_h, ax_lp, ax_div):
         ax.grid(alpha=0.3)
     fig.suptitle(title)

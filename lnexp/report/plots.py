@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,12 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from lnexp.core.data_sources import loss_unit
 from lnexp.core.probe_kinds import FEATURE_STATS, PROBE_KINDS, by_row, profile_depth
 from lnexp.report.compare import Comparison, group_profiles
 from lnexp.report.figures import COLORS, band, colors, label_log_axis, save, seed_band, smooth
+from lnexp.report.units import NATS, LossUnit, loss_units
 from lnexp.run.reader import Run
 from lnexp.run.rows import layer_profile, logged_steps, weight_roles
-
-
-def loss_label(config: dict[str, Any]) -> str:
-    """`loss (nats per byte)` for byte-level text, else `loss (nats per token)` (its data source says)."""
-    return f"loss (nats per {loss_unit(config.get('data', {}))})"
 
 
 def warmup_steps(run: Run) -> int:
@@ -34,10 +30,15 @@ def warmup_steps(run: Run) -> int:
 DENSE_EVALS = 12  # with this many validation points a line between them no longer misleads
 
 
-def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
+def _losses(run: Run, key: str, unit: LossUnit) -> list[tuple[int, float]]:
+    """(step, the metrics' `key` in `unit`) where the run logged it."""
+    return [(m["step"], unit.convert(run, m[key])) for m in run.metrics if m.get(key) is not None]
+
+
+def loss_panel(ax: Axes, run: Run, color: Any, unit: LossUnit, log_scale: bool = False) -> None:
     """Training loss (running mean, raw values faint) solid, validation loss as dots (joined only
     when evals are dense), a cross where a run diverged, a dotted line at the end of warm-up."""
-    train = [(m["step"], m["loss"]) for m in run.metrics if m.get("loss") is not None]
+    train = _losses(run, "loss", unit)
     finite = [(s, v) for s, v in train if math.isfinite(v)]
     if finite:
         steps, losses = zip(*finite)
@@ -45,7 +46,7 @@ def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
         if window > 1:
             ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.8)
         ax.plot(steps, smooth(list(losses), window), color=color, linewidth=1.6)
-    val = [(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None]
+    val = _losses(run, "val_loss", unit)
     if val:
         ax.plot(*zip(*val), color=color, linestyle="--" if len(val) >= DENSE_EVALS else "none",
                 marker="o", markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, linewidth=1)
@@ -54,7 +55,7 @@ def loss_panel(ax: Axes, run: Run, color: Any, log_scale: bool = False) -> None:
         ax.plot([diverged], [finite[-1][1]], color=color, marker="x", markersize=11, markeredgewidth=2.5)
     if warmup_steps(run):
         ax.axvline(warmup_steps(run), color=color, linestyle=":", linewidth=1)
-    ax.set(xlabel="step", ylabel=loss_label(run.config), title="loss")
+    ax.set(xlabel="step", ylabel=unit.label(), title="loss")
     if log_scale:
         ax.set_yscale("log")
 
@@ -115,17 +116,16 @@ def _layer_axis(ax: Axes, values: list[list[float]], probe: str, param: str) -> 
         label_log_axis(ax.yaxis)
 
 
-def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = False) -> None:
+def group_loss_panel(ax: Axes, runs: list[Run], color: Any, unit: LossUnit, log_scale: bool = False) -> None:
     """Like loss_panel for several runs (seeds): the running mean of the training loss and the
     validation loss averaged over them, each with a min-max band; crosses where one diverged."""
     train = []
     for run in runs:
-        points = [(m["step"], m["loss"]) for m in run.metrics if m.get("loss") is not None
-                  and math.isfinite(m["loss"])]
+        points = [(s, v) for s, v in _losses(run, "loss", unit) if math.isfinite(v)]
         window = max(1, len(points) // 30)
         train.append(list(zip([s for s, _ in points], smooth([v for _, v in points], window))))
     seed_band(ax, train, color, linewidth=1.6)
-    val = [[(m["step"], m["val_loss"]) for m in run.metrics if m.get("val_loss") is not None] for run in runs]
+    val = [_losses(run, "val_loss", unit) for run in runs]
     steps, mean, low, high = band(val)
     if steps:
         spread = [[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]]
@@ -134,21 +134,22 @@ def group_loss_panel(ax: Axes, runs: list[Run], color: Any, log_scale: bool = Fa
                     markersize=4.5, markeredgecolor="black", markeredgewidth=0.6, capsize=2)
     for run in runs:
         diverged = run.summary.get("diverged_step")
-        finite = [m["loss"] for m in run.metrics if m.get("loss") is not None and math.isfinite(m["loss"])]
+        finite = [v for _, v in _losses(run, "loss", unit) if math.isfinite(v)]
         if diverged is not None and finite:
             ax.plot([diverged], [finite[-1]], color=color, marker="x", markersize=11, markeredgewidth=2.5)
     for steps_w in {warmup_steps(r) for r in runs} - {0}:
         ax.axvline(steps_w, color=color, linestyle=":", linewidth=1)
-    ax.set(xlabel="step", ylabel=loss_label(runs[0].config), title="loss (mean of a group's runs, band: "
-           "min to max)")
+    ax.set(xlabel="step", ylabel=unit.label(), title="loss (mean of a group's runs, band: min to max)")
     if log_scale:
         ax.set_yscale("log")
 
 
 def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: str = "loss") -> Path:
-    """Loss curves (or the `metric` of SCORES) overlaid, the chosen per-layer profile of every run (or
-    group), and the learning rates: one colour per run or group in every panel; the legend names the
-    values of the keys that differ (its title the keys)."""
+    """Loss curves (or the `metric` of SCORES) overlaid, in the comparison's unit, the chosen
+    per-layer profile of every run (or group), and the learning rates: one colour per run or group in
+    every panel; the legend names the values of the keys that differ (its title the keys). LnexpError
+    for loss curves in different units (c.loss_unit None)."""
+    unit = c.loss_unit or loss_units(c.runs)  # which raises, saying why
     ncol = min(len(c.groups), 3 if len(c.groups) <= 12 else 4)
     rows = -(-len(c.groups) // ncol)
     legend_height = 0.3 + 0.2 * rows  # inches: the figure grows with its legend, the panels keep theirs
@@ -163,9 +164,9 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: st
             for run in runs:
                 score_panel(ax_loss, run, color, metric)
         elif len(runs) == 1:
-            loss_panel(ax_loss, runs[0], color, log_loss)
+            loss_panel(ax_loss, runs[0], color, unit, log_loss)
         else:
-            group_loss_panel(ax_loss, runs, color, log_loss)
+            group_loss_panel(ax_loss, runs, color, unit, log_loss)
         # runs often share a schedule: earlier runs drawn wider, so identical curves stay visible
         width = 1.4 + 2.5 * (len(c.groups) - 1 - i) / max(1, len(c.groups) - 1)
         for run in runs:
@@ -191,41 +192,49 @@ def compare_figure(c: Comparison, path: Path, log_loss: bool = False, metric: st
     return save(fig, path)
 
 
-def run_figures(run: Run, out_dir: Path, suffix: str = ".png", skip_init: bool = False
+def run_figures(run: Run, out_dir: Path, suffix: str = ".png", skip_init: bool = False, unit: str = NATS
                 ) -> tuple[list[Path], list[str]]:
-    """Write one run's figures into `out_dir`. Returns their paths and notes on what was left out
-    (a probe the run did not log). `skip_init` leaves step 0 out of the gradient heatmap, whose
-    initial gradients can be orders of magnitude above the rest and take up the colour scale."""
-    paths, notes = [], []
+    """Write one run's figures (`draw_run`'s) into `out_dir`: their paths, and notes on what was left
+    out."""
+    figures, notes = draw_run(run, skip_init, unit)
+    return [save(fig, out_dir / f"{name}{suffix}") for name, fig in figures.items()], notes
+
+
+def draw_run(run: Run, skip_init: bool = False, unit: str = NATS) -> tuple[dict[str, Figure], list[str]]:
+    """One run's figures by name (curves, grad_heatmap, ...) and notes on what was left out (a probe
+    the run did not log). `skip_init` leaves step 0 out of the gradient heatmap, whose initial
+    gradients can be orders of magnitude above the rest and take up the colour scale; `unit`: the
+    loss axis's, NATS (the run's own) or BPB."""
+    figures, notes = {}, []
     if run.metrics:
         fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
-        loss_panel(ax_loss, run, COLORS[0])
+        loss_panel(ax_loss, run, COLORS[0], loss_units([run], unit))
         loss_legend(ax_loss, [run])
         lr_panel(ax_lr, run, COLORS[0])
         lr_axis(ax_lr)
         fig.suptitle(run.name)
         fig.tight_layout()
-        paths.append(save(fig, out_dir / f"curves{suffix}"))
+        figures["curves"] = fig
     else:
         notes.append("no metrics logged: no loss or learning-rate curves")
     grads = _by_step(run.probes, "grad")
     roles = weight_roles(run.probes)
     if roles:
         shown = {s: rows for s, rows in grads.items() if s > 0} if skip_init and len(grads) > 1 else grads
-        paths.append(save(_heatmaps(run.name, shown, roles), out_dir / f"grad_heatmap{suffix}"))
-        paths.append(save(_grad_profiles(run.name, grads, roles), out_dir / f"grad_profile{suffix}"))
+        figures["grad_heatmap"] = _heatmaps(run.name, shown, roles)
+        figures["grad_profile"] = _grad_profiles(run.name, grads, roles)
     else:
         notes.append("no grad probe logged: no gradient heatmap or profile")
     acts = _by_step(run.probes, "act")
     if acts:
-        paths.append(save(_activations(run.name, acts), out_dir / f"activations{suffix}"))
+        figures["activations"] = _activations(run.name, acts)
     else:
         notes.append("no act probe logged: no activation-norm figure")
     for probe in (k.name for k in PROBE_KINDS.values() if k.measures):  # a figure only where logged
         by_step = _by_step(run.probes, probe)
         if by_step:
-            paths.append(save(_measures(run.name, by_step, probe), out_dir / f"{probe}{suffix}"))
-    return paths, notes
+            figures[probe] = _measures(run.name, by_step, probe)
+    return figures, notes
 
 
 def _by_step(rows: list[dict[str, Any]], probe: str) -> dict[int, list[dict[str, Any]]]:
@@ -326,7 +335,7 @@ def _measures(name: str, by_step: dict[int, list[dict[str, Any]]], probe: str) -
     for ax, param in zip(axes, params):
         steps = {step: rows for step, rows in by_step.items() if any(r["param"] == param for r in rows)}
         _steps_panel(ax, steps, probe, param)
-        ax.set_title(kind.measures[param], fontsize=9)
+        ax.set_ylabel(textwrap.fill(kind.measures[param], 30), fontsize=9)  # what is measured, where
     fig.suptitle(f"{name}: {kind.title} by layer")
     fig.tight_layout()
     return fig

@@ -11,12 +11,16 @@ and per probe, role and layer `grad/ffn.fc2/layer_03` (layers from 0, as in prob
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lnexp.core.config import Config, ConfigError
+from lnexp.core.errors import LnexpError
 from lnexp.core.status import FINISHED, Status
 from lnexp.run.reader import Run, RunError, is_locked, is_run, load_run
 
@@ -25,8 +29,9 @@ WANDB_DIR = "wandb"
 METRIC_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr",
                "grad_norm_total": "train/grad_norm_total", "tokens_per_s": "train/tokens_per_s"}
 # The summary's numbers shown as HParams metrics (and W&B summary), and the run's status as an hparam.
-FINAL_METRICS = ("final_val_loss", "best_val_loss", "final_train_loss", "steps_done", "diverged_step",
-                 "tokens_per_s", "wall_time_s", "dead_layers")
+# final_val_bits_per_byte: text runs', comparable across tokenizers.
+FINAL_METRICS = ("final_val_loss", "final_val_bits_per_byte", "best_val_loss", "final_train_loss",
+                 "steps_done", "diverged_step", "tokens_per_s", "wall_time_s", "dead_layers")
 
 
 class MissingExtra(RunError):
@@ -38,8 +43,18 @@ def check(config: Config) -> None:
     from importlib.util import find_spec
 
     for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if getattr(config.log, key) and find_spec(package) is None:
+        if getattr(config.log, key) not in (None, False) and find_spec(package) is None:
             raise ConfigError(f"log.{key}: needs the {package} package (pip install 'lnexp[{package}]')")
+
+
+def start_error(exc: Exception, blame: Callable[[str], str]) -> LnexpError:
+    """A sink that would not start (W&B without a login, a folder it cannot write), as one line
+    naming its key; `blame` prefixes it with what set the key."""
+    if isinstance(exc, LnexpError):
+        return exc
+    key = "log.wandb" if type(exc).__module__.startswith("wandb") else "log.tensorboard"
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return RunError(blame(f"{key}: could not start ({reason}); no run was made"))
 
 
 def metric_scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -52,6 +67,31 @@ def probe_tag(row: dict[str, Any]) -> str:
     param = row["param"].removesuffix(".weight")
     return f"{row['probe']}/{param}" if row["layer"] is None else \
         f"{row['probe']}/{param}/layer_{row['layer']:02d}"
+
+
+HISTOGRAM_BINS = 30
+HISTOGRAM_STATS = 5  # min, max, count, sum, sum of squares; then the bins' counts
+
+
+def grad_histograms(grads: list[Any]) -> Any:
+    """A histogram of each gradient, on its device (no sync: the flush reads it with the losses): a
+    row per tensor of HISTOGRAM_STATS numbers and HISTOGRAM_BINS counts over [min, max]."""
+    import torch
+
+    rows = []
+    device = next((g.device for g in grads if g is not None), None)
+    for g in grads:
+        if g is None:  # a weight this step did not reach: a row of NaN, left out when written
+            rows.append(torch.full((HISTOGRAM_STATS + HISTOGRAM_BINS,), math.nan, device=device))
+            continue
+        g = g.detach().float().flatten()
+        low, high = g.min(), g.max()
+        scaled = (g - low) / (high - low).clamp_min(1e-30) * HISTOGRAM_BINS
+        bins = scaled.long().clamp_(0, HISTOGRAM_BINS - 1)
+        counts = torch.zeros(HISTOGRAM_BINS, device=g.device).scatter_add_(0, bins, torch.ones_like(g))
+        count = torch.full((), float(g.numel()), device=g.device)  # a fill, not a copy from the host
+        rows.append(torch.cat([torch.stack([low, high, count, g.sum(), g.square().sum()]), counts]))
+    return torch.stack(rows)
 
 
 def by_step(metrics: list[dict[str, Any]], probes: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
@@ -90,6 +130,18 @@ class TensorBoard:
                                "(pip install 'lnexp[tensorboard]')") from None
         self.writer = SummaryWriter(str(folder), purge_step=start or None)
         self.config = config
+        if not start:  # the resolved config, as the run folder's config.yaml has it
+            import yaml
+
+            self.writer.add_text("config", f"```yaml\n{yaml.safe_dump(config, sort_keys=False)}```", 0)
+
+    def histograms(self, step: int, tags: list[str], rows: list[list[float]]) -> None:
+        """grad_histograms' rows, read back, as TensorBoard histograms (a non-finite one is left out)."""
+        for tag, (low, high, count, total, squares, *counts) in zip(tags, rows):
+            if all(map(math.isfinite, (low, high, squares))):
+                width = (high - low) / HISTOGRAM_BINS
+                limits = [low + width * (i + 1) for i in range(HISTOGRAM_BINS)]
+                self.writer.add_histogram_raw(tag, low, high, count, total, squares, limits, counts, step)
 
     def write(self, steps: dict[int, dict[str, float]]) -> None:
         for step, scalars in steps.items():
@@ -115,18 +167,43 @@ class TensorBoard:
         self.writer.close()
 
 
+def wandb_settings(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """wandb.init's arguments for the run in `path`: the keys `log.wandb` sets (the rest are W&B's
+    environment's: WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE), named after the run; a sweep's cell
+    (a run folder beside sweep.json) is named SWEEP/CELL and grouped by its sweep unless a group is
+    set (`log.wandb.group`, WANDB_RUN_GROUP)."""
+    settings = config.get("log", {}).get("wandb") or {}
+    given = {k: v for k, v in settings.items() if v not in (None, [])}
+    sweep = path.parent.name if (path.parent / "sweep.json").is_file() else None
+    group = given.pop("group", None) or os.environ.get("WANDB_RUN_GROUP") or sweep
+    return {**given, "name": f"{sweep}/{path.name}" if sweep else path.name,
+            **({"group": group} if group else {})}
+
+
+def add_figures(folder: Path, figures: dict[str, Any], step: int) -> None:
+    """Figures (matplotlib's, closed here) as images `figures/<name>` at `step`, in an event file of
+    their own in `folder` (RUN/tb/)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    try:
+        for name, fig in figures.items():
+            writer.add_figure(f"figures/{name}", fig, step, close=True)
+    finally:
+        writer.close()
+
+
 class WandB:
     """A W&B run in RUN/wandb/: the same scalars by step, the config, the summary."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], project: str, mode: str, name: str) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], settings: dict[str, Any]) -> None:
         try:
             import wandb
         except ImportError:
             raise MissingExtra("log.wandb: needs the wandb package (pip install 'lnexp[wandb]')") from None
         folder.mkdir(exist_ok=True)
-        self.run = wandb.init(project=project, mode=mode, dir=str(folder), name=name,
-                              config=hparams(config), reinit="create_new",
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(dir=str(folder), config=hparams(config), reinit="create_new",
+                              settings=wandb.Settings(silent=True, console="off"), **settings)
         self.last = -1
 
     def write(self, steps: dict[int, dict[str, float]]) -> None:
@@ -136,8 +213,8 @@ class WandB:
                 self.last = step
 
     def finish(self, status: Status, summary: dict[str, Any]) -> None:
-        # its value: W&B would write an Enum by its name
-        self.run.summary.update({"status": str(status), **final_metrics(summary)})
+        # the value: W&B writes an Enum member by its name
+        self.run.summary.update({"status": Status(status).value, **final_metrics(summary)})
         self.run.finish(exit_code=0 if status in FINISHED else 1)
 
 
@@ -156,13 +233,23 @@ class Sinks:
         sinks: list[TensorBoard | WandB] = []
         if log.get("tensorboard"):
             sinks.append(TensorBoard(path / TB_DIR, config, start))
-        if log.get("wandb"):
-            w = log["wandb"]
-            sinks.append(WandB(path / WANDB_DIR, config, w["project"], w.get("mode", "online"), path.name))
+        try:
+            if log.get("wandb") is not None:
+                sinks.append(WandB(path / WANDB_DIR, config, wandb_settings(config, path)))
+        except BaseException:  # W&B would not start: the event file opened before it is closed
+            for sink in sinks:
+                sink.writer.close()
+            raise
         return cls(sinks) if sinks else None
 
     def add_probes(self, rows: list[dict[str, Any]]) -> None:
         self.probes += rows
+
+    def add_histograms(self, step: int, tags: list[str], rows: list[list[float]]) -> None:
+        """Gradient histograms (grad_histograms' rows): TensorBoard's alone."""
+        for sink in self.sinks:
+            if isinstance(sink, TensorBoard):
+                sink.histograms(step, tags, rows)
 
     def add_metrics(self, rows: list[dict[str, Any]]) -> None:
         steps = by_step(rows, self.probes)
@@ -196,18 +283,23 @@ def run_folders(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def export_tensorboard(run: Run) -> Path:
-    """Write RUN/tb/ anew from the run's files (a previous tb/ is replaced once the new one is
-    complete). Refused for a run a process is still writing."""
+def export_run(run: Run, to: str) -> Path:
+    """Write RUN/tb/ (`to` tensorboard) or RUN/wandb/ (an offline W&B run unless `log.wandb.mode` or
+    WANDB_MODE says otherwise: `wandb sync` uploads it) anew from the run's files; an earlier one is
+    replaced once the new one is complete. Refused for a run a process is still writing."""
     if is_locked(run.path):
         raise RunError(f"{run.path}: still running; export it when it has ended")
-    final = run.path / TB_DIR
-    fresh = run.path / f".{TB_DIR}.tmp"
+    name = TB_DIR if to == "tensorboard" else WANDB_DIR
+    final, fresh, old = (run.path / n for n in (name, f".{name}.tmp", f".{name}.old"))
     shutil.rmtree(fresh, ignore_errors=True)
-    sink = TensorBoard(fresh, run.config)
+    if to == "tensorboard":
+        sink: TensorBoard | WandB = TensorBoard(fresh, run.config)
+    else:
+        settings = wandb_settings(run.config, run.path)
+        settings["mode"] = settings.get("mode") or os.environ.get("WANDB_MODE") or "offline"
+        sink = WandB(fresh, run.config, settings)
     sink.write(by_step(run.metrics, run.probes))
     sink.finish(run.status, run.summary)
-    old = run.path / f".{TB_DIR}.old"
     if final.exists():
         final.rename(old)
     fresh.rename(final)
@@ -215,14 +307,17 @@ def export_tensorboard(run: Run) -> Path:
     return final
 
 
+EXPORTS = ("tensorboard", "wandb")
+
+
 def export(paths: list[Path], to: str = "tensorboard") -> tuple[list[Path], list[str]]:
     """Export every run folder under `paths`; returns the folders written and notes on runs skipped."""
-    if to != "tensorboard":
-        raise RunError(f"--to: must be tensorboard, got {to!r}")
+    if to not in EXPORTS:
+        raise RunError(f"--to: must be one of {', '.join(EXPORTS)}, got {to!r}")
     written, notes = [], []
     for folder in run_folders(paths):
         try:
-            written.append(export_tensorboard(load_run(folder)))
+            written.append(export_run(load_run(folder), to))
         except RunError as exc:
             if isinstance(exc, MissingExtra):
                 raise

@@ -15,6 +15,7 @@ import errno
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ from lnexp.run.hardware import (
     memory_available,
     peak_tflops,
 )
-from lnexp.run.probes import Probes, Reading, radam_rho
+from lnexp.run.probes import Probes, Reading, radam_rho, split_name
 from lnexp.run.reader import RunError, load_run, read_jsonl
 from lnexp.run.rows import layer_profile, logged_steps, loss_summary
 
@@ -131,6 +132,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config)
         self.probes = Probes(self.model, config.log.probes, self.optimizer)
         self.params = list(self.model.parameters())
+        # log.histograms_every: the weights' gradients, histogrammed on the device, kept for the flush
+        self.histogram_every = config.log.histograms_every if config.log.tensorboard else None
+        weights = [(name, p) for name, p in self.model.named_parameters() if p.ndim >= 2]
+        self.histogram_tags = [sinks.probe_tag({"probe": "grad_hist", "layer": layer, "param": param})
+                               for layer, param in (split_name(name) for name, _ in weights)]
+        self.histogram_weights = [p for _, p in weights]
+        self.histograms: list[tuple[int, torch.Tensor]] = []
         val_gen = torch.Generator().manual_seed(t.seed + 1)  # the same val batches at every eval
         self.val_batches = [self._to_device(data.batch("val", t.batch_size, t.seq_len, val_gen))
                             for _ in range(t.eval_batches)]
@@ -167,6 +175,8 @@ class Trainer:
         """The step after the backward pass (the gradients are in the parameters' .grad): read the
         probes, clip, update, advance the schedule (shared with packed training, lnexp.run.pack)."""
         clip = self.config.optim.clip_grad_norm
+        if self.histogram_every and step % self.histogram_every == 0:
+            self.histograms.append((step, sinks.grad_histograms([p.grad for p in self.histogram_weights])))
         reading = self.probes.read(step) if probing else None
         if reading and reading.total_on_device is not None and self.dist.world_size > 1:
             reading.ranks = gather(torch.stack([reading.total_on_device, loss.detach().float()]))
@@ -279,8 +289,8 @@ def prepare(config: Config, source: str) -> tuple[Data, Dist, torch.device]:
         data.check(t.seq_len)
         dist, device = init_distributed(t.device)
         _check_fits(config, data.vocab_size, device)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    except ConfigError as exc:  # named after what set the key: a --set, a base file, the file
+        raise ConfigError(config.blame(str(exc), source)) from None
     return data, dist, device
 
 
@@ -337,6 +347,7 @@ def run_meta(config: Config, source: str, command: list[str], device: torch.devi
         "git_commit": _git_commit(),
         "data": data.description,
         "vocab_size": data.vocab_size,
+        "bytes_per_token": data.bytes_per_token,  # of the validation text (None: not text): bits per byte
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a pool worker's or a job's GPU
     }
@@ -389,6 +400,12 @@ def new_run(config: Config, source: str, command: list[str] | None = None, force
             except OSError as exc:
                 writer.finish(Status.FAILED, {}, failure_message(exc))
                 raise RunError(f"{path}: cannot write {TOKENIZER_FILE} ({exc.strerror})") from None
+        try:
+            writer.sinks = sinks.Sinks.open(config.to_dict(), path)
+        except Exception as exc:  # W&B would not start (no login, no network): no run was made
+            writer.close()
+            shutil.rmtree(path, ignore_errors=True)
+            raise sinks.start_error(exc, lambda fault: config.blame(fault, source)) from None
     return trainer, writer, path
 
 
@@ -439,6 +456,11 @@ def reopen_run(path: Path, command: list[str] | None = None, trust: Sequence[str
         resumes = writer.meta.get("resumes", []) + [{"from_step": step, "at": now(),
                                                      "command": command or sys.argv}]
         writer.update_meta(status=Status.RUNNING, resumes=resumes, pid=os.getpid(), host=platform.node())
+        try:
+            writer.sinks = sinks.Sinks.open(config.to_dict(), path, step)
+        except Exception as exc:
+            writer.finish(Status.FAILED, {}, failure_message(exc))
+            raise sinks.start_error(exc, lambda fault: f"{path}: {fault}") from None
     kept = [r for r in run.metrics if r["step"] < step]
     wall = run.meta.get("wall_time_s")
     history = History(kept, {r["step"]: r["val_loss"] for r in kept if r.get("val_loss") is not None},
@@ -485,9 +507,6 @@ def train_runs(runs: list[LiveRun], start: int, stop: Stop | None = None,
     however the loop ends: as its log says, or interrupted (a second signal) or failed (an error)."""
     live = list(runs)
     try:
-        for run in runs:
-            if run.writer:
-                run.writer.sinks = sinks.Sinks.open(run.trainer.config.to_dict(), run.path, start)
         with _stop_on_signals(stop) as stop:
             _loop(live, start, stop, step_all)
     except KeyboardInterrupt:  # a second signal: stopped at once, without a checkpoint of this point
@@ -577,17 +596,27 @@ class RunLog:
         """Read pending losses and readings in one transfer, write their lines; a loss past the
         threshold sets `diverged_step` (and ends the lines there)."""
         pending, extra, writer, history = self.pending, self.extra, self.writer, self.history
+        histograms = self.trainer.histograms
         if not (pending or extra):
             return
         config, dist = self.trainer.config, self.trainer.dist
         readings = [r for _, _, r, _ in pending if r] + extra
         clips = [n for *_, n in pending if n is not None]
-        tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings]
+        tensors = [loss for _, loss, _, _ in pending] + clips + [r.values() for r in readings] + \
+            [h for _, h in histograms]
         host = torch.cat([x.float().flatten() for x in tensors]).tolist()  # the one transfer
         losses, clip_norms = host[: len(pending)], iter(host[len(pending): len(pending) + len(clips)])
         offset, values = len(pending) + len(clips), {}
         for r in readings:
             values[id(r)], offset = host[offset: offset + len(r.keys)], offset + len(r.keys)
+        for step, h in histograms:
+            width, block = h.shape[1], h.numel()
+            if writer and writer.sinks:
+                flat = host[offset: offset + block]
+                writer.sinks.add_histograms(step, self.trainer.histogram_tags,
+                                            [flat[i: i + width] for i in range(0, block, width)])
+            offset += block
+        histograms.clear()
         elapsed = time.perf_counter() - self.last_flush
         self.last_flush = time.perf_counter()
         speed = len(pending) * self.tokens_per_step / max(elapsed, 1e-9)

@@ -12,6 +12,7 @@ from lnexp.core.config import ConfigError, validate
 from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell
 from lnexp.experiments.sweep.state import Plan
+from lnexp.report.tensorboard import figures_to_tensorboard
 from lnexp.run.reader import RunError, read_status, read_summary
 
 NOT_STARTED = {"status": Status.INTERRUPTED, "error": "not started: the sweep was stopped"}
@@ -79,6 +80,7 @@ def run_cell(config: dict[str, Any], source: str, command: list[str], force: boo
         return {"status": Status.FAILED, "error": str(exc)}
     except Exception as exc:  # the run folder says "failed" and why; the other cells go on
         return {"status": Status.FAILED, "error": failure_message(exc)}
+    figures_to_tensorboard(outcome.path)
     return {**outcome.summary, "status": outcome.status}
 
 
@@ -100,6 +102,8 @@ def run_pack(configs: list[dict[str, Any]], source: str, commands: list[list[str
         return [{"status": Status.FAILED, "error": str(exc)} for _ in configs]
     except Exception as exc:
         return [{"status": Status.FAILED, "error": failure_message(exc)} for _ in configs]
+    for outcome in outcomes:
+        figures_to_tensorboard(outcome.path)
     return [{**o.summary, "status": o.status} for o in outcomes]
 
 

@@ -13,6 +13,7 @@ collects the finished ones. Everything here imports submitit (an optional extra)
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ class Launcher(Section):
     time: Annotated[Int, BeforeValidator(_minutes), Field(ge=1)] = 60  # minutes per job, before a requeue
     slurm: dict[str, str | int] = {}  # any other sbatch option: account, qos, constraint, exclude, ...
     max_requeues: Int = Field(3, ge=0)  # time-outs a cell may hit (pre-emptions are not counted)
+    # lines the batch script runs before the job (module load, activating the environment)
+    setup: list[str] = []
 
 
 def parse_slurm(items: list[str]) -> dict[str, str]:
@@ -84,8 +87,10 @@ def load_launcher(file: Path | None, options: dict[str, Any]) -> Launcher:
         if not isinstance(raw, dict):
             raise ConfigError(f"{file}: no `launcher:` mapping")
         _validate(raw, lambda key: f"{file}: launcher.{key}")
-    given = {k: v for k, v in options.items() if v is not None and v != {}}
+    given = {k: v for k, v in options.items() if v is not None and v != {} and v != []}
     merged = {**raw, **given, "slurm": {**(raw.get("slurm") or {}), **given.get("slurm", {})}}
+    if "setup" in given and isinstance(raw.get("setup"), list):
+        merged["setup"] = [*raw["setup"], *given["setup"]]
     option = {"kind": "launcher"}
     launcher = _validate(merged, lambda key: f"--{option.get(key, key.split('.')[0]).replace('_', '-')}")
     slurm_only = sorted(given.keys() - {"kind"})
@@ -96,11 +101,14 @@ def load_launcher(file: Path | None, options: dict[str, Any]) -> Launcher:
 
 def from_options(file: Path | None, *, kind: str | None = None, partition: str | None = None,
                  gpus_per_cell: int | None = None, cpus_per_cell: int | None = None, mem: str | None = None,
-                 time: str | None = None, slurm: Sequence[str] = ()) -> Launcher | None:
-    """The launcher of the command line's options (`slurm`: its `--slurm K=V` items) over `file`'s
-    `launcher:` block; None (the local pool) when neither is given. ConfigError on bad input."""
+                 time: str | None = None, slurm: Sequence[str] = (), setup: Sequence[str] = ()
+                 ) -> Launcher | None:
+    """The launcher of the command line's options (`slurm`: its `--slurm K=V` items; `setup`: lines
+    after the file's) over `file`'s `launcher:` block; None (the local pool) when neither is given.
+    ConfigError on bad input."""
     options = {"kind": kind, "partition": partition, "gpus_per_cell": gpus_per_cell,
-               "cpus_per_cell": cpus_per_cell, "mem": mem, "time": time, "slurm": parse_slurm(list(slurm))}
+               "cpus_per_cell": cpus_per_cell, "mem": mem, "time": time, "slurm": parse_slurm(list(slurm)),
+               "setup": list(setup)}
     return load_launcher(file, options) if file or any(options.values()) else None
 
 
@@ -140,6 +148,8 @@ def executor(launcher: Launcher, folder: Path) -> Any:
     other = {k: v for k, v in launcher.slurm.items() if k not in known}
     if other:  # written as `#SBATCH --key=value` lines
         slurm["slurm_additional_parameters"] = {k: _int_or_text(v) for k, v in other.items()}
+    if launcher.setup:
+        slurm["slurm_setup"] = launcher.setup
     try:
         ex.update_parameters(name="lnexp", timeout_min=launcher.time, nodes=1, tasks_per_node=1,
                              gpus_per_node=launcher.gpus_per_cell, cpus_per_task=launcher.cpus_per_cell,
@@ -147,6 +157,58 @@ def executor(launcher: Launcher, folder: Path) -> Any:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"--slurm: {str(exc).splitlines()[0]}") from None
     return ex
+
+
+def batch_script(launcher: Launcher, root: Path, cells: int) -> str:
+    """The sbatch script a submission of `cells` cells would send (one job array; one job for one
+    cell), rendered as submitit renders it, without submitting or writing anything."""
+    slurm_executor = executor(launcher, root / JOBS)._executor  # AutoExecutor's own SlurmExecutor
+    if not isinstance(slurm_executor, _submitit().SlurmExecutor):
+        raise ConfigError("--dry-run: prints a SLURM batch script; the launcher's cluster is local")
+    parameters = {**slurm_executor.parameters, **({"map_count": cells} if cells > 1 else {})}
+    return _submitit().slurm.slurm._make_sbatch_string(command=slurm_executor._submitit_command_str,
+                                                        folder=slurm_executor.folder, **parameters)
+
+
+NODE_LOCAL_FS = {"tmpfs", "ramfs", "devtmpfs"}  # memory: each node has its own
+NODE_LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # each node's own disk, as a rule
+
+
+def node_local(path: Path) -> str | None:
+    """Why `path` is most likely this node's own storage, which a job on another node cannot read
+    (None: nothing says so; a shared filesystem cannot be proven from here)."""
+    resolved = path.expanduser().resolve()
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3:  # /proc/mounts writes a space in a path as \040
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            mounts.append((Path(point), fields[2]))
+    inside = [(point, kind) for point, kind in mounts if point == resolved or point in resolved.parents]
+    if inside:
+        point, kind = max(inside, key=lambda m: len(m[0].parts))
+        if kind in NODE_LOCAL_FS:
+            return f"on {kind} (mounted at {point})"
+    local = next((d for d in NODE_LOCAL_DIRS if Path(d) == resolved or Path(d) in resolved.parents), None)
+    return f"under {local}" if local else None
+
+
+def storage_warnings(root: Path) -> list[str]:
+    """Where jobs on other nodes could not read or write what a submission needs: the sweep's folder
+    (the run folders, submitit's pickles and logs) and the data cache (LNEXP_CACHE_DIR)."""
+    from lnexp.data.sources import cache_dir
+
+    warnings = []
+    for what, path in (("the sweep's folder", root), ("the data cache (LNEXP_CACHE_DIR)", cache_dir())):
+        why = node_local(path)
+        if why:
+            warnings.append(f"{what} {path} is {why}: a job on another node cannot see it; put run.dir and "
+                            "LNEXP_CACHE_DIR on a filesystem every node mounts")
+    return warnings
 
 
 def _int_or_text(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lnexp.core.data_sources import loss_unit
 from lnexp.core.status import FINISHED, Status
 from lnexp.experiments.sweep.grid import Cell, Sweep
 from lnexp.experiments.sweep.results import reported_loss, summarise
@@ -63,17 +64,23 @@ def summary_table(sweep: Sweep, results: dict[str, dict[str, Any]]):
     from lnexp.report.console import fmt
 
     rows = summarise(sweep.cells, results)
-    title = f"{sweep.root}: final validation loss over {sweep.seeds} seed(s)"
+    # each group's loss unit (its tokenizer's: lnexp.core.data_sources.loss_unit), named once if shared
+    first = {cell.group: cell for cell in sweep.cells}  # one of each group: they share their data
+    units = [loss_unit(first[row["group"]].config.data.model_dump()) for row in rows]
+    shared = len(set(units)) <= 1
+    unit = f"nats per {units[0]}" if units and shared else "nats per each row's unit"
+    title = f"{sweep.root}: final validation loss ({unit}) over {sweep.seeds} seed(s)"
     table = Table(title=title, title_justify="left", min_width=len(title))
     labels = list(rows[0]["labels"]) if rows else []
     for label in labels:
         table.add_column(label)
-    for column in ("seeds", "final loss (mean ± std)", "diverged"):
+    for column in ("seeds", "final loss (mean ± std)", *(() if shared else ("loss per",)), "diverged"):
         table.add_column(column, justify="right")
-    for row in rows:
+    for row, per in zip(rows, units):
         loss = "-" if math.isnan(row["loss_mean"]) else f"{fmt(row['loss_mean'])} ± {fmt(row['loss_std'], 2)}"
         diverged = f"{row['diverged']}/{row['seeds']}"
         if row["failed"]:
             diverged += f" ({row['failed']} failed)"
-        table.add_row(*(row["labels"].get(label, "") for label in labels), str(row["seeds"]), loss, diverged)
+        table.add_row(*(row["labels"].get(label, "") for label in labels), str(row["seeds"]), loss,
+                      *(() if shared else (per,)), diverged)
     return table
