@@ -648,3 +648,34 @@ def test_verdicts_lacking_a_run_are_missing_not_inconclusive(tmp_path):
     gap, whole = claim.test([1.0, None], [0, 1]), claim.test([1.0, 2.0], [0, 1])
     mark_missing([gap, whole], cells)
     assert gap.verdict == "missing (1 of 2 runs)" and whole.verdict == INCONCLUSIVE  # [1, 2]: wide at n = 2
+
+
+# --- shared trainings: one run, the union of the probes (issue #25 item 7) ---------------------------------
+
+def test_cells_that_differ_only_in_what_they_log_are_one_run_logging_the_union(tmp_path):
+    from lnexp.experiments.reproduce.engine import Spec, log_final
+
+    post = {"model.norm": "post"}
+    plain = Spec.of("train", 0, post)
+    probed = Spec.of("train", 0, post, {"log.probes": ("grad", "rank"), "log.grad_every": 2,
+                                        "log.ablation_steps": (0, 4)})
+    final = Spec.of("train", 0, post, log_final(TEST))  # TEST trains 6 steps: probes at 0 and 5
+    cells = make_cells(TEST, [plain, probed], tmp_path, None)
+    assert cells[plain] is cells[probed]
+    log = cells[plain].config.log
+    assert (log.probes, log.grad_every, log.ablation_steps) == (["grad", "act", "rank"], 2, [0, 4])
+    assert make_cells(TEST, [plain], tmp_path, None)[plain].config.log.grad_every == 3  # the scale's
+    both = make_cells(TEST, [probed, final], tmp_path, None)[final].config.log
+    assert both.grad_every == 1  # gcd(2, 5): every step either asked for is logged
+    with pytest.raises(RuntimeError, match="ask for different log.loss_every"):
+        make_cells(TEST, [plain, Spec.of("train", 0, post, {"log.loss_every": 1})], tmp_path, None)
+
+
+def test_a_finished_run_that_logged_more_is_reused_and_rerunning_trains_nothing(tmp_path):
+    # feature-dimension's cells log rank and sensitivity every 2 steps; the depth suite's are the same
+    # trainings (post and pre at L 1 and 2, the same recipe) and ask for nothing more than the defaults
+    features = reproduce("feature-dimension", TEST, jobs=1, out=tmp_path)
+    assert features.trained == 2 * 3 * 2 and not features.failed
+    depth = reproduce("depth", TEST, jobs=1, out=tmp_path)
+    assert depth.trained == 0 and depth.reused == 2 * 2 * 2
+    assert reproduce("feature-dimension", TEST, jobs=1, out=tmp_path).trained == 0

@@ -31,6 +31,7 @@ from lnexp.experiments.reproduce.engine import (
     adopt_covering_log,
     cost,
     make_cells,
+    requested,
     with_plugins_in_cells,
 )
 from lnexp.experiments.reproduce.report import StoredSuite, load, markdown, summary_table, write_report
@@ -94,8 +95,11 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     cells = make_cells(scale, [s for group in specs.values() for s in group], out,
                        threads or threads_per_job(jobs), sets)
     unique = list({id(c): c for c in cells.values()}.values())
+    asked: dict[int, set[str]] = {}
+    for spec, cell in cells.items():
+        asked.setdefault(id(cell), set()).update(requested(spec, sets))
     for cell in unique:  # a finished run that logged all this cell asks for is its run
-        adopt_covering_log(cell)
+        adopt_covering_log(cell, asked[id(cell)])
     unique.sort(key=lambda c: -cost(c.config))  # the longest first: the workers end together
     work = plan(unique, mismatch="replace")
     command = ["lnexp", "reproduce", suite, "--scale", scale.name, "--out", str(out),

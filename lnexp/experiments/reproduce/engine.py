@@ -216,11 +216,9 @@ def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | N
         unlogged = {k: v for k, v in config.to_dict().items() if k != "log"}
         if any({k: v for k, v in configs[s].to_dict().items() if k != "log"} != unlogged for s in members):
             raise RuntimeError(f"two different {family} cells are both named {name}")
-        requests = [{k.partition(".")[2] for k, _ in s.overrides if k.startswith("log.")}
-                    | {item.partition("=")[0].strip().partition(".")[2] for item in sets
-                       if item.startswith("log.")} for s in members]
         config = config.model_copy(deep=True)
-        config.log = LogConfig.model_validate(merged_log([configs[s].log for s in members], requests, name))
+        config.log = LogConfig.model_validate(merged_log([configs[s].log for s in members],
+                                                         [requested(s, sets) for s in members], name))
         config.run.name, config.run.dir = name, str(root / "runs" / family)
         if threads is not None:
             config.train.threads = threads
@@ -229,6 +227,13 @@ def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | N
                     [f"{k}={value_text(v)}" for k, v in spec.overrides] + [f"train.seed={spec.seed}"], config)
         cells.update(dict.fromkeys(members, cell))
     return cells
+
+
+def requested(spec: Spec, sets: Sequence[str] = ()) -> set[str]:
+    """The `log` keys a spec asks for (its `log.*` overrides, and `--set log.*` items): the others
+    are the scale's defaults, which another spec of the same cell may change."""
+    return {k.partition(".")[2] for k, _ in spec.overrides if k.startswith("log.")} | \
+        {item.partition("=")[0].strip().partition(".")[2] for item in sets if item.strip().startswith("log.")}
 
 
 def merged_log(logs: Sequence[LogConfig], requests: Sequence[set[str]], name: str) -> dict[str, Any]:
@@ -253,10 +258,11 @@ def merged_log(logs: Sequence[LogConfig], requests: Sequence[set[str]], name: st
     return merged
 
 
-def adopt_covering_log(cell: Cell) -> None:
-    """A finished folder that logged at least what the cell asks for (every probe, at every step it
-    asks for; every other key the same) is the cell's run as it is: its stored `log` becomes the
-    cell's, so that planning reuses it instead of training it again. Reads config.yaml as data."""
+def adopt_covering_log(cell: Cell, asked: set[str]) -> None:
+    """A finished folder that logged at least what the cell logs (every probe, every step of its
+    lists; at every step of its `grad_every` if one of its specs asked for it, `asked`; every other key
+    the same) is the cell's run as it is: its stored `log` becomes the cell's, so that planning reuses
+    it instead of training it again. Reads config.yaml as data."""
     if not is_finished(cell.path):
         return
     try:
@@ -269,7 +275,8 @@ def adopt_covering_log(cell: Cell) -> None:
     others = [k for k in LogConfig.model_fields if k not in (*lists, "probes", "grad_every")]
     if (set(want.probes) <= set(have.probes)
             and all(set(getattr(want, k)) <= set(getattr(have, k)) for k in lists)
-            and all(s % have.grad_every == 0 for s in range(0, steps, want.grad_every))
+            and ("grad_every" not in asked
+                 or all(s % have.grad_every == 0 for s in range(0, steps, want.grad_every)))
             and all(getattr(want, k) == getattr(have, k) for k in others)):
         cell.config = cell.config.model_copy(update={"log": have})
 

@@ -74,18 +74,18 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 RULE = ("Each claim states its statistic (one number per seed), the direction it claims and the smallest "
         "effect that counts, with whose number that is. The verdict comes from the 95% t-interval of the "
-        "statistic's mean over the seeds: **reproduced** when the interval lies beyond the smallest effect "
-        "in the claimed direction (inside the band, for a claimed band); **not reproduced** when it lies "
-        "beyond it on the other side (outside the band); **inconclusive** when it contains the smallest "
-        "effect (crosses an edge of the band), or there is no interval (fewer than 2 seeds with a number, "
-        "or a diverged run's infinite value); **not applicable** when the data refute a premise the claim "
-        "needs, named with its numbers (a premise they can neither establish nor refute makes it "
-        "inconclusive); **inconclusive: grid edge** when the arms compared sit at the same edge of the "
-        "learning-rate grid on every seed; **missing (n of m runs)** when it lacks a number while n of "
-        "the suite's m runs have no result. Wiring checks are identities the code must satisfy: they are "
-        "listed apart and never counted as reproductions. A placebo compares two arms that differ only "
-        "in their seeds: its \"reproduced\" rows are false positives. Verdicts are computed from the run "
-        "folders each time a report is written; none is fixed in advance.")
+        "statistic's mean over the seeds: **reproduced** when the interval lies beyond the smallest "
+        "effect in the claimed direction (inside the band, for a claimed band); **not reproduced** when "
+        "it lies on the other side of it or ends at it (outside the band); **inconclusive** when it "
+        "contains the smallest effect (crosses an edge of the band), or there is no interval (fewer than "
+        "2 seeds with a number, or a diverged run's infinite value); **not applicable** when the data "
+        "refute a premise the claim needs, named with its numbers (a premise they can neither establish "
+        "nor refute makes it inconclusive); **inconclusive: grid edge** when the arms compared sit at the"
+        " same edge of the learning-rate grid on every seed; **missing (n of m runs)** when it lacks a "
+        "number while n of the suite's m runs have no result. Wiring checks are identities the code must "
+        "satisfy: they are listed apart and never counted as reproductions. A placebo compares two arms "
+        'that differ only in their seeds: its "reproduced" rows are false positives. Verdicts are '
+        "computed from the run folders each time a report is written; none is fixed in advance.")
 WIRING_TITLE = "Wiring checks: identities the code must satisfy, not evidence"
 PLACEBO_TITLE = "Placebo comparisons: arm A against arm A′ on disjoint seeds (negative controls)"
 

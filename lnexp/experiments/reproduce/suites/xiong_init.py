@@ -235,7 +235,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
                           label=LAYOUTS[norm].label)
             ax.set_yscale("log")
             label_log_axis(ax.yaxis)
-            ax.set_xticks(range(n))
+            ax.set_xticks(range(0, n, max(1, n // 12)))
             ax.set_title(f"L = {n}")
             ax.set_xlabel("layer (from 0)")
         axes[0][0].set_ylabel("‖∇W_FC2‖ at initialisation")
