@@ -342,7 +342,7 @@ def test_layouts_verdicts_flip_when_the_data_flips(tmp_path):
                              "(0.01): nothing for a layout to rescue (")
     for key in ("sandwich", "reordered", "tames", "dyt"):
         assert verdicts[LAYOUT_CLAIMS[key]] == NOT_REPRODUCED, key
-    assert verdicts["DeepNorm keeps Post-LN's normalised residual stream at initialisation"] == BROKEN
+    assert verdicts["DeepNorm's residual stream stays normalised at initialisation"] == BROKEN
     # every layout at the grid's top: the lr rows are the grid's, not the layouts'
     edge = verdicts_by_claim(fake_runs(tmp_path / "c", "layouts", layout_runs(largest={
         name: 1e-2 for name in ("pre", "sandwich", "reordered", "mix", "deepnorm", "admin", "dyt")})))
@@ -679,3 +679,14 @@ def test_a_finished_run_that_logged_more_is_reused_and_rerunning_trains_nothing(
     depth = reproduce("depth", TEST, jobs=1, out=tmp_path)
     assert depth.trained == 0 and depth.reused == 2 * 2 * 2
     assert reproduce("feature-dimension", TEST, jobs=1, out=tmp_path).trained == 0
+
+
+def test_a_placebos_second_arm_is_the_same_cell_on_the_next_seeds(tmp_path):
+    from lnexp.experiments.reproduce.engine import disjoint, per_seed
+
+    arm = per_seed("train", 3, {"model.norm": "post"})
+    other = disjoint(arm)
+    assert [s.seed for s in other] == [3, 4, 5] and {s.overrides for s in other} == {arm[0].overrides}
+    cells = make_cells(TEST, [*arm, *other], tmp_path, None)
+    assert len({cells[s].path for s in (*arm, *other)}) == 6
+    assert [s.seed for s in disjoint(per_seed("train", 2, {}, first=4))] == [6, 7]

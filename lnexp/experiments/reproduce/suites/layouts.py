@@ -96,7 +96,7 @@ DYT_MATCHES = Claim(
     "DyT in place of LayerNorm matches it (Zhu et al. 2025: DyT matches normalised Transformers; here "
     "in Pre-LN)", "best final val loss over the grid's learning rates, DyT minus LayerNorm (nats), L = {L}",
     LESS, MARGIN_LOSS, f"lnexp's choice: {MARGIN_LOSS:g} nats (common.MARGIN_LOSS)")
-NORMALISED = Wiring("{layout} keeps Post-LN's normalised residual stream at initialisation",
+NORMALISED = Wiring("{layout}'s residual stream stays normalised at initialisation",
                     "RMS² of the residual stream leaving layer {last} (the last) / leaving layer 0, L = {L}",
                     1 - 1e-3, 1 + 1e-3, "every block ends in a LayerNorm (γ = 1, β = 0 at initialisation), "
                     "so the stream leaving it has RMS 1 up to the norm's ε, whatever the skip scale")
