@@ -690,3 +690,19 @@ def test_a_placebos_second_arm_is_the_same_cell_on_the_next_seeds(tmp_path):
     cells = make_cells(TEST, [*arm, *other], tmp_path, None)
     assert len({cells[s].path for s in (*arm, *other)}) == 6
     assert [s.seed for s in disjoint(per_seed("train", 2, {}, first=4))] == [6, 7]
+
+
+def test_verdict_numbers_are_identical_across_jobs_and_differ_across_threads_at_rounding_level(tmp_path):
+    """docs/reproduce.md#determinism: each run trains in its own process from its own seed, so --jobs
+    does not change a number; the thread count changes the order of the matmuls' sums, so --threads
+    moves numbers at rounding level (and training can carry that further: measured in the docs)."""
+    def values(out, **how):
+        outcome = reproduce("gpt2-scaling", TEST, out=tmp_path / out, pack=1, **how)
+        assert outcome.trained == 4 and not outcome.failed
+        return [v.values for v in outcome.verdicts["gpt2-scaling"]]
+
+    alone = values("a", jobs=1, threads=1)
+    assert all(x is not None for v in alone for x in v)
+    assert values("b", jobs=2, threads=1) == alone
+    threads = values("c", jobs=1, threads=2)
+    assert all(x == pytest.approx(y, rel=1e-4) for v, w in zip(threads, alone) for x, y in zip(v, w))
