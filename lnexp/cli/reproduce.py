@@ -108,7 +108,7 @@ def list_suites(plugin: Plugins = []) -> None:  # noqa: B006 (typer reads it)
 def report(
     folder: Annotated[Path | None, typer.Argument(
         help="A reproduction's folder (OUT of `lnexp reproduce`, or docs/results/SCALE) or one suite's.",
-        show_default=False)] = None,
+        metavar="FOLDER", show_default=False)] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables (claims, placebos, wiring "
                                            "checks per suite), as docs/reproduce.md holds them.")] = False,
     summary: Annotated[bool, typer.Option("--summary", help="Markdown, one row per suite: its verdicts "
@@ -116,7 +116,7 @@ def report(
     refresh: Annotated[list[Path], typer.Option(help="Rewrite the generated blocks of this markdown "
                                                 "file (between `<!-- lnexp reproduce report DIR -->` and "
                                                 "`<!-- /lnexp reproduce report -->`) from their DIR; "
-                                                "repeatable.", show_default=False)] = [],  # noqa: B006
+                                                "repeatable.", metavar="FILE", show_default=False)] = [],  # noqa: B006
 ) -> None:
     """Print the verdicts stored in FOLDER's verdicts.json files: nothing is trained or recomputed.
 
