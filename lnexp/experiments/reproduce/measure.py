@@ -100,9 +100,9 @@ def outcome(run: Run | None, threshold: float) -> str | None:
 
 
 def steps_below(run: Run | None, line: float) -> float | None:
-    """The first logged step at which the training loss is below `line` (it is logged every
-    `log.loss_every` steps: that is the resolution); a run that never gets there counts as its length,
-    `train.steps` (a lower bound: censored). None: no result."""
+    """The first step at which the training loss (metrics.jsonl's, one batch's) is below `line`; a
+    run that never gets there counts as its length, `train.steps` (a lower bound: censored). None: no
+    result."""
     if final_loss(run) is None:
         return None
     return float(next((step for step, value in loss_curve(run) if value < line),

@@ -110,24 +110,24 @@ def outcomes(ctx: SuiteRuns, runs: Sequence[Run | None]) -> list[str | None]:
             for r in runs]
 
 
-def _below_line(ctx: SuiteRuns, key: Hashable) -> list[float | None]:
+def below_line(ctx: SuiteRuns, key: Hashable) -> list[float | None]:
     """Per seed of the cell: its capped final loss minus its seed's convergence line (< 0: converged)."""
     return [None if c is None else c - ctx.threshold(s) for c, s in zip(capped(ctx[key]), ctx.seeds_of(key))]
 
 
 def fails(ctx: SuiteRuns, key: Hashable, what: str) -> Precondition:
-    """The premise that `what` (the cell `key`) fails: on every seed its capped final loss stays above
-    the convergence line (it diverged, or ended at the unigram baseline or above it). Measured with the
-    claims' own rule: its interval above 0."""
+    """The premise that `what` (the cell `key`) fails: its capped final loss ends above the convergence
+    line (it diverged, or stuck at the unigram baseline or above it), measured with the claims' own rule
+    on each seed's capped loss minus its line: the interval above 0."""
     return premise(f"{what} fails", f"{what} trained: nothing to rescue",
-                   f"{CAPPED} − convergence line, {what}", _below_line(ctx, key), GREATER, 0.0)
+                   f"{CAPPED} − convergence line, {what}", below_line(ctx, key), GREATER, 0.0)
 
 
 def converges(ctx: SuiteRuns, key: Hashable, what: str) -> Precondition:
     """The premise that `what` (the cell `key`) converges: its capped final loss below the convergence
     line, by the claims' own rule (its interval below 0)."""
     return premise(f"{what} converges", f"{what} did not converge: the arm the claim measures against "
-                   "failed", f"{CAPPED} − convergence line, {what}", _below_line(ctx, key), LESS, 0.0)
+                   "failed", f"{CAPPED} − convergence line, {what}", below_line(ctx, key), LESS, 0.0)
 
 
 def converge_definition(ctx: SuiteRuns, seeds: Sequence[int] | None = None) -> str:

@@ -22,6 +22,7 @@ from lnexp.experiments.reproduce.suites.common import (
     PRE,
     RADAM,
     Suite,
+    below_line,
     capped,
     n_layers,
     optim_lr,
@@ -101,8 +102,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         f"Post-LN (no warm-up) trains at the grid's largest learning rate ({lrs[-1]:g}): the grid stops "
         "short of its instability",
         f"smallest over depths of [{CAPPED} − convergence line], Post-LN, lr {lrs[-1]:g}",
-        seedwise(lambda *xs: min(xs), *([None if c is None else c - ctx.threshold(s) for c, s in
-                                          zip(capped(ctx[post, n, lrs[-1]]), seeds)] for n in depths)),
+        seedwise(lambda *xs: min(xs), *(below_line(ctx, (post, n, lrs[-1])) for n in depths)),
         GREATER, 0.0)
     edge: Precondition = replace(reaches, outcome=GRID_EDGE)
     fields = {"sensitivity": SENSITIVITY, "depths": "{" + ", ".join(map(str, depths)) + "}"}

@@ -46,7 +46,7 @@ WARM = f"{POST_LN.name}+warm-up"
 PRE_WARM = f"{PRE_LN.name}+warm-up"
 SETTINGS = {POST_LN.name: "Post-LN, no warm-up", WARM: "Post-LN, warm-up", PRE_LN.name: "Pre-LN, no warm-up",
             PRE_WARM: "Pre-LN, warm-up"}  # grid key -> label
-ANY_LEAD = "lnexp's choice: any lead (the loss is logged every `log.loss_every` steps: the resolution)"
+ANY_LEAD = "lnexp's choice: any lead (every step's training loss is logged: one step is the resolution)"
 
 RESCUES = Claim("Warm-up rescues Post-LN (lr {lr:g})",
                 f"{CAPPED}: Post-LN no warm-up − Post-LN warm-up (nats)", GREATER, MARGIN_LOSS, MARGIN)
@@ -98,7 +98,6 @@ def steps_to(runs: Sequence[Run | None], line: float | None) -> list[float | Non
 
 def analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
-    every = scale.train["log"]["loss_every"]
     runs = {(name, lr): ctx[name, lr] for name in SETTINGS for lr in ctx.params.lrs}
     line = line_of([r for rs in runs.values() for r in rs], scale.margin)
     line_text = f"the unigram entropy − {scale.margin:g}" + ("" if line is None else f" = {line:.3f} nats")
@@ -136,7 +135,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         f"\"Ahead\": the first logged step at which the training loss is below {line_text}: the training "
         "bytes' unigram entropy (the training loss of a model that ignores context, summary.json) minus "
         f"the scale's margin, i.e. the convergence line on the training loss (lnexp's choice: the point "
-        f"where a run starts to use context). The loss is logged every {every} steps; a run that never "
+        f"where a run starts to use context). Every step's training loss is logged; a run that never "
         f"gets there counts as {scale.train['train']['steps']} (a lower bound). Without warm-up Pre-LN "
         "takes larger steps early (over the first warm-up steps about twice the cumulative learning "
         "rate), so the second row compares Pre-LN and Post-LN under the same warm-up: the same cumulative "
