@@ -49,3 +49,12 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval | None:
     mean, std, n = mean_std(values)
     half = float(t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, level)
+
+
+def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) confidence interval of a proportion k/n, from scipy.stats.binomtest:
+    what a rate measured on n trials (a share of placebo comparisons) can be, at this level."""
+    from scipy.stats import binomtest  # imported here: scipy.stats takes a second or more to import
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)

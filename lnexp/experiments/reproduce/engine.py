@@ -174,9 +174,9 @@ def cell_config(scale: Scale, spec: Spec, sets: Sequence[str] = ()) -> Config:
     return validate(apply_sets(raw, list(sets)), source="--set") if sets else config
 
 
-def cell_name(config: Config, base_width: int | None = None) -> str:
-    """The folder name: what the cell sets, in words (a width only where it is not the family's,
-    `base_width`: the names of the other cells stay as they were)."""
+def cell_name(config: Config, base_width: int | None = None, base_steps: int | None = None) -> str:
+    """The folder name: what the cell sets, in words (a width or a step count only where it is not the
+    family's, `base_width`, `base_steps`: the names of the other cells stay as they were)."""
     m, o = config.model, config.optim
     parts = ["encdec", m.norm] if m.arch == "encoder_decoder" else [m.norm]
     if m.norm_type != DEFAULT_NORM:  # rmsnorm keeps its short name: existing folders are reused
@@ -196,8 +196,10 @@ def cell_name(config: Config, base_width: int | None = None) -> str:
         parts.append(f"scaled-{m.residual_scaling}")
     if base_width is not None and m.d_model != base_width:
         parts.append(f"d{m.d_model}")
-    parts += [f"L{m.n_layers}", o.name, f"lr{o.lr:g}", f"w{config.schedule.warmup_steps}",
-              f"s{config.train.seed}"]
+    parts += [f"L{m.n_layers}", o.name, f"lr{o.lr:g}", f"w{config.schedule.warmup_steps}"]
+    if base_steps is not None and config.train.steps != base_steps:
+        parts.append(f"steps{config.train.steps}")
+    parts.append(f"s{config.train.seed}")
     return "-".join(parts)
 
 
@@ -209,7 +211,8 @@ def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | N
     groups: dict[tuple[str, str], list[Spec]] = {}
     for spec, config in configs.items():
         base = scale.init if spec.family == "init" else scale.train
-        groups.setdefault((spec.family, cell_name(config, base["model"]["d_model"])), []).append(spec)
+        name = cell_name(config, base["model"]["d_model"], base["train"]["steps"])
+        groups.setdefault((spec.family, name), []).append(spec)
     cells: dict[Spec, Cell] = {}
     for (family, name), members in groups.items():
         config = configs[members[0]]

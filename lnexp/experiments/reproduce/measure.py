@@ -1,6 +1,8 @@
 """From run folders to numbers: the one way every suite reads its runs.
 
-- A run's outcome: `final_loss` (+∞ for a diverged run), `converged`, `loss_curve`.
+- A run's outcome: `final_loss` (+∞ for a diverged run), `capped_loss` (finite: Wortsman et al. 2023's
+  min(final loss, loss at init)), `converged`, `outcome` (diverged, stuck or training), `loss_curve`,
+  `steps_below` (when the training loss first crosses a line).
 - A run's complete per-layer profile of a probe at initialisation or on the final model (`profile`),
   None when the run lacks it: a suite never sees a partial profile.
 - Seed-level statistics: `seedwise(f, a, b, ...)` applies f to the seeds' values of each arm, seed by
@@ -56,6 +58,55 @@ def loss_curve(run: Run | None, key: str = "loss") -> list[tuple[int, float]]:
     if run is None:
         return []
     return [(m["step"], float(m[key])) for m in run.metrics if m.get(key) is not None]
+
+
+def init_loss(run: Run | None) -> float | None:
+    """Validation loss of the initial model (the evaluation at step 0, on the same windows as the
+    final one); None if the run has none."""
+    return next((value for step, value in loss_curve(run, "val_loss") if step == 0), None)
+
+
+def capped_loss(run: Run | None) -> float | None:
+    """Wortsman et al. 2023's min(final loss, loss at init): the final validation loss, a diverged run
+    (or one that ends above where it started) counting as its loss at initialisation. Finite, so that a
+    diverged seed enters an interval instead of voiding it; None: no result."""
+    final, start = final_loss(run), init_loss(run)
+    if final is None or start is None:
+        return None
+    return min(final, start)
+
+
+def lr_sensitivity(capped: Sequence[float | None]) -> float | None:
+    """Wortsman et al. 2023's learning-rate sensitivity over a log grid of learning rates: the mean over
+    the grid of [min(final loss, loss at init) − the best final loss over the grid], from the capped
+    losses in grid order; None if one is missing."""
+    if not capped or any(not usable(c) for c in capped):
+        return None
+    best = min(capped)
+    return sum(c - best for c in capped) / len(capped)
+
+
+DIVERGED, STUCK, TRAINING = "diverged", "stuck", "training"  # a run's outcome
+
+
+def outcome(run: Run | None, threshold: float) -> str | None:
+    """`diverged` (the trainer stopped it: a NaN or a loss past its divergence threshold), `training`
+    (completed with a final validation loss below `threshold`), `stuck` (completed, not below it: at
+    the unigram baseline, or above it); None: no result."""
+    loss = final_loss(run)
+    if loss is None:
+        return None
+    return DIVERGED if math.isinf(loss) else TRAINING if loss < threshold else STUCK
+
+
+def steps_below(run: Run | None, line: float) -> float | None:
+    """The first step at which the training loss (metrics.jsonl's, one batch's) is below `line`; a
+    run that never gets there counts as its length, `train.steps` (a lower bound: censored). None: no
+    result."""
+    if final_loss(run) is None:
+        return None
+    return float(next((step for step, value in loss_curve(run) if value < line),
+                      int(run.config.get("train", {}).get("steps", 0))))
 
 
 # --- profiles ----------------------------------------------------------------------------------------

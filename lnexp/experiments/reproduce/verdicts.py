@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from lnexp.core.stats import Interval, mean_std, t_interval, usable
+from lnexp.core.stats import Interval, binomial_interval, mean_std, t_interval, usable
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -304,6 +304,8 @@ class Tally:
                        + ", ".join(f"{n} {k}" for k, n in self.wiring.items()) + ".")
         rate = self.false_positive_rate()
         if rate is not None:
+            low, high = binomial_interval(self.placebo_reproduced, self.placebo_judged)
             out.append(f"Placebo comparisons: {self.placebo_reproduced} of {self.placebo_judged} came out "
-                       f"\"reproduced\": a false-positive rate of {rate:.0%} (the rule aims at 5% or less).")
+                       f"\"reproduced\": a false-positive rate of {rate:.0%} (95% CI {low:.0%}–{high:.0%}, "
+                       "Clopper–Pearson; the rule aims at 5% or less).")
         return out

@@ -6,6 +6,7 @@ from lnexp.experiments.reproduce.suites import (
     feature_dimension,
     gpt2,
     layouts,
+    placebo,
     radam,
     stability_map,
     xiong_init,
@@ -14,7 +15,8 @@ from lnexp.experiments.reproduce.suites import (
 from lnexp.experiments.reproduce.suites.common import SUITES, Suite, register
 
 # The order of `all`, of `lnexp reproduce list` and of the index report (a plugin's suites come last).
-for module in (xiong_init, xiong_warmup, radam, depth, stability_map, gpt2, layouts, feature_dimension):
+for module in (xiong_init, xiong_warmup, radam, depth, stability_map, gpt2, layouts, feature_dimension,
+               placebo):
     register(module.SUITE)
 SUITES.seal()
 

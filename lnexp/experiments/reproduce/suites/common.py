@@ -7,7 +7,7 @@ read through lnexp.experiments.reproduce.measure; each claim is declared in its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,9 @@ from lnexp.core.registry import Registry
 from lnexp.core.stats import usable
 from lnexp.core.status import Status
 from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns
-from lnexp.experiments.reproduce.measure import final_loss, loss_curve
+from lnexp.experiments.reproduce.measure import capped_loss, loss_curve, outcome
 from lnexp.experiments.reproduce.report import Analysis, md_table, mean_pm
+from lnexp.experiments.reproduce.verdicts import GREATER, LESS, Precondition, premise
 from lnexp.run.reader import Run
 
 
@@ -94,6 +95,39 @@ POST, PRE = model_norm(POST_LN.name), model_norm(PRE_LN.name)
 # --- definitions, figures and tables of the training suites ----------------------------------------
 
 MARGIN_LOSS = 0.1  # nats: "worse" means more than this much higher final validation loss
+MARGIN = f"lnexp's choice: {MARGIN_LOSS:g} nats (common.MARGIN_LOSS)"
+CAPPED = "capped final loss"  # measure.capped_loss, in a statistic's words
+
+
+def capped(runs: Sequence[Run | None]) -> list[float | None]:
+    """Each seed's final validation loss capped at its loss at init (measure.capped_loss)."""
+    return [capped_loss(r) for r in runs]
+
+
+def outcomes(ctx: SuiteRuns, runs: Sequence[Run | None]) -> list[str | None]:
+    """Each run's outcome (diverged, stuck, training) against its own seed's convergence line."""
+    return [outcome(r, ctx.threshold(int(r.config.get("train", {}).get("seed", 0)))) if r else None
+            for r in runs]
+
+
+def below_line(ctx: SuiteRuns, key: Hashable) -> list[float | None]:
+    """Per seed of the cell: its capped final loss minus its seed's convergence line (< 0: converged)."""
+    return [None if c is None else c - ctx.threshold(s) for c, s in zip(capped(ctx[key]), ctx.seeds_of(key))]
+
+
+def fails(ctx: SuiteRuns, key: Hashable, what: str) -> Precondition:
+    """The premise that `what` (the cell `key`) fails: its capped final loss ends above the convergence
+    line (it diverged, or stuck at the unigram baseline or above it), measured with the claims' own rule
+    on each seed's capped loss minus its line: the interval above 0."""
+    return premise(f"{what} fails", f"{what} trained: nothing to rescue",
+                   f"{CAPPED} − convergence line, {what}", below_line(ctx, key), GREATER, 0.0)
+
+
+def converges(ctx: SuiteRuns, key: Hashable, what: str) -> Precondition:
+    """The premise that `what` (the cell `key`) converges: its capped final loss below the convergence
+    line, by the claims' own rule (its interval below 0)."""
+    return premise(f"{what} converges", f"{what} did not converge: the arm the claim measures against "
+                   "failed", f"{CAPPED} − convergence line, {what}", below_line(ctx, key), LESS, 0.0)
 
 
 def converge_definition(ctx: SuiteRuns, seeds: Sequence[int] | None = None) -> str:
@@ -109,9 +143,17 @@ def converge_definition(ctx: SuiteRuns, seeds: Sequence[int] | None = None) -> s
 
 
 def loss_definition() -> str:
-    return ("**final loss**: validation loss of the final model (`summary.json` final_val_loss); a "
-            f"diverged run counts as +∞. A difference in final loss is called \"worse\" above "
-            f"+{MARGIN_LOSS:g} nats.")
+    return ("**capped final loss**: the final model's validation loss (`summary.json` final_val_loss), "
+            "capped at the loss at initialisation (the validation loss at step 0, on the same windows): "
+            "Wortsman et al. 2023's min(final loss, loss at init). A diverged run counts as the model it "
+            "started from, so every seed has a finite number and enters the interval. Differences are taken "
+            f"seed by seed (the same validation windows and initial weights); \"worse\" means more than "
+            f"{MARGIN_LOSS:g} nats higher. **Outcome** of a run: *diverged* (the trainer stopped it: NaN, or "
+            "a loss past 2·ln 256), *training* (it converges, below), *stuck* (completed without getting "
+            "below the convergence line: within the margin of the unigram baseline, or above it). A "
+            "premise such as \"Post-LN without warm-up fails\" is measured with the claims' own rule on "
+            "each seed's capped final loss minus its convergence line (fails: the interval above 0; "
+            "converges: below 0); a premise the data refute makes the claim *not applicable*.")
 
 
 def curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[Run | None]]]]]):
@@ -154,12 +196,11 @@ def curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[R
 def settings_table(ctx: SuiteRuns, rows: list[tuple[list[str], list[Run | None]]], header: list[str]) -> str:
     out = []
     for labels, runs in rows:
-        losses = [final_loss(r) for r in runs]
-        conv = [ctx.converged(r) for r in runs]
-        out.append([*labels, mean_pm(losses), f"{sum(c is True for c in conv)}/{len(runs)}",
-                    f"{sum(r is not None and r.status == Status.DIVERGED for r in runs)}/{len(runs)}",
+        found = outcomes(ctx, runs)
+        out.append([*labels, mean_pm(capped(runs)),
+                    ", ".join(f"{o or 'missing'}" for o in found),
                     ", ".join(r.name if r else "missing" for r in runs)])
-    return md_table([*header, "final val loss (mean ± std, n)", "converged", "diverged", "runs"], out)
+    return md_table([*header, f"{CAPPED} (mean ± std, n)", "outcome per seed", "runs"], out)
 
 
 def trend_word(values: Sequence[float | None]) -> tuple[str, float | None]:
