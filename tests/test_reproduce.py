@@ -8,23 +8,36 @@ from typer.testing import CliRunner
 
 from lnexp.cli import app
 from lnexp.core.config import dump_yaml
+from lnexp.core.stats import mean_std, t_interval
 from lnexp.experiments.reproduce import SCALES, engine, reproduce, suites
 from lnexp.experiments.reproduce.engine import SuiteRuns, cell_config, make_cells
-from lnexp.experiments.reproduce.suites import SUITES
-from lnexp.experiments.reproduce.verdicts import (
-    INCONCLUSIVE,
-    NOT_REPRODUCED,
-    REPRODUCED,
-    above,
-    check,
-    decide,
+from lnexp.experiments.reproduce.measure import (
     fit_line,
-    mean_std,
     power_exponent,
     stream_growth,
     stream_increment,
     trend_ratio,
-    within,
+)
+from lnexp.experiments.reproduce.suites import SUITES
+from lnexp.experiments.reproduce.verdicts import (
+    BROKEN,
+    GREATER,
+    GRID_EDGE,
+    HOLDS,
+    INCONCLUSIVE,
+    LESS,
+    NOT_APPLICABLE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    WITHIN,
+    Claim,
+    Precondition,
+    Tally,
+    Verdict,
+    Wiring,
+    grid_edge,
+    judge,
+    premise,
 )
 from lnexp.experiments.stability import largest_index
 
@@ -40,34 +53,125 @@ TEST = dataclasses.replace(
           "train": {"steps": 1, "batch_size": 8, "seq_len": 16, "eval_every": 1, "eval_batches": 1},
           "log": {"grad_every": 1, "loss_every": 1}},
     seeds=2, init_seeds=2, warmup=2, suite_params={
-        "xiong2020-init": suites.xiong_init.Params(depths=(1, 2, 4), figure3_depth=2),
+        "xiong2020-init": suites.xiong_init.Params(depths=(1, 2, 4), figure3_depth=2, widths=(8, 16, 32)),
         "xiong2020-warmup": suites.xiong_warmup.Params(lrs=(1e-3, 1e-2)),
         "radam": suites.radam.Params(lrs=(1e-3, 1e-2)),
         "depth": suites.depth.Params(depths=(1, 2), lr=3e-3),
         "stability-map": suites.stability_map.Params(depths=(1, 2), lrs=(1e-3, 1e-2)),
         "gpt2-scaling": suites.gpt2.Params(depth=2, lr=3e-3),
-        "layouts": suites.layouts.Params(depth=2, seeds=2, lrs=(1e-3, 1e-2)),
+        "layouts": suites.layouts.Params(depth=2, seeds=2, lrs=(1e-3, 3e-3, 1e-2)),
         "feature-dimension": suites.feature_dimension.Params(("post", "pre"), depths=(1, 2, 4), lr=3e-3)})
 
 
-# --- verdict rules on plain numbers ----------------------------------------------------------------
+# --- the verdict rule on constructed numbers -------------------------------------------------------
 
-def test_decide_all_none_or_mixed():
-    assert decide([True, True]) == REPRODUCED
-    assert decide([False, False]) == NOT_REPRODUCED
-    assert decide([True, False]) == INCONCLUSIVE
-    assert decide([None, None]) == INCONCLUSIVE
-    assert decide([True, None]) == REPRODUCED  # a seed without a number does not vote
+def test_the_interval_is_students_t_and_needs_two_finite_values():
+    interval = t_interval([1.0, 2.0, 3.0])
+    assert interval.mean == 2.0 and interval.n == 3
+    assert interval.high - interval.mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # t(0.975, 2)
+    assert t_interval([1.0]) is None and t_interval([1.0, math.inf]) is None
+    assert t_interval([2.0, 2.0]).low == t_interval([2.0, 2.0]).high == 2.0  # the seeds agree exactly
 
 
-def test_check_flips_with_the_data_and_is_inconclusive_when_seeds_disagree():
-    t = above(0.1)
-    assert check("c", "q", t, [0.5, 0.3]).verdict == REPRODUCED
-    assert check("c", "q", t, [-0.5, 0.0]).verdict == NOT_REPRODUCED
-    assert check("c", "q", t, [0.5, -0.5]).verdict == INCONCLUSIVE
-    assert check("c", "q", t, [math.inf, 0.2]).verdict == REPRODUCED  # a diverged run is worst
-    assert check("c", "q", t, [None, math.nan]).verdict == INCONCLUSIVE
-    assert within(-0.75, -0.25, "b ").text == "-0.75 ≤ b ≤ -0.25"
+@pytest.mark.parametrize("values, expected", [
+    ([0.5, 0.6, 0.55], REPRODUCED),          # the interval lies above the smallest effect
+    ([0.01, 0.02, 0.015], NOT_REPRODUCED),   # a real effect, but below the smallest that counts
+    ([-0.05, 0.12, 0.3], INCONCLUSIVE),      # the interval straddles 0.1
+    ([0.0, 0.2, -0.1], INCONCLUSIVE),        # a null effect with the interval around the threshold
+    ([0.5], INCONCLUSIVE),                   # one seed: no interval
+    ([0.5, None, math.nan], INCONCLUSIVE),   # seeds without a number do not count
+    ([0.5, math.inf, 0.6], INCONCLUSIVE),    # a diverged run's +∞: no interval
+])
+def test_greater_is_reproduced_only_when_the_interval_clears_the_smallest_effect(values, expected):
+    verdict, reason, _ = judge(values, GREATER, 0.1)
+    assert verdict == expected, reason
+    mirrored, _, _ = judge([None if v is None else -v for v in values], LESS, -0.1)
+    assert mirrored == expected
+
+
+def test_an_effect_below_the_smallest_effect_is_never_reproduced():
+    for seed in range(50):  # whatever the noise, a true effect of 0.05 < 0.1 never passes
+        values = [0.05 + 0.001 * ((seed * 7 + k * 13) % 11 - 5) for k in range(3)]
+        assert judge(values, GREATER, 0.1)[0] != REPRODUCED
+
+
+def test_a_null_effect_passes_the_rule_about_2_5_percent_of_the_time():
+    import random
+
+    rng = random.Random(0)
+    trials = 4000
+    passed = sum(judge([rng.gauss(0, 1) for _ in range(3)], GREATER, 0.0)[0] == REPRODUCED
+                 for _ in range(trials))
+    assert 0.01 < passed / trials < 0.04  # one-sided 2.5% (the every-seed rule at 2 seeds: 25%)
+
+
+def test_a_band_is_reproduced_inside_not_reproduced_outside_inconclusive_across_an_edge():
+    band = (-0.25, 0.25)
+    assert judge([0.0, 0.05, -0.05], WITHIN, band)[0] == REPRODUCED
+    assert judge([0.6, 0.7, 0.65], WITHIN, band)[0] == NOT_REPRODUCED   # grows with depth: fails two-sided
+    assert judge([-0.6, -0.7, -0.65], WITHIN, band)[0] == NOT_REPRODUCED
+    assert judge([0.2, 0.3, 0.25], WITHIN, band)[0] == INCONCLUSIVE
+
+
+def test_a_failed_precondition_is_not_applicable_and_names_itself():
+    rescue = premise("Post-LN without warm-up fails at lr 0.001",
+                     "Post-LN without warm-up trained at lr 0.001: nothing for warm-up to rescue",
+                     "final loss minus the convergence threshold", [-0.5, -0.4, -0.45], GREATER, 0.0)
+    assert rescue.holds is False
+    verdict, reason, interval = judge([0.5, 0.6, 0.55], GREATER, 0.1, [rescue])
+    assert verdict == NOT_APPLICABLE and interval is not None
+    assert reason.startswith("Post-LN without warm-up trained at lr 0.001: nothing for warm-up to rescue (")
+    unsure = premise("p", "not p", "s", [-1.0, 1.0, 0.5], GREATER, 0.0)
+    assert unsure.holds is None
+    verdict, reason, _ = judge([0.5, 0.6, 0.55], GREATER, 0.1, [unsure])
+    assert verdict == INCONCLUSIVE and reason.startswith("premise not established: p (")
+    assert judge([0.5, 0.6, 0.55], GREATER, 0.1, [Precondition("p", "not p", True)])[0] == REPRODUCED
+
+
+def test_both_arms_at_the_same_edge_of_the_grid_is_inconclusive_grid_edge():
+    top = 3
+    edge = grid_edge([3, 3, 3], [3, 3, 3], top, "DeepNorm and Post-LN")
+    assert edge.holds is False and "at the grid's largest learning rate" in edge.failed
+    assert judge([0.0, 0.0, 0.0], GREATER, 0.0, [edge])[0] == GRID_EDGE
+    assert grid_edge([-1, -1], [-1, -1], top, "a and b").holds is False
+    assert grid_edge([3, 3, 3], [1, 1, 2], top, "a and b").holds is True
+    assert grid_edge([None], [None], top, "a and b").holds is None
+
+
+def test_a_claim_declares_its_rule_once_and_formats_its_fields():
+    claim = Claim("grows at L = {L}", "ratio at L = {L}", GREATER, 1.25, "lnexp's choice")
+    verdict = claim.format(L=6).test([2.0, 2.1, 1.9], [0, 1, 2])
+    assert (verdict.claim, verdict.statistic, verdict.rule, verdict.verdict) == \
+        ("grows at L = 6", "ratio at L = 6", "> 1.25", REPRODUCED)
+    assert claim.placebo("A against A′").test([2.0, 2.1, 1.9], [0, 1, 2]).kind == "placebo"
+    with pytest.raises(ValueError, match="within"):
+        Claim("c", "s", WITHIN, 0.5, "x")
+    with pytest.raises(ValueError, match="smallest effect"):
+        Claim("c", "s", WITHIN, None, "x").test([1.0, 2.0], [0, 1])
+    assert Claim("c", "s", WITHIN, None, "x").format(smallest_effect=(0.0, 3.0)).test(
+        [1.0, 2.0, 1.5], [0, 1, 2]).verdict == REPRODUCED
+
+
+def test_a_wiring_check_holds_on_every_seed_or_is_broken_and_is_never_a_reproduction():
+    wiring = Wiring("every block ends in a LayerNorm", "ratio", 0.999, 1.001, "an identity")
+    assert wiring.check([1.0, 1.0000004, 0.9999999], [0, 1, 2]).verdict == HOLDS
+    assert wiring.check([1.0, 1.3, 1.0], [0, 1, 2]).verdict == BROKEN
+    assert wiring.check([1.0, None], [0, 1]).verdict == INCONCLUSIVE
+    claim = Claim("c", "s", GREATER, 0.0, "x")
+    placebo = claim.placebo("A against A′")
+    rows = [wiring.check([1.0, 1.0], [0, 1]), claim.test([1.0, 1.1, 1.2], [0, 1, 2]),
+            placebo.test([1.0, 1.1, 1.2], [3, 4, 5]), placebo.test([-1.0, 1.1, 0.2], [3, 4, 5])]
+    tally = Tally.of(rows)
+    assert tally.claims == {REPRODUCED: 1} and tally.wiring == {HOLDS: 1}
+    assert tally.false_positive_rate() == 0.5
+    assert "Placebo comparisons: 1 of 2 came out \"reproduced\"" in " ".join(tally.sentences())
+
+
+def test_a_stored_verdict_reads_back_the_same_with_a_diverged_seed():
+    claim = Claim("c", "s", LESS, 0.1, "x")
+    for row in (claim.test([0.01, 0.02, 0.03], [0, 1, 2]), claim.test([0.01, math.inf, None], [0, 1, 2])):
+        stored = json.loads(json.dumps(row.to_json()))
+        assert Verdict.from_json(stored) == row
 
 
 def test_fits():
@@ -127,7 +231,7 @@ def verdicts_by_claim(analysis):
 
 
 def test_theorem1_verdict_flips_when_the_gradients_flip(tmp_path):
-    theorem = ["Theorem 1: Post-LN's last-layer FFN gradient at initialisation does not shrink with depth",
+    theorem = ["Theorem 1: Post-LN's last-layer FFN gradient at initialisation does not depend on depth",
                "Theorem 1: Pre-LN's shrinks like 1/√L"]
     paper = verdicts_by_claim(fake_runs(tmp_path / "a", "xiong2020-init", init_probes(0.0, -0.5)))
     assert [paper[c] for c in theorem] == [REPRODUCED, REPRODUCED]
@@ -136,6 +240,8 @@ def test_theorem1_verdict_flips_when_the_gradients_flip(tmp_path):
     mixed = verdicts_by_claim(fake_runs(tmp_path / "c", "xiong2020-init",
                                         init_probes(0.0, -0.5, seed_flip=1)))
     assert [mixed[c] for c in theorem] == [INCONCLUSIVE, INCONCLUSIVE]
+    grows = verdicts_by_claim(fake_runs(tmp_path / "e", "xiong2020-init", init_probes(0.5, -0.5)))
+    assert grows[theorem[0]] == NOT_REPRODUCED  # two-sided: a gradient that grows with depth fails too
     # Figure 3 (per-layer trend) and the lemma (residual growth: 1 + l for Pre-LN, flat for Post-LN)
     grows = "Figure 3: Post-LN's ∇W_FC2 at initialisation grows with the layer index (L = 2)"
     same = "Figure 3: Pre-LN's stays about the same across layers (L = 2)"
@@ -143,8 +249,9 @@ def test_theorem1_verdict_flips_when_the_gradients_flip(tmp_path):
     flat = verdicts_by_claim(fake_runs(tmp_path / "d", "xiong2020-init",
                                        init_probes(0.0, -0.5, pre_flat=True)))
     assert flat[same] == REPRODUCED
-    lemma = [c for c in paper if c.startswith("Lemma")]
-    assert len(lemma) == 2 and all(paper[c] == REPRODUCED for c in lemma)
+    assert paper["Lemma: Pre-LN's residual stream grows linearly with depth, L/2 ≤ (E‖x_L‖² − E‖x_0‖²)/d ≤ "
+                 "3L/2"] == REPRODUCED
+    assert paper["Lemma: Post-LN's residual stream stays constant (every block ends in a LayerNorm)"] == HOLDS
 
 
 def test_encoder_decoder_figure3_rows_and_findings_follow_the_data(tmp_path):
@@ -171,53 +278,79 @@ def test_encoder_decoder_figure3_rows_and_findings_follow_the_data(tmp_path):
                             "reproduced in the enc-dec decoder stack") for f in flat.findings)
 
 
-def layout_runs(post_max_lr=1e-3, sandwich_max_lr=1e-2, deepnorm_max_lr=1e-2, reordered_max_lr=1e-2,
-                flat=("post", "deepnorm", "admin")):
-    """make() for the layouts suite: init cells get a residual stream that is flat for the layouts in
-    `flat` and grows (RMS² 1 + l) otherwise; training cells converge (1.0) up to their layout's
-    largest lr and stay at the baseline (2.8) above it."""
-    largest = {"post": post_max_lr, "sandwich": sandwich_max_lr, "deepnorm": deepnorm_max_lr,
-               "reordered": reordered_max_lr}
+def layout_runs(largest=None, flat=("post", "deepnorm", "admin"), grows=("pre", "mix", "reordered"),
+                deep_small=("pre",)):
+    """make() for the layouts suite. Init cells: a residual stream flat for the layouts in `flat`,
+    growing (RMS² 1 + l) otherwise. Training cells converge (1.0) up to their arm's largest lr
+    (`largest`, by layout or "dyt"; None: at none) and stay at the baseline (2.8) above it; on the
+    final model (step 5) their stream grows for the layouts in `grows` and their ‖∇W_FC2‖ halves per
+    layer for those in `deep_small`."""
+    largest = {"post": 1e-3, "pre": 3e-3, "sandwich": 3e-3, "reordered": 3e-3, "mix": 3e-3, "deepnorm": 3e-3,
+               "admin": 3e-3, "dyt": 3e-3, **(largest or {})}
 
     def make(config):
         m = config.model
+        n = m.n_layers
+        arm = "dyt" if m.norm_type == "dyt" else m.norm
         if config.train.steps == 1:
-            n = m.n_layers
             acts = [1.0] * (n + 1) if m.norm in flat else [math.sqrt(1 + i) for i in range(n + 1)]
             rows = [{"step": 0, "probe": "act", "layer": i, "param": "resid", "value": v}
                     for i, v in enumerate(acts)]
             rows += [{"step": 0, "probe": "grad", "layer": i, "param": "ffn.fc2.weight", "value": 1.2 ** i}
                      for i in range(n)]
             return "completed", 2.0, rows
-        return "completed", 1.0 if config.optim.lr <= largest.get(m.norm, 1e-2) else 2.8, []
+        rows = []
+        for step in (0, config.train.steps - 1):
+            acts = [math.sqrt(1 + 4 * i) for i in range(n + 1)] if m.norm in grows else [1.0] * (n + 1)
+            rows += [{"step": step, "probe": "act", "layer": i, "param": "resid", "value": v}
+                     for i, v in enumerate(acts)]
+            rows += [{"step": step, "probe": "grad", "layer": i, "param": "ffn.fc2.weight",
+                      "value": 0.5 ** i if m.norm in deep_small else 1.0} for i in range(n)]
+        limit = largest[arm]
+        return "completed", 1.0 if limit is not None and config.optim.lr <= limit else 2.8, rows
     return make
 
 
+LAYOUT_CLAIMS = {key: claim.format(L=2, lr=1e-3, a="", b="").text for key, claim in (
+    ("pre", suites.layouts.PRE_WHERE_POST_FAILS), ("deepnorm", suites.layouts.DEEPNORM_STABLE),
+    ("admin", suites.layouts.ADMIN_STABLE), ("sandwich", suites.layouts.SANDWICH_STABLE),
+    ("reordered", suites.layouts.REORDERED_STABLE), ("tames", suites.layouts.SANDWICH_TAMES),
+    ("mix", suites.layouts.MIX_GRADIENTS), ("dyt", suites.layouts.DYT_MATCHES))}
+
+
 def test_layouts_verdicts_flip_when_the_data_flips(tmp_path):
-    from lnexp.experiments.reproduce.report import write_report
+    from lnexp.experiments.reproduce.report import StoredSuite, write_report
 
     paper = fake_runs(tmp_path / "a", "layouts", layout_runs())
     verdicts = verdicts_by_claim(paper)
-    assert len(verdicts) == 10 and set(verdicts.values()) == {REPRODUCED}, verdicts
-    assert any("Above Post-LN's:" in f and "DeepNorm" in f for f in paper.findings)
-    # every layout trains at every lr; DeepNorm's stream grows, Sandwich-LN's does not; Sandwich-LN
-    # fails where Pre-LN trains
-    flipped = verdicts_by_claim(fake_runs(tmp_path / "b", "layouts", layout_runs(
-        post_max_lr=1e-2, sandwich_max_lr=1e-3, reordered_max_lr=1e-3, flat=("post", "admin", "sandwich"))))
-    for claim in ("(control) Post-LN without warm-up fails at some learning rate of the grid",
-                  *(f"{name} keeps Post-LN's normalised outputs but trains at a learning rate where "
-                    "Post-LN fails" for name in ("DeepNorm", "Admin")),
-                  "DeepNorm keeps Post-LN's normalised residual stream at initialisation",
-                  "Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation",
-                  "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
-                  "Mix-LN trains without warm-up at a learning rate where Post-LN fails",
-                  "The reordered norm (OLMo 2) trains without warm-up at every learning rate Pre-LN does"):
-        assert flipped[claim] == NOT_REPRODUCED, claim
-    assert flipped["Admin keeps Post-LN's normalised residual stream at initialisation"] == REPRODUCED
+    assert {verdicts[c] for c in LAYOUT_CLAIMS.values()} == {REPRODUCED}, verdicts
+    wiring = [v for v in paper.verdicts if v.kind == "wiring"]
+    assert [v.claim for v in wiring] == [suites.layouts.NORMALISED.format(layout=name, last=1, L=2).text
+                                         for name in ("Post-LN", "DeepNorm", "Admin")]
+    assert {v.verdict for v in wiring} == {HOLDS}
+    assert len(paper.verdicts) == len(LAYOUT_CLAIMS) + 3
+    # Post-LN trains at every lr: nothing to rescue; Sandwich-LN and the reordered norm train at none; every
+    # layout's stream grows on the trained model; Pre-LN's deep layers keep their gradients; DyT fails
+    flipped = fake_runs(tmp_path / "b", "layouts", layout_runs(
+        largest={"post": 1e-2, "sandwich": None, "reordered": None, "dyt": None, "deepnorm": 1e-3},
+        flat=("post", "admin"), grows=tuple(LAYOUT_CLAIMS) + ("post",), deep_small=()))
+    verdicts = verdicts_by_claim(flipped)
+    for key in ("pre", "deepnorm", "admin", "mix"):
+        assert verdicts[LAYOUT_CLAIMS[key]] == NOT_APPLICABLE, key
+    reason = {v.claim: v.reason for v in flipped.verdicts}[LAYOUT_CLAIMS["pre"]]
+    assert reason.startswith("Post-LN without warm-up converged up to the grid's largest learning rate "
+                             "(0.01): nothing for a layout to rescue (")
+    for key in ("sandwich", "reordered", "tames", "dyt"):
+        assert verdicts[LAYOUT_CLAIMS[key]] == NOT_REPRODUCED, key
+    assert verdicts["DeepNorm's residual stream stays normalised at initialisation"] == BROKEN
+    # every layout at the grid's top: the lr rows are the grid's, not the layouts'
+    edge = verdicts_by_claim(fake_runs(tmp_path / "c", "layouts", layout_runs(largest={
+        name: 1e-2 for name in ("pre", "sandwich", "reordered", "mix", "deepnorm", "admin", "dyt")})))
+    assert edge[LAYOUT_CLAIMS["sandwich"]] == GRID_EDGE and edge[LAYOUT_CLAIMS["reordered"]] == GRID_EDGE
     # the figures draw from these numbers
-    write_report(tmp_path / "report", "layouts", "", [], paper, "")
+    write_report(tmp_path / "report", StoredSuite("layouts", "t", "s", "test", paper.verdicts), [], paper, "")
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
-    assert pngs == ["init_profiles.png", "largest_lr.png"]
+    assert pngs == ["largest_lr.png", "profiles.png"]
     assert "could not be drawn" not in (tmp_path / "report" / "report.md").read_text()
 
 
@@ -278,10 +411,13 @@ def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_pat
     out = tmp_path / "repro"
     outcome = reproduce("xiong2020-init", TEST, jobs=1, out=out)
     # untied (the theorem's setting) and tied, 2 layouts x 3 depths x 2 seeds each, + encoder-decoder cells
-    assert outcome.trained == 2 * (2 * 3 * 2) + 2 * 2 and not outcome.failed
+    # + the widths other than the scale's own (its cells are the untied ones at L = 2)
+    assert outcome.trained == 2 * (2 * 3 * 2) + 2 * 2 + 2 * 2 * 2 and not outcome.failed
     report = (out / "xiong2020-init" / "report.md").read_text()
-    assert "| claim | measured quantity | threshold (each seed) | mean ± std (n) |" in report
-    assert "Theorem 1: Pre-LN's shrinks like 1/√L" in report and "-0.75 ≤ b ≤ -0.25" in report
+    assert "| claim | statistic (per seed) | claimed: direction, smallest effect (source) |" in report
+    assert "Theorem 1: Pre-LN's shrinks like 1/√L" in report and "in [-0.75, -0.25] (lnexp's choice" in report
+    assert "### Wiring checks: identities the code must satisfy, not evidence" in report
+    assert (out / "runs" / "init" / "post-d32-L2-adam-lr0.001-w0-s1" / "meta.json").exists()
     assert "Theorem 1 with tied input/output embeddings (not the theorem's setting" in report
     tied = out / "runs" / "init" / "pre-tied-L4-adam-lr0.001-w0-s1"
     assert yaml.safe_load((tied / "config.yaml").read_text())["model"]["tie_embeddings"] is True
@@ -296,14 +432,14 @@ def test_init_suite_end_to_end_writes_a_report_with_verdicts_and_figures(tmp_pat
     encdec = out / "runs" / "init" / "encdec-post-L2-adam-lr0.001-w0-s0"
     assert yaml.safe_load((encdec / "config.yaml").read_text())["model"]["arch"] == "encoder_decoder"
     assert all((out / "xiong2020-init" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
-    verdicts = json.loads((out / "xiong2020-init" / "verdicts.json").read_text())
-    assert {v["verdict"] for v in verdicts} <= {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}
+    verdicts = json.loads((out / "xiong2020-init" / "verdicts.json").read_text())["rows"]
+    assert {v["verdict"] for v in verdicts} <= {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, HOLDS}
     assert "xiong2020-init" in (out / "report.md").read_text()
     run = out / "runs" / "init" / "pre-L4-adam-lr0.001-w0-s1"
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["n_layers"] == 4
     # a second invocation reuses every run and only rewrites the report
     again = reproduce("xiong2020-init", TEST, jobs=1, out=out)
-    assert again.trained == 0 and again.reused == 28
+    assert again.trained == 0 and again.reused == 36
     assert [v.verdict for v in again.verdicts["xiong2020-init"]] == [v["verdict"] for v in verdicts]
 
 
@@ -323,7 +459,7 @@ def test_compare_labels_every_layout_of_the_suites(tmp_path):
         SUITES["gpt2-scaling"].specs(SCALES["tiny"])
     labels = {layout(c.config.to_dict()) for c in make_cells(SCALES["tiny"], specs, tmp_path, None).values()}
     assert labels == {"post", "pre", "sandwich", "deepnorm", "admin", "mix", "reordered", "peri_ln", "lns",
-                      "post+encdec", "pre+encdec", "pre+gpt2"}
+                      "post+encdec", "pre+encdec", "pre+gpt2", "pre+dyt"}
     assert layout({"model": {"norm": "pre", "norm_type": "rmsnorm", "arch": "encoder_decoder"}}) == \
         "pre+rmsnorm+encdec"
 
@@ -334,8 +470,10 @@ def test_every_suite_builds_valid_distinct_cells_at_both_scales(tmp_path, name):
         specs = SUITES[name].specs(scale)
         cells = make_cells(scale, specs, tmp_path, None)
         paths = {c.path for c in cells.values()}
-        configs = {(s.family, json.dumps(cell_config(scale, s).to_dict(), sort_keys=True)) for s in specs}
-        assert len(paths) == len(configs)  # one folder per distinct config, shared across suites
+        # one folder per distinct config, what it logs aside (the union of the requests), shared across suites
+        configs = {(s.family, json.dumps({k: v for k, v in cell_config(scale, s).to_dict().items()
+                                          if k != "log"}, sort_keys=True)) for s in specs}
+        assert len(paths) == len(configs)
         assert all(c.config.run.name == c.name == c.path.name for c in cells.values())
 
 
@@ -445,7 +583,7 @@ def test_feature_dimension_end_to_end_writes_its_figures_and_answer(tmp_path):
     report = (folder / "report.md").read_text()
     assert "could not be drawn" not in report and "## What the numbers say" in report
     assert "Effective rank of the residual stream with depth, at initialisation" in report
-    verdicts = json.loads((folder / "verdicts.json").read_text())
+    verdicts = json.loads((folder / "verdicts.json").read_text())["rows"]
     assert len(verdicts) == 2 * 4 + 1 * 4 + 2 + 1  # claim 1 per layout, 2 per Pre-LN layout, 3
     assert sum(v["verdict"] == INCONCLUSIVE and all(x is None for x in v["values"]) for v in verdicts) == 0
 
@@ -502,12 +640,53 @@ def test_a_stopped_reproduction_counts_its_runs_and_writes_no_report(tmp_path):
 
 def test_verdicts_lacking_a_run_are_missing_not_inconclusive(tmp_path):
     from lnexp.experiments.reproduce import mark_missing
-    from lnexp.experiments.reproduce.verdicts import Verdict
 
     cells = list(make_cells(TEST, SUITES["radam"].specs(TEST), tmp_path, None).values())[:2]
     cells[0].path.mkdir(parents=True)
     (cells[0].path / "summary.json").write_text(json.dumps({"status": "completed"}))
-    gap = Verdict("c", "q", "t", [1.0, None], [True, None], INCONCLUSIVE)
-    whole = Verdict("c", "q", "t", [1.0, 2.0], [True, False], INCONCLUSIVE)
+    claim = Claim("c", "s", GREATER, 0.0, "x")
+    gap, whole = claim.test([1.0, None], [0, 1]), claim.test([1.0, 2.0], [0, 1])
     mark_missing([gap, whole], cells)
-    assert gap.verdict == "missing (1 of 2 runs)" and whole.verdict == INCONCLUSIVE
+    assert gap.verdict == "missing (1 of 2 runs)" and whole.verdict == INCONCLUSIVE  # [1, 2]: wide at n = 2
+
+
+# --- shared trainings: one run, the union of the probes (issue #25 item 7) ---------------------------------
+
+def test_cells_that_differ_only_in_what_they_log_are_one_run_logging_the_union(tmp_path):
+    from lnexp.experiments.reproduce.engine import Spec, log_final
+
+    post = {"model.norm": "post"}
+    plain = Spec.of("train", 0, post)
+    probed = Spec.of("train", 0, post, {"log.probes": ("grad", "rank"), "log.grad_every": 2,
+                                        "log.ablation_steps": (0, 4)})
+    final = Spec.of("train", 0, post, log_final(TEST))  # TEST trains 6 steps: probes at 0 and 5
+    cells = make_cells(TEST, [plain, probed], tmp_path, None)
+    assert cells[plain] is cells[probed]
+    log = cells[plain].config.log
+    assert (log.probes, log.grad_every, log.ablation_steps) == (["grad", "act", "rank"], 2, [0, 4])
+    assert make_cells(TEST, [plain], tmp_path, None)[plain].config.log.grad_every == 3  # the scale's
+    both = make_cells(TEST, [probed, final], tmp_path, None)[final].config.log
+    assert both.grad_every == 1  # gcd(2, 5): every step either asked for is logged
+    with pytest.raises(RuntimeError, match="ask for different log.loss_every"):
+        make_cells(TEST, [plain, Spec.of("train", 0, post, {"log.loss_every": 1})], tmp_path, None)
+
+
+def test_a_finished_run_that_logged_more_is_reused_and_rerunning_trains_nothing(tmp_path):
+    # feature-dimension's cells log rank and sensitivity every 2 steps; the depth suite's are the same
+    # trainings (post and pre at L 1 and 2, the same recipe) and ask for nothing more than the defaults
+    features = reproduce("feature-dimension", TEST, jobs=1, out=tmp_path)
+    assert features.trained == 2 * 3 * 2 and not features.failed
+    depth = reproduce("depth", TEST, jobs=1, out=tmp_path)
+    assert depth.trained == 0 and depth.reused == 2 * 2 * 2
+    assert reproduce("feature-dimension", TEST, jobs=1, out=tmp_path).trained == 0
+
+
+def test_a_placebos_second_arm_is_the_same_cell_on_the_next_seeds(tmp_path):
+    from lnexp.experiments.reproduce.engine import disjoint, per_seed
+
+    arm = per_seed("train", 3, {"model.norm": "post"})
+    other = disjoint(arm)
+    assert [s.seed for s in other] == [3, 4, 5] and {s.overrides for s in other} == {arm[0].overrides}
+    cells = make_cells(TEST, [*arm, *other], tmp_path, None)
+    assert len({cells[s].path for s in (*arm, *other)}) == 6
+    assert [s.seed for s in disjoint(per_seed("train", 2, {}, first=4))] == [6, 7]

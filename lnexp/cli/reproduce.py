@@ -1,4 +1,5 @@
-"""`lnexp reproduce SUITE` (short for `lnexp reproduce run SUITE`) and `lnexp reproduce list`."""
+"""`lnexp reproduce SUITE` (short for `lnexp reproduce run SUITE`), `lnexp reproduce list` and
+`lnexp reproduce report DIR`."""
 
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def run(
     """Test the papers' claims: run a SUITE and write a report with verdicts computed from its runs.
 
     Trains (or reuses) the suite's runs under OUT/runs/, then writes OUT/SUITE/report.md: figures and a
-    verdict table (reproduced / not reproduced / inconclusive, each claim tested on every seed against a
-    stated threshold). Finished runs are reused, so an interrupted reproduction resumes where it stopped;
-    finished runs whose config --set changes are trained again: use another --out to keep both.
+    verdict table (reproduced / not reproduced / inconclusive / not applicable, from the 95% interval
+    of each claim's statistic over the seeds against its smallest effect; docs/reproduce.md). Finished
+    runs are reused, so an interrupted reproduction resumes where it stopped; finished runs whose
+    config --set changes are trained again: use another --out to keep both.
     """
     from lnexp.experiments import reproduce as reproduction
     from lnexp.experiments.sweep.tables import print_event
@@ -75,7 +77,13 @@ def run(
         console.stderr.print(f"{outcome.waiting} run(s) queued or running; run the same command again to "
                              "see them, and to write the report once all are done", markup=False)
         return
-    console.stdout.print(reproduction.verdicts_table(outcome))
+    from lnexp.experiments.reproduce.report import console_table
+    from lnexp.experiments.reproduce.verdicts import Tally
+
+    stored = list(outcome.stored.values())
+    console.stdout.print(console_table(stored, f"verdicts ({outcome.index})"))
+    tally = Tally.of([v for s in stored for v in s.verdicts])
+    console.stdout.print(" ".join(tally.sentences()), markup=False)
     for path in outcome.reports.values():
         console.stdout.print(f"wrote {path}", markup=False)
     console.stderr.print(f"{outcome.trained} run(s) trained, {outcome.reused} reused, "
@@ -94,3 +102,45 @@ def list_suites(plugin: Plugins = []) -> None:  # noqa: B006 (typer reads it)
     _load_plugins(plugin)
     for name, registered in reproduction.SUITES.items():
         typer.echo(f"{name}: {registered.title}")
+
+
+@app.command("report", short_help="Print the verdict tables of a reproduction's stored verdicts.")
+def report(
+    folder: Annotated[Path | None, typer.Argument(
+        help="A reproduction's folder (OUT of `lnexp reproduce`, or docs/results/SCALE) or one suite's.",
+        show_default=False)] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables (claims, placebos, wiring "
+                                           "checks per suite), as docs/reproduce.md holds them.")] = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Markdown, one row per suite: its verdicts "
+                                          "counted, its runs and their time.")] = False,
+    refresh: Annotated[list[Path], typer.Option(help="Rewrite the generated blocks of this markdown "
+                                                "file (between `<!-- lnexp reproduce report DIR -->` and "
+                                                "`<!-- /lnexp reproduce report -->`) from their DIR; "
+                                                "repeatable.", show_default=False)] = [],  # noqa: B006
+) -> None:
+    """Print the verdicts stored in FOLDER's verdicts.json files: nothing is trained or recomputed.
+
+    The tables of README.md and docs/reproduce.md are this command's output (`--refresh FILE` writes
+    them); a test checks that they equal what it prints for the committed docs/results/.
+    """
+    from lnexp.experiments.reproduce import report as stored_report
+    from lnexp.experiments.reproduce.suites import SUITES
+    from lnexp.report import console
+
+    if folder is None and not refresh:
+        raise fail("give a FOLDER of stored verdicts, or --refresh FILE")
+    order = list(SUITES)
+    for page in refresh:
+        try:
+            text = page.read_text()
+        except OSError as exc:
+            raise fail(f"--refresh {page}: cannot read it ({exc.strerror or exc})") from None
+        page.write_text(stored_report.refresh(text, Path.cwd(), order))
+        console.stderr.print(f"refreshed {page}", markup=False)
+    if folder is None:
+        return
+    stored = stored_report.load(folder, order)
+    if markdown or summary:
+        typer.echo(stored_report.markdown(stored, summary=summary), nl=False)
+    else:
+        console.stdout.print(stored_report.console_table(stored, f"verdicts ({folder})"))

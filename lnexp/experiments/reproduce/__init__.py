@@ -3,12 +3,13 @@ computed from them.
 
     <out>/runs/train/<cell>/     training runs, shared by every suite that needs the same cell
     <out>/runs/init/<cell>/      one-step runs that measure the model at initialisation
-    <out>/<suite>/report.md      verdict table, definitions and thresholds, figures, numbers
-    <out>/<suite>/verdicts.json  the same verdicts for scripts
-    <out>/report.md              every suite's verdicts on one page
+    <out>/<suite>/report.md      verdict table, wiring checks, definitions, figures, numbers
+    <out>/<suite>/verdicts.json  the same verdicts, with everything their tables are printed from
+    <out>/report.md              every suite's verdicts on one page, and where the time went
 
-Finished runs are reused (a run whose stored config differs from the suite's is trained again), so
-an interrupted `lnexp reproduce` resumes, and re-running it only rewrites the reports.
+Finished runs are reused (a run whose stored config differs from the suite's is trained again; one
+that logged more than is asked for is reused as it is), so an interrupted `lnexp reproduce` resumes,
+and re-running it only rewrites the reports. The verdict rule: lnexp.experiments.reproduce.verdicts.
 """
 
 from __future__ import annotations
@@ -24,8 +25,17 @@ from typing import Any
 from lnexp import __version__
 from lnexp.core.errors import LnexpError
 from lnexp.core.status import Status
-from lnexp.experiments.reproduce.engine import SCALES, Scale, SuiteRuns, make_cells, with_plugins_in_cells
-from lnexp.experiments.reproduce.report import md_table, write_report
+from lnexp.experiments.reproduce.engine import (
+    SCALES,
+    Scale,
+    SuiteRuns,
+    adopt_covering_log,
+    cost,
+    make_cells,
+    requested,
+    with_plugins_in_cells,
+)
+from lnexp.experiments.reproduce.report import StoredSuite, load, markdown, summary_table, write_report
 from lnexp.experiments.reproduce.suites import SUITES
 from lnexp.experiments.reproduce.suites.layouts import choose_layouts
 from lnexp.experiments.reproduce.verdicts import Verdict, usable
@@ -44,13 +54,17 @@ def suite_names() -> list[str]:
 @dataclass
 class Reproduction:
     reports: dict[str, Path]
-    verdicts: dict[str, list[Verdict]]
+    stored: dict[str, StoredSuite]  # each suite's verdicts as its verdicts.json holds them
     trained: int
     reused: int
     failed: dict[str, str]
     wall_s: float
     index: Path | None
     waiting: int = 0  # runs whose jobs are queued or running (--detach): no report written yet
+
+    @property
+    def verdicts(self) -> dict[str, list[Verdict]]:
+        return {name: s.verdicts for name, s in self.stored.items()}
 
 
 class Stopped(LnexpError):
@@ -82,8 +96,12 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     cells = make_cells(scale, [s for group in specs.values() for s in group], out,
                        threads or threads_per_job(jobs), sets)
     unique = list({id(c): c for c in cells.values()}.values())
-    # the longest cells first: better packing of the worker processes
-    unique.sort(key=lambda c: -c.config.train.steps * c.config.model.n_layers)
+    asked: dict[int, set[str]] = {}
+    for spec, cell in cells.items():
+        asked.setdefault(id(cell), set()).update(requested(spec, sets))
+    for cell in unique:  # a finished run that logged all this cell asks for is its run
+        adopt_covering_log(cell, asked[id(cell)])
+    unique.sort(key=lambda c: -cost(c.config))  # the longest first: the workers end together
     work = plan(unique, mismatch="replace")
     if launcher is not None and launcher.kind == "slurm":
         from lnexp.experiments.sweep.slurm import check, launch
@@ -110,21 +128,24 @@ def reproduce(suite: str, scale: Scale | str = "tiny", jobs: int = 1, out: Path 
     wall = time.perf_counter() - start
     if waiting:
         return Reproduction({}, {}, len(work.todo), len(work.skipped), failed, wall, None, waiting)
-    reports, verdicts = {}, {}
+    reports, stored = {}, {}
     for name in names:
         ctx = SuiteRuns(name, scale, SUITES[name].params_at(scale), grids[name],
                         {s: cells[s] for s in specs[name]}, sets)
         analysis = SUITES[name].analyse(ctx)
-        mark_missing(analysis.verdicts, list({id(c): c for c in ctx.cells.values()}.values()))
-        header = _header(scale, ctx, wall, len(work.todo), command)
-        note = (f"Rows that are not reproduced or inconclusive are measured results at scale `{scale.name}`, "
-                f"not refutations of the papers: {scale.paper_gap}. The numbers say how far each claim "
-                "is from its threshold.")
-        reports[name] = write_report(out / name, f"{name}: {SUITES[name].title}", SUITES[name].source,
-                                     header, analysis, note)
-        verdicts[name] = analysis.verdicts
+        suite_cells = list({id(c): c for c in ctx.cells.values()}.values())
+        mark_missing(analysis.verdicts, suite_cells)
+        spent = run_time(suite_cells)
+        stored[name] = StoredSuite(name, SUITES[name].title, SUITES[name].source, scale.name,
+                                   analysis.verdicts, spent.runs, spent.seconds,
+                                   {"lnexp": __version__, "written": now()})
+        header = _header(scale, spent, wall, len(work.todo), command)
+        note = (f"Claims that are not reproduced are measured results at scale `{scale.name}`, not "
+                f"refutations of the papers: {scale.paper_gap}. The intervals say how far each claim is "
+                "from its smallest effect.")
+        reports[name] = write_report(out / name, stored[name], header, analysis, note)
     index = write_index(out, scale)
-    return Reproduction(reports, verdicts, len(work.todo), len(work.skipped), failed, wall, index)
+    return Reproduction(reports, stored, len(work.todo), len(work.skipped), failed, wall, index)
 
 
 def stopped_message(work: Plan, results: dict[str, dict[str, Any]]) -> str:
@@ -149,10 +170,19 @@ def mark_missing(verdicts: list[Verdict], cells: list[Cell]) -> None:
             v.verdict = f"missing ({missing} of {len(cells)} runs)"
 
 
-def _header(scale: Scale, ctx: SuiteRuns, wall: float, trained: int, command: list[str]) -> list[str]:
-    """The report's first lines: the scale, the runs and what their training took, and the command that
-    wrote it, which took `wall` seconds."""
-    cells = list({id(c): c for c in ctx.cells.values()}.values())
+@dataclass
+class RunTime:
+    """Where a suite's time went: its runs' training time (a pack's runs each record the pack's wall
+    time: counted once), how many trained in packs, on which devices, in which families."""
+
+    runs: int
+    seconds: float
+    packed: int
+    devices: list[str]
+    families: list[str]
+
+
+def run_time(cells: list[Cell]) -> RunTime:
     seconds, devices, packs, packed = 0.0, set(), {}, 0
     for cell in cells:
         try:
@@ -160,25 +190,30 @@ def _header(scale: Scale, ctx: SuiteRuns, wall: float, trained: int, command: li
         except (OSError, ValueError):
             continue
         run_wall = meta.get("wall_time_s") or 0.0
-        if meta.get("packs"):  # a pack's runs each record the pack's wall time: count it once
+        if meta.get("packs"):
             key = json.dumps(meta["packs"])
             packs[key] = max(packs.get(key, 0.0), run_wall)
             packed += 1
         else:
             seconds += run_wall
         devices.add(f"{meta.get('device', '?')}, {meta.get('threads', '?')} thread(s)")
-    seconds += sum(packs.values())
-    families = sorted({Path(c.config.run.dir).name for c in cells})
+    return RunTime(len(cells), seconds + sum(packs.values()), packed, sorted(devices),
+                   sorted({Path(c.config.run.dir).name for c in cells}))
+
+
+def _header(scale: Scale, spent: RunTime, wall: float, trained: int, command: list[str]) -> list[str]:
+    """The report's first lines: the scale, the runs and what their training took, and the command that
+    wrote it, which took `wall` seconds."""
     return [
         f"Scale **{scale.name}**: {scale.description}. Seeds per training cell: {scale.seeds}; per "
-        f"initialisation cell: {scale.init_seeds}.",
+        f"initialisation cell: {scale.init_seeds} (a suite may set its own).",
         "",
-        f"{len(cells)} runs, in " + ", ".join(f"`../runs/{f}/`" for f in families) + " (device: "
-        + ("; ".join(sorted(devices)) or "–") + f"); their training took {seconds:.0f} s in total "
+        f"{spent.runs} runs, in " + ", ".join(f"`../runs/{f}/`" for f in spent.families) + " (device: "
+        + ("; ".join(spent.devices) or "–") + f"); their training took {spent.seconds:.0f} s in total "
         "(sum of the runs' wall times; the runs of a pack share one, counted once)."
-        + (f" {packed} of them trained in packs (their `meta.json` says which): a packed run's "
+        + (f" {spent.packed} of them trained in packs (their `meta.json` says which): a packed run's "
            "numbers differ from the same run alone at rounding level, and can drift further over its "
-           "steps (docs/packing.md)." if packs else ""),
+           "steps (docs/packing.md)." if spent.packed else ""),
         "",
         f"Written {now()} by lnexp {__version__} (`{shlex.join(command)}`), which trained {trained} "
         "run(s) and reused the others "
@@ -187,37 +222,21 @@ def _header(scale: Scale, ctx: SuiteRuns, wall: float, trained: int, command: li
 
 
 def write_index(out: Path, scale: Scale) -> Path:
-    """out/report.md: the verdicts of every suite that has a report under `out`."""
-    lines = [f"# lnexp reproduce — scale {scale.name}", "",
-             "Each suite's report has the figures, definitions, thresholds and per-seed numbers.", ""]
-    rows = []
-    for name in SUITES:
-        try:
-            verdicts = json.loads((out / name / "verdicts.json").read_text())
-        except (OSError, ValueError):
-            continue
-        for v in verdicts:
-            rows.append([f"[{name}]({name}/report.md)", v["claim"], v["quantity"], v["threshold"],
-                         v.get("summary", ""), f"**{v['verdict']}**"])
-    lines += [md_table(["suite", "claim", "measured quantity", "threshold", "mean ± std (n)", "verdict"],
-                       rows) if rows else "(no suite has been run yet)", ""]
+    """out/report.md: the verdicts of every suite that has a report under `out`, and where the time
+    went, printed from their verdicts.json as `lnexp reproduce report OUT --markdown` prints them."""
+    lines = [f"# lnexp reproduce — scale {scale.name}", ""]
+    try:
+        stored = load(out, order=list(SUITES))
+    except LnexpError:
+        stored = []
+    if stored:
+        lines += ["Each suite's report (" + ", ".join(f"[{s.suite}]({s.suite}/report.md)" for s in stored)
+                  + ") has the figures, definitions and numbers behind its verdicts.", "",
+                  "## Where the time went", "", summary_table(stored), "",
+                  "A run that two suites share is counted in both.", "", "## Verdicts", "", markdown(stored)]
+    else:
+        lines += ["(no suite has been run yet)", ""]
     path = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
-
-
-def verdicts_table(outcome: Reproduction):
-    """The verdicts of this invocation as a rich table (stdout)."""
-    from rich.table import Table
-
-    from lnexp.experiments.reproduce.report import mean_pm
-
-    table = Table(title=f"verdicts ({outcome.index})", title_justify="left")
-    for column in ("suite", "claim", "measured (mean ± std, n)", "threshold", "verdict"):
-        table.add_column(column)
-    for suite, verdicts in outcome.verdicts.items():
-        for v in verdicts:
-            style = {"reproduced": "green", "not reproduced": "red"}.get(v.verdict, "yellow")
-            table.add_row(suite, v.claim, mean_pm(v.values), v.threshold, f"[{style}]{v.verdict}[/]")
-    return table

@@ -3,6 +3,10 @@
 A cell is a family's base config (`train`: the training budget of the scale; `init`: one step, to
 measure gradients at initialisation) plus a few overrides and a seed. Its folder name is computed
 from its config (`post-L6-adam-lr0.01-w0-s0`), so suites that need the same run share one folder.
+
+What a cell logs is not part of what it is: a spec's `log.*` overrides are requests, and the suites
+that share a training get one run with the union of their requests (`merged_log`). A finished folder
+whose log covers the request is reused as it is (`adopt_covering_log`), so re-running trains nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +16,26 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lnexp.core.config import Config, ConfigError, ModelConfig, apply_sets, set_key, validate, with_plugins
+import yaml
+
+from lnexp.core.config import (
+    Config,
+    ConfigError,
+    LogConfig,
+    ModelConfig,
+    apply_sets,
+    set_key,
+    validate,
+    with_plugins,
+)
 from lnexp.core.layouts import DEFAULT_NORM, LAYOUTS, NORMS
+from lnexp.core.probe_kinds import PROBE_KINDS
 from lnexp.core.recipes import DEFAULT_RECIPE, RECIPES
-from lnexp.core.status import Status
+from lnexp.experiments.reproduce.measure import converged, profile
 from lnexp.experiments.sweep.grid import Cell, value_text
+from lnexp.experiments.sweep.state import is_finished
 from lnexp.run.reader import Run, RunError, load_run
 
 
@@ -32,8 +49,8 @@ class Scale:
     description: str
     train: dict[str, Any]            # base config of training cells
     init: dict[str, Any]             # base config of the one-step initialisation cells
-    seeds: int                       # seeds of training cells
-    init_seeds: int                  # seeds of initialisation cells
+    seeds: int                       # seeds of training cells (>= 3: a claim's interval needs them)
+    init_seeds: int                  # seeds of initialisation cells (>= 5)
     warmup: int                      # warm-up steps, wherever a suite's cell uses warm-up
     margin: float                    # "converges": final val loss below the unigram baseline − margin
     paper_gap: str = ""              # how far this is from the papers' settings
@@ -69,7 +86,7 @@ def _scale(name: str, d_model: int, seq_len: int, corpus_bytes: int, steps: int,
         init=base(init_d_model, init_seq_len,
                   {"steps": 1, "batch_size": 64, "eval_every": 1, "eval_batches": 1},
                   {"grad_every": 1, "loss_every": 1}),
-        seeds=2, init_seeds=3, warmup=warmup, margin=0.25, paper_gap=paper_gap)
+        seeds=3, init_seeds=5, warmup=warmup, margin=0.25, paper_gap=paper_gap)
 
 
 TINY = _scale("tiny", 32, 32, 300_000, steps=150, batch_size=16, eval_every=50, eval_batches=4, grad_every=50,
@@ -121,9 +138,22 @@ class Spec:
 Grid = dict[Hashable, tuple[Spec, ...]]
 
 
-def per_seed(family: str, seeds: int, *parts: dict[str, Any]) -> tuple[Spec, ...]:
-    """One grid cell: the same overrides with seeds 0 .. seeds − 1."""
-    return tuple(Spec.of(family, seed, *parts) for seed in range(seeds))
+def per_seed(family: str, seeds: int, *parts: dict[str, Any], first: int = 0) -> tuple[Spec, ...]:
+    """One grid cell: the same overrides with seeds first .. first + seeds − 1."""
+    return tuple(Spec.of(family, seed, *parts) for seed in range(first, first + seeds))
+
+
+def disjoint(specs: tuple[Spec, ...]) -> tuple[Spec, ...]:
+    """The same cell on as many other seeds, after the given ones: a placebo's second arm A′ (the same
+    setting as A; only the seeds differ)."""
+    shift = max(s.seed for s in specs) + 1 - min(s.seed for s in specs)
+    return tuple(replace(s, seed=s.seed + shift) for s in specs)
+
+
+def log_final(scale: Scale) -> dict[str, Any]:
+    """The log request of a training cell whose probes a suite reads on the final model
+    (lnexp.experiments.reproduce.measure.profile's "final"): step 0 and the last step."""
+    return {"log.grad_every": max(1, scale.train["train"]["steps"] - 1)}
 
 
 FIXED = ("run.", "train.seed")  # what a suite sets per cell: --set cannot change it
@@ -144,7 +174,9 @@ def cell_config(scale: Scale, spec: Spec, sets: Sequence[str] = ()) -> Config:
     return validate(apply_sets(raw, list(sets)), source="--set") if sets else config
 
 
-def cell_name(config: Config) -> str:
+def cell_name(config: Config, base_width: int | None = None) -> str:
+    """The folder name: what the cell sets, in words (a width only where it is not the family's,
+    `base_width`: the names of the other cells stay as they were)."""
     m, o = config.model, config.optim
     parts = ["encdec", m.norm] if m.arch == "encoder_decoder" else [m.norm]
     if m.norm_type != DEFAULT_NORM:  # rmsnorm keeps its short name: existing folders are reused
@@ -162,6 +194,8 @@ def cell_name(config: Config) -> str:
         parts.append(f"pos-{m.positional}")
     if m.residual_scaling != "none":
         parts.append(f"scaled-{m.residual_scaling}")
+    if base_width is not None and m.d_model != base_width:
+        parts.append(f"d{m.d_model}")
     parts += [f"L{m.n_layers}", o.name, f"lr{o.lr:g}", f"w{config.schedule.warmup_steps}",
               f"s{config.train.seed}"]
     return "-".join(parts)
@@ -169,27 +203,90 @@ def cell_name(config: Config) -> str:
 
 def make_cells(scale: Scale, specs: Sequence[Spec], root: Path, threads: int | None,
                sets: Sequence[str] = ()) -> dict[Spec, Cell]:
-    """A Cell per spec, in <root>/runs/<family>/<name>/; specs with the same config share one Cell."""
+    """A Cell per spec, in <root>/runs/<family>/<name>/; specs whose configs differ at most in what
+    they log share one Cell, which logs the union of their requests (`merged_log`)."""
+    configs = {spec: cell_config(scale, spec, sets) for spec in dict.fromkeys(specs)}
+    groups: dict[tuple[str, str], list[Spec]] = {}
+    for spec, config in configs.items():
+        base = scale.init if spec.family == "init" else scale.train
+        groups.setdefault((spec.family, cell_name(config, base["model"]["d_model"])), []).append(spec)
     cells: dict[Spec, Cell] = {}
-    by_name: dict[tuple[str, str], Cell] = {}
-    for spec in specs:
-        if spec in cells:
-            continue
-        config = cell_config(scale, spec, sets)
-        name = cell_name(config)
-        config.run.name, config.run.dir = name, str(root / "runs" / spec.family)
+    for (family, name), members in groups.items():
+        config = configs[members[0]]
+        unlogged = {k: v for k, v in config.to_dict().items() if k != "log"}
+        if any({k: v for k, v in configs[s].to_dict().items() if k != "log"} != unlogged for s in members):
+            raise RuntimeError(f"two different {family} cells are both named {name}")
+        config = config.model_copy(deep=True)
+        config.log = LogConfig.model_validate(merged_log([configs[s].log for s in members],
+                                                         [requested(s, sets) for s in members], name))
+        config.run.name, config.run.dir = name, str(root / "runs" / family)
         if threads is not None:
             config.train.threads = threads
-        earlier = by_name.get((spec.family, name))
-        if earlier is not None:
-            if earlier.config.to_dict() != config.to_dict():
-                raise RuntimeError(f"two different {spec.family} cells are both named {name}")
-            cells[spec] = earlier
-            continue
-        cells[spec] = by_name[spec.family, name] = Cell(
-            name, name.rsplit("-s", 1)[0],
-            [f"{k}={value_text(v)}" for k, v in spec.overrides] + [f"train.seed={spec.seed}"], config)
+        spec = members[0]
+        cell = Cell(name, name.rsplit("-s", 1)[0],
+                    [f"{k}={value_text(v)}" for k, v in spec.overrides] + [f"train.seed={spec.seed}"], config)
+        cells.update(dict.fromkeys(members, cell))
     return cells
+
+
+def requested(spec: Spec, sets: Sequence[str] = ()) -> set[str]:
+    """The `log` keys a spec asks for (its `log.*` overrides, and `--set log.*` items): the others
+    are the scale's defaults, which another spec of the same cell may change."""
+    return {k.partition(".")[2] for k, _ in spec.overrides if k.startswith("log.")} | \
+        {item.partition("=")[0].strip().partition(".")[2] for item in sets if item.strip().startswith("log.")}
+
+
+def merged_log(logs: Sequence[LogConfig], requests: Sequence[set[str]], name: str) -> dict[str, Any]:
+    """One `log` section serving every spec of a shared cell: the union of the probes and of every
+    list of steps (each spec's, asked or its default: a spec reads what it logs by default too); the
+    largest interval whose logged steps include every requested interval's (their gcd; a spec that
+    does not ask for one takes any); every other key as all specs have it (RuntimeError if not)."""
+    dumped = [log.model_dump(mode="json") for log in logs]
+    merged = dict(dumped[0])
+    for key, value in merged.items():
+        every = [d[key] for d in dumped]
+        if key == "probes":
+            wanted = {p for d in dumped for p in d[key]}
+            merged[key] = [p for p in PROBE_KINDS if p in wanted]
+        elif isinstance(value, list):
+            merged[key] = sorted({x for v in every for x in v})
+        elif key == "grad_every":
+            asked = [d[key] for d, keys in zip(dumped, requests) if key in keys]
+            merged[key] = math.gcd(*asked) if asked else value
+        elif any(v != value for v in every):
+            raise RuntimeError(f"the specs of cell {name} ask for different log.{key}: {every}")
+    return merged
+
+
+def adopt_covering_log(cell: Cell, asked: set[str]) -> None:
+    """A finished folder that logged at least what the cell logs (every probe, every step of its
+    lists; at every step of its `grad_every` if one of its specs asked for it, `asked`; every other key
+    the same) is the cell's run as it is: its stored `log` becomes the cell's, so that planning reuses
+    it instead of training it again. Reads config.yaml as data."""
+    if not is_finished(cell.path):
+        return
+    try:
+        stored = yaml.safe_load((cell.path / "config.yaml").read_text())
+        have = LogConfig.model_validate(stored["log"])
+    except Exception:  # unreadable, or another version's keys: planning decides as for any folder
+        return
+    want, steps = cell.config.log, cell.config.train.steps
+    lists = [k for k, v in want.model_dump().items() if isinstance(v, list) and k != "probes"]
+    others = [k for k in LogConfig.model_fields if k not in (*lists, "probes", "grad_every")]
+    if (set(want.probes) <= set(have.probes)
+            and all(set(getattr(want, k)) <= set(getattr(have, k)) for k in lists)
+            and ("grad_every" not in asked
+                 or all(s % have.grad_every == 0 for s in range(0, steps, want.grad_every)))
+            and all(getattr(want, k) == getattr(have, k) for k in others)):
+        cell.config = cell.config.model_copy(update={"log": have})
+
+
+def cost(config: Config) -> float:
+    """A run's work, for starting the longest first: steps × tokens × layers × d_model × (d_model +
+    seq_len) (the matmuls and attention of a step), both stacks of an encoder-decoder."""
+    m, t = config.model, config.train
+    stacks = 2 if m.arch == "encoder_decoder" else 1
+    return t.steps * t.batch_size * t.seq_len * stacks * m.n_layers * m.d_model * (m.d_model + t.seq_len)
 
 
 @dataclass
@@ -224,6 +321,16 @@ class SuiteRuns:
 
     def seeds(self, family: str = "train") -> list[int]:
         return list(range(self.scale.seeds if family == "train" else self.scale.init_seeds))
+
+    def seeds_of(self, key: Hashable) -> list[int]:
+        """The seeds of the grid's cell `key`, in the order `self[key]` gives its runs."""
+        return [spec.seed for spec in self.grid[key]]
+
+    def profiles(self, key: Hashable, probe: str, param: str,
+                 at: Literal["init", "final"] = "init") -> list[list[float] | None]:
+        """The complete profiles of the cell's runs, one per seed (lnexp.experiments.reproduce.measure.
+        profile; None where a run lacks it)."""
+        return [profile(run, probe, param, at) for run in self[key]]
 
     def baseline(self, seed: int | None = None, family: str = "train") -> float:
         """The unigram baseline of this seed's validation windows (the mean over seeds if None)."""
@@ -267,27 +374,3 @@ def unigram_val_loss(config: Config) -> float:
     targets = torch.cat([data.batch("val", t.batch_size, t.seq_len, generator)[1].flatten()
                          for _ in range(t.eval_batches)])
     return float(-log_p[targets.long()].mean())
-
-
-def final_loss(run: Run | None) -> float | None:
-    """Final validation loss of a completed run, +∞ for a diverged one, None for no result."""
-    if run is None:
-        return None
-    if run.status == Status.DIVERGED:
-        return math.inf
-    if run.status != Status.COMPLETED:
-        return None
-    value = run.summary.get("final_val_loss")
-    return float(value) if value is not None else None
-
-
-def converged(run: Run | None, threshold: float) -> bool | None:
-    """Completed, not diverged, and final validation loss below the threshold; None: no result."""
-    loss = final_loss(run)
-    return None if loss is None else loss < threshold
-
-
-def loss_curve(run: Run | None, key: str = "loss") -> list[tuple[int, float]]:
-    if run is None:
-        return []
-    return [(m["step"], float(m[key])) for m in run.metrics if m.get(key) is not None]

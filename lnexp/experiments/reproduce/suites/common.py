@@ -1,8 +1,8 @@
 """What several suites share: the Suite declaration and its registry, cell overrides, the definitions
 and figures of the training suites.
 
-Every number in a verdict comes from the run folders (metrics.jsonl, probes.jsonl, summary.json);
-the thresholds are constants stated in each report.
+Every number in a verdict comes from the run folders (metrics.jsonl, probes.jsonl, summary.json),
+read through lnexp.experiments.reproduce.measure; each claim is declared in its suite's module.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
 from lnexp.core.registry import Registry
+from lnexp.core.stats import usable
 from lnexp.core.status import Status
-from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns, final_loss, loss_curve
-from lnexp.experiments.reproduce.report import Analysis, md_table, mean_curve, mean_pm
-from lnexp.experiments.reproduce.verdicts import usable
+from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns
+from lnexp.experiments.reproduce.measure import final_loss, loss_curve
+from lnexp.experiments.reproduce.report import Analysis, md_table, mean_pm
 from lnexp.run.reader import Run
 
 
@@ -118,7 +119,7 @@ def curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[R
     loss as dots, the unigram baseline and the convergence threshold dashed."""
 
     def draw(plt: Any):
-        from lnexp.report.figures import smooth
+        from lnexp.report.figures import band, smooth
 
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False,
                                  sharey=True)
@@ -126,11 +127,11 @@ def curves_figure(ctx: SuiteRuns, panels: list[tuple[str, list[tuple[str, list[R
             for i, (label, runs) in enumerate(settings):
                 color = f"C{i}"
                 curves = [loss_curve(r) for r in runs if r is not None]
-                steps, mean = mean_curve([list(zip([s for s, _ in c], smooth([v for _, v in c], 10)))
+                steps, mean, _, _ = band([list(zip([s for s, _ in c], smooth([v for _, v in c], 10)))
                                           for c in curves if c])
                 if steps:
                     ax.plot(steps, mean, color=color, label=label)
-                vsteps, vmean = mean_curve([loss_curve(r, "val_loss") for r in runs if r is not None])
+                vsteps, vmean, _, _ = band([loss_curve(r, "val_loss") for r in runs if r is not None])
                 if vsteps:
                     ax.plot(vsteps, vmean, "o", color=color, markersize=4)
                 for r in runs:

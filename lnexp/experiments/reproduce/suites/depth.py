@@ -8,7 +8,8 @@ from typing import Any
 
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
-from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
+from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
+from lnexp.experiments.reproduce.measure import deepest, final_loss
 from lnexp.experiments.reproduce.report import Analysis, Figure
 from lnexp.experiments.reproduce.suites import common
 from lnexp.experiments.reproduce.suites.common import (
@@ -19,7 +20,7 @@ from lnexp.experiments.reproduce.suites.common import (
     optim_lr,
     warmup_steps,
 )
-from lnexp.experiments.reproduce.verdicts import Threshold, above, check, deepest
+from lnexp.experiments.reproduce.verdicts import GREATER, WITHIN, Claim
 from lnexp.experiments.stability import depth_axis
 
 
@@ -31,6 +32,13 @@ class Params:
 
 PARAMS = {"tiny": Params((3, 6, 12, 24), 3e-3), "cpu": Params((6, 24), 1e-3),
           "small": Params((6, 12, 24, 36), 1e-3)}
+EVERY_DEPTH = Claim("Pre-LN trains at every depth", "fraction of depths {{{depths}}} that converge, Pre-LN",
+                    WITHIN, (1.0, 1.0), "lnexp's choice: every depth")
+DEEPER = Claim("Post-LN stops training beyond some depth at which Pre-LN still trains",
+               "deepest depth that converges: Pre-LN − Post-LN", GREATER, 0.0, "lnexp's choice: any depth")
+SHALLOW = Claim("(control) Post-LN trains at the shallowest depth, L = {shallow}",
+                "converges at L = {shallow} (1 yes, 0 no), Post-LN", WITHIN, (1.0, 1.0),
+                "lnexp's choice: it converges")
 
 
 def recipe(scale: Scale, lr: float) -> dict[str, Any]:
@@ -42,10 +50,6 @@ def grid(scale: Scale, p: Params) -> Grid:
     """Keys: (layout, depth)."""
     return {(norm, n): per_seed("train", scale.seeds, model_norm(norm), recipe(scale, p.lr), n_layers(n))
             for n in p.depths for norm in POST_PRE}
-
-
-def _equals(value: float) -> Threshold:
-    return Threshold(f"= {value:g}", lambda v: v == value)
 
 
 def analyse(ctx: SuiteRuns) -> Analysis:
@@ -65,15 +69,11 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     shallow = min(depths)
     depth_text = ", ".join(map(str, depths))
     verdicts = [
-        check("Pre-LN trains at every depth", f"fraction of depths {{{depth_text}}} that converge, Pre-LN",
-              _equals(1), [fraction(PRE_LN.name, s) for s in seeds], seeds),
-        check("Post-LN stops training beyond some depth at which Pre-LN still trains",
-              "deepest depth that converges: Pre-LN − Post-LN", above(0), [gap(s) for s in seeds], seeds),
-        check(f"(control) Post-LN trains at the shallowest depth, L = {shallow}",
-              f"converges at L = {shallow} (1 yes, 0 no), Post-LN", _equals(1),
-              [None if conv[POST_LN.name, shallow, s] is None else float(conv[POST_LN.name, shallow, s])
-               for s in seeds],
-              seeds),
+        EVERY_DEPTH.format(depths=depth_text).test([fraction(PRE_LN.name, s) for s in seeds], seeds),
+        DEEPER.test([gap(s) for s in seeds], seeds),
+        SHALLOW.format(shallow=shallow).test(
+            [None if conv[POST_LN.name, shallow, s] is None else float(conv[POST_LN.name, shallow, s])
+             for s in seeds], seeds),
     ]
     definitions = [
         common.loss_definition(), common.converge_definition(ctx),

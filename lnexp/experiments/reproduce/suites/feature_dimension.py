@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lnexp.core.layouts import LAYOUTS, POST, PRE
+from lnexp.core.stats import usable
 from lnexp.core.status import Status
 from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
+from lnexp.experiments.reproduce.measure import fit_line
 from lnexp.experiments.reproduce.report import Analysis, Figure, md_table, mean_pm, num
 from lnexp.experiments.reproduce.suites import depth, xiong_init
 from lnexp.experiments.reproduce.suites.common import PRE_GPT2, Suite, n_layers
-from lnexp.experiments.reproduce.verdicts import above, below, check, fit_line, usable
+from lnexp.experiments.reproduce.verdicts import GREATER, LESS, Claim, Direction, Verdict
 from lnexp.experiments.stability import depth_axis
 from lnexp.run.reader import Run
 from lnexp.run.rows import layer_profile, logged_steps
@@ -79,9 +81,17 @@ PARAMS = {
 
 def grid(scale: Scale, p: Params) -> Grid:
     """Keys: (layout, depth)."""
-    return {(name, n): per_seed("features", scale.seeds, FEATURE_LAYOUTS[name], n_layers(n),
+    return {(name, n): per_seed("train", scale.seeds, FEATURE_LAYOUTS[name], n_layers(n),
                                 depth.recipe(scale, p.lr), _log(scale))
             for name in p.layouts for n in p.depths}
+
+
+def _test(text: str, statistic: str, direction: Direction, smallest_effect: float,
+          values: list[float | None], seeds: list[int]) -> Verdict:
+    """A claim row (the thresholds above, lnexp's; this suite's claims are declared anew on the
+    evidence framework in a later round)."""
+    return Claim(text, statistic, direction, smallest_effect,
+                 "lnexp's choice (docs/feature-dimension.md)").test(values, seeds)
 
 
 def _relative_slope(profiles: Sequence[Sequence[float]], d: int) -> float | None:
@@ -207,11 +217,11 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     for name in claimed:
         for where, when in (("resid", "init"), ("resid", "trained"), ("attn", "trained"), ("ffn", "trained")):
             verdicts.append(
-                check(
+                _test(
                     f"1. Later layers carry higher-dimensional features: {LABELS[name]}, {what_of[where]}, "
                     f"{WHEN[when]}",
                     q_slope.format(what=what_of[where], when=WHEN[when]),
-                    above(RISE, "change "),
+                    GREATER, RISE,
                     slope[name, where, when],
                     seeds,
                 )
@@ -219,21 +229,21 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     for name in claimed[1:]:  # against Post-LN
         for when in WHEN:
             verdicts.append(
-                check(
+                _test(
                     f"2. LN placement shields the model from late layers' features: {LABELS[name]} against "
                     f"Post-LN, gradient sensitivity, {WHEN[when]}",
                     q_ratio.format(when=WHEN[when]).replace("Pre-LN", LABELS[name]),
-                    below(SHIELD, "ratio "),
+                    LESS, SHIELD,
                     versus(ratio, name, when, "ratio"),
                     seeds,
                 )
             )
             verdicts.append(
-                check(
+                _test(
                     f"2. LN placement shields the model from late layers' features: {LABELS[name]} against "
                     f"Post-LN, noise ablation, {WHEN[when]}",
                     q_gap.format(when=WHEN[when]).replace("Pre-LN", LABELS[name]),
-                    below(-ABLATION, "difference "),
+                    LESS, -ABLATION,
                     versus(gap, name, when, "difference"),
                     seeds,
                 )
@@ -244,20 +254,20 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     )
     for name in claimed:
         verdicts.append(
-            check(
+            _test(
                 f"3. Rank collapse: {LABELS[name]}'s last-layer stream grows more anisotropic with "
                 "depth at initialisation",
                 q_rise,
-                above(COLLAPSE, "rise "),
+                GREATER, COLLAPSE,
                 aniso_rise(name),
                 seeds,
             )
         )
     verdicts.append(
-        check(
+        _test(
             "3. Rank collapse: Post-LN and Pre-LN differ in anisotropy at initialisation, deepest L",
             f"Post-LN's minus Pre-LN's last-layer anisotropy at initialisation, L = {depths[-1]}",
-            above(COLLAPSE, "|difference| "),
+            GREATER, COLLAPSE,
             [abs(v) if usable(v) else None for v in post_minus_pre],
             seeds,
         )

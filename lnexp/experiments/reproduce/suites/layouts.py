@@ -1,6 +1,7 @@
-"""`layouts`: every registered layout (`--layouts` chooses) at one depth: the residual stream and the
-FFN gradient profile at initialisation, and the largest of the stability map's learning rates that
-trains without warm-up."""
+"""`layouts`: every registered layout (`--layouts` chooses), and DyT in place of Pre-LN's LayerNorm, at
+one depth: what each layout's source claims for it, tested on the largest of the stability map's
+learning rates that trains without warm-up, on the trained model's residual stream and gradients, and
+(as wiring checks and figures) at initialisation."""
 
 from __future__ import annotations
 
@@ -10,39 +11,95 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lnexp.core.config import ConfigError
-from lnexp.core.layouts import ADMIN, DEEPNORM, LAYOUTS, MIX, REORDERED, SANDWICH
+from lnexp.core.layouts import ADMIN, DEEPNORM, LAYOUTS, MIX, REORDERED, SANDWICH, Where
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
-from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns, cell_config, final_loss, per_seed
-from lnexp.experiments.reproduce.report import Analysis, Figure, md_table, mean_pm, num
-from lnexp.experiments.reproduce.suites import common, stability_map
-from lnexp.experiments.reproduce.suites.common import Suite, model_norm, n_layers, optim_lr, trend_word
-from lnexp.experiments.reproduce.verdicts import (
-    Threshold,
-    above,
-    check,
+from lnexp.core.stats import usable
+from lnexp.experiments.reproduce.engine import Grid, Scale, Spec, SuiteRuns, cell_config, log_final, per_seed
+from lnexp.experiments.reproduce.measure import (
+    FINAL,
     difference,
+    final_loss,
+    ratio,
+    seedwise,
     stream_growth,
     trend_ratio,
-    usable,
-    within,
+)
+from lnexp.experiments.reproduce.report import Analysis, Figure, md_table, mean_pm, num
+from lnexp.experiments.reproduce.suites import common, stability_map
+from lnexp.experiments.reproduce.suites.common import (
+    MARGIN_LOSS,
+    Suite,
+    model_norm,
+    n_layers,
+    optim_lr,
+    trend_word,
+)
+from lnexp.experiments.reproduce.verdicts import (
+    GREATER,
+    LESS,
+    Claim,
+    Precondition,
+    Verdict,
+    Wiring,
+    grid_edge,
+    premise,
 )
 from lnexp.experiments.stability import largest_index
-from lnexp.run.rows import layer_profile
 
 
 @dataclass(frozen=True)
 class Params:
     depth: int                     # one moderate depth
     seeds: int                     # seeds of its training cells (its init cells: the scale's init_seeds)
-    lrs: tuple[float, ...]         # the grid of "largest converging lr"
+    lrs: tuple[float, ...]         # the grid of "largest converging lr"; the first: the trained-model rows'
     layouts: tuple[str, ...] = ()  # `--layouts`; empty: every registered one (the built-ins, a plugin's)
 
 
 # The stability map's learning rates: its Post-LN and Pre-LN cells at this depth are the same runs.
-PARAMS = {"tiny": Params(6, 1, stability_map.PARAMS["tiny"].lrs),
-          "cpu": Params(6, 1, stability_map.PARAMS["cpu"].lrs),
-          "small": Params(12, 2, stability_map.PARAMS["small"].lrs)}
+PARAMS = {"tiny": Params(6, 3, stability_map.PARAMS["tiny"].lrs),
+          "cpu": Params(6, 3, stability_map.PARAMS["cpu"].lrs),
+          "small": Params(12, 3, stability_map.PARAMS["small"].lrs)}
+DYT = "dyt"  # the grid's arm of Pre-LN with DyT in place of LayerNorm
+DYT_CELL = {"model.norm": PRE_LN.name, "model.norm_type": "dyt"}
+
+# --- the claims, each declared once with what its source claims ------------------------------------
+STEPS = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = {L}"
+ANY_STEP = "lnexp's choice: any gain; one grid step is the grid's resolution"
+LESS_THAN_A_STEP = "lnexp's choice: less than one grid step worse, the grid's resolution"
+PRE_WHERE_POST_FAILS = Claim(
+    "(reference) Pre-LN trains without warm-up at a learning rate where Post-LN fails (Xiong et al. 2020)",
+    STEPS, GREATER, 0.0, ANY_STEP)
+DEEPNORM_STABLE = Claim(
+    "DeepNorm trains without warm-up at a learning rate where Post-LN fails (DeepNet claims stable Post-LN "
+    "training at depth, up to 1,000 layers; tested here at L = {L})", STEPS, GREATER, 0.0, ANY_STEP)
+ADMIN_STABLE = Claim(
+    "Admin trains without warm-up at a learning rate where Post-LN fails (Liu et al. 2020: Admin "
+    "stabilises Post-LN's early training)", STEPS, GREATER, 0.0, ANY_STEP)
+SANDWICH_STABLE = Claim(
+    "Sandwich-LN trains without warm-up at every learning rate Pre-LN does (CogView: it stabilises "
+    "training)", STEPS, GREATER, -1.0, LESS_THAN_A_STEP)
+REORDERED_STABLE = Claim(
+    "The reordered norm trains without warm-up at every learning rate Pre-LN does (OLMo 2: for training "
+    "stability)", STEPS, GREATER, -1.0, LESS_THAN_A_STEP)
+SANDWICH_TAMES = Claim(
+    "Sandwich-LN tames the growth of the residual stream's values (CogView: Pre-LN's values grow in the "
+    "deep layers; the branch outputs' LayerNorm keeps them in check)",
+    "RMS² of the stream leaving the last layer / leaving layer 0 on the final model, Sandwich-LN ÷ Pre-LN, "
+    "lr {lr:g}, L = {L}", LESS, 0.8, "lnexp's choice: a fifth less growth")
+MIX_GRADIENTS = Claim(
+    "Mix-LN gives its deep layers larger gradients, relative to its early ones, than Pre-LN (Li et al. "
+    "2024: Pre-LN's deep layers get small gradients)",
+    "fitted last/first ratio of ‖∇W_FC2‖ by layer on the final model, Mix-LN ÷ Pre-LN, lr {lr:g}, L = {L}",
+    GREATER, 1.25, "lnexp's choice: a quarter up, the Figure 3 rows' margin")
+DYT_MATCHES = Claim(
+    "DyT in place of LayerNorm matches it (Zhu et al. 2025: DyT matches normalised Transformers; here "
+    "in Pre-LN)", "best final val loss over the grid's learning rates, DyT minus LayerNorm (nats), L = {L}",
+    LESS, MARGIN_LOSS, f"lnexp's choice: {MARGIN_LOSS:g} nats (common.MARGIN_LOSS)")
+NORMALISED = Wiring("{layout}'s residual stream stays normalised at initialisation",
+                    "RMS² of the residual stream leaving layer {last} (the last) / leaving layer 0, L = {L}",
+                    1 - 1e-3, 1 + 1e-3, "every block ends in a LayerNorm (γ = 1, β = 0 at initialisation), "
+                    "so the stream leaving it has RMS 1 up to the norm's ε, whatever the skip scale")
 
 
 def layout_names(p: Params) -> tuple[str, ...]:
@@ -50,12 +107,16 @@ def layout_names(p: Params) -> tuple[str, ...]:
 
 
 def grid(scale: Scale, p: Params) -> Grid:
-    """Keys: ("init", layout), one-step cells; ("train", layout, lr)."""
+    """Keys: ("init", layout), one-step cells; ("train", layout, lr); ("dyt", lr), Pre-LN with DyT
+    (when Pre-LN is chosen). The training cells log their probes at the first and the last step."""
+    train = (n_layers(p.depth), log_final(scale))
     return {
         **{("init", name): per_seed("init", scale.init_seeds, model_norm(name), n_layers(p.depth))
            for name in layout_names(p)},
-        **{("train", name, lr): per_seed("train", p.seeds, model_norm(name), n_layers(p.depth), optim_lr(lr))
+        **{("train", name, lr): per_seed("train", p.seeds, model_norm(name), optim_lr(lr), *train)
            for name in layout_names(p) for lr in p.lrs},
+        **({(DYT, lr): per_seed("train", p.seeds, DYT_CELL, optim_lr(lr), *train) for lr in p.lrs}
+           if PRE_LN.name in layout_names(p) else {}),
     }
 
 
@@ -74,48 +135,39 @@ def _lr_text(index: int | None, lrs: Sequence[float]) -> str:
     return "–" if index is None else ("none" if index < 0 else f"{lrs[index]:g}")
 
 
+def _label(arm: str) -> str:
+    return "Pre-LN + DyT" if arm == DYT else LAYOUTS[arm].label
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    xs = [v for v in values if usable(v)]
+    return sum(xs) / len(xs) if xs else None
+
+
 def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float],
-                      growth: dict[str, list[float | None]], ratio: dict[str, list[float | None]],
+                      growth: dict[str, list[float | None]], trend: dict[str, list[float | None]],
                       depth: int) -> list[str]:
     """Sentences composed from the measured numbers: the layouts ranked by their largest converging
-    lr, which keep the residual stream normalised at initialisation, and their gradient profiles."""
+    lr, the residual stream at initialisation and the gradient profiles."""
     out = []
-
-    def mean(values: Sequence[float | None]) -> float | None:
-        xs = [v for v in values if usable(v)]
-        return sum(xs) / len(xs) if xs else None
-
-    ranked = sorted((name for name in lr_index if mean(lr_index[name]) is not None),
-                    key=lambda name: -mean(lr_index[name]))
+    ranked = sorted((arm for arm in lr_index if _mean(lr_index[arm]) is not None),
+                    key=lambda arm: -_mean(lr_index[arm]))
     if ranked:
-        parts = [f"{LAYOUTS[name].label} {', '.join(_lr_text(i, lrs) for i in lr_index[name])}"
-                 for name in ranked]
-        top = mean(lr_index[ranked[0]])
-        best = [LAYOUTS[name].label for name in ranked if mean(lr_index[name]) == top]
+        parts = [f"{_label(arm)} {', '.join(_lr_text(i, lrs) for i in lr_index[arm])}" for arm in ranked]
+        top = _mean(lr_index[ranked[0]])
+        best = [_label(arm) for arm in ranked if _mean(lr_index[arm]) == top]
         sentence = (f"Largest learning rate that converges without warm-up at L = {depth} (per seed), from "
-                    f"the most tolerant layout down: {'; '.join(parts)}. {' and '.join(best)} "
+                    f"the most tolerant down: {'; '.join(parts)}. {' and '.join(best)} "
                     f"tolerate{'s' if len(best) == 1 else ''} the largest (seed mean).")
-        if POST_LN.name in ranked:
-            post = mean(lr_index[POST_LN.name])
-            for word, test in (("Above", lambda m: m > post), ("The same as", lambda m: m == post),
-                               ("Below", lambda m: m < post)):
-                names = [LAYOUTS[name].label for name in ranked
-                         if name != POST_LN.name and test(mean(lr_index[name]))]
-                if names:
-                    sentence += f" {word} Post-LN's: {', '.join(names)}."
+        if top == len(lrs) - 1:
+            sentence += (f" The grid's largest learning rate ({lrs[-1]:g}) bounds it: a wider grid would "
+                         "separate the layouts that reach it.")
         out.append(sentence)
-    flat = [n for n in growth if mean(growth[n]) is not None and 0.8 <= mean(growth[n]) <= 1.25]
-    grows = [n for n in growth if mean(growth[n]) is not None and mean(growth[n]) > 1.25]
-    if flat or grows:
-        listed = ", ".join(f"{LAYOUTS[n].label} {num(mean(growth[n]))}" for n in growth
-                           if mean(growth[n]) is not None)
+    listed = ", ".join(f"{LAYOUTS[n].label} {num(_mean(growth[n]))}" for n in growth if _mean(growth[n]))
+    if listed:
         out.append(f"Residual stream at initialisation (RMS² leaving layer {depth - 1} / leaving layer 0, "
-                   f"seed mean): {listed}. "
-                   + (f"{', '.join(LAYOUTS[n].label for n in flat)} keep it normalised (in [0.8, 1.25])"
-                      if flat else "No layout keeps it in [0.8, 1.25]")
-                   + (f"; {', '.join(LAYOUTS[n].label for n in grows)} let it grow (> 1.25)." if grows
-                      else "."))
-    shapes = {n: trend_word(ratio[n]) for n in ratio}
+                   f"seed mean): {listed}.")
+    shapes = {n: trend_word(trend[n]) for n in trend}
     if any(m is not None for _, m in shapes.values()):
         out.append(f"‖∇W_FC2‖ by layer at initialisation (fitted last/first, seed mean, L = {depth}): "
                    + "; ".join(f"{LAYOUTS[n].label} {w} ({num(m)})" for n, (w, m) in shapes.items()) + ".")
@@ -124,126 +176,113 @@ def _layouts_findings(lr_index: dict[str, list[int | None]], lrs: Sequence[float
 
 def analyse(ctx: SuiteRuns) -> Analysis:
     scale, p = ctx.scale, ctx.params
-    n, names = p.depth, layout_names(p)
-    init_seeds, seeds, lrs = ctx.seeds("init"), list(range(p.seeds)), list(p.lrs)
-    grad: dict[tuple[str, int], list[float]] = {}
-    act: dict[tuple[str, int], list[float]] = {}
-    for name in names:
-        for s, run in zip(init_seeds, ctx["init", name]):
-            g = layer_profile(run.probes, "grad", "ffn.fc2", 0) if run else []
-            a = layer_profile(run.probes, "act", "resid", 0) if run else []
-            grad[name, s] = g if len(g) == n else []
-            act[name, s] = a if len(a) == n + 1 and a[0] > 0 else []
-    ratio = {name: [trend_ratio(grad[name, s]) for s in init_seeds] for name in names}
-    growth = {name: [stream_growth(act[name, s]) for s in init_seeds] for name in names}
-    runs = {(name, lr, s): run for name in names for lr in lrs
-            for s, run in zip(seeds, ctx["train", name, lr])}
-    conv = {k: ctx.converged(r) for k, r in runs.items()}
-    index = {name: [largest_index([conv[name, lr, s] for lr in lrs]) for s in seeds] for name in names}
+    n, names, lrs, low = p.depth, layout_names(p), list(p.lrs), p.lrs[0]
+    init_seeds, seeds = ctx.seeds("init"), list(range(p.seeds))
+    arms = [*names, *([DYT] if (DYT, low) in ctx.grid else [])]
+    runs = {(arm, lr): ctx[(DYT, lr) if arm == DYT else ("train", arm, lr)] for arm in arms for lr in lrs}
+    losses = {key: [final_loss(r) for r in rs] for key, rs in runs.items()}
+    index = {arm: seedwise(lambda *flags: largest_index(flags),
+                           *([ctx.converged(r) for r in runs[arm, lr]] for lr in lrs)) for arm in arms}
+    best = {arm: seedwise(lambda *ls: min(ls), *(losses[arm, lr] for lr in lrs)) for arm in arms}
+    init_act = {name: ctx.profiles(("init", name), "act", "resid") for name in names}
+    init_trend = {name: [trend_ratio(g) for g in ctx.profiles(("init", name), "grad", "ffn.fc2")]
+                  for name in names}
+    init_growth = {name: [stream_growth(a) for a in init_act[name]] for name in names}
+    final_growth = {name: [stream_growth(a) for a in ctx.profiles(("train", name, low), "act", "resid",
+                                                                  "final")] for name in names}
+    final_trend = {name: [trend_ratio(g) for g in ctx.profiles(("train", name, low), "grad", "ffn.fc2",
+                                                                "final")] for name in names}
 
-    def steps(a: str, b: str) -> list[float | None]:
-        return [difference(x, y) for x, y in zip(index[a], index[b])]
+    post, pre = POST_LN.name, PRE_LN.name
+    top = len(lrs) - 1
+    post_fails = premise(
+        "Post-LN without warm-up fails at some learning rate of the grid",
+        f"Post-LN without warm-up converged up to the grid's largest learning rate ({lrs[-1]:g}): nothing "
+        "for a layout to rescue", "grid steps from Post-LN's largest converging lr to the grid's largest",
+        [None if i is None else float(top - i) for i in index.get(post, [])], GREATER, 0.0) \
+        if post in names else None
 
-    quantity_g = (f"RMS² of the residual stream leaving layer {n - 1} (the last) / leaving layer 0 at "
-                  "initialisation, "
-                  f"L = {n}")
-    quantity_lr = "largest converging lr without warm-up, {a} minus {b}, in grid steps, L = " + str(n)
-    post, pre, sandwich, deepnorm, admin, mix, reordered = (
-        x.name for x in (POST_LN, PRE_LN, SANDWICH, DEEPNORM, ADMIN, MIX, REORDERED))
-    rows = [  # (the layouts a row needs, the row)
-        ((deepnorm,), lambda: check(
-            "DeepNorm keeps Post-LN's normalised residual stream at initialisation", quantity_g,
-            within(0.8, 1.25, "ratio "), growth[deepnorm], init_seeds)),
-        ((admin,), lambda: check(
-            "Admin keeps Post-LN's normalised residual stream at initialisation", quantity_g,
-            within(0.8, 1.25, "ratio "), growth[admin], init_seeds)),
-        ((sandwich,), lambda: check(
-            "Sandwich-LN, like Pre-LN, lets the residual stream grow at initialisation", quantity_g,
-            above(1.25, "ratio "), growth[sandwich], init_seeds)),
-        ((post,), lambda: check(
-            "(control) Post-LN without warm-up fails at some learning rate of the grid",
-            f"grid steps from Post-LN's largest converging lr to the grid's largest ({lrs[-1]:g}), L = {n}",
-            above(0), [None if i is None else float(len(lrs) - 1 - i) for i in index[post]], seeds)),
-        ((pre, post), lambda: check(
-            "(reference) Pre-LN trains without warm-up at a learning rate where Post-LN fails",
-            quantity_lr.format(a="Pre-LN", b="Post-LN"), above(0), steps(pre, post), seeds)),
-        ((deepnorm, post), lambda: check(
-            "DeepNorm keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
-            quantity_lr.format(a="DeepNorm", b="Post-LN"), above(0), steps(deepnorm, post), seeds)),
-        ((admin, post), lambda: check(
-            "Admin keeps Post-LN's normalised outputs but trains at a learning rate where Post-LN fails",
-            quantity_lr.format(a="Admin", b="Post-LN"), above(0), steps(admin, post), seeds)),
-        ((sandwich, pre), lambda: check(
-            "Sandwich-LN, like Pre-LN, trains without warm-up (at every learning rate Pre-LN does)",
-            quantity_lr.format(a="Sandwich-LN", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
-            steps(sandwich, pre), seeds)),
-        ((mix, post), lambda: check(  # Li, Yin, Liu 2024: Post-LN's early layers, Pre-LN's stability
-            "Mix-LN trains without warm-up at a learning rate where Post-LN fails",
-            quantity_lr.format(a="Mix-LN", b="Post-LN"), above(0), steps(mix, post), seeds)),
-        ((reordered, pre), lambda: check(  # OLMo 2: the reordered norm for training stability
-            "The reordered norm (OLMo 2) trains without warm-up at every learning rate Pre-LN does",
-            quantity_lr.format(a="Reordered", b="Pre-LN"), Threshold("≥ 0", lambda v: v >= 0),
-            steps(reordered, pre), seeds)),
+    def lr_row(claim: Claim, a: str, b: str) -> Verdict:
+        needs: list[Precondition] = [grid_edge(index[a], index[b], top, f"{_label(a)} and {_label(b)}")]
+        if b == post:
+            needs.append(post_fails)
+        return claim.format(a=_label(a), b=_label(b), L=n).test(
+            seedwise(difference, index[a], index[b]), seeds, needs)
+
+    grows = premise("Pre-LN's stream grows on the trained model",
+                    "Pre-LN's stream did not grow on the trained model: no value growth to tame",
+                    f"RMS² growth, Pre-LN, final model, lr {low:g}", final_growth.get(pre, []), GREATER, 1.25)
+    deep_small = premise("Pre-LN's deep layers get smaller gradients than its early ones (trained model)",
+                         "Pre-LN's deep layers did not get smaller gradients than its early ones: nothing "
+                         "for Mix-LN to lift", f"fitted last/first ‖∇W_FC2‖, Pre-LN, final model, lr {low:g}",
+                         final_trend.get(pre, []), LESS, 0.8)
+    rows = [  # (the arms a row needs, the row)
+        ((pre, post), lambda: lr_row(PRE_WHERE_POST_FAILS, pre, post)),
+        ((DEEPNORM.name, post), lambda: lr_row(DEEPNORM_STABLE, DEEPNORM.name, post)),
+        ((ADMIN.name, post), lambda: lr_row(ADMIN_STABLE, ADMIN.name, post)),
+        ((SANDWICH.name, pre), lambda: lr_row(SANDWICH_STABLE, SANDWICH.name, pre)),
+        ((REORDERED.name, pre), lambda: lr_row(REORDERED_STABLE, REORDERED.name, pre)),
+        ((SANDWICH.name, pre), lambda: SANDWICH_TAMES.format(lr=low, L=n).test(
+            seedwise(ratio, final_growth[SANDWICH.name], final_growth[pre]), seeds, [grows])),
+        ((MIX.name, pre), lambda: MIX_GRADIENTS.format(lr=low, L=n).test(
+            seedwise(ratio, final_trend[MIX.name], final_trend[pre]), seeds, [deep_small])),
+        ((DYT, pre), lambda: DYT_MATCHES.format(L=n).test(seedwise(difference, best[DYT], best[pre]), seeds)),
     ]
-    verdicts = [row() for needs, row in rows if set(needs) <= set(names)]
+    verdicts = [row() for needs, row in rows if set(needs) <= set(arms)]
+    verdicts += [NORMALISED.format(layout=LAYOUTS[name].label, last=n - 1, L=n).check(init_growth[name],
+                                                                                     init_seeds)
+                 for name in names if LAYOUTS[name].norm_at == Where.SUM and not LAYOUTS[name].per_layer]
     ratio_step = lrs[1] / lrs[0] if len(lrs) > 1 else 1
     train_cfg, init_cfg = (cell_config(scale, Spec(family, (), 0)) for family in ("train", "init"))
     definitions = [
         common.converge_definition(ctx, seeds),
         "**largest converging lr**: the largest learning rate of the stability map's grid "
         + ", ".join(f"{lr:g}" for lr in lrs) + f" (one grid step = ×{ratio_step:.3g}) at which the run "
-        "converges; \"none\" (one step below the grid) if none does. Per layout and seed.",
+        "converges; \"none\" (one step below the grid) if none does. Per layout and seed. A row comparing "
+        "two layouts is \"inconclusive: grid edge\" when both reach the grid's largest learning rate (or "
+        "both fail at every one) on every seed; a row against Post-LN needs Post-LN to fail somewhere on "
+        "the grid (its precondition).",
         "Layouts (`model.norm`, lnexp/core/layouts.py): " + "; ".join(
             f"{name}: {LAYOUTS[name].formula} ({LAYOUTS[name].source})" for name in names)
-        + ". fairseq's init (`model.init: fairseq`) under all of them.",
+        + ". fairseq's init (`model.init: fairseq`) under all of them. Pre-LN + DyT: Pre-LN with "
+        "`model.norm_type: dyt` (every norm γ·tanh(α·x) + β, α from 0.5; Zhu et al. 2025).",
         f"Training cells: L = {n}, Adam β = ({train_cfg.optim.betas[0]:g}, {train_cfg.optim.betas[1]:g}), "
         f"no warm-up, {train_cfg.train.steps} steps, linear decay, seeds {', '.join(map(str, seeds))} (the "
-        "stability map's Post-LN and Pre-LN cells at this depth are the same runs). Initialisation cells: "
-        f"one-step runs of the xiong2020-init suite's model (d_model {init_cfg.model.d_model}), "
-        f"L = {n}, seeds {', '.join(map(str, init_seeds))}.",
-        "Thresholds: \"normalised\" is an RMS² ratio in [0.8, 1.25]; \"grows\" above 1.25; \"trains "
-        "at a learning rate where Post-LN fails\" is a largest converging lr more than 0 grid steps above "
-        "Post-LN's, for that seed; \"like Pre-LN\" is at least Pre-LN's (≥ 0 grid steps). The control "
-        "row checks that Post-LN fails somewhere on the grid, without which the lr rows cannot pass.",
-        "The init gradient profile (‖∇W_FC2‖ by layer; fitted last/first as in xiong2020-init) is shown "
-        "and described from the numbers, but no claim is tested on it. The DeepNorm and Admin "
-        "initialisation rows check the wiring more than a finding: each of their blocks ends in a "
-        "LayerNorm (γ = 1, β = 0 at initialisation), so the stream leaving the last block has RMS 1 and "
-        "their ratio equals Post-LN's, 1/RMS² of the embedding, whatever α or ω.",
+        "stability map's Post-LN and Pre-LN cells at this depth are the same runs). The trained-model rows "
+        f"read the runs at the grid's lowest learning rate ({low:g}) on the final model: {FINAL}. "
+        f"Initialisation cells: one-step runs of the xiong2020-init suite's model (d_model "
+        f"{init_cfg.model.d_model}), L = {n}, seeds {', '.join(map(str, init_seeds))}.",
+        "The wiring checks (every layout whose norm sits on the sum: each block ends in a LayerNorm) are "
+        "identities, not findings: the stream leaving such a block has RMS 1 at initialisation whatever α "
+        "or ω, so their ratio is 1.",
     ]
 
     def lr_plot(plt: Any):
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
         ax = axes[0]
-        for i, name in enumerate(names):
-            for k, s in enumerate(seeds):
-                y = index[name][k]
+        for i, arm in enumerate(arms):
+            for k in range(len(seeds)):
+                y = index[arm][k]
                 if y is not None:
-                    ax.plot(i + (k - (len(seeds) - 1) / 2) * 0.12, y, "o", color=f"C{i}", markersize=8,
-                            alpha=0.85, label=f"seed {s}" if i == 0 else None,
-                            markerfacecolor=f"C{i}" if k == 0 else "none")
-        ax.set_xticks(range(len(names)), [LAYOUTS[name].label for name in names],
-                      rotation=20)
+                    ax.plot(i + (k - (len(seeds) - 1) / 2) * 0.12, y, "o", color=f"C{i}", markersize=7,
+                            alpha=0.85, markerfacecolor=f"C{i}" if k == 0 else "none")
+        ax.set_xticks(range(len(arms)), [_label(arm) for arm in arms], rotation=25, fontsize=8)
         ax.set_yticks(range(-1, len(lrs)), ["none", *(f"{lr:g}" for lr in lrs)])
         ax.set_ylim(-1.5, len(lrs) - 0.5)
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylabel("largest lr that converges")
-        ax.set_title(f"no warm-up, L = {n}" + (f" (filled: seed {seeds[0]}, open: others)"
-                                                 if len(seeds) > 1 else f", seed {seeds[0]}"), fontsize=10)
+        ax.set_title(f"no warm-up, L = {n} (filled: seed {seeds[0]}, open: the others)", fontsize=10)
         ax = axes[1]
-        baseline = sum(ctx.baseline(s) for s in seeds) / len(seeds)
-        threshold = sum(ctx.threshold(s) for s in seeds) / len(seeds)
-        top = baseline + 0.5
-        for i, name in enumerate(names):
+        baseline, threshold = ctx.baseline(), ctx.threshold()
+        for i, arm in enumerate(arms):
             ys = []
             for lr in lrs:
-                losses = [final_loss(runs[name, lr, s]) for s in seeds]
-                finite = [v for v in losses if v is not None and math.isfinite(v)]
+                finite = [v for v in losses[arm, lr] if v is not None and math.isfinite(v)]
                 ys.append(sum(finite) / len(finite) if finite
-                          else (top if any(v is not None for v in losses) else None))
+                          else (baseline + 0.5 if any(v is not None for v in losses[arm, lr]) else None))
             shown = [(lr, y) for lr, y in zip(lrs, ys) if y is not None]
             if shown:
-                ax.plot(*zip(*shown), marker="o", color=f"C{i}", label=LAYOUTS[name].label)
+                ax.plot(*zip(*shown), marker="o", color=f"C{i}", label=_label(arm))
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=0.8,
                    label="unigram baseline (seed mean)")
         ax.axhline(threshold, color="grey", linestyle=":", linewidth=0.8,
@@ -257,56 +296,48 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         fig.tight_layout()
         return fig
 
-    def init_plot(plt: Any):
-        from lnexp.report.figures import label_log_axis
+    def profiles_plot(plt: Any):
+        from lnexp.report.figures import label_log_axis, seed_band
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
-        for i, name in enumerate(names):
-            for k, s in enumerate(init_seeds):
-                g, a = grad[name, s], act[name, s]
-                label = LAYOUTS[name].label if k == 0 else None
-                if g:
-                    axes[0].plot(range(len(g)), g, color=f"C{i}", marker=".", alpha=0.8, label=label)
-                if a:  # a[l + 1]: the stream leaving layer l
-                    axes[1].plot(range(len(a) - 1), [(v / a[1]) ** 2 for v in a[1:]], color=f"C{i}",
-                                 marker=".", alpha=0.8, label=label)
-        axes[0].set_yscale("log")
-        axes[0].set_xlabel("layer (from 0)")
-        axes[0].set_xticks(range(n))
-        axes[0].set_ylabel("‖∇W_FC2‖ at initialisation")
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=len(names), fontsize=8,
-                   bbox_to_anchor=(0.5, 1.07))
-        axes[1].set_yscale("log")
-        axes[1].set_xlabel("leaving layer (from 0)")
-        axes[1].set_xticks(range(n))
-        axes[1].set_ylabel("residual-stream RMS² / RMS² leaving layer 0")
-        axes[1].axhspan(0.8, 1.25, color="grey", alpha=0.15, label="normalised: [0.8, 1.25]")
-        axes[1].legend(fontsize=7)
-        for ax in axes:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.9))
+        panels = ((axes[0], "at initialisation",
+                   {k: ctx.profiles(("init", k), "grad", "ffn.fc2") for k in names}, "‖∇W_FC2‖",
+                   "layer (from 0)"),
+                  (axes[1], f"final model, lr {low:g}",
+                   {k: ctx.profiles(("train", k, low), "grad", "ffn.fc2", "final") for k in names},
+                   "‖∇W_FC2‖", "layer (from 0)"),
+                  (axes[2], f"final model, lr {low:g}",
+                   {k: ctx.profiles(("train", k, low), "act", "resid", "final") for k in names},
+                   "residual-stream RMS", "layer boundary (0: the input)"))
+        for ax, title, profiles, ylabel, xlabel in panels:
+            for i, name in enumerate(names):
+                seed_band(ax, [list(enumerate(q)) for q in profiles[name] if q], f"C{i}", marker=".",
+                          label=LAYOUTS[name].label)
+            ax.set_yscale("log")
             label_log_axis(ax.yaxis)
+            ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
+        axes[0].legend(fontsize=7)
         fig.tight_layout()
         return fig
 
-    rows = [[LAYOUTS[name].label, mean_pm(ratio[name]), mean_pm(growth[name]),
-             ", ".join(_lr_text(i, lrs) for i in index[name]),
-             " ".join(f"{lr:g}: {mean_pm([final_loss(runs[name, lr, s]) for s in seeds])}" for lr in lrs)]
-            for name in names]
+    table_rows = [[_label(arm), mean_pm(init_trend.get(arm, [])), mean_pm(init_growth.get(arm, [])),
+                   mean_pm(final_growth.get(arm, [])), mean_pm(final_trend.get(arm, [])),
+                   ", ".join(_lr_text(i, lrs) for i in index[arm]),
+                   " ".join(f"{lr:g}: {mean_pm(losses[arm, lr])}" for lr in lrs)] for arm in arms]
     table = md_table(["layout", "init: fitted last/first ‖∇W_FC2‖", "init: RMS² growth",
-                      "largest converging lr (per seed)", "final val loss by lr"], rows)
+                      f"final (lr {low:g}): RMS² growth", f"final (lr {low:g}): fitted last/first ‖∇W_FC2‖",
+                      "largest converging lr (per seed)", "final val loss by lr"], table_rows)
     return Analysis(verdicts, definitions, [
         Figure("largest_lr.png", f"Left: the largest learning rate that converges without warm-up, "
                f"L = {n}, per layout and seed. Right: final validation loss against learning rate (seed "
                "mean)", lr_plot),
-        Figure("init_profiles.png", f"At initialisation, L = {n}: ‖∇W_FC2‖ by layer (left) and the residual "
-               "stream's RMS² relative to the input (right), one line per seed. In the right panel Post-LN, "
-               "DeepNorm and Admin coincide: every block ends in a LayerNorm, so the stream leaving it has "
-               "RMS 1 at initialisation whatever the skip scale", init_plot),
-    ], [table], findings=_layouts_findings(index, lrs, growth, ratio, n))
+        Figure("profiles.png", f"L = {n}: ‖∇W_FC2‖ by layer at initialisation and on the final model, and "
+               "the residual stream's RMS on the final model (seed mean, min–max band)", profiles_plot),
+    ], [table], findings=_layouts_findings(index, lrs, init_growth, init_trend, n))
 
 
 SUITE = Suite(
-    "layouts", "The layouts at one depth: the residual stream at initialisation and the largest learning "
-    "rate that trains without warm-up",
+    "layouts", "The layouts at one depth: what each one's source claims for it",
     "Post-LN (Vaswani et al. 2017), Pre-LN (Xiong et al. 2020), Sandwich-LN (Ding et al. 2021), DeepNorm "
-    "(Wang et al. 2022), Admin (Liu et al. 2020)", PARAMS, grid, analyse)
+    "(Wang et al. 2022), Admin (Liu et al. 2020), Mix-LN (Li et al. 2024), the reordered norm (OLMo 2), "
+    "DyT (Zhu et al. 2025)", PARAMS, grid, analyse)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
+from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
+from lnexp.experiments.reproduce.measure import difference, final_loss
 from lnexp.experiments.reproduce.report import Analysis, Figure
 from lnexp.experiments.reproduce.suites import common, xiong_warmup
 from lnexp.experiments.reproduce.suites.common import MARGIN_LOSS, POST, RADAM, Suite, optim_lr, warmup_steps
-from lnexp.experiments.reproduce.verdicts import above, below, check, difference
+from lnexp.experiments.reproduce.verdicts import GREATER, LESS, Claim
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,11 @@ class Params:
 
 # xiong2020-warmup's learning rates: its Post-LN cells, with and without warm-up, are these Adam cells.
 PARAMS = {name: Params(p.lrs) for name, p in xiong_warmup.PARAMS.items()}
+BETTER = Claim("Post-LN without warm-up: RAdam ends better than Adam (lr {lr:g})",
+               "final val loss: Adam − RAdam (nats)", GREATER, MARGIN_LOSS, xiong_warmup.MARGIN)
+AS_WELL = Claim("RAdam without warm-up does as well as Adam with warm-up (lr {lr:g})",
+                "final val loss: RAdam no warm-up − Adam warm-up (nats)", LESS, MARGIN_LOSS,
+                xiong_warmup.MARGIN)
 
 
 def grid(scale: Scale, p: Params) -> Grid:
@@ -34,12 +40,8 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         adam, rad, warm = (ctx[name, lr] for name in ("adam", "radam", "adam+warm-up"))
         la, lr_, lw = ([final_loss(r) for r in runs] for runs in (adam, rad, warm))
         verdicts += [
-            check(f"Post-LN without warm-up: RAdam ends better than Adam (lr {lr:g})",
-                  "final val loss: Adam − RAdam (nats)", above(MARGIN_LOSS),
-                  [difference(a, b) for a, b in zip(la, lr_)], seeds),
-            check(f"RAdam without warm-up does as well as Adam with warm-up (lr {lr:g})",
-                  "final val loss: RAdam no warm-up − Adam warm-up (nats)", below(MARGIN_LOSS),
-                  [difference(a, b) for a, b in zip(lr_, lw)], seeds),
+            BETTER.format(lr=lr).test([difference(a, b) for a, b in zip(la, lr_)], seeds),
+            AS_WELL.format(lr=lr).test([difference(a, b) for a, b in zip(lr_, lw)], seeds),
         ]
         settings = [("Adam, no warm-up", adam), ("RAdam, no warm-up", rad),
                     (f"Adam, warm-up {scale.warmup}", warm)]

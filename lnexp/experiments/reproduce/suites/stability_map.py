@@ -10,7 +10,8 @@ from typing import Any
 
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
-from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
+from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
+from lnexp.experiments.reproduce.measure import difference, final_loss
 from lnexp.experiments.reproduce.report import Analysis, Figure, md_table, mean_pm
 from lnexp.experiments.reproduce.suites import common
 from lnexp.experiments.reproduce.suites.common import (
@@ -23,7 +24,7 @@ from lnexp.experiments.reproduce.suites.common import (
     optim_lr,
     warmup_steps,
 )
-from lnexp.experiments.reproduce.verdicts import above, check, difference
+from lnexp.experiments.reproduce.verdicts import GREATER, Claim
 from lnexp.experiments.stability import largest_index, largest_lr_panel
 
 
@@ -35,6 +36,17 @@ class Params:
 
 PARAMS = {"tiny": Params((3, 6, 12), (1e-3, 3e-3, 1e-2, 3e-2)), "cpu": Params((3, 6), (1e-3, 3e-3)),
           "small": Params((6, 12, 24), (3e-4, 1e-3, 3e-3, 1e-2))}
+WIDER = "largest stable lr, {a} minus {b}, in grid steps, averaged over depths"
+ANY_STEP = "lnexp's choice: any gain on the grid"
+WARMUP_WIDENS = Claim("Warm-up widens Post-LN's stable learning-rate range",
+                      WIDER.format(a="post+warm-up", b=POST_LN.name), GREATER, 0.0, ANY_STEP)
+RADAM_WIDENS = Claim("RAdam (no warm-up) widens Post-LN's stable range",
+                     WIDER.format(a="post+RAdam", b=POST_LN.name), GREATER, 0.0, ANY_STEP)
+PRE_WIDER = Claim("Pre-LN (no warm-up) is stable at larger learning rates than Post-LN (no warm-up)",
+                  WIDER.format(a=PRE_LN.name, b=POST_LN.name), GREATER, 0.0, ANY_STEP)
+DEPTH_NARROWS = Claim("Depth narrows Post-LN's stable range more than Pre-LN's",
+                      "change of the largest stable lr from L = {low} to L = {high} (grid steps): Pre-LN "
+                      "minus Post-LN with warm-up", GREATER, 0.0, ANY_STEP)
 
 
 def recipes(scale: Scale) -> dict[str, dict[str, Any]]:
@@ -74,21 +86,11 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     def depth_gap(seed: int) -> float | None:
         return difference(depth_cost(PRE_LN.name, seed), depth_cost("post+warm-up", seed))
 
-    quantity = "largest stable lr, {a} minus {b}, in grid steps, averaged over depths"
     verdicts = [
-        check("Warm-up widens Post-LN's stable learning-rate range",
-              quantity.format(a="post+warm-up", b=POST_LN.name), above(0),
-              [widening("post+warm-up", POST_LN.name, s) for s in seeds], seeds),
-        check("RAdam (no warm-up) widens Post-LN's stable range",
-              quantity.format(a="post+RAdam", b=POST_LN.name), above(0),
-              [widening("post+RAdam", POST_LN.name, s) for s in seeds], seeds),
-        check("Pre-LN (no warm-up) is stable at larger learning rates than Post-LN (no warm-up)",
-              quantity.format(a=PRE_LN.name, b=POST_LN.name), above(0),
-              [widening(PRE_LN.name, POST_LN.name, s) for s in seeds],
-              seeds),
-        check("Depth narrows Post-LN's stable range more than Pre-LN's",
-              f"change of the largest stable lr from L = {min(depths)} to L = {max(depths)} (grid steps): "
-              "Pre-LN minus Post-LN with warm-up", above(0), [depth_gap(s) for s in seeds], seeds),
+        WARMUP_WIDENS.test([widening("post+warm-up", POST_LN.name, s) for s in seeds], seeds),
+        RADAM_WIDENS.test([widening("post+RAdam", POST_LN.name, s) for s in seeds], seeds),
+        PRE_WIDER.test([widening(PRE_LN.name, POST_LN.name, s) for s in seeds], seeds),
+        DEPTH_NARROWS.format(low=min(depths), high=max(depths)).test([depth_gap(s) for s in seeds], seeds),
     ]
     ratio = lrs[1] / lrs[0] if len(lrs) > 1 else 1
     definitions = [

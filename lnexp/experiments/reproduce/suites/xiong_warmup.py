@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from lnexp.core.layouts import POST as POST_LN
 from lnexp.core.layouts import PRE as PRE_LN
 from lnexp.core.status import Status
-from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, final_loss, per_seed
+from lnexp.experiments.reproduce.engine import Grid, Scale, SuiteRuns, per_seed
+from lnexp.experiments.reproduce.measure import difference, final_loss
 from lnexp.experiments.reproduce.report import Analysis, Figure
 from lnexp.experiments.reproduce.suites import common
 from lnexp.experiments.reproduce.suites.common import MARGIN_LOSS, POST, PRE, Suite, optim_lr, warmup_steps
-from lnexp.experiments.reproduce.verdicts import above, below, check, difference
+from lnexp.experiments.reproduce.verdicts import GREATER, LESS, Claim
 from lnexp.run.reader import Run
 
 
@@ -25,6 +26,14 @@ class Params:
 # Tiny models tolerate larger learning rates: the grid is shifted up to where the failure can appear.
 PARAMS = {"tiny": Params((3e-3, 1e-2)), "cpu": Params((1e-3, 3e-3)), "small": Params((5e-4, 1e-3))}
 WARM = f"{POST_LN.name}+warm-up"
+MARGIN = f"lnexp's choice: {MARGIN_LOSS:g} nats (common.MARGIN_LOSS)"
+WORSE = Claim("Post-LN without warm-up ends worse than with warm-up (lr {lr:g})",
+              "final val loss: Post-LN no warm-up − Post-LN warm-up (nats)", GREATER, MARGIN_LOSS, MARGIN)
+AS_WELL = Claim("Pre-LN without warm-up does as well as Post-LN with warm-up (lr {lr:g})",
+                "final val loss: Pre-LN no warm-up − Post-LN warm-up (nats)", LESS, MARGIN_LOSS, MARGIN)
+AHEAD = Claim("Pre-LN without warm-up is ahead early (lr {lr:g})",
+              "val loss at step {early}: Pre-LN no warm-up − Post-LN warm-up (nats)", LESS, 0.0,
+              "lnexp's choice: any lead")
 
 
 def grid(scale: Scale, p: Params) -> Grid:
@@ -52,15 +61,12 @@ def analyse(ctx: SuiteRuns) -> Analysis:
         loss = {k: [final_loss(r) for r in v]
                 for k, v in ((POST_LN.name, post), ("warm", warm), (PRE_LN.name, pre))}
         verdicts += [
-            check(f"Post-LN without warm-up ends worse than with warm-up (lr {lr:g})",
-                  "final val loss: Post-LN no warm-up − Post-LN warm-up (nats)", above(MARGIN_LOSS),
-                  [difference(a, b) for a, b in zip(loss[POST_LN.name], loss["warm"])], seeds),
-            check(f"Pre-LN without warm-up does as well as Post-LN with warm-up (lr {lr:g})",
-                  "final val loss: Pre-LN no warm-up − Post-LN warm-up (nats)", below(MARGIN_LOSS),
-                  [difference(a, b) for a, b in zip(loss[PRE_LN.name], loss["warm"])], seeds),
-            check(f"Pre-LN without warm-up is ahead early (lr {lr:g})",
-                  f"val loss at step {early}: Pre-LN no warm-up − Post-LN warm-up (nats)", below(0),
-                  [difference(_val_at(a, early), _val_at(b, early)) for a, b in zip(pre, warm)], seeds),
+            WORSE.format(lr=lr).test([difference(a, b) for a, b in zip(loss[POST_LN.name], loss["warm"])],
+                                     seeds),
+            AS_WELL.format(lr=lr).test([difference(a, b) for a, b in zip(loss[PRE_LN.name], loss["warm"])],
+                                       seeds),
+            AHEAD.format(lr=lr, early=early).test(
+                [difference(_val_at(a, early), _val_at(b, early)) for a, b in zip(pre, warm)], seeds),
         ]
         settings = [("Post-LN, no warm-up", post), (f"Post-LN, warm-up {scale.warmup}", warm),
                     ("Pre-LN, no warm-up", pre)]
