@@ -286,7 +286,7 @@ def layout_runs(largest=None, flat=("post", "deepnorm", "admin"), grows=("pre", 
     final model (step 5) their stream grows for the layouts in `grows` and their ‖∇W_FC2‖ halves per
     layer for those in `deep_small`."""
     largest = {"post": 1e-3, "pre": 3e-3, "sandwich": 3e-3, "reordered": 3e-3, "mix": 3e-3, "deepnorm": 3e-3,
-               "admin": 3e-3, "dyt": 3e-3, **(largest or {})}
+               "admin": 3e-3, "dyt": 3e-3, "peri_ln": 3e-3, "lns": 3e-3, **(largest or {})}
 
     def make(config):
         m = config.model
