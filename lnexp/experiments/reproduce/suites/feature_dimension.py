@@ -230,8 +230,8 @@ C_LNS_SKIP = Claim(
     "last third's mean relative loss change when one block is skipped, LayerNorm Scaling − Pre-LN, "
     "trained model", GREATER, 0.01, LOSS_SHARE)
 C_MIX = Claim(
-    "(c) Mix-LN's deep blocks change the stream more than Pre-LN's (Li et al. 2024: Pre-LN's deep layers "
-    "are the least effective), L = {L}", LIFTS.format(a=MIX.label, b=PRE.label), GREATER, 1.25, QUARTER)
+    "(c) Mix-LN's deep blocks change the stream more than Pre-LN's (Li et al. 2024: Pre-LN's small "
+    "deep-layer gradients leave those layers ineffective; Mix-LN makes them contribute), L = {L}", LIFTS.format(a=MIX.label, b=PRE.label), GREATER, 1.25, QUARTER)
 C_GPT2 = Claim(
     "(c) GPT-2's 1/√N scaling alone lifts the curse: it curbs the stream's growth (Radford et al. 2019), "
     "the curse's cause (Sun et al. 2025), L = {L}",
@@ -313,10 +313,11 @@ class Reader:
                        if f is False]
             numbers.append(f"{label(arm)} L = {n}: " + ", ".join(num(final_loss(r)) for r in ctx[arm, n]))
         who = " and ".join(dict.fromkeys(label(arm) for arm, _ in keys))
+        below = ", ".join(num(ctx.threshold(s)) for s in ctx.seeds()) if not unknown else "–"
         return Precondition(f"{who} learned on every seed", f"{', '.join(failed)} did not learn: no trained "
                             "features to measure", False if failed else None if unknown else True,
-                            "final val loss " + "; ".join(numbers) + " against the unigram baseline − "
-                            f"{ctx.scale.margin:g} (`converges`)")
+                            "final val loss " + "; ".join(numbers) + f"; learned below {below} (the seeds' "
+                            f"unigram baselines − {ctx.scale.margin:g})")
 
 
 def rows(arms: Sequence[str], read: Reader) -> list[Row]:
