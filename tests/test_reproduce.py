@@ -60,7 +60,8 @@ TEST = dataclasses.replace(
         "stability-map": suites.stability_map.Params(depths=(1, 2), lrs=(1e-3, 1e-2)),
         "gpt2-scaling": suites.gpt2.Params(depth=2, lr=3e-3),
         "layouts": suites.layouts.Params(depth=2, seeds=2, lrs=(1e-3, 3e-3, 1e-2)),
-        "feature-dimension": suites.feature_dimension.Params(("post", "pre"), depths=(1, 2, 4), lr=3e-3),
+        "feature-dimension": suites.feature_dimension.Params(tuple(suites.feature_dimension.ARMS),
+                                                             depths=(3, 6), lr=3e-3),
         "placebo": suites.placebo.Params(ladder_depth=1)})
 
 
@@ -475,55 +476,6 @@ def test_a_custom_scale_names_the_suite_whose_parameters_it_lacks():
         SUITES["depth"].specs(bare)
 
 
-def feature_probes(rank_rises: bool, pre_shielded: bool):
-    """rank and sensitivity rows for a fake feature-dimension cell: effective rank rising with relative
-    depth (or flat); ‖∂L/∂x‖ and the noise effect growing 3× towards the output for Post-LN, flat for
-    the Pre-LN layouts if `pre_shielded` (else the same as Post-LN); anisotropy rising with depth."""
-    def make(config):
-        m = config.model
-        n, d = m.n_layers, m.d_model
-        shielded = pre_shielded and m.norm == "pre"
-        rows = []
-        for step in (0, 4):
-            for layer in range(n + 1):
-                x = layer / n
-                erank = d * (0.3 + (0.4 * x if rank_rises else 0.0))
-                rows += [{"step": step, "probe": "rank", "layer": layer, "param": "resid.erank",
-                          "value": erank},
-                         {"step": step, "probe": "rank", "layer": layer, "param": "resid.aniso",
-                          "value": 0.1 + 0.1 * math.log2(n) if m.norm == "post" else 0.1},
-                         {"step": step, "probe": "sensitivity", "layer": layer, "param": "dloss_dx",
-                          "value": 1.0 if shielded else 1.0 + 2.0 * x}]
-                if layer < n:
-                    rows += [{"step": step, "probe": "rank", "layer": layer, "param": f"{role}.erank",
-                              "value": erank} for role in ("attn", "ffn")]
-                    rows.append({"step": step, "probe": "sensitivity", "layer": layer,
-                                 "param": "noise_loss_change", "value": 0.1 if shielded else 0.1 + 0.2 * x})
-        return "completed", 2.0, rows
-
-    return make
-
-
-def test_feature_dimension_verdicts_follow_the_measurements(tmp_path):
-    def by_claim(analysis):
-        return {v.claim: v.verdict for v in analysis.verdicts}
-
-    rank_claim = "1. Later layers carry higher-dimensional features: Pre-LN, the residual stream, after " \
-                 "training"
-    shields = "2. LN placement shields the model from late layers' features: Pre-LN against Post-LN, "
-    shield = shields + "gradient sensitivity, at initialisation"
-    ablate = shields + "noise ablation, after training"
-    collapse = "3. Rank collapse: Post-LN's last-layer stream grows more anisotropic with depth at " \
-               "initialisation"
-    differ = "3. Rank collapse: Post-LN and Pre-LN differ in anisotropy at initialisation, deepest L"
-    yes = by_claim(fake_runs(tmp_path / "a", "feature-dimension", feature_probes(True, True)))
-    assert {yes[c] for c in (rank_claim, shield, ablate, collapse, differ)} == {REPRODUCED}
-    assert yes["3. Rank collapse: Pre-LN's last-layer stream grows more anisotropic with depth at "
-               "initialisation"] == NOT_REPRODUCED
-    no = by_claim(fake_runs(tmp_path / "b", "feature-dimension", feature_probes(False, False)))
-    assert {no[c] for c in (rank_claim, shield, ablate)} == {NOT_REPRODUCED}
-
-
 def test_reuse_is_counted_per_folder_when_families_share_cell_names(tmp_path):
     # the layouts suite has one-step `init` cells and `train` cells of the same name (its lowest lr)
     first = reproduce("layouts", TEST, jobs=1, out=tmp_path)
@@ -531,20 +483,6 @@ def test_reuse_is_counted_per_folder_when_families_share_cell_names(tmp_path):
     assert len(names) > len(set(names))  # the premise: some names repeat across the two families
     again = reproduce("layouts", TEST, jobs=1, out=tmp_path)
     assert first.trained == len(names) and again.trained == 0 and again.reused == len(names)
-
-
-def test_feature_dimension_end_to_end_writes_its_figures_and_answer(tmp_path):
-    outcome = reproduce("feature-dimension", TEST, jobs=1, out=tmp_path)
-    assert outcome.trained == 2 * 3 * 2 and not outcome.failed  # post, pre × L 1, 2, 4 × 2 seeds
-    folder = tmp_path / "feature-dimension"
-    assert sorted(p.name for p in folder.glob("*.png")) == ["anisotropy.png", "effective_rank.png",
-                                                           "sensitivity.png"]
-    report = (folder / "report.md").read_text()
-    assert "could not be drawn" not in report and "## What the numbers say" in report
-    assert "Effective rank of the residual stream with depth, at initialisation" in report
-    verdicts = json.loads((folder / "verdicts.json").read_text())["rows"]
-    assert len(verdicts) == 2 * 4 + 1 * 4 + 2 + 1  # claim 1 per layout, 2 per Pre-LN layout, 3
-    assert sum(v["verdict"] == INCONCLUSIVE and all(x is None for x in v["values"]) for v in verdicts) == 0
 
 
 def test_a_report_says_which_runs_trained_in_packs_and_counts_a_packs_time_once(tmp_path):
@@ -631,13 +569,17 @@ def test_cells_that_differ_only_in_what_they_log_are_one_run_logging_the_union(t
 
 
 def test_a_finished_run_that_logged_more_is_reused_and_rerunning_trains_nothing(tmp_path):
-    # feature-dimension's cells log rank and sensitivity every 2 steps; the depth suite's are the same
-    # trainings (post and pre at L 1 and 2, the same recipe) and ask for nothing more than the defaults
-    features = reproduce("feature-dimension", TEST, jobs=1, out=tmp_path)
-    assert features.trained == 2 * 3 * 2 and not features.failed
-    depth = reproduce("depth", TEST, jobs=1, out=tmp_path)
-    assert depth.trained == 0 and depth.reused == 2 * 2 * 2
-    assert reproduce("feature-dimension", TEST, jobs=1, out=tmp_path).trained == 0
+    # feature-dimension's GPT-2 arms at gpt2-scaling's depth and learning rate are its cells: they log
+    # more probes, at steps 0 and 5, and gpt2-scaling asks for nothing they lack
+    from lnexp.experiments.reproduce.suites.feature_dimension import GPT2, GPT2_INIT
+
+    fd = suites.feature_dimension.Params((GPT2, GPT2_INIT), depths=(2,), lr=3e-3)
+    scale = dataclasses.replace(TEST, suite_params={**TEST.suite_params, "feature-dimension": fd})
+    features = reproduce("feature-dimension", scale, jobs=1, out=tmp_path)
+    assert features.trained == 2 * 2 and not features.failed
+    gpt2 = reproduce("gpt2-scaling", scale, jobs=1, out=tmp_path)
+    assert gpt2.trained == 0 and gpt2.reused == 2 * 2
+    assert reproduce("feature-dimension", scale, jobs=1, out=tmp_path).trained == 0
 
 
 def test_a_placebos_second_arm_is_the_same_cell_on_the_next_seeds(tmp_path):
