@@ -231,7 +231,8 @@ C_LNS_SKIP = Claim(
     "trained model", GREATER, 0.01, LOSS_SHARE)
 C_MIX = Claim(
     "(c) Mix-LN's deep blocks change the stream more than Pre-LN's (Li et al. 2024: Pre-LN's small "
-    "deep-layer gradients leave those layers ineffective; Mix-LN makes them contribute), L = {L}", LIFTS.format(a=MIX.label, b=PRE.label), GREATER, 1.25, QUARTER)
+    "deep-layer gradients leave those layers ineffective; Mix-LN makes them contribute), L = {L}",
+    LIFTS.format(a=MIX.label, b=PRE.label), GREATER, 1.25, QUARTER)
 C_GPT2 = Claim(
     "(c) GPT-2's 1/√N scaling alone lifts the curse: it curbs the stream's growth (Radford et al. 2019), "
     "the curse's cause (Sun et al. 2025), L = {L}",
