@@ -172,8 +172,15 @@ class LauncherOptions:
         storage."""
         from lnexp.experiments.sweep import slurm
 
-        remote = launcher is not None and launcher.kind == "slurm" and launcher.cluster == "slurm"
-        return slurm.storage_warnings(root) if remote else []
+        from lnexp.run.reader import RunError
+
+        if launcher is None or launcher.kind != "slurm" or launcher.cluster != "slurm":
+            return []
+        try:
+            slurm.check(launcher)
+        except RunError:  # no SLURM here: nothing will be submitted, and that error alone is the news
+            return []
+        return slurm.storage_warnings(root)
 
 
 def launcher_options(command: Callable[..., None]) -> Callable[..., None]:
