@@ -219,8 +219,7 @@ def test_end_to_end_writes_figures_tables_and_the_answer(tmp_path):
 
 def test_the_docs_tables_are_what_the_report_command_prints():
     """docs/feature-dimension.md's verdict tables are `lnexp reproduce report DIR --markdown` for the
-    stored verdicts (`lnexp reproduce report --refresh docs/feature-dimension.md` rewrites them); the
-    `cpu` block waits for the lead's run until its verdicts are stored."""
+    stored verdicts (`lnexp reproduce report --refresh docs/feature-dimension.md` rewrites them)."""
     from pathlib import Path
 
     from lnexp.experiments.reproduce.report import BLOCK, load, markdown
@@ -228,8 +227,6 @@ def test_the_docs_tables_are_what_the_report_command_prints():
     root = Path(__file__).resolve().parents[1]
     blocks = {match["args"].split()[0]: match["body"]
               for match in BLOCK.finditer((root / "docs" / "feature-dimension.md").read_text())}
-    assert set(blocks) == {"docs/results/tiny/feature-dimension", "docs/results/cpu/feature-dimension"}
-    assert (root / "docs/results/tiny/feature-dimension/verdicts.json").is_file()
+    assert "docs/results/tiny/feature-dimension" in blocks
     for folder, body in blocks.items():
-        if (root / folder / "verdicts.json").is_file():
-            assert body == markdown(load(root / folder))
+        assert body == markdown(load(root / folder))
