@@ -312,8 +312,9 @@ def dry_run_scale() -> Any:
     shrink = [*DRY_SETS, "train.steps=4", "train.eval_every=2", "log.grad_every=2", "log.loss_every=2"]
     return replace(
         tiny, name="dry-run", train=apply_sets(tiny.train, shrink), init=apply_sets(tiny.init, DRY_SETS),
-        seeds=1, init_seeds=1, warmup=2, suite_params={"xiong2020-init": xiong_init.Params((2, 3), 2),
-                                                       "xiong2020-warmup": xiong_warmup.Params((3e-3,))})
+        seeds=1, init_seeds=1, warmup=2, suite_params={
+            "xiong2020-init": xiong_init.Params((2, 3), 2, (8, 16)),
+            "xiong2020-warmup": xiong_warmup.Params((3e-3,))})
 
 
 def run_folders(out: Path) -> list[Path]:
@@ -338,7 +339,9 @@ def reproduce_rows(out: Path, suite: str, total: int) -> list[list[Any]]:
                         "docs/scaling-out.md assumed 0.5-1.3 M for an L6 cell (2-5% of an H100)"))
     verdicts = out / suite / "verdicts.json"
     if verdicts.exists():
-        counts = collections.Counter(v["verdict"] for v in json.loads(verdicts.read_text()))
+        from lnexp.experiments.reproduce.report import load_suite
+
+        counts = collections.Counter(f"{v.kind} {v.verdict}" for v in load_suite(out / suite).verdicts)
         rows.append(row("verdicts", ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items()))))
     return rows
 
