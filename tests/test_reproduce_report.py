@@ -57,7 +57,8 @@ def test_report_prints_the_stored_verdicts_as_markdown_without_training(tmp_path
     assert "#### Placebo comparisons: arm A against arm A′ on disjoint seeds" in text
     # the false-positive rate over every suite's placebos
     assert text.rstrip().endswith('Placebo comparisons: 1 of 2 came out "reproduced": a false-positive '
-                                  "rate of 50% (the rule aims at 5% or less).")
+                                  "rate of 50% (95% CI 1%–99%, Clopper–Pearson; the rule aims at 5% or "
+                                  "less).")
     assert not any(p.suffix == ".md" for p in folder.rglob("*"))  # it writes nothing
 
 

@@ -246,11 +246,12 @@ def test_3_every_cell_state_is_documented_and_written_from_the_enums(write_confi
 SUITE = '''
 from dataclasses import dataclass
 
-from lnexp.experiments.reproduce.engine import final_loss, per_seed
+from lnexp.experiments.reproduce.engine import per_seed
+from lnexp.experiments.reproduce.measure import final_loss
 from lnexp.experiments.reproduce.report import Analysis
 from lnexp.experiments.reproduce.suites import Suite, register
 from lnexp.experiments.reproduce.suites.common import model_norm
-from lnexp.experiments.reproduce.verdicts import above, check
+from lnexp.experiments.reproduce.verdicts import GREATER, Claim
 
 
 @dataclass(frozen=True)
@@ -262,9 +263,11 @@ def grid(scale, p):
     return {norm: per_seed("train", scale.seeds, model_norm(norm)) for norm in ("post", "pre")}
 
 
+ENDS = Claim("a run ends", "final val loss", GREATER, -1.0, "a test's choice")
+
+
 def analyse(runs):
-    return Analysis([check("a run ends", "final val loss", above(-1.0), [final_loss(r) for r in runs["pre"]],
-                           runs.seeds())])
+    return Analysis([ENDS.test([final_loss(r) for r in runs["pre"]], runs.seeds())])
 
 
 register(Suite("trust-claim", "runs end", "a test", {"test": Params()}, grid, analyse))
@@ -417,11 +420,14 @@ def test_6_compare_of_five_runs_and_runs_are_whole_when_piped(trained, tmp_path,
 
 def test_6_the_verdict_table_is_whole_when_piped(monkeypatch, narrow):
     from lnexp.experiments import reproduce as reproduction
-    from lnexp.experiments.reproduce.verdicts import Verdict
+    from lnexp.experiments.reproduce.report import StoredSuite
+    from lnexp.experiments.reproduce.verdicts import LESS, Claim
 
     claim = "Pre-LN's gradient norm is flat across layers at initialisation"
-    verdict = Verdict(claim, "last/first layer ratio", "< 2", [1.1, 1.2, 1.3], [True] * 3, "reproduced")
-    done = reproduction.Reproduction({}, {"xiong2020-init": [verdict]}, 0, 3, {}, 1.0, Path("runs/report.md"))
+    verdict = Claim(claim, "last/first layer ratio", LESS, 2.0, "a test's choice").test([1.1, 1.2, 1.3],
+                                                                                         [0, 1, 2])
+    stored = StoredSuite("xiong2020-init", "init", "a test", "tiny", [verdict])
+    done = reproduction.Reproduction({}, {"xiong2020-init": stored}, 0, 3, {}, 1.0, Path("runs/report.md"))
     monkeypatch.setattr(reproduction, "reproduce", lambda *args, **kwargs: done)
     result = CliRunner().invoke(app, ["reproduce", "xiong2020-init"])
     assert result.exit_code == 0, result.output

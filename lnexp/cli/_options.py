@@ -171,7 +171,6 @@ class LauncherOptions:
         """For jobs on a cluster's nodes: where `root` (the runs) or the data cache are this node's own
         storage."""
         from lnexp.experiments.sweep import slurm
-
         from lnexp.run.reader import RunError
 
         if launcher is None or launcher.kind != "slurm" or launcher.cluster != "slurm":
