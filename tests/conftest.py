@@ -6,6 +6,7 @@ import torch
 import yaml
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and tests may share the cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # so do the lnexp processes the tests start
 
 # Tables are compared as text: pin the width so rich does not wrap by terminal size.
 os.environ.setdefault("COLUMNS", "200")

@@ -478,10 +478,10 @@ def test_a_custom_scale_names_the_suite_whose_parameters_it_lacks():
 
 def test_reuse_is_counted_per_folder_when_families_share_cell_names(tmp_path):
     # the layouts suite has one-step `init` cells and `train` cells of the same name (its lowest lr)
-    first = reproduce("layouts", TEST, jobs=1, out=tmp_path)
+    first = reproduce("layouts", TEST, jobs=1, out=tmp_path, layouts=["post", "pre"])
     names = [p.name for family in ("init", "train") for p in (tmp_path / "runs" / family).iterdir()]
     assert len(names) > len(set(names))  # the premise: some names repeat across the two families
-    again = reproduce("layouts", TEST, jobs=1, out=tmp_path)
+    again = reproduce("layouts", TEST, jobs=1, out=tmp_path, layouts=["post", "pre"])
     assert first.trained == len(names) and again.trained == 0 and again.reused == len(names)
 
 
