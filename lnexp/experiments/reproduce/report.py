@@ -240,7 +240,8 @@ def markdown(stored: Sequence[StoredSuite], summary: bool = False) -> str:
         for s in stored:
             lines += [f"### {s.suite}", "", *sections(s.verdicts, level="###")]
     tally = Tally.of([v for s in stored for v in s.verdicts])
-    if len(stored) > 1 and tally.placebo_judged:
+    with_placebos = sum(any(v.kind == PLACEBO for v in s.verdicts) for s in stored)
+    if (summary or with_placebos > 1) and tally.placebo_judged:  # else its one suite's tally said it
         lines += [tally.sentences()[-1], ""]
     return "\n".join(lines).rstrip() + "\n"
 
