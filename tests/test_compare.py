@@ -29,9 +29,10 @@ _trained: list[Path] = []  # the first test's runs, copied for the others (train
 
 
 @pytest.fixture
-def pair(tmp_path, write_config) -> tuple[Path, Path]:
+def pair(tmp_path, write_config, tmp_path_factory) -> tuple[Path, Path]:
     """A 2-layer Post-LN run logging gradients every 5 steps and a 3-layer Pre-LN run logging every 4:
-    different depth and different logged steps. Each test gets its own copy, to damage if it likes."""
+    different depth and different logged steps. Each test gets its own copy, to damage if it likes
+    (the originals are trained once, outside every test's folder)."""
     if not _trained:
         post = write_config("post", run={"name": "post"})
         pre = write_config("pre", run={"name": "pre"}, model={"norm": "pre", "n_layers": 3},
@@ -39,10 +40,12 @@ def pair(tmp_path, write_config) -> tuple[Path, Path]:
         for path in (post, pre):
             result = invoke("train", path, "--quiet")
             assert result.exit_code == 0, result.output
-        _trained.extend([tmp_path / "runs" / "post", tmp_path / "runs" / "pre"])
-    else:
-        for run in _trained:
-            shutil.copytree(run, tmp_path / "runs" / run.name)
+        originals = tmp_path_factory.mktemp("pair")
+        for name in ("post", "pre"):
+            shutil.move(tmp_path / "runs" / name, originals / name)
+        _trained.extend([originals / "post", originals / "pre"])
+    for run in _trained:
+        shutil.copytree(run, tmp_path / "runs" / run.name)
     return tmp_path / "runs" / "post", tmp_path / "runs" / "pre"
 
 
@@ -167,7 +170,8 @@ def test_runs_lists_newest_first(pair, tmp_path):
     result = invoke("runs", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.stdout.splitlines() if line.strip().startswith(("post", "pre"))]
-    val = [f"{load_run(p).summary['final_val_loss']:.4g}" for p in (pre, post)]
+    # in nats per the run's own unit: the synthetic task's tokens
+    val = [f"{load_run(p).summary['final_val_loss']:.4g}/token" for p in (pre, post)]
     assert [line[:7] for line in lines] == [["pre", "completed", "pre", "adam", "0", "12/12", val[0]],
                                             ["post", "completed", "post", "adam", "0", "12/12", val[1]]]
     local = datetime.fromisoformat(meta["started"]).astimezone()  # shown in local time, as `date` does
@@ -292,7 +296,7 @@ def test_runs_shows_an_unfinished_runs_last_val_loss_at_its_step(pair, tmp_path,
     (pre / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     result = invoke("runs", tmp_path / "runs")
     row = next(line for line in result.stdout.splitlines() if line.strip().startswith("pre "))
-    assert f"{last['val_loss']:.4g} @ {last['step']}" in row
+    assert f"{last['val_loss']:.4g}/token @ {last['step']}" in row
     monkeypatch.setattr(console.Output, "is_terminal", True)
     monkeypatch.setattr(console.stdout, "width", 30)
     narrow = invoke("runs", tmp_path / "runs")

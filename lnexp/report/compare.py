@@ -530,7 +530,7 @@ def _started(run: Run) -> float:
         return (run.path / "meta.json").stat().st_mtime
 
 
-RUNS_COLUMNS = ("name", "status", "layout", "optim", "warm-up", "steps", "val loss", "date")
+RUNS_COLUMNS = ("name", "status", "layout", "optim", "warm-up", "steps", "val loss (nats)", "date")
 
 
 def runs_table(runs: list[Run], root: Path, width: int | None = None) -> Table | Text:
@@ -542,7 +542,7 @@ def runs_table(runs: list[Run], root: Path, width: int | None = None) -> Table |
     table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     for name in RUNS_COLUMNS:
-        table.add_column(name, justify="right" if name in ("warm-up", "steps", "val loss") else "left",
+        table.add_column(name, justify="right" if name in ("warm-up", "steps", "val loss (nats)") else "left",
                          no_wrap=True)
     for row in rows:
         table.add_row(*map(Text, row))
@@ -566,8 +566,11 @@ def _runs_row(run: Run, root: Path) -> list[str]:
 
 
 def _val_loss(run: Run, o: dict[str, Any]) -> str:
-    """A finished run's final validation loss; an unfinished run's last measured one, at its step."""
+    """A finished run's final validation loss; an unfinished run's last measured one, at its step; each
+    in nats per the run's own unit (byte or token: runs of both kinds may share a listing)."""
+    (unit,) = own_units([run])
     if run.summary:
-        return fmt(o["final_val_loss"])
+        value = o["final_val_loss"]
+        return f"{fmt(value)}/{unit}" if finite(value) else fmt(value)
     last = next((m for m in reversed(run.metrics) if finite(m.get("val_loss"))), None)
-    return f"{fmt(last['val_loss'])} @ {last['step']}" if last else "-"
+    return f"{fmt(last['val_loss'])}/{unit} @ {last['step']}" if last else "-"
