@@ -607,3 +607,14 @@ def test_verdict_numbers_are_identical_across_jobs_and_differ_across_threads_at_
     assert values("b", jobs=2, threads=1) == alone
     threads = values("c", jobs=1, threads=2)
     assert all(x == pytest.approx(y, rel=1e-4) for v, w in zip(threads, alone) for x, y in zip(v, w))
+
+
+def test_the_false_positive_rate_counts_only_placebos_with_an_interval():
+    from lnexp.experiments.reproduce.verdicts import Tally
+
+    placebo = Claim("a lead", "steps", GREATER, 0.0, "a test's choice").placebo("A against A′")
+    judged = placebo.test([2.0, 2.1, 2.2], [0, 1, 2])             # an interval: counted
+    unmeasured = placebo.test([None, None, None], [0, 1, 2])       # inconclusive, no interval: not counted
+    assert judged.verdict == "reproduced" and unmeasured.verdict == "inconclusive"
+    tally = Tally.of([judged, unmeasured])
+    assert (tally.placebo_reproduced, tally.placebo_judged) == (1, 1)

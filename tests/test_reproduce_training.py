@@ -166,11 +166,18 @@ def test_ahead_early_counts_steps_to_the_line_and_is_also_read_at_matched_learni
     # Pre-LN without warm-up reaches the line at step 3, both warm-up arms at step 6 (the run's length)
     ahead = "Pre-LN without warm-up gets ahead sooner than Post-LN with warm-up (lr 0.01)"
     assert one(analysis, ahead).verdict == REPRODUCED
-    matched = one(analysis, "Pre-LN gets ahead sooner than Post-LN at matched learning rates: both with "
-                            "warm-up (lr 0.01)")
-    assert matched.verdict == NOT_REPRODUCED and matched.values == [0.0, 0.0]
-    late = fake_runs(tmp_path / "b", "xiong2020-warmup", warmup_world(pre_reaches=None))  # never: 6 steps
+    matched_claim = ("Pre-LN gets ahead sooner than Post-LN at matched learning rates: both with warm-up "
+                     "(lr 0.01)")
+    # both warm-up arms never reach the line: the 0 between them is no measurement of a lead
+    matched = one(analysis, matched_claim)
+    assert matched.verdict == NOT_APPLICABLE and "no lead to measure" in matched.reason
+    tied = fake_runs(tmp_path / "t", "xiong2020-warmup", warmup_world(warm_reaches=3))
+    tie = one(tied, matched_claim)
+    assert tie.verdict == NOT_REPRODUCED and tie.values == [0.0, 0.0]
+    late = fake_runs(tmp_path / "b", "xiong2020-warmup", warmup_world(pre_reaches=5, warm_reaches=3))
     assert one(late, ahead).verdict == NOT_REPRODUCED
+    never = fake_runs(tmp_path / "n", "xiong2020-warmup", warmup_world(pre_reaches=None))  # neither: 6 steps
+    assert one(never, ahead).verdict == NOT_APPLICABLE
 
 
 # --- radam -----------------------------------------------------------------------------------------------
@@ -197,12 +204,15 @@ def test_radams_step_factor_is_torchs_rectifier_and_its_mean_sets_the_matched_ar
     assert radam.matched_lr(SCALES["tiny"], 1e-2) == 0.00543
 
 
-def radam_world(adam_fails=True, matched_trains=False):
+def radam_world(adam_fails=True, matched_trains=False, radam_trains=True):
     """Post-LN with Adam without warm-up stuck at the top lr (1e-2) if `adam_fails`; Adam at RAdam's
-    mean effective lr for it stuck unless `matched_trains`; everything else trains."""
+    mean effective lr for it stuck unless `matched_trains`; RAdam there stuck unless `radam_trains`;
+    everything else trains."""
     matched = radam.matched_lr(TEST, 1e-2)
 
     def make(config):
+        if config.optim.name == "radam" and config.optim.lr == 1e-2 and not radam_trains:
+            return Fake(STUCK_AT)
         bare_adam = config.optim.name == "adam" and config.schedule.warmup_steps == 0
         if bare_adam and config.optim.lr == 1e-2:
             return Fake(STUCK_AT if adam_fails else TRAINS)
@@ -226,6 +236,11 @@ def test_radam_is_told_apart_from_smaller_steps(tmp_path):
         .verdict == NOT_REPRODUCED
     fine = fake_runs(tmp_path / "c", "radam", radam_world(adam_fails=False))
     assert one(fine, rescue).verdict == NOT_APPLICABLE
+    # RAdam stuck as Adam at the smaller lr is: two failed runs tie, which says nothing about step sizes
+    stuck = one(fake_runs(tmp_path / "d", "radam", radam_world(radam_trains=False)),
+                f"{smaller}: it ends better than Adam at its mean effective learning rate (lr 0.01;")
+    assert stuck.verdict == NOT_APPLICABLE
+    assert "RAdam without warm-up at lr 0.01 did not converge" in stuck.reason
 
 
 # --- depth ---------------------------------------------------------------------------------------------

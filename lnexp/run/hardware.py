@@ -93,11 +93,11 @@ class Memory:
 
 
 def memory_available(device: torch.device) -> Memory | None:
-    """The memory a run on `device` can still take: a GPU's memory, or on a CPU the smallest of the
+    """The memory a run on `device` can still take: a GPU's free memory, or on a CPU the smallest of the
     free memory (MemAvailable), the address space RLIMIT_AS leaves this process, and what its cgroup's
     limit leaves (containers, SLURM jobs); None if none of them can be read."""
     if device.type == "cuda":
-        return Memory(torch.cuda.mem_get_info(device)[1], f"memory of {device}")
+        return Memory(torch.cuda.mem_get_info(device)[0], f"free memory of {device}")  # (free, total)
     found = [m for m in (free_memory(), address_space_left(), cgroup_memory_left()) if m is not None]
     return min(found, key=lambda m: m.bytes, default=None)
 

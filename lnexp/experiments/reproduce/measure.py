@@ -205,10 +205,3 @@ def stream_increment(rms: Sequence[float] | None) -> float | None:
     if not rms or len(rms) < 2 or any(not usable(v) for v in rms):
         return None
     return rms[-1] ** 2 - rms[0] ** 2
-
-
-def deepest(depths: Sequence[int], flags: Sequence[bool | None]) -> int | None:
-    """The deepest depth that converged (0 if none), None if a result is missing."""
-    if any(f is None for f in flags):
-        return None
-    return max((d for d, f in zip(depths, flags) if f), default=0)

@@ -283,7 +283,9 @@ class Tally:
         tally = cls()
         for v in verdicts:
             if v.kind == PLACEBO:
-                if v.verdict in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE):
+                # judged: an interval was computed (a row without one, missing runs or values, could
+                # never come out "reproduced" and would only lower the rate)
+                if v.verdict in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE) and v.interval is not None:
                     tally.placebo_judged += 1
                     tally.placebo_reproduced += v.verdict == REPRODUCED
                 continue

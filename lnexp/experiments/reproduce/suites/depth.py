@@ -29,7 +29,7 @@ from lnexp.experiments.reproduce.suites.common import (
     warmup_steps,
 )
 from lnexp.experiments.reproduce.verdicts import GREATER, WITHIN, Claim, Precondition, grid_edge, premise
-from lnexp.experiments.stability import depth_axis
+from lnexp.experiments.stability import depth_axis, largest_index
 
 LONGER = 2  # a longer run's steps, in multiples of the scale's
 
@@ -88,10 +88,7 @@ def trains(ctx: SuiteRuns, keys: Mapping[int, Hashable], long_keys: Mapping[int,
 
 def deepest_index(flags: Mapping[int, list[bool | None]]) -> list[int | None]:
     """Per seed, the index in the depth grid of the deepest depth that trains (−1: none)."""
-    out = []
-    for per_depth in zip(*flags.values()):
-        out.append(None if None in per_depth else max((i for i, f in enumerate(per_depth) if f), default=-1))
-    return out
+    return [largest_index(per_depth) for per_depth in zip(*flags.values())]
 
 
 def analyse(ctx: SuiteRuns) -> Analysis:

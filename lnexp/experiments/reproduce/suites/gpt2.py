@@ -46,7 +46,8 @@ def grid(scale: Scale, p: Params) -> Grid:
             for scaled in (False, True)}
 
 
-def _growth(rms: list[float] | None) -> float | None:
+def growth_of(rms: list[float] | None) -> float | None:
+    """The stream's growth over the stack: RMS leaving the last block / entering the first."""
     return ratio(rms[-1], rms[0]) if rms else None
 
 
@@ -54,7 +55,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds, n = ctx.scale, ctx.seeds(), ctx.params.depth
     act = {(scaled, at): ctx.profiles(scaled, "act", "resid", at) for scaled in (False, True)
            for at in ("init", "final")}
-    growth = {key: [_growth(p) for p in profiles] for key, profiles in act.items()}
+    growth = {key: [growth_of(p) for p in profiles] for key, profiles in act.items()}
     grows_after = premise("the unscaled stream grows on the trained model",
                           "Without scaling the stream did not grow on the trained model: there is no growth "
                           "to keep in check", f"{GROWTH}, unscaled, final model", growth[False, "final"],

@@ -96,6 +96,13 @@ class Placebos:
     def steps(self, runs: Sequence[Any]) -> list[float | None]:
         return xiong_warmup.steps_to(runs, self.line)
 
+    def ahead(self, claim: Claim, arm: str, key: Hashable) -> None:
+        """A steps-to-the-line row: A against A′, which must not both miss the line on a seed."""
+        later, sooner = self.sides(key, self.steps)
+        steps = self.ctx.scale.train["train"]["steps"]
+        self.place(claim, arm, seedwise(difference, later, sooner),
+                   [xiong_warmup.reach_line(later, sooner, steps, f"{arm} and its copy")])
+
     def place(self, claim: Claim, arm: str, values: list[float | None],
               needs: Sequence[Precondition] = ()) -> None:
         arms = f"{arm} against itself on seeds {self.later[0]}–{self.later[-1]}"
@@ -119,10 +126,8 @@ def claim_arms(p: Placebos, lrs: Sequence[float], line: str) -> None:
                 seedwise(difference, *p.sides(warm, capped)))
         p.place(xiong_warmup.INTERACTION.format(lr=lr), "Post-LN + warm-up and Pre-LN, each",
                 seedwise(xiong_warmup.interaction, *p.sides(warm, capped), *p.sides(pre, capped)))
-        p.place(xiong_warmup.AHEAD.format(lr=lr, line=line), "Pre-LN",
-                seedwise(difference, *p.sides(pre, p.steps)))
-        p.place(xiong_warmup.AHEAD_MATCHED.format(lr=lr, line=line), "Post-LN + warm-up",
-                seedwise(difference, *p.sides(warm, p.steps)))
+        p.ahead(xiong_warmup.AHEAD.format(lr=lr, line=line), "Pre-LN", pre)
+        p.ahead(xiong_warmup.AHEAD_MATCHED.format(lr=lr, line=line), "Post-LN + warm-up", warm)
         p.place(radam.RESCUES.format(lr=lr), "RAdam", seedwise(difference, *p.sides(rad, capped)))
 
 
@@ -153,8 +158,7 @@ def ladder_rows(p: Placebos, n: int, lrs: Sequence[float], line: str) -> None:
         p.place(layouts.PRE_WHERE_POST_FAILS.format(a=label, b=f"{label}′", L=n), at,
                 seedwise(difference, *index), [grid_edge(*index, len(lrs) - 1, f"{label} and {label}′")])
         for lr, key in zip(lrs, ladder(layout.name)):
-            p.place(xiong_warmup.AHEAD.format(lr=lr, line=line), at,
-                    seedwise(difference, *p.sides(key, p.steps)))
+            p.ahead(xiong_warmup.AHEAD.format(lr=lr, line=line), at, key)
     low = (LADDER, pre, lrs[0])
     growth = p.sides(low, lambda runs: [stream_growth(a) for a in final_profiles(runs, "act", "resid")])
     trend = p.sides(low, lambda runs: [trend_ratio(g) for g in final_profiles(runs, "grad", "ffn.fc2")])
@@ -172,7 +176,7 @@ def analyse(ctx: SuiteRuns) -> Analysis:
     if n is not None:
         ladder_rows(p, n, stability_map.SUITE.params_at(scale).lrs, line)
     growth = p.sides(gpt2.SUITE.name,
-                     lambda runs: [gpt2._growth(a) for a in final_profiles(runs, "act", "resid")])
+                     lambda runs: [gpt2.growth_of(a) for a in final_profiles(runs, "act", "resid")])
     p.place(gpt2.IN_CHECK_TRAINED, "Pre-LN with GPT-2's init, unscaled", seedwise(ratio, *growth))
 
     definitions = [

@@ -117,7 +117,8 @@ def analyse(ctx: SuiteRuns) -> Analysis:
                 seedwise(difference, loss[RADAM_ARM], loss[WARM]), seeds,
                 [converges(ctx, (WARM, lr), f"Adam with a {warmup}-step warm-up at lr {lr:g}")]),
             NOT_SMALLER.format(lr=lr, matched=matched).test(
-                seedwise(difference, loss[MATCHED], loss[RADAM_ARM]), seeds, [adam_fails]),
+                seedwise(difference, loss[MATCHED], loss[RADAM_ARM]), seeds,
+                [adam_fails, converges(ctx, (RADAM_ARM, lr), f"RAdam without warm-up at lr {lr:g}")]),
         ]
         settings = [("Adam, no warm-up", runs[ADAM]), ("RAdam, no warm-up", runs[RADAM_ARM]),
                     (f"Adam, warm-up {warmup}", runs[WARM]),

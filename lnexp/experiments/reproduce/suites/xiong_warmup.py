@@ -31,7 +31,7 @@ from lnexp.experiments.reproduce.suites.common import (
     optim_lr,
     warmup_steps,
 )
-from lnexp.experiments.reproduce.verdicts import GREATER, LESS, Claim
+from lnexp.experiments.reproduce.verdicts import GREATER, LESS, Claim, Precondition
 from lnexp.run.reader import Run
 
 
@@ -96,12 +96,25 @@ def steps_to(runs: Sequence[Run | None], line: float | None) -> list[float | Non
     return [None if line is None else steps_below(r, line) for r in runs]
 
 
+def reach_line(later: Sequence[float | None], sooner: Sequence[float | None], steps: int,
+               what: str) -> Precondition:
+    """A lead needs one of the two arms to reach the line: a seed on which neither does within `steps`
+    (both censored at `steps`) has no lead to measure, only a 0 that would read as "no lead"."""
+    pairs = list(zip(later, sooner))
+    neither = [i for i, (a, b) in enumerate(pairs) if a is not None and b is not None and min(a, b) >= steps]
+    holds = False if neither else None if any(a is None or b is None for a, b in pairs) else True
+    return Precondition(f"{what} reach the training-loss line", f"neither of {what} reaches the line within "
+                        f"{steps} steps on {len(neither)} of {len(pairs)} seed(s): no lead to measure", holds,
+                        "steps to the line: " + "; ".join(f"{a} and {b}" for a, b in pairs))
+
+
 def analyse(ctx: SuiteRuns) -> Analysis:
     scale, seeds = ctx.scale, ctx.seeds()
     runs = {(name, lr): ctx[name, lr] for name in SETTINGS for lr in ctx.params.lrs}
     line = line_of([r for rs in runs.values() for r in rs], scale.margin)
     line_text = f"the unigram entropy − {scale.margin:g}" + ("" if line is None else f" = {line:.3f} nats")
     verdicts, panels, rows = [], [], []
+    total = scale.train["train"]["steps"]
     for lr in ctx.params.lrs:
         loss = {name: capped(runs[name, lr]) for name in SETTINGS}
         steps = {name: steps_to(runs[name, lr], line) for name in SETTINGS}
@@ -115,8 +128,9 @@ def analyse(ctx: SuiteRuns) -> Analysis:
                 seeds, [post_fails, warm_converges]),
             AS_WELL.format(lr=lr).test(seedwise(difference, loss[PRE_LN.name], loss[WARM]), seeds,
                                        [warm_converges]),
-            AHEAD.format(**ahead).test(seedwise(difference, steps[WARM], steps[PRE_LN.name]), seeds),
-            AHEAD_MATCHED.format(**ahead).test(seedwise(difference, steps[WARM], steps[PRE_WARM]), seeds),
+            *(claim.format(**ahead).test(seedwise(difference, steps[WARM], steps[other]), seeds,
+                                         [reach_line(steps[WARM], steps[other], total, "the two arms")])
+              for claim, other in ((AHEAD, PRE_LN.name), (AHEAD_MATCHED, PRE_WARM))),
         ]
         panels.append((f"lr {lr:g}", [(label, runs[name, lr]) for name, label in SETTINGS.items()]))
         rows += [([label, f"{lr:g}", ", ".join(num(s) for s in steps[name])], runs[name, lr])
